@@ -1,0 +1,117 @@
+"""The one error tree of bss-relay. Its split decides how a command is settled.
+
+::
+
+    RelayError                       code, message, http_status, request_id
+    ├── CommandRejected              REJECT     the command itself is unusable (RELAY.SCHEMA, ...)
+    ├── ApiRefused                   FAIL       the API said no for good (CBC.0100, CBC.0151, ...)
+    ├── Retryable                    RETRY      nothing happened; the same call may be sent again
+    │   ├── ApiUnavailable                      5xx / CBC.0999 on a read-only call
+    │   │   └── Throttled                       429 / APIG.0308: wait it out, never a failure
+    │   ├── NotSent                             connection failed before the request left
+    │   └── CredentialsUnavailable              IAM could not give temporary credentials now
+    └── OutcomeUnknown               RECONCILE  a mutating call may or may not have taken effect
+        └── CallTimeout (also TimeoutError)     no answer in time after sending
+
+Only the BSS client raises the API branches, translating aiohttp errors at its boundary and
+keeping them as ``__cause__``. Messages never contain secrets: the client builds them from the
+API's ``error_msg`` and our own text only.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import ClassVar
+
+__all__ = [
+    "ApiRefused",
+    "ApiUnavailable",
+    "CallTimeout",
+    "CommandRejected",
+    "CredentialsUnavailable",
+    "Disposition",
+    "NotSent",
+    "OutcomeUnknown",
+    "RelayError",
+    "Retryable",
+    "Throttled",
+]
+
+
+class Disposition(StrEnum):
+    """What the settlement does with a command that raised."""
+
+    REJECT = "reject"  # terminal `rejected` event + dead letter; the API was never called
+    FAIL = "fail"  # terminal `failed` event
+    RETRY = "retry"  # try again later through the broker's delay queues
+    RECONCILE = "reconcile"  # read the API's state before deciding anything
+
+
+class RelayError(Exception):
+    disposition: ClassVar[Disposition] = Disposition.FAIL
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        http_status: int | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.http_status = http_status
+        self.request_id = request_id
+
+    @property
+    def retryable(self) -> bool:
+        return self.disposition in (Disposition.RETRY, Disposition.RECONCILE)
+
+
+class CommandRejected(RelayError):
+    disposition = Disposition.REJECT
+
+
+class ApiRefused(RelayError):
+    disposition = Disposition.FAIL
+
+
+class Retryable(RelayError):
+    disposition = Disposition.RETRY
+
+
+class ApiUnavailable(Retryable):
+    pass
+
+
+class Throttled(ApiUnavailable):
+    """HTTP 429 / APIG.0308. ``retry_after`` is the pause the gateway suggested, in seconds."""
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        http_status: int | None = 429,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(code, message, http_status=http_status, request_id=request_id)
+        self.retry_after = retry_after
+
+
+class NotSent(Retryable):
+    pass
+
+
+class CredentialsUnavailable(Retryable):
+    pass
+
+
+class OutcomeUnknown(RelayError):
+    disposition = Disposition.RECONCILE
+
+
+class CallTimeout(OutcomeUnknown, TimeoutError):
+    pass

@@ -1,0 +1,108 @@
+"""The small interfaces handlers and the consumer depend on; ``service/`` provides them.
+
+Handlers never see aiohttp, aio-pika or the environment: they get a partner-bound ``BssApi``,
+a ``Clock`` and a ``Journal`` for the one command they carry out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Protocol
+
+__all__ = [
+    "Claim",
+    "ClaimOutcome",
+    "Clock",
+    "CommandStatus",
+    "CommandStore",
+    "StoredCommand",
+]
+
+
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """Timezone-aware UTC now."""
+        ...
+
+
+class CommandStatus(StrEnum):
+    RECEIVED = "received"  # claimed, no API side effect attempted yet
+    IN_FLIGHT = "in_flight"  # a (possibly money-moving) API call has started
+    FINISHED = "finished"  # terminal event stored; never executed again
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCommand:
+    command_id: str
+    type: str
+    status: CommandStatus
+    attempts: int  # API calls started for this command, over its whole life
+    call_started_at: datetime | None  # when the latest API call started
+    event: bytes | None  # the terminal event body as published, once finished
+    updated_at: datetime
+
+
+class ClaimOutcome(StrEnum):
+    CLAIMED = "claimed"  # the caller now owns the command until its lease ends
+    FINISHED = "finished"  # already done: re-announce ``record.event`` as a duplicate
+    BUSY = "busy"  # another owner holds a live lease: try again later
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    outcome: ClaimOutcome
+    record: StoredCommand
+
+
+class CommandStore(Protocol):
+    """Durable state of every ``command_id``; the idempotency and crash-safety ledger.
+
+    Invariants every implementation keeps, under concurrency and across processes:
+    at most one owner holds a live lease on a command; a finished command never changes
+    again; ``attempts`` only grows. Times are timezone-aware UTC.
+    """
+
+    async def claim(
+        self, command_id: str, command_type: str, *, owner: str, lease: timedelta
+    ) -> Claim:
+        """Atomically take ownership, creating the record if it is new.
+
+        Returns FINISHED if the command has finished, BUSY if another owner's lease is still
+        live, else CLAIMED with the record as it was (so a previous IN_FLIGHT is visible and
+        the caller can reconcile before calling the API again).
+        """
+        ...
+
+    async def renew_leases(
+        self, owner: str, command_ids: Collection[str], *, lease: timedelta
+    ) -> None:
+        """Extend the leases ``owner`` holds on ``command_ids`` (a heartbeat)."""
+        ...
+
+    async def mark_call_started(self, command_id: str, *, owner: str, at: datetime) -> int:
+        """Record that an API call starts now: status IN_FLIGHT, attempts + 1. Returns attempts.
+
+        Raises ``LookupError`` if ``owner`` does not hold the command (its lease was lost).
+        """
+        ...
+
+    async def finish(self, command_id: str, *, owner: str, event: bytes) -> bytes:
+        """Store the terminal event and release the lease. Idempotent.
+
+        Returns the stored event: if the command had already finished, the earlier event wins
+        and is returned, so the caller publishes what was stored.
+        """
+        ...
+
+    async def release(self, command_id: str, *, owner: str) -> None:
+        """Give up ownership (e.g. before a delayed retry); status and attempts stay."""
+        ...
+
+    async def get(self, command_id: str) -> StoredCommand | None: ...
+
+    async def prune(self, *, finished_before: datetime) -> int:
+        """Delete finished commands older than the retention; returns how many."""
+        ...
