@@ -33,6 +33,7 @@ class Operation:
     caller: Caller
     mutating: bool
     limit_per_second: int | None = DEFAULT_LIMIT_PER_SECOND  # None: not a BSS-throttled API
+    service: str = "bss"  # which base URL serves it: "bss" (BSS_ENDPOINT) or "iam" (IAM_ENDPOINT)
 
     def render(self, **params: str) -> str:
         from urllib.parse import quote
@@ -48,6 +49,7 @@ _ROWS = (
         Caller.PARTNER,
         mutating=False,
         limit_per_second=None,
+        service="iam",
     ),
     Operation(
         "renewal_resources",
