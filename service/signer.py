@@ -23,6 +23,7 @@ __all__ = [
     "DATE_FORMAT",
     "EMPTY_BODY_SHA256",
     "Authorization",
+    "QueryValue",
     "Signer",
     "canonical_query",
     "canonical_uri",
@@ -66,6 +67,7 @@ def canonical_uri(path: str) -> str:
 def _canonical_request(
     method: str,
     path: str,
+    *,
     query: str,
     headers: Mapping[str, str],
     signed: Sequence[str],
@@ -91,10 +93,15 @@ def signature(
     """Hex HMAC-SHA256 over the string to sign; ``headers`` must hold every signed header."""
     date = next(v for k, v in headers.items() if k.lower() == "x-sdk-date")
     body_sha256 = hashlib.sha256(body).hexdigest() if body else EMPTY_BODY_SHA256
-    canonical = _canonical_request(method, path, query, headers, signed_headers, body_sha256)
-    string_to_sign = "\n".join(
-        [ALGORITHM, date, hashlib.sha256(canonical.encode()).hexdigest()]
+    canonical = _canonical_request(
+        method,
+        path,
+        query=query,
+        headers=headers,
+        signed=signed_headers,
+        body_sha256=body_sha256,
     )
+    string_to_sign = "\n".join([ALGORITHM, date, hashlib.sha256(canonical.encode()).hexdigest()])
     return hmac.new(secret_key.encode(), string_to_sign.encode(), hashlib.sha256).hexdigest()
 
 
@@ -145,10 +152,10 @@ class Signer:
         method: str,
         host: str,
         path: str,
+        *,
         query: str,
         headers: Mapping[str, str],
         body: bytes,
-        *,
         now: datetime | None = None,
     ) -> dict[str, str]:
         """Return ``headers`` plus Host, X-Sdk-Date, X-Security-Token and Authorization."""

@@ -34,9 +34,9 @@ def test_vector_reproduced(vector: dict[str, Any]) -> None:
         vector["method"],
         vector["host"],
         vector["path"],
-        query,
-        headers_in,
-        vector["body"].encode("utf-8"),
+        query=query,
+        headers=headers_in,
+        body=vector["body"].encode("utf-8"),
     )
     assert headers["Authorization"] == vector["authorization"]
     assert headers["Host"] == vector["host"]

@@ -1,0 +1,182 @@
+"""Signed, paced HTTP calls to the BSS and IAM APIs; the only module that sees aiohttp errors.
+
+Every call: wait for the joint limiter slot, sign, send exactly the signed bytes (body and
+canonical query string verbatim), then map the answer onto ``handlers.errors``. A throttling
+answer (HTTP 429 / APIG.0308) is waited out here and sent again: the gateway refused it before
+the API saw it, so repeating is safe even for money-moving calls.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import structlog
+from yarl import URL
+
+from handlers.errors import (
+    ApiRefused,
+    ApiUnavailable,
+    CallTimeout,
+    NotSent,
+    OutcomeUnknown,
+    RelayError,
+    Throttled,
+)
+from service.limiter import RateLimiter
+from service.operations import Operation
+from service.signer import QueryValue, Signer, canonical_query
+
+__all__ = ["THROTTLE_CODES", "BssHttp", "Response", "map_error", "parse_error_body"]
+
+log = structlog.get_logger(__name__)
+
+USER_AGENT = "bss-relay/0.1"
+THROTTLE_CODES = frozenset({"APIG.0308", "APIGW.0308"})
+# Answers that mean "nothing happened, ask again later" even on a mutating call.
+TRANSIENT_CODES = frozenset({"CBC.99008040"})
+ERROR_KEY_PAIRS = (("error_code", "error_msg"), ("errorCode", "errorMsg"), ("code", "message"))
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    body: bytes
+    request_id: str | None
+
+
+def _find_error(data: Any) -> tuple[str, str] | None:
+    if not isinstance(data, dict):
+        return None
+    for code_key, msg_key in ERROR_KEY_PAIRS:
+        if code_key in data and data[code_key] is not None:
+            return str(data[code_key]), str(data.get(msg_key) or "")
+    for value in data.values():
+        found = _find_error(value)
+        if found:
+            return found
+    return None
+
+
+def parse_error_body(status: int, body: bytes) -> tuple[str, str, str | None]:
+    """(code, message, request_id) the way the official SDK reads an error answer."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return str(status), body.decode("utf-8", "replace")[:500], None
+    found = _find_error(data)
+    request_id = data.get("request_id") if isinstance(data, dict) else None
+    if found is None:
+        return str(status), body.decode("utf-8", "replace")[:500], request_id
+    return found[0], found[1], request_id
+
+
+def map_error(op: Operation, status: int, body: bytes, request_id: str | None) -> RelayError:
+    code, message, body_request_id = parse_error_body(status, body)
+    kwargs: dict[str, Any] = {"http_status": status, "request_id": request_id or body_request_id}
+    if status == 429 or code in THROTTLE_CODES:
+        return Throttled(code, message, **kwargs)
+    if code in TRANSIENT_CODES:
+        return ApiUnavailable(code, message, **kwargs)
+    if status >= 500 or code == "CBC.0999":
+        if op.mutating:
+            return OutcomeUnknown(code, message, **kwargs)
+        return ApiUnavailable(code, message, **kwargs)
+    return ApiRefused(code, message, **kwargs)
+
+
+def _lost(op: Operation, code: str, message: str) -> RelayError:
+    if op.mutating:
+        return OutcomeUnknown(code, message)
+    return ApiUnavailable(code, message)
+
+
+class BssHttp:
+    """One aiohttp session, two base URLs (BSS and IAM), one limiter registry."""
+
+    def __init__(
+        self,
+        *,
+        session: aiohttp.ClientSession,
+        bss_endpoint: str,
+        iam_endpoint: str,
+        limiter: RateLimiter,
+        throttle_retries: int = 5,
+    ) -> None:
+        self._session = session
+        self._bases = {"bss": bss_endpoint.rstrip("/"), "iam": iam_endpoint.rstrip("/")}
+        self._limiter = limiter
+        self._throttle_retries = throttle_retries
+
+    async def call(
+        self,
+        op: Operation,
+        signer: Signer,
+        *,
+        parent_uid: str,
+        domain_id: str | None = None,
+        path_params: Mapping[str, str] | None = None,
+        query: Sequence[tuple[str, QueryValue | None]] = (),
+        body: bytes | None = None,
+    ) -> Response:
+        """Send one API call; 2xx returns, anything else raises from ``handlers.errors``."""
+        path = op.render(**(path_params or {}))
+        query_string = canonical_query(query)
+        for attempt in range(self._throttle_retries + 1):
+            await self._limiter.acquire(op.name, parent_uid)
+            try:
+                return await self._send(
+                    op, signer, path=path, query=query_string, body=body, domain_id=domain_id
+                )
+            except Throttled:
+                self._limiter.throttled(op.name, parent_uid)
+                log.warning("api_throttled", api=op.name, parent_uid=parent_uid, attempt=attempt)
+                if attempt == self._throttle_retries:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _send(
+        self,
+        op: Operation,
+        signer: Signer,
+        *,
+        path: str,
+        query: str,
+        body: bytes | None,
+        domain_id: str | None,
+    ) -> Response:
+        base = self._bases[op.service]
+        headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
+        if domain_id:
+            headers["X-Domain-Id"] = domain_id
+        full_path = urlsplit(base).path + path
+        signed = signer.sign(
+            op.method,
+            urlsplit(base).netloc,
+            full_path,
+            query=query,
+            headers=headers,
+            body=body or b"",
+        )
+        url = URL(base + path + (f"?{query}" if query else ""), encoded=True)
+        try:
+            async with self._session.request(
+                op.method, url, headers=signed, data=body, skip_auto_headers=("Content-Type",)
+            ) as resp:
+                data = await resp.read()
+                status, request_id = resp.status, resp.headers.get("X-Request-Id")
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            raise NotSent("RELAY.CONNECT_FAILED", f"could not connect: {exc}") from exc
+        except TimeoutError as exc:
+            if op.mutating:
+                raise CallTimeout("RELAY.TIMEOUT", f"{op.name}: no answer in time") from exc
+            raise ApiUnavailable("RELAY.TIMEOUT", f"{op.name}: no answer in time") from exc
+        except aiohttp.ClientError as exc:
+            raise _lost(op, "RELAY.CONNECTION_LOST", f"{op.name}: {exc!r}") from exc
+        if 200 <= status < 300:
+            return Response(status, data, request_id)
+        raise map_error(op, status, data, request_id)

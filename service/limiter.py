@@ -1,0 +1,157 @@
+"""Pacing of API calls per (API, ParentUid) and per (API, egress address).
+
+Each key is an evenly spaced schedule (GCRA with zero burst tolerance): ``tat`` is the earliest
+instant the key's next request may be sent, and admitting a request moves it one ``interval``
+on. A call spends from both of its keys at once: its slot is the later of the two ``tat`` and
+both advance from that slot, so no slot is wasted on one key while waiting for the other.
+
+Invariant: for every key, admitted send instants are at least ``interval = (1 s + guard) /
+rate`` apart, so any 1-second window holds at most ``rate`` requests (``guard`` absorbs jitter
+between our clock and the gateway's). No burst credit is ever saved up, so the invariant holds
+right after start and after an idle period too: that is why this is not aiolimiter, whose leaky
+bucket starts full and admits ``max_rate`` at once followed by steady flow (up to 2*rate-1 in
+one sliding second).
+
+Rates adapt (AIMD): a throttling answer halves the key's rate (never below ``floor``), and each
+second of use after that adds back ``ceiling * recovery`` until the configured limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from service.operations import OPERATIONS
+
+__all__ = ["Bucket", "RateLimiter"]
+
+SWEEP_EVERY = 4096  # reservations between sweeps of idle buckets
+IDLE_AFTER_S = 60.0  # a bucket idle this long at full rate equals a fresh one and is dropped
+
+
+@dataclass(slots=True)
+class Bucket:
+    ceiling: float  # configured limit, requests/second
+    rate: float  # current rate: lowered on throttling, probing back to ceiling
+    guard: float
+    tat: float = 0.0  # theoretical arrival time of the next request (clock seconds)
+    adjusted_at: float = 0.0
+
+    @property
+    def interval(self) -> float:
+        return (1.0 + self.guard) / self.rate
+
+
+class RateLimiter:
+    """Registry of buckets keyed by (api, "uid", parent_uid) and (api, "egress", egress)."""
+
+    def __init__(
+        self,
+        overrides: Mapping[str, float] | None = None,
+        *,
+        egress: str = "default",
+        guard_s: float = 0.03,
+        clock: Callable[[], float] = time.monotonic,
+        recovery: float = 0.1,
+        floor: float = 0.5,
+    ) -> None:
+        self._limits: dict[str, float | None] = {
+            name: op.limit_per_second for name, op in OPERATIONS.items()
+        }
+        self._limits.update(overrides or {})
+        self._egress = egress
+        self._guard = guard_s
+        self._clock = clock
+        self._recovery = recovery
+        self._floor = floor
+        self._buckets: dict[tuple[str, str, str], Bucket] = {}
+        self._since_sweep = 0
+
+    def limit(self, api: str) -> float | None:
+        limit = self._limits.get(api, self._limits.get("*"))
+        return limit if limit else None
+
+    def _keys(self, api: str, parent_uid: str) -> tuple[tuple[str, str, str], ...]:
+        return ((api, "uid", parent_uid), (api, "egress", self._egress))
+
+    def _bucket(self, key: tuple[str, str, str], ceiling: float, now: float) -> Bucket:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = Bucket(ceiling=ceiling, rate=ceiling, guard=self._guard, adjusted_at=now)
+            self._buckets[key] = bucket
+        elif bucket.rate < bucket.ceiling and now > bucket.adjusted_at:
+            gained = (now - bucket.adjusted_at) * bucket.ceiling * self._recovery
+            bucket.rate = min(bucket.ceiling, bucket.rate + gained)
+            bucket.adjusted_at = now
+        return bucket
+
+    def delay(self, api: str, parent_uid: str) -> float:
+        """Seconds until a call could be sent, without reserving it."""
+        ceiling = self.limit(api)
+        if ceiling is None:
+            return 0.0
+        now = self._clock()
+        tats = [self._buckets[k].tat for k in self._keys(api, parent_uid) if k in self._buckets]
+        return max([0.0, *(t - now for t in tats)])
+
+    def reserve(self, api: str, parent_uid: str) -> float:
+        """Reserve the next joint slot of both keys; returns the seconds to wait for it."""
+        ceiling = self.limit(api)
+        if ceiling is None:
+            return 0.0
+        now = self._clock()
+        buckets = [self._bucket(k, ceiling, now) for k in self._keys(api, parent_uid)]
+        slot = max(now, *(b.tat for b in buckets))
+        for bucket in buckets:
+            bucket.tat = slot + bucket.interval
+        self._maybe_sweep(now)
+        return slot - now
+
+    async def acquire(self, api: str, parent_uid: str) -> None:
+        wait = self.reserve(api, parent_uid)
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+    def throttled(self, api: str, parent_uid: str, *, pause_s: float = 1.0) -> None:
+        """The API answered 429 for this key: halve its rate and pause it (multiplicative
+        decrease). Slots already reserved keep their place; new ones start after the pause."""
+        now = self._clock()
+        ceiling = self.limit(api)
+        if ceiling is None:
+            return
+        bucket = self._bucket((api, "uid", parent_uid), ceiling, now)
+        bucket.rate = max(self._floor, bucket.rate / 2)
+        bucket.adjusted_at = now + pause_s
+        bucket.tat = max(bucket.tat, now + pause_s)
+
+    def rates(self) -> dict[str, float]:
+        """Current rate of every key below its ceiling (for logs and metrics)."""
+        return {
+            "/".join(key): bucket.rate
+            for key, bucket in self._buckets.items()
+            if bucket.rate < bucket.ceiling
+        }
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def _maybe_sweep(self, now: float) -> None:
+        self._since_sweep += 1
+        if self._since_sweep < SWEEP_EVERY:
+            return
+        self._since_sweep = 0
+        self.sweep(now)
+
+    def sweep(self, now: float | None = None) -> int:
+        """Drop buckets that are idle at full rate: a fresh bucket behaves identically."""
+        now = self._clock() if now is None else now
+        idle = [
+            key
+            for key, b in self._buckets.items()
+            if b.rate >= b.ceiling and b.tat < now - IDLE_AFTER_S
+        ]
+        for key in idle:
+            del self._buckets[key]
+        return len(idle)

@@ -1,0 +1,118 @@
+"""Pacing arithmetic with a controlled clock: no test here waits on real time."""
+
+from __future__ import annotations
+
+import itertools
+
+from service.limiter import IDLE_AFTER_S, RateLimiter
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def admitted_instants(
+    limiter: RateLimiter, clock: FakeClock, api: str, uid: str, n: int
+) -> list[float]:
+    return [clock.t + limiter.reserve(api, uid) for _ in range(n)]
+
+
+def max_in_any_window(instants: list[float], window: float = 1.0) -> int:
+    instants = sorted(instants)
+    best, lo = 0, 0
+    for hi, t in enumerate(instants):
+        while t - instants[lo] >= window:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
+
+
+def test_no_burst_at_start_and_even_spacing() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter({"op": 10}, guard_s=0.03, clock=clock)
+    instants = admitted_instants(limiter, clock, "op", "c1", 50)
+    gaps = [b - a for a, b in itertools.pairwise(instants)]
+    assert all(abs(g - 0.103) < 1e-9 for g in gaps)
+    assert max_in_any_window(instants) == 10
+    assert instants[0] == clock.t  # the first call goes at once
+
+
+def test_no_burst_after_idle() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter({"op": 10}, guard_s=0.01, clock=clock)
+    admitted_instants(limiter, clock, "op", "c1", 5)
+    clock.t += 30  # idle: a leaky bucket would have refilled to a burst of 10
+    instants = admitted_instants(limiter, clock, "op", "c1", 30)
+    assert max_in_any_window(instants) == 10
+
+
+def test_egress_bucket_is_shared_by_customers() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter({"op": 10}, guard_s=0.01, clock=clock)
+    instants = []
+    for i in range(40):
+        instants.append(clock.t + limiter.reserve("op", f"c{i % 4}"))
+    # four customers, each allowed 10/s, but one egress address: 10/s in total
+    assert max_in_any_window(instants) == 10
+
+
+def test_different_apis_do_not_share_buckets() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter({"a": 10, "b": 10}, guard_s=0.0, clock=clock)
+    assert limiter.reserve("a", "c1") == 0
+    assert limiter.reserve("b", "c1") == 0
+    assert limiter.reserve("a", "c1") > 0
+
+
+def test_defaults_come_from_the_published_table() -> None:
+    limiter = RateLimiter(clock=FakeClock())
+    assert limiter.limit("list_rate_on_period_detail") == 30
+    assert limiter.limit("list_customer_orders") == 20
+    assert limiter.limit("renewal_resources") == 10
+    assert limiter.limit("create_temporary_access_key_by_agency") is None
+
+
+def test_override_and_unlimited() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter({"renewal_resources": 2, "list_customer_orders": 0}, clock=clock)
+    assert limiter.limit("renewal_resources") == 2
+    assert all(limiter.reserve("list_customer_orders", "c") == 0 for _ in range(100))
+
+
+def test_throttled_halves_rate_pauses_then_recovers() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter({"op": 10}, guard_s=0.0, clock=clock, recovery=0.1)
+    limiter.reserve("op", "c1")
+    limiter.throttled("op", "c1", pause_s=1.0)
+    assert limiter.rates() == {"op/uid/c1": 5.0}
+    assert limiter.delay("op", "c1") >= 1.0  # paused
+    clock.t += 3.0  # two seconds of recovery after the pause: +1/s per second
+    limiter.reserve("op", "c1")
+    assert abs(limiter.rates()["op/uid/c1"] - 7.0) < 1e-9
+    clock.t += 10.0
+    limiter.reserve("op", "c1")
+    assert limiter.rates() == {}  # back at the configured ceiling
+
+
+def test_rate_never_falls_below_floor() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter({"op": 10}, clock=clock, floor=0.5)
+    for _ in range(20):
+        limiter.throttled("op", "c1")
+    assert limiter.rates()["op/uid/c1"] == 0.5
+
+
+def test_idle_buckets_are_swept_so_memory_stays_bounded() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter({"op": 10}, clock=clock)
+    for i in range(1000):
+        limiter.reserve("op", f"customer-{i}")
+        clock.t += 0.2
+    assert len(limiter) == 1001  # 1000 customer buckets + 1 egress bucket
+    clock.t += IDLE_AFTER_S + 1
+    assert limiter.sweep() == 1001
+    assert len(limiter) == 0
