@@ -1,0 +1,171 @@
+"""Signers for a partner's own calls and for its customers' calls (temporary credentials).
+
+A customer's calls are signed with temporary AK/SK + security token that IAM issues to the
+partner through the agency the customer granted (``reference/bss-api.md`` §3, route A).
+
+Invariants: a cached credential is handed out only while it has more than ``refresh_margin``
+left; at most one IAM request per customer is in flight, however many commands ask at once;
+a failed fetch is remembered for ``FAILURE_TTL_S`` so a burst of waiters does not turn an IAM
+outage into a storm; the cache holds at most ``max_entries`` customers (least recently used
+go first), so memory stays bounded with any number of customers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import structlog
+from pydantic import BaseModel, ConfigDict
+
+from handlers.errors import ApiRefused, CredentialsUnavailable, RelayError, Retryable
+from service.client import BssHttp
+from service.operations import OPERATIONS
+from service.settings import PartnerAccount
+from service.signer import Signer
+
+__all__ = ["CredentialCache", "partner_signer"]
+
+log = structlog.get_logger(__name__)
+
+FAILURE_TTL_S = 1.0
+IAM_OPERATION = OPERATIONS["create_temporary_access_key_by_agency"]
+
+
+class _Credential(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    access: str
+    secret: str
+    securitytoken: str
+    expires_at: datetime
+
+
+class _CredentialAnswer(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    credential: _Credential
+
+
+def partner_signer(partner: PartnerAccount) -> Signer:
+    return Signer(partner.access_key, partner.secret_key.get_secret_value())
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    signer: Signer
+    expires_at: datetime
+
+
+def _assume_role_body(agency: str, customer_id: str, duration_s: int) -> bytes:
+    identity = {
+        "methods": ["assume_role"],
+        "assume_role": {
+            "agency_name": agency,
+            "domain_id": customer_id,
+            "duration_seconds": duration_s,
+        },
+    }
+    return json.dumps({"auth": {"identity": identity}}, separators=(",", ":")).encode()
+
+
+class CredentialCache:
+    """Temporary credentials of one partner's customers, fetched from IAM on demand."""
+
+    def __init__(
+        self,
+        *,
+        http: BssHttp,
+        partner: PartnerAccount,
+        duration_s: int = 3600,
+        refresh_margin_s: int = 300,
+        max_entries: int = 10_000,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._http = http
+        self._partner = partner
+        self._partner_signer = partner_signer(partner)
+        self._duration_s = duration_s
+        self._margin = timedelta(seconds=refresh_margin_s)
+        self._max_entries = max_entries
+        self._clock = clock
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._waiting: dict[str, int] = {}
+        self._failures: dict[str, tuple[datetime, RelayError]] = {}
+        self.fetches = 0  # IAM requests made; read by tests and metrics
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _fresh(self, customer_id: str) -> _Entry | None:
+        entry = self._entries.get(customer_id)
+        if entry is None:
+            return None
+        if entry.expires_at - self._margin <= self._clock():
+            del self._entries[customer_id]
+            return None
+        self._entries.move_to_end(customer_id)
+        return entry
+
+    def invalidate(self, customer_id: str) -> None:
+        """Forget a customer's credentials (e.g. the API said the token is no longer valid)."""
+        self._entries.pop(customer_id, None)
+
+    async def signer_for(self, customer_id: str) -> Signer:
+        entry = self._fresh(customer_id)
+        if entry is not None:
+            return entry.signer
+        lock = self._locks.setdefault(customer_id, asyncio.Lock())
+        self._waiting[customer_id] = self._waiting.get(customer_id, 0) + 1
+        try:
+            async with lock:
+                entry = self._fresh(customer_id) or await self._fetch_once(customer_id)
+        finally:
+            self._waiting[customer_id] -= 1
+            if self._waiting[customer_id] == 0:
+                del self._waiting[customer_id]
+                del self._locks[customer_id]
+        return entry.signer
+
+    async def _fetch_once(self, customer_id: str) -> _Entry:
+        failed = self._failures.get(customer_id)
+        if failed and (self._clock() - failed[0]).total_seconds() < FAILURE_TTL_S:
+            raise failed[1]
+        try:
+            entry = await self._fetch(customer_id)
+        except RelayError as exc:
+            if len(self._failures) >= self._max_entries:
+                self._failures.clear()  # bounded: stale failures only save one IAM call each
+            self._failures[customer_id] = (self._clock(), exc)
+            raise
+        self._failures.pop(customer_id, None)
+        self._entries[customer_id] = entry
+        while len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
+        return entry
+
+    async def _fetch(self, customer_id: str) -> _Entry:
+        if not self._partner.agency_name:
+            raise ApiRefused(
+                "RELAY.NO_AGENCY",
+                f"partner {self._partner.partner_id} has no agency name configured",
+            )
+        body = _assume_role_body(self._partner.agency_name, customer_id, self._duration_s)
+        self.fetches += 1
+        try:
+            response = await self._http.call(
+                IAM_OPERATION,
+                self._partner_signer,
+                parent_uid=self._partner.partner_id,
+                domain_id=self._partner.partner_id,
+                body=body,
+            )
+        except Retryable as exc:
+            raise CredentialsUnavailable(exc.code, f"IAM: {exc.message}") from exc
+        credential = _CredentialAnswer.model_validate_json(response.body).credential
+        log.info("customer_credentials_issued", customer_id=customer_id)
+        signer = Signer(credential.access, credential.secret, credential.securitytoken)
+        return _Entry(signer=signer, expires_at=credential.expires_at.astimezone(UTC))

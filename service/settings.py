@@ -1,0 +1,115 @@
+"""The one settings object, read from the environment (and optionally an env file) at the edge.
+
+Only this module reads the environment. Everything else receives a ``Settings`` (or the part of
+it it needs) through its constructor.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from service.store import DEFAULT_STORE_URL
+
+__all__ = ["PartnerAccount", "Settings", "load_partners_file"]
+
+
+class PartnerAccount(BaseModel):
+    """One partner account: its domain id (the ParentUid of its own calls), AK/SK, agency name."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    partner_id: str = Field(min_length=1)
+    access_key: str = Field(min_length=1)
+    secret_key: SecretStr
+    # The agency customers granted this partner; needed for customer calls, not for coupons.
+    agency_name: str | None = None
+
+
+def load_partners_file(path: Path) -> dict[str, PartnerAccount]:
+    """Read ``BSS_PARTNERS_FILE``: JSON or YAML, ``{"partners": [{partner_id, access_key, ...}]}``."""
+    text = path.read_text(encoding="utf-8")
+    data: Any = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+    rows = data.get("partners") if isinstance(data, dict) else data
+    if not isinstance(rows, list) or not rows:
+        raise ValueError(f"{path}: expected a non-empty list under 'partners'")
+    accounts = [PartnerAccount.model_validate(row) for row in rows]
+    by_id = {a.partner_id: a for a in accounts}
+    if len(by_id) != len(accounts):
+        raise ValueError(f"{path}: partner_id values must be unique")
+    return by_id
+
+
+class Settings(BaseSettings):
+    """Configuration from the environment. Contract names (CONTRACT.md §5) keep their spelling;
+    tuning knobs are prefixed ``RELAY_``."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    amqp_url: str = "amqp://guest:guest@localhost:5672/"
+    bss_endpoint: str = "https://bss.myhuaweicloud.com"
+    iam_endpoint: str = "https://iam.myhuaweicloud.com"
+    bss_partner_id: str | None = None
+    bss_access_key: str | None = None
+    bss_secret_key: SecretStr | None = None
+    bss_agency_name: str | None = None
+    bss_partners_file: Path | None = None
+    store_url: str = DEFAULT_STORE_URL
+
+    relay_prefetch: int = Field(default=64, ge=1, le=10_000)
+    relay_http_timeout_s: float = Field(default=30.0, gt=0)
+    relay_connect_timeout_s: float = Field(default=5.0, gt=0)
+    relay_http_connections: int = Field(default=64, ge=1)
+    # Per-operation rate limits in requests/second, overriding reference/bss-api.md §7.
+    relay_rate_limits: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
+    # Spacing safety: each bucket's slots are this much further apart per second of quota, so
+    # clock jitter between us and the gateway never puts limit+1 requests in one second.
+    relay_rate_guard_ms: float = Field(default=30.0, ge=0, le=500)
+    relay_egress: str = "default"
+    relay_throttle_retries: int = Field(default=5, ge=0)
+    relay_credential_duration_s: int = Field(default=3600, ge=900, le=86400)
+    relay_credential_refresh_margin_s: int = Field(default=300, ge=0)
+    relay_credential_cache_size: int = Field(default=10_000, ge=1)
+    relay_max_attempts: int = Field(default=8, ge=1)
+    relay_retry_base_s: float = Field(default=1.0, gt=0)
+    relay_retry_max_s: float = Field(default=300.0, gt=0)
+    relay_lease_s: float = Field(default=30.0, gt=0)
+    relay_retention_days: float = Field(default=30.0, gt=0)
+    relay_shutdown_grace_s: float = Field(default=30.0, ge=0)
+    relay_max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    relay_queue_prefix: str = "bss-relay"
+    relay_log_level: str = "INFO"
+    relay_metrics_port: int | None = None
+
+    @field_validator("relay_rate_limits", mode="before")
+    @classmethod
+    def _parse_limits(cls, value: object) -> object:
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else {}
+        return value
+
+    @model_validator(mode="after")
+    def _one_source_of_partners(self) -> Settings:
+        inline = [self.bss_partner_id, self.bss_access_key, self.bss_secret_key]
+        if any(v is not None for v in inline) and not all(v is not None for v in inline):
+            raise ValueError("BSS_PARTNER_ID, BSS_ACCESS_KEY and BSS_SECRET_KEY go together")
+        return self
+
+    def partners(self) -> dict[str, PartnerAccount]:
+        """Every configured partner account, by partner id (inline variables and the file)."""
+        accounts: dict[str, PartnerAccount] = {}
+        if self.bss_partners_file is not None:
+            accounts.update(load_partners_file(self.bss_partners_file))
+        if self.bss_partner_id and self.bss_access_key and self.bss_secret_key:
+            accounts[self.bss_partner_id] = PartnerAccount(
+                partner_id=self.bss_partner_id,
+                access_key=self.bss_access_key,
+                secret_key=self.bss_secret_key,
+                agency_name=self.bss_agency_name,
+            )
+        return accounts
