@@ -132,6 +132,20 @@ _ROWS = (
         mutating=False,
     ),
     Operation(
+        "pay_orders",
+        "POST",
+        "/v3/orders/customer-orders/pay",
+        Caller.CUSTOMER,
+        mutating=True,
+    ),
+    Operation(
+        "cancel_customer_order",
+        "PUT",
+        "/v2/orders/customer-orders/cancel",
+        Caller.CUSTOMER,
+        mutating=True,
+    ),
+    Operation(
         "list_quota_coupons",
         "POST",
         "/v2/partners/coupon-quotas/query",
