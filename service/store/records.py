@@ -1,0 +1,39 @@
+"""Rules both store backends share, so SQLite and PostgreSQL cannot drift apart.
+
+The table ``relay_commands`` both create (column types differ, meaning does not)::
+
+    command_id       primary key, the producer's idempotency key
+    type             command type as first claimed (a later claim never changes it)
+    status           received | in_flight | finished
+    attempts         API calls started, over the command's whole life; only grows
+    call_started_at  when the latest API call started (set by mark_call_started)
+    event            the terminal event body, once finished; never changes afterwards
+    owner            who holds the lease, NULL when nobody does (released or finished)
+    lease_until      end of the owner's lease; NULL exactly when owner is NULL
+    created_at, updated_at, finished_at
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from handlers.ports import Claim, ClaimOutcome, CommandStatus, StoredCommand
+
+__all__ = ["CLAIM_TRIES", "lease_end", "lost_claim"]
+
+CLAIM_TRIES = 3
+"""A claim that loses finds the row and reads it; if ``prune`` deleted it in between, the
+claim is tried again. Two consecutive such races are practically impossible."""
+
+
+def lease_end(now: datetime, lease: timedelta) -> datetime:
+    if lease <= timedelta(0):
+        raise ValueError(f"lease must be positive, got {lease}")
+    return now + lease
+
+
+def lost_claim(current: StoredCommand) -> Claim:
+    """Outcome of a claim whose atomic upsert changed nothing: finished, or someone's lease."""
+    if current.status is CommandStatus.FINISHED:
+        return Claim(ClaimOutcome.FINISHED, current)
+    return Claim(ClaimOutcome.BUSY, current)
