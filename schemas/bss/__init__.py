@@ -58,8 +58,6 @@ from schemas.bss.rating import (
     RateOnDemandReq,
     RateOnPeriodReq,
     RenewInquiryResult,
-    RenewOfficialWebsiteRatingResult,
-    RenewOptionalDiscountRatingResult,
 )
 from schemas.bss.renewal import (
     AutoRenewalResourcesReq,
@@ -129,8 +127,6 @@ __all__ = [
     "RateOnDemandReq",
     "RateOnPeriodReq",
     "RenewInquiryResult",
-    "RenewOfficialWebsiteRatingResult",
-    "RenewOptionalDiscountRatingResult",
     "RenewalResourcesReq",
     "RenewalResourcesResp",
     "ShowCustomerOrderDetailsResp",

@@ -44,15 +44,15 @@ class CreatePartnerCouponsReq(WireRequest):
 
 
 class CouponInfo(WireResponse):
-    id: str | None = None
+    id: str
     """The customer id the coupon went to."""
-    coupon_id: str | None = None
+    coupon_id: str
 
 
 class ErrorDetail(WireResponse):
-    error_code: str | None = None
-    error_msg: str | None = None
-    id: str | None = None
+    error_code: str
+    error_msg: str = ""
+    id: str
     """The customer id the API refused."""
 
 
@@ -97,7 +97,7 @@ class CouponUseLimit(WireResponse):
 class IssuedPartnerCoupon(WireResponse):
     """A coupon the partner issued (``list_issued_partner_coupons``)."""
 
-    coupon_id: str | None = None
+    coupon_id: str
     status: int | None = None
     """1 not activated, 2 usable, 3 used, 4 expired, 5 reclaimed."""
     customer_id: str | None = None
@@ -155,7 +155,7 @@ class QuotaLimitInfo(WireResponse):
 
 
 class CouponQuota(WireResponse):
-    quota_id: str | None = None
+    quota_id: str
     quota_type: int | None = None
     create_time: ApiDateTime | None = None
     last_update_time: ApiDateTime | None = None

@@ -50,7 +50,7 @@ class EnterpriseProject(WireResponse):
 
 class CustomerResource(WireResponse):
     id: str | None = None
-    resource_id: str | None = None
+    resource_id: str
     resource_name: str | None = None
     region_code: str | None = None
     service_type_code: str | None = None
@@ -102,7 +102,7 @@ class AgentPayInfo(WireResponse):
 class CustomerOrder(WireResponse):
     """An order as listed (``list_customer_orders``) or shown (``order_info`` of the details)."""
 
-    order_id: str | None = None
+    order_id: str
     customer_id: str | None = None
     service_type_code: str | None = None
     service_type_name: str | None = None

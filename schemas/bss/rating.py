@@ -27,8 +27,6 @@ __all__ = [
     "RateOnDemandReq",
     "RateOnPeriodReq",
     "RenewInquiryResult",
-    "RenewOfficialWebsiteRatingResult",
-    "RenewOptionalDiscountRatingResult",
 ]
 
 
@@ -68,9 +66,10 @@ class DemandDiscountRatingResult(WireResponse):
 
 
 class DemandProductRatingResult(WireResponse):
-    id: str | None = None
+    id: str
+    """The request's product ``id``."""
     product_id: str | None = None
-    amount: ApiNumber | None = None
+    amount: ApiNumber
     discount_amount: ApiNumber | None = None
     official_website_amount: ApiNumber | None = None
     measure_id: int | None = None
@@ -105,7 +104,7 @@ class RateOnPeriodReq(WireRequest):
 
 
 class PeriodProductOfficialRatingResult(WireResponse):
-    id: str | None = None
+    id: str
     product_id: str | None = None
     official_website_amount: ApiNumber | None = None
     measure_id: int | None = None
@@ -122,7 +121,7 @@ class OfficialWebsiteRatingResult(WireResponse):
 
 
 class PeriodProductRatingResult(WireResponse):
-    id: str | None = None
+    id: str
     product_id: str | None = None
     amount: ApiNumber | None = None
     official_website_amount: ApiNumber | None = None
@@ -170,33 +169,16 @@ class ListRenewRateOnPeriodReq(WireRequest):
 
 
 class RenewInquiryResult(WireResponse):
-    resource_id: str | None = None
-    amount: ApiDecimalString | None = None
-
-
-class RenewOfficialWebsiteRatingResult(WireResponse):
-    official_website_amount: ApiDecimalString | None = None
-    installment_official_website_amount: str | None = None
-    installment_period_type: int | None = None
-
-
-class RenewOptionalDiscountRatingResult(WireResponse):
-    discount_id: str | None = None
-    amount: ApiDecimalString | None = None
-    official_website_amount: ApiDecimalString | None = None
-    discount_amount: ApiDecimalString | None = None
-    discount_type: int | None = None
-    discount_name: str | None = None
-    best_offer: int | None = None
-    installment_official_website_amount: str | None = None
-    installment_official_discount_amount: str | None = None
-    installment_amount: str | None = None
-    installment_period_type: int | None = None
+    resource_id: str
+    amount: ApiDecimalString
 
 
 class ListRenewRateOnPeriodResp(WireResponse):
+    """The renewal quote. Its rating results are the period inquiry's shapes without the
+    per-product lists, and its amounts are strings; both parse into the same ``Decimal``s."""
+
     currency: str | None = None
     renew_inquiry_results: list[RenewInquiryResult] = []
-    official_website_rating_result: RenewOfficialWebsiteRatingResult | None = None
-    optional_discount_rating_results: list[RenewOptionalDiscountRatingResult] = []
+    official_website_rating_result: OfficialWebsiteRatingResult | None = None
+    optional_discount_rating_results: list[OptionalDiscountRatingResult] = []
     fail_resource_infos: list[FailResourceInfo] = []

@@ -28,9 +28,11 @@ class RenewalResourcesReq(WireRequest):
 
 
 class FailResourceInfo(WireResponse):
-    error_code: str | None = None
-    error_msg: str | None = None
-    resource_id: str | None = None
+    """A resource the API refused inside an HTTP 200 answer."""
+
+    error_code: str
+    error_msg: str = ""
+    resource_id: str
 
 
 class RenewalResourcesResp(WireResponse):
