@@ -10,8 +10,9 @@
     │   │   └── Throttled                       429 / APIG.0308: wait it out, never a failure
     │   ├── NotSent                             connection failed before the request left
     │   └── CredentialsUnavailable              IAM could not give temporary credentials now
-    └── OutcomeUnknown               RECONCILE  a mutating call may or may not have taken effect
-        └── CallTimeout (also TimeoutError)     no answer in time after sending
+    ├── OutcomeUnknown               RECONCILE  a mutating call may or may not have taken effect
+    │   └── CallTimeout (also TimeoutError)     no answer in time after sending
+    └── OutcomeUndecidable           UNKNOWN    reconciliation could not tell: a person must look
 
 Only the BSS client raises the API branches, translating aiohttp errors at its boundary and
 keeping them as ``__cause__``. Messages never contain secrets: the client builds them from the
@@ -31,6 +32,7 @@ __all__ = [
     "CredentialsUnavailable",
     "Disposition",
     "NotSent",
+    "OutcomeUndecidable",
     "OutcomeUnknown",
     "RelayError",
     "Retryable",
@@ -45,6 +47,7 @@ class Disposition(StrEnum):
     FAIL = "fail"  # terminal `failed` event
     RETRY = "retry"  # try again later through the broker's delay queues
     RECONCILE = "reconcile"  # read the API's state before deciding anything
+    UNKNOWN = "unknown"  # terminal `unknown` event + dead letter; never call again
 
 
 class RelayError(Exception):
@@ -115,3 +118,7 @@ class OutcomeUnknown(RelayError):
 
 class CallTimeout(OutcomeUnknown, TimeoutError):
     pass
+
+
+class OutcomeUndecidable(RelayError):
+    disposition = Disposition.UNKNOWN

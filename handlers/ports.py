@@ -6,20 +6,83 @@ a ``Clock`` and a ``Journal`` for the one command they carry out.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Protocol
 
+from pydantic import BaseModel
+
+from schemas.bss import (
+    AutoRenewalResourcesReq,
+    CouponRecord,
+    CreatePartnerCouponsReq,
+    CreatePartnerCouponsResp,
+    CustomerOrder,
+    CustomerResource,
+    ListOnDemandResourceRatingsResp,
+    ListRateOnPeriodDetailResp,
+    ListRenewRateOnPeriodReq,
+    ListRenewRateOnPeriodResp,
+    RateOnDemandReq,
+    RateOnPeriodReq,
+    RenewalResourcesReq,
+    RenewalResourcesResp,
+)
+
 __all__ = [
+    "BssApi",
     "Claim",
     "ClaimOutcome",
     "Clock",
     "CommandStatus",
     "CommandStore",
+    "Completed",
+    "HandlerContext",
+    "Journal",
     "StoredCommand",
 ]
+
+
+class BssApi(Protocol):
+    """The BSS calls handlers make, bound to one partner. Customer calls are signed with the
+    customer's temporary credentials; partner calls with the partner's AK/SK. Errors are
+    ``handlers.errors`` classes; per-item failures inside HTTP 200 come back in the models."""
+
+    async def renew(self, customer_id: str, body: RenewalResourcesReq) -> RenewalResourcesResp: ...
+
+    async def enable_auto_renew(
+        self, customer_id: str, resource_id: str, body: AutoRenewalResourcesReq
+    ) -> None: ...
+
+    async def cancel_auto_renew(self, customer_id: str, resource_id: str) -> None: ...
+
+    async def rate_on_demand(
+        self, customer_id: str, body: RateOnDemandReq
+    ) -> ListOnDemandResourceRatingsResp: ...
+
+    async def rate_on_period(
+        self, customer_id: str, body: RateOnPeriodReq
+    ) -> ListRateOnPeriodDetailResp: ...
+
+    async def rate_renewal(
+        self, customer_id: str, body: ListRenewRateOnPeriodReq
+    ) -> ListRenewRateOnPeriodResp: ...
+
+    async def issue_coupons(self, body: CreatePartnerCouponsReq) -> CreatePartnerCouponsResp: ...
+
+    async def customer_resources(
+        self, customer_id: str, resource_ids: Sequence[str]
+    ) -> list[CustomerResource]: ...
+
+    async def renewal_orders_since(self, customer_id: str, since: datetime) -> list[CustomerOrder]:
+        """The customer's renewal orders (order_type 2) created since ``since``, all pages."""
+        ...
+
+    async def coupon_issue_records_since(self, since: datetime) -> list[CouponRecord]:
+        """The partner's coupon issue records since ``since``, all pages."""
+        ...
 
 
 class Clock(Protocol):
@@ -43,6 +106,8 @@ class StoredCommand:
     call_started_at: datetime | None  # when the latest API call started
     event: bytes | None  # the terminal event body as published, once finished
     updated_at: datetime
+    note: bytes | None = None  # what the handler journaled with the latest call start
+    published: bool = False  # the terminal event was confirmed by the broker
 
 
 class ClaimOutcome(StrEnum):
@@ -82,8 +147,11 @@ class CommandStore(Protocol):
         """Extend the leases ``owner`` holds on ``command_ids`` (a heartbeat)."""
         ...
 
-    async def mark_call_started(self, command_id: str, *, owner: str, at: datetime) -> int:
-        """Record that an API call starts now: status IN_FLIGHT, attempts + 1. Returns attempts.
+    async def mark_call_started(
+        self, command_id: str, *, owner: str, at: datetime, note: bytes | None = None
+    ) -> int:
+        """Record that an API call starts now: status IN_FLIGHT, attempts + 1, ``note`` kept
+        for reconciliation. Returns attempts.
 
         Raises ``LookupError`` if ``owner`` does not hold the command (its lease was lost).
         """
@@ -97,6 +165,11 @@ class CommandStore(Protocol):
         """
         ...
 
+    async def mark_published(self, command_id: str) -> None:
+        """Record that the terminal event went out (a redelivery then re-announces it as a
+        duplicate instead of publishing it as itself)."""
+        ...
+
     async def release(self, command_id: str, *, owner: str) -> None:
         """Give up ownership (e.g. before a delayed retry); status and attempts stay."""
         ...
@@ -106,3 +179,37 @@ class CommandStore(Protocol):
     async def prune(self, *, finished_before: datetime) -> int:
         """Delete finished commands older than the retention; returns how many."""
         ...
+
+
+class Journal(Protocol):
+    """What a handler records about its own API calls, for reconciliation after a crash."""
+
+    @property
+    def uncertain_since(self) -> datetime | None:
+        """When an earlier attempt's API call started, if it may have taken effect."""
+        ...
+
+    @property
+    def note(self) -> bytes | None:
+        """What the earlier attempt wrote with ``call_starting`` (e.g. expiry times before)."""
+        ...
+
+    async def call_starting(self, *, note: bytes | None = None) -> datetime:
+        """Record, before a side-effecting call, that it starts now; returns that instant."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerContext:
+    command_id: str
+    api: BssApi
+    clock: Clock
+    journal: Journal
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    """A handler's result. ``partial``: the API accepted some items and refused others."""
+
+    result: BaseModel
+    partial: bool = False

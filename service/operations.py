@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
+from urllib.parse import quote, unquote
 
 __all__ = ["OPERATIONS", "Caller", "Operation", "match"]
 
@@ -36,8 +37,6 @@ class Operation:
     service: str = "bss"  # which base URL serves it: "bss" (BSS_ENDPOINT) or "iam" (IAM_ENDPOINT)
 
     def render(self, **params: str) -> str:
-        from urllib.parse import quote
-
         return self.path.format(**{k: quote(v, safe="") for k, v in params.items()})
 
 
@@ -173,8 +172,6 @@ OPERATIONS: MappingProxyType[str, Operation] = MappingProxyType({op.name: op for
 
 def match(method: str, path: str) -> tuple[Operation, dict[str, str]] | None:
     """The operation a (method, raw path) pair addresses, with its decoded path parameters."""
-    from urllib.parse import unquote
-
     parts = path.rstrip("/").split("/")
     for op in _ROWS:
         if op.method != method.upper():

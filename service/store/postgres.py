@@ -43,7 +43,9 @@ _DDL = (
         status          text NOT NULL CHECK (status IN ('received', 'in_flight', 'finished')),
         attempts        integer NOT NULL DEFAULT 0 CHECK (attempts >= 0),
         call_started_at timestamptz,
+        note            bytea,
         event           bytea,
+        published_at    timestamptz,
         owner           text,
         lease_until     timestamptz,
         created_at      timestamptz NOT NULL,
@@ -72,11 +74,13 @@ _CLAIM = """
             updated_at = EXCLUDED.updated_at
         WHERE c.status <> 'finished'
           AND (c.owner IS NULL OR c.lease_until <= EXCLUDED.updated_at)
-    RETURNING command_id, type, status, attempts, call_started_at, event, updated_at
+    RETURNING command_id, type, status, attempts, call_started_at, note, event, published_at,
+           updated_at
 """
 
 _GET = """
-    SELECT command_id, type, status, attempts, call_started_at, event, updated_at
+    SELECT command_id, type, status, attempts, call_started_at, note, event, published_at,
+           updated_at
     FROM relay_commands WHERE command_id = $1
 """
 
@@ -88,7 +92,8 @@ _RENEW = """
 
 _MARK_CALL_STARTED = """
     UPDATE relay_commands
-    SET status = 'in_flight', attempts = attempts + 1, call_started_at = $3, updated_at = $4
+    SET status = 'in_flight', attempts = attempts + 1, call_started_at = $3, updated_at = $4,
+        note = $5
     WHERE command_id = $1 AND owner = $2 AND lease_until > $4 AND status <> 'finished'
     RETURNING attempts
 """
@@ -104,6 +109,11 @@ _FINISH = """
 _RELEASE = """
     UPDATE relay_commands SET owner = NULL, lease_until = NULL, updated_at = $3
     WHERE command_id = $1 AND owner = $2 AND status <> 'finished'
+"""
+
+_MARK_PUBLISHED = """
+    UPDATE relay_commands SET published_at = $2
+    WHERE command_id = $1 AND status = 'finished' AND published_at IS NULL
 """
 
 _PRUNE = "DELETE FROM relay_commands WHERE status = 'finished' AND finished_at < $1"
@@ -133,7 +143,9 @@ def _record(row: Any) -> StoredCommand:
         status=CommandStatus(row["status"]),
         attempts=int(row["attempts"]),
         call_started_at=_utc(row["call_started_at"]),
+        note=None if row["note"] is None else bytes(row["note"]),
         event=None if row["event"] is None else bytes(row["event"]),
+        published=row["published_at"] is not None,
         updated_at=row["updated_at"].astimezone(UTC),
     )
 
@@ -227,10 +239,12 @@ class PostgresCommandStore:
         until = lease_end(now, lease)
         await self._open_pool().execute(_RENEW, owner, until, now, list(command_ids))
 
-    async def mark_call_started(self, command_id: str, *, owner: str, at: datetime) -> int:
+    async def mark_call_started(
+        self, command_id: str, *, owner: str, at: datetime, note: bytes | None = None
+    ) -> int:
         at = as_utc(at, "call start")
         pool = self._open_pool()
-        attempts = await pool.fetchval(_MARK_CALL_STARTED, command_id, owner, at, self._now())
+        attempts = await pool.fetchval(_MARK_CALL_STARTED, command_id, owner, at, self._now(), note)
         if attempts is None:
             raise LookupError(f"{owner!r} holds no live lease on command {command_id!r}")
         return int(attempts)
@@ -245,6 +259,9 @@ class PostgresCommandStore:
         if current is None or current.event is None:
             raise LookupError(f"command {command_id!r} was never claimed")
         return current.event
+
+    async def mark_published(self, command_id: str) -> None:
+        await self._open_pool().execute(_MARK_PUBLISHED, command_id, self._now())
 
     async def release(self, command_id: str, *, owner: str) -> None:
         await self._open_pool().execute(_RELEASE, command_id, owner, self._now())

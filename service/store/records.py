@@ -7,7 +7,9 @@ The table ``relay_commands`` both create (column types differ, meaning does not)
     status           received | in_flight | finished
     attempts         API calls started, over the command's whole life; only grows
     call_started_at  when the latest API call started (set by mark_call_started)
+    note             what the handler journaled with that call (e.g. expiry times before it)
     event            the terminal event body, once finished; never changes afterwards
+    published_at     when the terminal event was confirmed by the broker (mark_published)
     owner            who holds the lease, NULL when nobody does (released or finished)
     lease_until      end of the owner's lease; NULL exactly when owner is NULL
     created_at, updated_at, finished_at

@@ -46,7 +46,9 @@ _SCHEMA = (
         status          TEXT NOT NULL CHECK (status IN ('received', 'in_flight', 'finished')),
         attempts        INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
         call_started_at TEXT,
+        note            BLOB,
         event           BLOB,
+        published_at    TEXT,
         owner           TEXT,
         lease_until     TEXT,
         created_at      TEXT NOT NULL,
@@ -75,11 +77,13 @@ _CLAIM = """
             updated_at = excluded.updated_at
         WHERE relay_commands.status <> 'finished'
           AND (relay_commands.owner IS NULL OR relay_commands.lease_until <= excluded.updated_at)
-    RETURNING command_id, type, status, attempts, call_started_at, event, updated_at
+    RETURNING command_id, type, status, attempts, call_started_at, note, event, published_at,
+           updated_at
 """
 
 _GET = """
-    SELECT command_id, type, status, attempts, call_started_at, event, updated_at
+    SELECT command_id, type, status, attempts, call_started_at, note, event, published_at,
+           updated_at
     FROM relay_commands WHERE command_id = :command_id
 """
 
@@ -92,7 +96,8 @@ _RENEW = """
 
 _MARK_CALL_STARTED = """
     UPDATE relay_commands
-    SET status = 'in_flight', attempts = attempts + 1, call_started_at = :at, updated_at = :now
+    SET status = 'in_flight', attempts = attempts + 1, call_started_at = :at, note = :note,
+        updated_at = :now
     WHERE command_id = :command_id AND owner = :owner AND lease_until > :now
       AND status <> 'finished'
     RETURNING attempts
@@ -109,6 +114,11 @@ _FINISH = """
 _RELEASE = """
     UPDATE relay_commands SET owner = NULL, lease_until = NULL, updated_at = :now
     WHERE command_id = :command_id AND owner = :owner AND status <> 'finished'
+"""
+
+_MARK_PUBLISHED = """
+    UPDATE relay_commands SET published_at = :now
+    WHERE command_id = :command_id AND status = 'finished' AND published_at IS NULL
 """
 
 _PRUNE = "DELETE FROM relay_commands WHERE status = 'finished' AND finished_at < :bound"
@@ -151,7 +161,9 @@ def _record(row: sqlite3.Row) -> StoredCommand:
         status=CommandStatus(row["status"]),
         attempts=row["attempts"],
         call_started_at=_moment(row["call_started_at"]),
+        note=row["note"],
         event=row["event"],
+        published=row["published_at"] is not None,
         updated_at=updated_at,
     )
 
@@ -240,10 +252,13 @@ class SqliteCommandStore:
         }
         await self._write(_RENEW, params)
 
-    async def mark_call_started(self, command_id: str, *, owner: str, at: datetime) -> int:
+    async def mark_call_started(
+        self, command_id: str, *, owner: str, at: datetime, note: bytes | None = None
+    ) -> int:
         params = {
             "command_id": command_id,
             "owner": owner,
+            "note": note,
             "at": _text(as_utc(at, "call start")),
             "now": _text(self._now()),
         }
@@ -265,6 +280,9 @@ class SqliteCommandStore:
         if current is None or current.event is None:
             raise LookupError(f"command {command_id!r} was never claimed")
         return current.event
+
+    async def mark_published(self, command_id: str) -> None:
+        await self._write(_MARK_PUBLISHED, {"command_id": command_id, "now": _text(self._now())})
 
     async def release(self, command_id: str, *, owner: str) -> None:
         params = {"command_id": command_id, "owner": owner, "now": _text(self._now())}

@@ -293,3 +293,29 @@ async def test_naive_datetimes_are_refused(store: CommandStore) -> None:
 async def test_a_lease_must_be_positive(store: CommandStore) -> None:
     with pytest.raises(ValueError, match="lease"):
         await store.claim("cmd-1", "renew", owner="a", lease=timedelta(0))
+
+
+async def test_note_is_kept_with_the_call_and_published_flag_is_recorded(
+    store_url: str,
+) -> None:
+    from datetime import timedelta as _td
+
+    from service.store import open_store as _open
+
+    async with _open(store_url) as store:
+        claim = await store.claim("cmd-note", "renew", owner="a", lease=_td(seconds=30))
+        assert claim.record.note is None
+        await store.mark_call_started(
+            "cmd-note", owner="a", at=claim.record.updated_at, note=b'{"r1": "x"}'
+        )
+        record = await store.get("cmd-note")
+        assert record is not None
+        assert record.note == b'{"r1": "x"}'
+        await store.finish("cmd-note", owner="a", event=b"{}")
+        finished = await store.get("cmd-note")
+        assert finished is not None
+        assert finished.published is False
+        await store.mark_published("cmd-note")
+        published = await store.get("cmd-note")
+        assert published is not None
+        assert published.published is True

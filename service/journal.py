@@ -1,0 +1,70 @@
+"""The handlers' ``Journal`` port on top of the command store."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+from handlers.ports import CommandStatus, CommandStore, StoredCommand
+
+__all__ = ["StoreJournal"]
+
+
+class StoreJournal:
+    """Journal of one claimed command. ``uncertain_since`` is set when the claim found the
+    command in flight: an earlier attempt started an API call and never recorded its end."""
+
+    def __init__(
+        self,
+        store: CommandStore,
+        *,
+        command_id: str,
+        owner: str,
+        clock: Callable[[], datetime],
+        attempts: int,
+        uncertain_since: datetime | None,
+        note: bytes | None,
+    ) -> None:
+        self._store = store
+        self._command_id = command_id
+        self._owner = owner
+        self._clock = clock
+        self.attempts = attempts
+        self._uncertain_since = uncertain_since
+        self._note = note
+
+    @classmethod
+    def from_claim(
+        cls,
+        store: CommandStore,
+        record: StoredCommand,
+        *,
+        owner: str,
+        clock: Callable[[], datetime],
+    ) -> StoreJournal:
+        in_flight = record.status is CommandStatus.IN_FLIGHT
+        return cls(
+            store,
+            command_id=record.command_id,
+            owner=owner,
+            clock=clock,
+            attempts=record.attempts,
+            uncertain_since=record.call_started_at if in_flight else None,
+            note=record.note if in_flight else None,
+        )
+
+    @property
+    def uncertain_since(self) -> datetime | None:
+        return self._uncertain_since
+
+    @property
+    def note(self) -> bytes | None:
+        return self._note
+
+    async def call_starting(self, *, note: bytes | None = None) -> datetime:
+        at = self._clock()
+        self.attempts = await self._store.mark_call_started(
+            self._command_id, owner=self._owner, at=at, note=note
+        )
+        self._uncertain_since, self._note = at, note
+        return at

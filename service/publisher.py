@@ -1,0 +1,127 @@
+"""Everything the service publishes: events, dead letters and delayed retries.
+
+Every message is persistent and published on a channel with publisher confirms: each ``await``
+returns only once the broker has taken responsibility for the message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
+
+from service.topology import DLQ, Topology
+
+__all__ = ["DeadLetterReason", "H", "Publisher"]
+
+JSON = "application/json"
+
+
+class H:
+    """Header names carried by dead letters and delayed retries (documented in AsyncAPI)."""
+
+    REASON = "x-relay-reason"
+    REASON_MESSAGE = "x-relay-reason-message"
+    ATTEMPTS = "x-relay-attempts"
+    FIRST_FAILURE = "x-relay-first-failure"
+    LAST_FAILURE = "x-relay-last-failure"
+    ORIGINAL_ROUTING_KEY = "x-relay-original-routing-key"
+    NOT_BEFORE = "x-relay-not-before"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterReason:
+    code: str
+    message: str
+    attempts: int
+    at: datetime
+
+
+def original_routing_key(message: AbstractIncomingMessage) -> str:
+    headers = message.headers or {}
+    value = headers.get(H.ORIGINAL_ROUTING_KEY)
+    return str(value) if value else (message.routing_key or "")
+
+
+def _failure_headers(message: AbstractIncomingMessage, reason: DeadLetterReason) -> dict[str, Any]:
+    headers: dict[str, Any] = dict(message.headers or {})
+    headers.pop("x-death", None)  # broker bookkeeping of our delay hops, not the producer's
+    headers[H.REASON] = reason.code
+    headers[H.REASON_MESSAGE] = reason.message[:1000]
+    headers[H.ATTEMPTS] = reason.attempts
+    headers.setdefault(H.FIRST_FAILURE, reason.at.isoformat())
+    headers[H.LAST_FAILURE] = reason.at.isoformat()
+    headers[H.ORIGINAL_ROUTING_KEY] = original_routing_key(message)
+    return headers
+
+
+def _copy(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
+    return aio_pika.Message(
+        message.body,
+        headers=headers,
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        message_id=message.message_id,
+        correlation_id=message.correlation_id,
+        reply_to=message.reply_to,
+        timestamp=message.timestamp,
+        type=message.type,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+    )
+
+
+class Publisher:
+    def __init__(
+        self, *, channel: AbstractChannel, events: AbstractExchange, topology: Topology
+    ) -> None:
+        self._channel = channel
+        self._events = events
+        self._topology = topology
+
+    async def event(
+        self,
+        body: bytes,
+        *,
+        routing_key: str,
+        event_id: str,
+        correlation_id: str | None,
+        reply_to: str | None,
+    ) -> None:
+        message = aio_pika.Message(
+            body,
+            content_type=JSON,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=event_id,
+            correlation_id=correlation_id,
+            type=routing_key,
+        )
+        await self._events.publish(message, routing_key=routing_key)
+        if reply_to:
+            await self._channel.default_exchange.publish(message, routing_key=reply_to)
+
+    async def dead_letter(self, message: AbstractIncomingMessage, reason: DeadLetterReason) -> None:
+        headers = _failure_headers(message, reason)
+        await self._channel.default_exchange.publish(_copy(message, headers), routing_key=DLQ)
+
+    async def delay(
+        self,
+        message: AbstractIncomingMessage,
+        *,
+        seconds: float,
+        reason: DeadLetterReason | None,
+        extra_headers: dict[str, Any] | None = None,
+    ) -> int:
+        """Send the command back to the work queue after about ``seconds``; returns the step."""
+        headers: dict[str, Any] = dict(message.headers or {})
+        headers.pop("x-death", None)
+        if reason is not None:
+            headers = _failure_headers(message, reason)
+        headers[H.ORIGINAL_ROUTING_KEY] = original_routing_key(message)
+        headers.update(extra_headers or {})
+        level = self._topology.delay_for(seconds)
+        queue = self._topology.delay_queue(level)
+        await self._channel.default_exchange.publish(_copy(message, headers), routing_key=queue)
+        return level
