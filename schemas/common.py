@@ -92,7 +92,7 @@ def unique_items(values: list[_T]) -> list[_T]:
     for value in values:
         if value in seen:
             raise PydanticCustomError(
-                "unique_items", "items must be unique; {item!r} is listed twice", {"item": value}
+                "unique_items", "items must be unique; '{item}' is listed twice", {"item": value}
             )
         seen.add(value)
     return values
@@ -199,7 +199,7 @@ def check_period(period_type: str, period_num: int) -> None:
     if not 1 <= period_num <= maximum:
         raise PydanticCustomError(
             "period_out_of_range",
-            "period_num for period_type {period_type!r} must be between 1 and {max}, got {num}",
+            "period_num for period_type '{period_type}' must be between 1 and {max}, got {num}",
             {"period_type": period_type, "max": maximum, "num": period_num},
         )
 

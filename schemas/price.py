@@ -98,7 +98,7 @@ def _unique_product_ids(products: list[_P]) -> list[_P]:
         if product.id in seen:
             raise PydanticCustomError(
                 "duplicate_product_id",
-                "product ids must be unique within a request; {id!r} is used twice",
+                "product ids must be unique within a request; '{id}' is used twice",
                 {"id": product.id},
             )
         seen.add(product.id)
