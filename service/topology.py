@@ -93,3 +93,45 @@ async def declare(channel: AbstractChannel, topology: Topology) -> Declared:
             arguments=topology.delay_arguments(level),
         )
     return Declared(commands=commands, events=events, work=work, dlq=dlq)
+
+
+def definitions(topology: Topology, vhost: str = "/") -> dict[str, Any]:
+    """The same topology as a RabbitMQ definitions document (``deploy/rabbitmq-definitions.json``),
+    for operators who pre-provision brokers; a test keeps the checked-in file equal to this."""
+    queue = {"vhost": vhost, "durable": True, "auto_delete": False}
+    return {
+        "exchanges": [
+            {
+                "name": name,
+                "vhost": vhost,
+                "type": "topic",
+                "durable": True,
+                "auto_delete": False,
+                "internal": False,
+                "arguments": {},
+            }
+            for name in (COMMANDS_EXCHANGE, EVENTS_EXCHANGE)
+        ],
+        "queues": [
+            {"name": DLQ, **queue, "arguments": {}},
+            {"name": topology.work_queue, **queue, "arguments": {}},
+            *(
+                {
+                    "name": topology.delay_queue(ms),
+                    **queue,
+                    "arguments": topology.delay_arguments(ms),
+                }
+                for ms in DELAY_LEVELS_MS
+            ),
+        ],
+        "bindings": [
+            {
+                "source": COMMANDS_EXCHANGE,
+                "vhost": vhost,
+                "destination": topology.work_queue,
+                "destination_type": "queue",
+                "routing_key": "#",
+                "arguments": {},
+            }
+        ],
+    }

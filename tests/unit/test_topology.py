@@ -1,0 +1,36 @@
+"""The deploy definitions file declares exactly what the service declares."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from service.topology import DELAY_LEVELS_MS, Topology, definitions
+
+DEFINITIONS = Path(__file__).resolve().parents[2] / "deploy" / "rabbitmq-definitions.json"
+
+
+def test_definitions_file_matches_the_code() -> None:
+    assert json.loads(DEFINITIONS.read_text()) == definitions(Topology())
+
+
+def test_contract_names_are_declared() -> None:
+    doc = definitions(Topology())
+    exchanges = {e["name"]: e for e in doc["exchanges"]}
+    assert exchanges["bss.commands"]["type"] == "topic"
+    assert exchanges["bss.events"]["durable"] is True
+    assert "bss.commands.dlq" in {q["name"] for q in doc["queues"]}
+
+
+def test_delay_queues_dead_letter_back_to_work() -> None:
+    topology = Topology("p")
+    for level in DELAY_LEVELS_MS:
+        args = topology.delay_arguments(level)
+        assert args["x-message-ttl"] == level
+        assert args["x-dead-letter-routing-key"] == "p.work"
+
+
+def test_delay_for_rounds_down_to_a_step() -> None:
+    assert Topology.delay_for(0.1) == 250
+    assert Topology.delay_for(3.0) == 2000
+    assert Topology.delay_for(10_000) == 300_000
