@@ -1,0 +1,227 @@
+"""End-to-end fixtures: a fresh RabbitMQ vhost per test run, the sandbox on loopback, and the
+real service (``service.runtime.run``, the code ``bss-relay serve`` runs) with its own queues
+and store per test. Every fixture owns its teardown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import aiohttp
+import pytest
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+
+from service.runtime import run
+from service.sandbox.server import SandboxServer
+from service.settings import Settings
+from service.topology import COMMANDS_EXCHANGE, DELAY_LEVELS_MS, DLQ, EVENTS_EXCHANGE, Topology
+
+pytestmark = pytest.mark.e2e
+
+
+async def rabbitmqctl(*args: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        "rabbitmqctl", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {out!r} {err!r}")
+
+
+@pytest.fixture(scope="session")
+async def amqp_url() -> AsyncIterator[str]:
+    vhost = f"relay-test-{uuid.uuid4().hex[:12]}"
+    await rabbitmqctl("add_vhost", vhost)
+    await rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+    await rabbitmqctl("delete_vhost", vhost)
+
+
+@pytest.fixture(scope="session")
+async def sandbox() -> AsyncIterator[SandboxServer]:
+    async with SandboxServer() as server:
+        yield server
+
+
+@dataclass
+class Sandbox:
+    url: str
+    http: aiohttp.ClientSession
+
+    async def get(self, route: str) -> Any:
+        async with self.http.get(f"{self.url}/_sandbox/{route}") as resp:
+            resp.raise_for_status()
+            return await resp.json()
+
+    async def put(self, route: str, body: Any) -> None:
+        async with self.http.put(f"{self.url}/_sandbox/{route}", json=body) as resp:
+            resp.raise_for_status()
+
+    async def reset(self) -> None:
+        async with self.http.post(f"{self.url}/_sandbox/reset") as resp:
+            resp.raise_for_status()
+
+    async def state(self) -> dict[str, Any]:
+        state: dict[str, Any] = await self.get("state")
+        return state
+
+    async def requests(self, api: str | None = None) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = await self.get("requests")
+        return [r for r in rows if api is None or r["api"] == api]
+
+
+@pytest.fixture
+async def bss(sandbox: SandboxServer) -> AsyncIterator[Sandbox]:
+    async with aiohttp.ClientSession() as http:
+        api = Sandbox(sandbox.url, http)
+        await api.reset()
+        yield api
+        await api.reset()
+
+
+@dataclass
+class EventLog:
+    """Collects every event the service publishes, by command id."""
+
+    by_command: dict[str | None, list[dict[str, Any]]] = field(default_factory=dict)
+    routing_keys: dict[str, str] = field(default_factory=dict)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def on_message(self, message: AbstractIncomingMessage) -> None:
+        async with message.process():
+            event = json.loads(message.body)
+            self.by_command.setdefault(event["command_id"], []).append(event)
+            self.routing_keys[event["event_id"]] = message.routing_key or ""
+            self.changed.set()
+
+    async def wait_for(
+        self, command_id: str | None, *, count: int = 1, timeout: float = 30.0
+    ) -> list[dict[str, Any]]:
+        async def enough() -> list[dict[str, Any]]:
+            while len(self.by_command.get(command_id, [])) < count:
+                self.changed.clear()
+                await self.changed.wait()
+            return self.by_command[command_id]
+
+        return await asyncio.wait_for(enough(), timeout)
+
+    def terminal(self, command_id: str) -> list[dict[str, Any]]:
+        return [e for e in self.by_command.get(command_id, []) if not e["duplicate"]]
+
+
+@dataclass
+class Relay:
+    """A running service plus the broker handles a test needs."""
+
+    settings: Settings
+    channel: AbstractChannel
+    events: EventLog
+    topology: Topology
+    stats: dict[str, Any]
+
+    async def publish(
+        self,
+        command: dict[str, Any] | bytes,
+        *,
+        routing_key: str | None = None,
+        **properties: Any,
+    ) -> None:
+        body = command if isinstance(command, bytes) else json.dumps(command).encode()
+        if routing_key is None:
+            kind = command.get("type", "x") if isinstance(command, dict) else "x"
+            routing_key = f"command.{kind}"
+        exchange = await self.channel.get_exchange(COMMANDS_EXCHANGE)
+        message = aio_pika.Message(
+            body,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=command.get("command_id") if isinstance(command, dict) else None,
+            **properties,
+        )
+        await exchange.publish(message, routing_key=routing_key)
+
+    async def dead_letters(self) -> list[AbstractIncomingMessage]:
+        """Read (and requeue) what is in the DLQ now."""
+        queue = await self.channel.declare_queue(DLQ, durable=True)
+        seen: list[AbstractIncomingMessage] = []
+        while (message := await queue.get(fail=False, no_ack=False)) is not None:
+            seen.append(message)
+        for message in seen:
+            await message.nack(requeue=True)
+        return seen
+
+
+RelayFactory = Callable[..., Awaitable[Relay]]
+
+
+def partner_env(state: dict[str, Any]) -> dict[str, Any]:
+    partner = state["partners"][0]
+    return {
+        "bss_partner_id": partner["partner_id"],
+        "bss_access_key": partner["access_key"],
+        "bss_secret_key": partner["secret_key"],
+        "bss_agency_name": partner["agency_name"],
+    }
+
+
+@pytest.fixture
+async def start_relay(amqp_url: str, bss: Sandbox, tmp_path: Path) -> AsyncIterator[RelayFactory]:
+    """Start the service (as many times as a test needs); everything is stopped and its
+    queues deleted at teardown."""
+    connection: AbstractRobustConnection = await aio_pika.connect_robust(amqp_url)
+    channel = await connection.channel(publisher_confirms=True)
+    prefix = f"relay-{uuid.uuid4().hex[:8]}"
+    events = EventLog()
+    events_queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+    events_exchange = await channel.declare_exchange(
+        EVENTS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
+    )
+    await events_queue.bind(events_exchange, routing_key="#")
+    await events_queue.consume(events.on_message)
+    state = await bss.state()
+    running: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
+
+    async def factory(**overrides: Any) -> Relay:
+        values: dict[str, Any] = {
+            "amqp_url": amqp_url,
+            "bss_endpoint": bss.url,
+            "iam_endpoint": bss.url,
+            "store_url": f"sqlite:///{tmp_path}/store.db",
+            "relay_queue_prefix": prefix,
+            "relay_retry_base_s": 0.25,
+            "relay_retry_max_s": 1.0,
+            "relay_shutdown_grace_s": 5.0,
+            **partner_env(state),
+        }
+        values.update(overrides)
+        settings = Settings(**values)
+        stop, ready = asyncio.Event(), asyncio.Event()
+        stats: dict[str, Any] = {}
+        task = asyncio.create_task(run(settings, stop=stop, ready=ready, stats=stats))
+        running.append((stop, task))
+        ready_wait = asyncio.create_task(ready.wait())
+        done, _ = await asyncio.wait({task, ready_wait}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            ready_wait.cancel()
+            task.result()  # raise the start-up error
+        return Relay(settings, channel, events, Topology(prefix), stats)
+
+    yield factory
+    for stop, task in reversed(running):
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    topology = Topology(prefix)
+    for name in [topology.work_queue, *(topology.delay_queue(ms) for ms in DELAY_LEVELS_MS)]:
+        await channel.queue_delete(name)
+    await channel.queue_delete(DLQ)
+    await connection.close()
+
+
+def new_id(prefix: str = "cmd") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"

@@ -1,0 +1,69 @@
+"""Reading command bytes never raises; unusable input becomes a precise rejection."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from schemas.commands import RenewCommand
+from service.intake import Rejection, read_command
+
+GOOD = {
+    "command_id": "c-1",
+    "type": "renew",
+    "partner_id": "p",
+    "payload": {
+        "customer_id": "cust",
+        "resource_ids": ["r1"],
+        "period_type": "month",
+        "period_num": 1,
+    },
+}
+
+
+def read(body: bytes) -> RenewCommand | Rejection:
+    return read_command(body, max_bytes=1024)  # type: ignore[return-value]
+
+
+def test_valid_command() -> None:
+    command = read(json.dumps(GOOD).encode())
+    assert isinstance(command, RenewCommand)
+    assert command.customer_id == "cust"
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"{not json", "RELAY.INVALID_JSON"),
+        (b"[1, 2]", "RELAY.INVALID_JSON"),
+        (b"\xff\xfe{}", "RELAY.INVALID_JSON"),
+        (b"x" * 2000, "RELAY.TOO_LARGE"),
+        (json.dumps({**GOOD, "type": "explode"}).encode(), "RELAY.UNKNOWN_TYPE"),
+        (json.dumps({**GOOD, "payload": {"customer_id": 1}}).encode(), "RELAY.SCHEMA"),
+    ],
+)
+def test_rejections(body: bytes, code: str) -> None:
+    result = read(body)
+    assert isinstance(result, Rejection)
+    assert result.code == code
+
+
+def test_rejection_keeps_what_can_be_read() -> None:
+    bad = {**GOOD, "payload": {**GOOD["payload"], "period_num": 12}}  # type: ignore[dict-item]
+    result = read(json.dumps(bad).encode())
+    assert isinstance(result, Rejection)
+    assert (result.command_id, result.type, result.partner_id, result.customer_id) == (
+        "c-1",
+        "renew",
+        "p",
+        "cust",
+    )
+    assert "period_num" in result.message or "payload" in result.message
+
+
+def test_unknown_type_is_reported_as_invalid() -> None:
+    result = read(json.dumps({**GOOD, "type": "explode"}).encode())
+    assert isinstance(result, Rejection)
+    assert result.type == "invalid"
+    assert "explode" in result.message
