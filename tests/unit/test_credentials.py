@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from pydantic import SecretStr
 
 from handlers.errors import ApiRefused, CredentialsUnavailable
 from service.client import BssHttp
@@ -23,7 +24,7 @@ from service.limiter import RateLimiter
 from service.settings import PartnerAccount
 
 PARTNER = PartnerAccount(
-    partner_id="p1", access_key="AK", secret_key="SK", agency_name="relay-agency"
+    partner_id="p1", access_key="AK", secret_key=SecretStr("SK"), agency_name="relay-agency"
 )
 
 
