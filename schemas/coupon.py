@@ -9,7 +9,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated, Self
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, Field, WithJsonSchema, model_validator
 from pydantic_core import PydanticCustomError
 
 from schemas.common import (
@@ -57,8 +57,16 @@ FaceValue = Annotated[
     Decimal,
     Field(gt=0, allow_inf_nan=False),
     AfterValidator(_check_face_value),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": r"^[0-9]+(\.[0-9]{1,2})?$"},
+                {"type": "number", "exclusiveMinimum": 0},
+            ],
+            "examples": ["10.50"],
+        }
+    ),
 ]
-"""Positive amount in the quota's currency; a decimal string (a JSON number is accepted too)."""
 
 ShortList = Annotated[list[Identifier], Field(max_length=10)]
 
@@ -73,6 +81,8 @@ class IssueCouponPayload(StrictModel):
     ]
     """1-100 distinct resale customers; each gets one coupon."""
     face_value: FaceValue
+    """Value of each coupon, e.g. ``"10.50"``: > 0, at most 2 decimal places and 15 significant
+    digits. A decimal string; a JSON number is accepted too."""
     valid_time: UtcDateTime | None = None
     """When the coupons become usable; absent = the quota's validity."""
     expire_time: UtcDateTime | None = None

@@ -10,10 +10,18 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated, Literal, Self, TypeVar
 
-from pydantic import AfterValidator, Field, StrictBool, StrictInt, model_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    StrictBool,
+    StrictInt,
+    WithJsonSchema,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from schemas.common import (
+    DECIMAL_PATTERN,
     CustomerId,
     FailedResource,
     Identifier,
@@ -40,8 +48,17 @@ NonEmpty = Annotated[str, Field(min_length=1)]
 
 UsageValue = Annotated[
     Decimal,
-    Field(gt=0, allow_inf_nan=False, json_schema_extra={"examples": ["1"]}),
+    Field(gt=0, allow_inf_nan=False),
     AfterValidator(check_wire_safe),  # the API takes it as a JSON number (see schemas.common)
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": DECIMAL_PATTERN},
+                {"type": "number", "exclusiveMinimum": 0},
+            ],
+            "examples": ["1"],
+        }
+    ),
 ]
 
 
@@ -79,7 +96,8 @@ class OnDemandProduct(_Product):
     usage_factor: NonEmpty
     """Usage factor code, e.g. ``Duration`` or ``upflow``."""
     usage_value: UsageValue
-    """How much usage to price (> 0); a decimal string, a JSON number is accepted too."""
+    """How much usage to price: > 0, at most 15 significant digits; a decimal string (a JSON
+    number is accepted too)."""
     usage_measure_id: StrictInt
     """Unit of ``usage_value`` (e.g. 4 = hour)."""
 
