@@ -29,6 +29,7 @@ from handlers.errors import (
 )
 from service.limiter import RateLimiter
 from service.operations import Operation
+from service.scheduler import FairScheduler
 from service.signer import QueryValue, Signer, canonical_query
 
 __all__ = ["THROTTLE_CODES", "BssHttp", "Response", "map_error", "parse_error_body"]
@@ -96,7 +97,7 @@ def _lost(op: Operation, code: str, message: str) -> RelayError:
 
 
 class BssHttp:
-    """One aiohttp session, two base URLs (BSS and IAM), one limiter registry."""
+    """One aiohttp session, two base URLs (BSS and IAM); every call waits for its fair turn."""
 
     def __init__(
         self,
@@ -105,11 +106,13 @@ class BssHttp:
         bss_endpoint: str,
         iam_endpoint: str,
         limiter: RateLimiter,
+        scheduler: FairScheduler | None = None,
         throttle_retries: int = 5,
     ) -> None:
         self._session = session
         self._bases = {"bss": bss_endpoint.rstrip("/"), "iam": iam_endpoint.rstrip("/")}
         self._limiter = limiter
+        self._scheduler = scheduler or FairScheduler(limiter)
         self._throttle_retries = throttle_retries
 
     async def call(
@@ -127,7 +130,7 @@ class BssHttp:
         path = op.render(**(path_params or {}))
         query_string = canonical_query(query)
         for attempt in range(self._throttle_retries + 1):
-            await self._limiter.acquire(op.name, parent_uid)
+            await self._scheduler.turn(op.name, parent_uid)
             try:
                 return await self._send(
                     op, signer, path=path, query=query_string, body=body, domain_id=domain_id

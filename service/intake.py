@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from schemas.commands import COMMAND_ADAPTER, Command, CommandType
+from schemas.commands import Command, CommandType, parse_command
 
 __all__ = ["Rejection", "read_command"]
 
@@ -85,7 +85,7 @@ def read_command(body: bytes, *, max_bytes: int) -> Command | Rejection:
         message = f"type {raw.get('type')!r} is not one of {wanted}"
         return _identify(raw, "RELAY.UNKNOWN_TYPE", message)
     try:
-        # From the bytes, not ``raw``: JSON numbers then reach Decimal fields digit for digit.
-        return COMMAND_ADAPTER.validate_json(body)
+        # parse_command reads JSON numbers as Decimal: 10.50 stays 10.50, never a float.
+        return parse_command(body)
     except ValidationError as exc:
         return _identify(raw, "RELAY.SCHEMA", _describe(exc))

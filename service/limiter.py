@@ -114,6 +114,13 @@ class RateLimiter:
         if wait > 0:
             await asyncio.sleep(wait)
 
+    def current_rate(self, api: str, parent_uid: str) -> float:
+        """The (API, ParentUid) bucket's rate now: the ceiling unless throttling lowered it."""
+        bucket = self._buckets.get((api, "uid", parent_uid))
+        if bucket is not None:
+            return bucket.rate
+        return self.limit(api) or float("inf")
+
     def throttled(self, api: str, parent_uid: str, *, pause_s: float = 1.0) -> None:
         """The API answered 429 for this key: halve its rate and pause it (multiplicative
         decrease). Slots already reserved keep their place; new ones start after the pause."""

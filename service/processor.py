@@ -16,6 +16,7 @@ disposition (``handlers.errors``) and the attempts left.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,13 +27,27 @@ from structlog.contextvars import bound_contextvars
 
 from handlers import HANDLERS
 from handlers.errors import Disposition, OutcomeUnknown, RelayError, Throttled
-from handlers.ports import BssApi, ClaimOutcome, CommandStore, Completed, HandlerContext
-from schemas.commands import Command
+from handlers.ports import (
+    BssApi,
+    ClaimOutcome,
+    CommandStatus,
+    CommandStore,
+    Completed,
+    HandlerContext,
+)
+from schemas.commands import (
+    Command,
+    InquirePriceCommand,
+    IssueCouponCommand,
+    RenewCommand,
+    SetAutoRenewCommand,
+)
 from schemas.events import EVENT_ADAPTER, Event, Outcome, routing_key
 from service.intake import Rejection, read_command
 from service.journal import StoreJournal
 from service.outcomes import announce_again, event_for, rejection_event
 from service.publisher import DeadLetterReason, H, Publisher
+from service.scheduler import FairScheduler
 
 __all__ = ["Processor", "RetryPolicy"]
 
@@ -54,6 +69,35 @@ class RetryPolicy:
         return random.uniform(min(self.base_s, ceiling), ceiling)
 
 
+PRICE_OPERATIONS = {
+    "on_demand": "list_on_demand_resource_ratings",
+    "period": "list_rate_on_period_detail",
+    "renewal": "list_renew_rate_on_period",
+}
+
+
+def primary_call(command: Command, partner_id: str) -> tuple[str, str]:
+    """The API call that bounds a command's pace, and whose ParentUid it spends."""
+    if isinstance(command, RenewCommand):
+        return "renewal_resources", command.payload.customer_id
+    if isinstance(command, SetAutoRenewCommand):
+        enabled = command.payload.enabled
+        op = "auto_renewal_resources" if enabled else "cancel_auto_renewal_resources"
+        return op, command.payload.customer_id
+    if isinstance(command, InquirePriceCommand):
+        return PRICE_OPERATIONS[command.payload.mode], command.payload.customer_id
+    assert isinstance(command, IssueCouponCommand)
+    return "create_partner_coupons", partner_id
+
+
+def _ticket(message: AbstractIncomingMessage) -> float | None:
+    value = (message.headers or {}).get(H.TICKET)
+    try:
+        return float(value) if value is not None else None  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
 def _retries(message: AbstractIncomingMessage) -> int:
     value = (message.headers or {}).get(H.ATTEMPTS, 0)
     return int(value) if isinstance(value, int | str) and str(value).isdigit() else 0
@@ -66,6 +110,7 @@ class Processor:
         store: CommandStore,
         publisher: Publisher,
         apis: Mapping[str, BssApi],
+        scheduler: FairScheduler,
         owner: str,
         lease: timedelta,
         retry: RetryPolicy,
@@ -75,6 +120,7 @@ class Processor:
         self._store = store
         self._publisher = publisher
         self._apis = apis
+        self._scheduler = scheduler
         self._owner = owner
         self._lease = lease
         self._retry = retry
@@ -101,13 +147,46 @@ class Processor:
             await self._process_command(message, read)
 
     async def _process_command(self, message: AbstractIncomingMessage, command: Command) -> None:
-        api = self._api_for(command)
-        if isinstance(api, Rejection):
-            await self._reject(message, api)
+        found = self._api_for(command)
+        if isinstance(found, Rejection):
+            await self._reject(message, found)
             return
+        partner_id, api = found
         if command.deadline is not None and command.deadline <= self.now():
             await self._reject(message, _rejection(command, "RELAY.DEADLINE_PASSED", "deadline"))
             return
+        key = primary_call(command, partner_id)
+        if await self._parked(message, command, key):
+            return
+        with self._scheduler.holding(*key):
+            await self._claim_and_run(message, command, api)
+
+    async def _parked(
+        self, message: AbstractIncomingMessage, command: Command, key: tuple[str, str]
+    ) -> bool:
+        """Park the command on the broker if its turn is further away than the hold window,
+        so it does not sit in the prefetch window ahead of other keys' commands."""
+        ticket = _ticket(message)
+        if ticket is not None and self._scheduler.ticket_due(ticket):
+            return False
+        if ticket is None:
+            ticket = self._scheduler.estimate(*key).ticket
+            if ticket is None:
+                return False
+        record = await self._store.get(command.command_id)
+        if record is not None and record.status is CommandStatus.FINISHED:
+            return False  # nothing to pace: it is only announced again
+        seconds = ticket - time.time() - self._scheduler.hold_s / 2
+        await self._publisher.delay(
+            message, seconds=seconds, reason=None, extra_headers={H.TICKET: ticket}
+        )
+        await self._ack(message)
+        log.debug("command_parked", api=key[0], parent_uid=key[1], wait_s=round(seconds, 2))
+        return True
+
+    async def _claim_and_run(
+        self, message: AbstractIncomingMessage, command: Command, api: BssApi
+    ) -> None:
         claim = await self._store.claim(
             command.command_id, command.type, owner=self._owner, lease=self._lease
         )
@@ -119,28 +198,24 @@ class Processor:
             await self._ack(message)
         else:
             self.holding.add(command.command_id)
+            journal = StoreJournal.from_claim(
+                self._store, claim.record, owner=self._owner, clock=self._clock
+            )
             try:
-                await self._run(
-                    message,
-                    command,
-                    api,
-                    StoreJournal.from_claim(
-                        self._store, claim.record, owner=self._owner, clock=self._clock
-                    ),
-                )
+                await self._run(message, command, api, journal)
             finally:
                 self.holding.discard(command.command_id)
 
-    def _api_for(self, command: Command) -> BssApi | Rejection:
+    def _api_for(self, command: Command) -> tuple[str, BssApi] | Rejection:
         if command.partner_id is None and len(self._apis) == 1:
-            return next(iter(self._apis.values()))
+            return next(iter(self._apis.items()))
         api = self._apis.get(command.partner_id or "")
-        if api is None:
+        if api is None or command.partner_id is None:
             why = "partner_id is required: several partners are configured"
             if command.partner_id is not None:
                 why = f"partner {command.partner_id!r} is not configured"
             return _rejection(command, "RELAY.UNKNOWN_PARTNER", why)
-        return api
+        return command.partner_id, api
 
     async def _run(
         self,

@@ -29,7 +29,7 @@ class H:
     FIRST_FAILURE = "x-relay-first-failure"
     LAST_FAILURE = "x-relay-last-failure"
     ORIGINAL_ROUTING_KEY = "x-relay-original-routing-key"
-    NOT_BEFORE = "x-relay-not-before"
+    TICKET = "x-relay-ticket"  # parked for pacing: epoch seconds of the expected turn
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ from service.credentials import CredentialCache
 from service.limiter import RateLimiter
 from service.processor import Processor, RetryPolicy
 from service.publisher import Publisher
+from service.scheduler import FairScheduler
 from service.settings import Settings
 from service.store import open_store
 from service.topology import Topology, declare
@@ -131,17 +132,21 @@ async def run(
             egress=settings.relay_egress,
             guard_s=settings.relay_rate_guard_ms / 1000,
         )
+        scheduler = FairScheduler(limiter, hold_s=settings.relay_hold_s)
+        stack.push_async_callback(scheduler.aclose)
         http = BssHttp(
             session=session,
             bss_endpoint=settings.bss_endpoint,
             iam_endpoint=settings.iam_endpoint,
             limiter=limiter,
+            scheduler=scheduler,
             throttle_retries=settings.relay_throttle_retries,
         )
         processor = Processor(
             store=store,
             publisher=Publisher(channel=publish_channel, events=declared.events, topology=topology),
             apis=build_apis(settings, http),
+            scheduler=scheduler,
             owner=owner,
             lease=lease,
             retry=RetryPolicy(
@@ -171,7 +176,7 @@ async def run(
             ]
             await consumer.start()
             if stats is not None:
-                stats.update(limiter=limiter, consumer=consumer)
+                stats.update(limiter=limiter, consumer=consumer, scheduler=scheduler)
             log.info("service_started", owner=owner, queue=topology.work_queue)
             if ready is not None:
                 ready.set()

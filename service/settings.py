@@ -32,7 +32,7 @@ class PartnerAccount(BaseModel):
 
 
 def load_partners_file(path: Path) -> dict[str, PartnerAccount]:
-    """Read ``BSS_PARTNERS_FILE``: JSON or YAML, ``{"partners": [{partner_id, access_key, ...}]}``."""
+    """Read ``BSS_PARTNERS_FILE`` (JSON or YAML): ``{"partners": [{partner_id, ...}, ...]}``."""
     text = path.read_text(encoding="utf-8")
     data: Any = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
     rows = data.get("partners") if isinstance(data, dict) else data
@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     # clock jitter between us and the gateway never puts limit+1 requests in one second.
     relay_rate_guard_ms: float = Field(default=30.0, ge=0, le=500)
     relay_egress: str = "default"
+    # Commands whose API turn is further away than this are parked on the broker instead of
+    # being held in memory (and in the prefetch window) ahead of other customers' commands.
+    relay_hold_s: float = Field(default=2.0, gt=0, le=60)
     relay_throttle_retries: int = Field(default=5, ge=0)
     relay_credential_duration_s: int = Field(default=3600, ge=900, le=86400)
     relay_credential_refresh_margin_s: int = Field(default=300, ge=0)

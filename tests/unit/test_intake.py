@@ -67,3 +67,18 @@ def test_unknown_type_is_reported_as_invalid() -> None:
     assert isinstance(result, Rejection)
     assert result.type == "invalid"
     assert "explode" in result.message
+
+
+def test_json_number_face_value_keeps_its_digits() -> None:
+    from decimal import Decimal
+
+    from schemas.commands import IssueCouponCommand
+
+    body = (
+        b'{"command_id": "c-2", "type": "issue_coupon", "payload": {"quota_id": "q",'
+        b' "customer_ids": ["a"], "face_value": 10.50}}'
+    )
+    command = read_command(body, max_bytes=1024)
+    assert isinstance(command, IssueCouponCommand)
+    assert str(command.payload.face_value) == "10.50"
+    assert command.payload.face_value == Decimal("10.50")

@@ -1,0 +1,227 @@
+"""Fair admission of API calls, and the estimate that decides what waits in memory.
+
+Every API call waits for its turn here. Per API (all of whose calls share the one
+``(API, egress)`` bucket) callers queue per ParentUid, and one dispatcher serves the queues
+round-robin: it offers the next joint slot (``RateLimiter.reserve``) to the next ParentUid in
+turn whose own bucket is ready by then, so one customer's burst gets one slot in N when N
+customers wait, never the whole egress quota. A ParentUid whose own bucket is the bottleneck
+is skipped rather than letting the egress slot go unused.
+
+The processor asks ``estimate`` before it holds a command in memory: if the command's turn is
+further away than ``hold_s``, it is parked on the broker (a delay queue) with a *ticket*, the
+instant its turn is expected. Tickets of one key are spaced by the key's fair interval, so
+parked commands come back in order and at the rate they can be served, instead of all at once
+(which would only park them again). Memory per key is therefore about ``hold_s`` of its quota,
+whatever the backlog.
+
+Invariants: the dispatcher of an API exists only while someone waits on it; a ParentUid queue
+exists only while non-empty; tickets of idle keys are dropped, so memory follows the keys
+that are active now, not every key ever seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter, OrderedDict, deque
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import structlog
+
+from service.limiter import RateLimiter
+
+__all__ = ["FairScheduler", "Turn"]
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(slots=True)
+class _ApiQueue:
+    """Waiters of one API, per ParentUid, in round-robin order (least recently served first)."""
+
+    waiters: OrderedDict[str, deque[asyncio.Future[None]]] = field(default_factory=OrderedDict)
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self.waiters.values())
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """Where a new call would stand: seconds until its turn, and the ticket if parked."""
+
+    wait_s: float
+    ticket: float | None  # clock instant of the expected turn, set when it should be parked
+
+
+class FairScheduler:
+    def __init__(
+        self,
+        limiter: RateLimiter,
+        *,
+        hold_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._limiter = limiter
+        self._hold_s = hold_s
+        self._clock = clock
+        self._wall = wall  # tickets travel in message headers: wall-clock seconds
+        self._sleep = sleep
+        self._apis: dict[str, _ApiQueue] = {}
+        self._horizons: dict[tuple[str, str], float] = {}  # last ticket per (api, uid), wall
+        self._held: Counter[tuple[str, str]] = Counter()  # commands held in memory per key
+
+    @property
+    def hold_s(self) -> float:
+        return self._hold_s
+
+    @contextmanager
+    def holding(self, api: str, uid: str) -> Iterator[None]:
+        """Count a command as held in memory for ``(api, uid)`` while the block runs."""
+        key = (api, uid)
+        self._held[key] += 1
+        try:
+            yield
+        finally:
+            self._held[key] -= 1
+            if self._held[key] <= 0:
+                del self._held[key]
+
+    def held(self, api: str, uid: str) -> int:
+        return self._held.get((api, uid), 0)
+
+    def waiting(self, api: str | None = None) -> int:
+        queues = [self._apis[api]] if api in self._apis else [] if api else self._apis.values()
+        return sum(len(q) for q in queues)
+
+    # -- estimate and tickets ------------------------------------------------------------------
+
+    def _fair_interval(self, api: str, uid: str, queue: _ApiQueue | None) -> float:
+        limit = self._limiter.limit(api)
+        if limit is None:
+            return 0.0
+        active = len(queue.waiters) if queue else 0
+        if queue is None or uid not in queue.waiters:
+            active += 1
+        return max(1.0 / self._limiter.current_rate(api, uid), active / limit)
+
+    def estimate(self, api: str, uid: str) -> Turn:
+        """Seconds until a new call of ``uid`` would be served; a ticket when beyond hold."""
+        interval = self._fair_interval(api, uid, self._apis.get(api))
+        if interval == 0.0:
+            return Turn(0.0, None)
+        ahead = self._held.get((api, uid), 0)
+        wait = self._limiter.delay(api, uid) + ahead * interval
+        now = self._wall()
+        horizon = self._horizons.get((api, uid), 0.0)
+        if wait <= self._hold_s and horizon <= now + wait:
+            return Turn(wait, None)
+        ticket = max(now + wait, horizon + interval)
+        self._horizons[(api, uid)] = ticket
+        return Turn(ticket - now, ticket)
+
+    def ticket_due(self, ticket: float) -> bool:
+        """A parked call is let in once its ticket is within the hold window."""
+        return ticket - self._wall() <= self._hold_s
+
+    def forget_idle(self) -> int:
+        """Drop tickets whose time has passed (their keys are idle or caught up)."""
+        now = self._wall()
+        stale = [key for key, ticket in self._horizons.items() if ticket < now]
+        for key in stale:
+            del self._horizons[key]
+        return len(stale)
+
+    # -- waiting for a turn --------------------------------------------------------------------
+
+    async def turn(self, api: str, uid: str) -> None:
+        """Return when this call may be sent: its joint slot has come, in fair order."""
+        if self._limiter.limit(api) is None:
+            return
+        queue = self._apis.get(api)
+        if queue is None:
+            queue = self._apis[api] = _ApiQueue()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue.waiters.setdefault(uid, deque()).append(future)
+        queue.wakeup.set()
+        if queue.task is None or queue.task.done():
+            queue.task = asyncio.create_task(self._dispatch(api, queue))
+        try:
+            await future
+        except asyncio.CancelledError:
+            self._discard(queue, uid, future)
+            raise
+
+    def _discard(self, queue: _ApiQueue, uid: str, future: asyncio.Future[None]) -> None:
+        waiting = queue.waiters.get(uid)
+        if waiting is not None and future in waiting:
+            waiting.remove(future)
+            if not waiting:
+                del queue.waiters[uid]
+
+    def _pick(self, api: str, queue: _ApiQueue) -> str:
+        """The first ParentUid in round-robin order whose own bucket is ready no later than
+        any other's; ties go to the one served least recently."""
+        best_uid, best_delay = "", float("inf")
+        for uid in queue.waiters:
+            delay = self._limiter.delay(api, uid)
+            if delay < best_delay - 1e-9:
+                best_uid, best_delay = uid, delay
+        return best_uid
+
+    async def _dispatch(self, api: str, queue: _ApiQueue) -> None:
+        """Serve one API's waiters until none is left. Owned by ``turn``; ends by itself.
+
+        It never reserves a slot ahead of time: it waits until the best candidate's slot is
+        due (or a new waiter arrives) and picks again, so a customer arriving meanwhile can
+        take an egress slot that a slower customer's own bucket would have left unused."""
+        try:
+            while queue.waiters:
+                uid = self._pick(api, queue)
+                delay = self._limiter.delay(api, uid)
+                if delay > 0:
+                    await self._idle(queue, delay)
+                    continue
+                self._limiter.reserve(api, uid)
+                self._serve(queue, uid)
+        finally:
+            if self._apis.get(api) is queue and not queue.waiters:
+                del self._apis[api]
+
+    async def _idle(self, queue: _ApiQueue, delay: float) -> None:
+        queue.wakeup.clear()
+        sleeper = asyncio.ensure_future(self._sleep(delay))
+        waker = asyncio.ensure_future(queue.wakeup.wait())
+        try:
+            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            waker.cancel()
+            await asyncio.gather(sleeper, waker, return_exceptions=True)
+
+    @staticmethod
+    def _serve(queue: _ApiQueue, uid: str) -> None:
+        waiting = queue.waiters[uid]
+        future = waiting.popleft()
+        if waiting:
+            queue.waiters.move_to_end(uid)  # served: to the back of the rotation
+        else:
+            del queue.waiters[uid]
+        if not future.done():
+            future.set_result(None)
+
+    async def aclose(self) -> None:
+        tasks = [q.task for q in self._apis.values() if q.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for queue in self._apis.values():
+            for waiting in queue.waiters.values():
+                for future in waiting:
+                    future.cancel()
+        self._apis.clear()

@@ -1,0 +1,127 @@
+"""Fair admission with a controlled clock: the dispatcher's sleeps advance a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import Counter
+
+from service.limiter import RateLimiter
+from service.scheduler import FairScheduler
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        self.t += seconds
+        await asyncio.sleep(0)
+
+
+def make(
+    limits: dict[str, float], hold_s: float = 2.0
+) -> tuple[FairScheduler, RateLimiter, FakeTime]:
+    clock = FakeTime()
+    limiter = RateLimiter(limits, guard_s=0.0, clock=clock)
+    scheduler = FairScheduler(limiter, hold_s=hold_s, clock=clock, wall=clock, sleep=clock.sleep)
+    return scheduler, limiter, clock
+
+
+async def served_order(scheduler: FairScheduler, calls: list[tuple[str, str]]) -> list[str]:
+    order: list[str] = []
+
+    async def call(api: str, uid: str) -> None:
+        await scheduler.turn(api, uid)
+        order.append(uid)
+
+    # created in order, all waiting before the dispatcher's first step
+    tasks = [asyncio.create_task(call(api, uid)) for api, uid in calls]
+    await asyncio.gather(*tasks)
+    return order
+
+
+async def test_burst_of_one_customer_does_not_starve_another() -> None:
+    scheduler, _, _ = make({"op": 10})
+    calls = [("op", "hot")] * 20 + [("op", "light")]
+    order = await served_order(scheduler, calls)
+    # the light customer arrived last but is served within the first few turns
+    assert order.index("light") <= 2
+
+
+async def test_equal_shares_on_a_contended_egress_bucket() -> None:
+    scheduler, _, _ = make({"op": 10})
+    calls = [("op", f"c{i % 4}") for i in range(80)]
+    order = await served_order(scheduler, calls)
+    first_40 = Counter(order[:40])
+    assert set(first_40.values()) == {10}  # four customers, ten turns each
+
+
+async def test_customer_bucket_bottleneck_does_not_idle_the_egress() -> None:
+    # per-customer 2/s, egress 10/s: five customers can use the whole egress rate
+    scheduler, limiter, clock = make({"op": 10})
+    limiter._limits["op"] = 10  # egress and uid share the op limit; lower one uid's rate
+    for _ in range(3):
+        limiter.throttled("op", "slow", pause_s=0.0)  # 10 -> 1.25/s
+    start = clock.t
+    calls = [("op", "slow")] * 3 + [("op", f"fast{i % 3}") for i in range(30)]
+    order = await served_order(scheduler, calls)
+    elapsed = clock.t - start
+    assert len(order) == 33
+    assert elapsed < 3.5  # ~33 slots at 10/s; the slow customer never holds the egress back
+
+
+async def test_estimate_within_hold_has_no_ticket() -> None:
+    scheduler, _, _ = make({"op": 10}, hold_s=2.0)
+    turn = scheduler.estimate("op", "c1")
+    assert turn.ticket is None
+    assert turn.wait_s == 0.0
+
+
+async def test_tickets_are_spaced_by_the_fair_interval() -> None:
+    scheduler, limiter, clock = make({"op": 10}, hold_s=1.0)
+    for _ in range(15):  # 1.5 s of this key's quota already reserved
+        limiter.reserve("op", "hot")
+    tickets = [scheduler.estimate("op", "hot").ticket for _ in range(5)]
+    assert all(t is not None for t in tickets)
+    gaps = [b - a for a, b in itertools.pairwise(tickets)]  # type: ignore[operator]
+    assert all(abs(g - 0.1) < 1e-9 for g in gaps)
+    assert tickets[0] is not None
+    assert tickets[0] >= clock.t + 1.4
+
+
+async def test_ticket_due_inside_hold_window() -> None:
+    scheduler, _, clock = make({"op": 10}, hold_s=2.0)
+    assert scheduler.ticket_due(clock.t + 1.9)
+    assert not scheduler.ticket_due(clock.t + 2.5)
+
+
+async def test_unlimited_api_never_waits() -> None:
+    scheduler, _, _ = make({"op": 0})
+    await asyncio.wait_for(scheduler.turn("op", "c"), 1)
+    assert scheduler.estimate("op", "c").wait_s == 0.0
+
+
+async def test_cancelled_waiter_leaves_no_trace() -> None:
+    scheduler, limiter, _ = make({"op": 1})
+    limiter.reserve("op", "c1")  # the next slot is a second away
+    task = asyncio.create_task(scheduler.turn("op", "c2"))
+    await asyncio.sleep(0)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await asyncio.sleep(0)
+    assert scheduler.waiting() == 0
+
+
+async def test_idle_tickets_are_forgotten() -> None:
+    scheduler, limiter, clock = make({"op": 10}, hold_s=0.5)
+    for i in range(1000):
+        for _ in range(10):
+            limiter.reserve("op", f"k{i}")
+        scheduler.estimate("op", f"k{i}")
+    clock.t += 3600
+    assert scheduler.forget_idle() > 0
+    assert scheduler.forget_idle() == 0
