@@ -1,0 +1,24 @@
+"""``bss-relay replay``: list dead letters, check them against today's schemas, replay them.
+
+* ``letter`` — a dead letter as data (``DeadLetter``) and the ``Filter`` that picks them;
+* ``scanner`` — one pass over ``bss.commands.dlq``: ``scan`` lists, ``replay`` dry-runs or moves
+  (confirmed copy first, then the ack: a crash leaves a duplicate, never a loss);
+* ``cli`` — the ``replay`` verb of ``bss-relay``.
+"""
+
+from service.replay.cli import register_cli
+from service.replay.letter import REPLAY_COUNT, REPLAYED_AT, DeadLetter, Filter
+from service.replay.scanner import Action, Report, Result, replay, scan
+
+__all__ = [
+    "REPLAYED_AT",
+    "REPLAY_COUNT",
+    "Action",
+    "DeadLetter",
+    "Filter",
+    "Report",
+    "Result",
+    "register_cli",
+    "replay",
+    "scan",
+]

@@ -1,0 +1,243 @@
+"""``bss-relay replay``: the command line over ``service.replay.scanner``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from datetime import datetime
+
+import aio_pika
+from aio_pika.exceptions import AMQPError
+
+from service.replay.letter import INVALID_TYPE, TYPES, DeadLetter, Filter
+from service.replay.scanner import Progress, Report, Result, replay, scan
+from service.settings import Settings
+from service.topology import COMMANDS_EXCHANGE, DLQ
+
+__all__ = ["register_cli"]
+
+DESCRIPTION = """\
+List the dead letters in bss.commands.dlq, check them against today's schemas, or move them
+back to bss.commands. Each dead letter carries why it died (x-relay-* headers: reason code and
+message, attempts, first and last failure time, original routing key)."""
+
+EPILOG = """\
+examples:
+  bss-relay replay                                    list every dead letter
+  bss-relay replay --reason RELAY.SCHEMA --json       schema rejections, one JSON object a line
+  bss-relay replay --replay --dry-run --type renew    would today's schemas accept them?
+  bss-relay replay --replay --partner p-1 --since 2026-01-15T00:00:00Z --limit 100
+  bss-relay replay --replay --command-id cmd-42       move one command back to work
+
+Filters combine with AND; a filter given twice matches either value. Listing and dry runs
+change nothing: dead letters are held while scanned and requeued at the end. A replay publishes
+each copy to bss.commands (original routing key, else command.<type>) with publisher confirms
+and only then removes the dead letter, so a crash leaves at most a duplicate, which the
+service's idempotency check (by command_id) absorbs.
+
+exit status: 0 done; 1 some dead letter would be rejected again (dry run) or could not be
+replayed; 2 bad arguments or configuration, or the broker or queue could not be used."""
+
+LIST, REPLAY, DRY_RUN = "list", "replay", "dry-run"
+LIST_COLUMNS = (
+    "command_id",
+    "type",
+    "partner",
+    "customer",
+    "reason",
+    "attempts",
+    "last_failure",
+    "routing_key",
+)
+
+
+def _rfc3339(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an RFC 3339 timestamp: {text!r}") from None
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} needs a UTC offset, e.g. Z or +08:00")
+    return moment
+
+
+def _positive(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a positive integer: {text!r}")
+    return int(text)
+
+
+def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``replay`` verb to ``bss-relay``."""
+    parser = subparsers.add_parser(
+        "replay",
+        help="list, check and replay dead letters",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--amqp-url",
+        metavar="URL",
+        default=None,
+        help="broker (default: $AMQP_URL, else the local broker)",
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--list", dest="mode", action="store_const", const=LIST, help="list (the default)"
+    )
+    mode.add_argument(
+        "--replay",
+        dest="mode",
+        action="store_const",
+        const=REPLAY,
+        help="move matching dead letters back to bss.commands",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="re-validate each match against today's schemas, print what a replay would do, "
+        "change nothing (implies --replay)",
+    )
+    _add_filters(parser)
+    parser.add_argument(
+        "--limit", type=_positive, metavar="N", help="handle at most N matching dead letters"
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object per dead letter")
+    parser.set_defaults(func=_run, mode=None)
+
+
+def _add_filters(parser: argparse.ArgumentParser) -> None:
+    choices = sorted(TYPES | {INVALID_TYPE})
+    group = parser.add_argument_group("filters (repeat one to match any of its values)")
+    group.add_argument(
+        "--type",
+        dest="types",
+        action="append",
+        default=[],
+        choices=choices,
+        metavar="TYPE",
+        help=f"command type: {', '.join(choices)}",
+    )
+    group.add_argument("--partner", dest="partners", action="append", default=[], metavar="ID")
+    group.add_argument("--customer", dest="customers", action="append", default=[], metavar="ID")
+    group.add_argument(
+        "--reason",
+        dest="reasons",
+        action="append",
+        default=[],
+        metavar="CODE",
+        help="reason code, e.g. RELAY.SCHEMA or CBC.0999",
+    )
+    group.add_argument(
+        "--command-id", dest="command_ids", action="append", default=[], metavar="ID"
+    )
+    group.add_argument(
+        "--since", type=_rfc3339, metavar="TIME", help="last failure at or after (RFC 3339)"
+    )
+    group.add_argument(
+        "--until", type=_rfc3339, metavar="TIME", help="last failure before (RFC 3339)"
+    )
+
+
+def _filter_from(args: argparse.Namespace) -> Filter:
+    return Filter(
+        types=frozenset(args.types),
+        partners=frozenset(args.partners),
+        customers=frozenset(args.customers),
+        reasons=frozenset(args.reasons),
+        command_ids=frozenset(args.command_ids),
+        since=args.since,
+        until=args.until,
+    )
+
+
+def _fail(message: str) -> int:
+    print(f"bss-relay replay: {message}", file=sys.stderr)
+    return 2
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return "-" if value is None or value == "" else str(value)
+
+
+def _list_line(letter: DeadLetter) -> str:
+    cells = (
+        letter.command_id,
+        letter.type,
+        letter.partner_id,
+        ",".join(letter.customer_ids),
+        letter.reason,
+        letter.attempts,
+        letter.last_failure,
+        letter.routing_key,
+    )
+    return "\t".join(_cell(c) for c in cells)
+
+
+def _action_line(result: Result) -> str:
+    said = f"{result.action}: {result.detail}" if result.detail else str(result.action)
+    return f"{_cell(result.letter.command_id)}\t{result.letter.routing_key}\t{said}"
+
+
+def _printer(args: argparse.Namespace, mode: str) -> Progress:
+    """Print each result as it happens, so an interrupted run still shows what it did."""
+    if args.json:
+        return lambda r: print(json.dumps(r.as_json(), sort_keys=True), flush=True)
+    if mode == LIST:
+        print("\t".join(LIST_COLUMNS), flush=True)
+        return lambda r: print(_list_line(r.letter), flush=True)
+    return lambda r: print(_action_line(r), flush=True)
+
+
+def _summary(report: Report) -> str:
+    counts: dict[str, int] = {}
+    for result in report.results:
+        counts[result.action.value] = counts.get(result.action.value, 0) + 1
+    done = "".join(f", {action} {n}" for action, n in counts.items())
+    return f"bss-relay replay: scanned {report.scanned}, matched {len(report.results)}{done}"
+
+
+async def _execute(args: argparse.Namespace, mode: str, settings: Settings) -> Report:
+    # A plain connection, not a robust one: after a reconnect the held delivery tags would
+    # belong to a dead channel; better to stop and let the broker requeue everything.
+    connection = await aio_pika.connect(args.amqp_url or settings.amqp_url)
+    async with connection:
+        where, progress = _filter_from(args), _printer(args, mode)
+        if mode == LIST:
+            return await scan(connection, where, limit=args.limit, progress=progress)
+        return await replay(
+            connection,
+            where,
+            max_body_bytes=settings.relay_max_body_bytes,
+            dry_run=mode == DRY_RUN,
+            limit=args.limit,
+            progress=progress,
+        )
+
+
+def _mode(args: argparse.Namespace) -> str:
+    """LIST unless --replay; --dry-run alone means a dry-run replay, with --list it is an error."""
+    if args.dry_run and args.mode == LIST:
+        raise ValueError("--dry-run goes with --replay, not --list")
+    if args.since and args.until and args.since >= args.until:
+        raise ValueError("--since must be before --until")
+    return DRY_RUN if args.dry_run else (args.mode or LIST)
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        mode = _mode(args)
+        settings = Settings()
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        return _fail(str(exc))
+    try:
+        report = asyncio.run(_execute(args, mode, settings))
+    except (AMQPError, OSError) as exc:  # the URL is not printed: it may hold a password
+        return _fail(f"could not use the broker, {DLQ} or {COMMANDS_EXCHANGE}: {exc!r}")
+    print(_summary(report), file=sys.stderr)
+    return 1 if report.needs_attention else 0

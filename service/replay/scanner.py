@@ -1,0 +1,314 @@
+"""Scanning the dead-letter queue once: list, dry-run or move each matching dead letter.
+
+::
+
+    bss.commands.dlq ──basic.get, held unacked──▶ matches the filter?
+        no ─────────────────────────────────────────────▶ nack(requeue) when the scan ends
+        yes, list or dry run ───────────────────────────▶ reported; nack(requeue) at the end
+        yes, replay ──copy──▶ bss.commands (confirmed) ──▶ then ack the dead letter
+
+Invariants:
+
+* **Nothing is lost.** A dead letter is acked only after the broker confirmed its copy on
+  ``bss.commands``, published ``mandatory`` on a channel whose returns raise, so an unroutable
+  copy is an error rather than a silent drop. A crash between the two leaves a duplicate, never
+  a loss; the service's idempotency check (the command store, by ``command_id``) absorbs it.
+  A crash anywhere else closes the channel and the broker requeues everything this run held.
+* **Each dead letter is seen at most once per run.** Everything not moved is held unacked until
+  the scan ends (the broker never redelivers a message to the channel holding it), the scan
+  reads at most as many messages as the queue held when it started, and a copy this run
+  replayed that has come back dead (its ``x-relay-replayed-at`` is not before the run started)
+  is left for a later run. ``basic.get``, not a consumer: a consumer's prefetch window would
+  fill with held messages and stall. Memory is bounded by the queue's length at the start.
+* **The copy is the command as its producer sent it**: the same body bytes and properties
+  (message_id, correlation_id, reply_to, content type and encoding), the original routing key,
+  no ``x-relay-*`` failure headers (so the service's retry budget starts afresh), plus
+  ``x-relay-replayed-at`` and an incremented ``x-relay-replay-count``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+)
+from aio_pika.exceptions import AMQPError
+
+from service.intake import Rejection, read_command
+from service.replay.letter import REPLAY_COUNT, REPLAYED_AT, DeadLetter, Filter
+from service.topology import COMMANDS_EXCHANGE, DLQ
+
+__all__ = ["Action", "Report", "Result", "replay", "scan"]
+
+RELAY_HEADER_PREFIX = "x-relay-"
+PUBLISH_TIMEOUT_S = 30.0  # a confirm slower than this counts as a failed move (dead letter kept)
+
+Clock = Callable[[], datetime]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Action(StrEnum):
+    LISTED = "listed"
+    WOULD_REPLAY = "would replay"
+    WOULD_REJECT = "would be rejected again"
+    REPLAYED = "replayed"
+    NOT_REPLAYED = "not replayed"  # the copy was not confirmed; the dead letter stays
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    letter: DeadLetter
+    action: Action
+    detail: str = ""  # "<code> <message>" for WOULD_REJECT, the error for NOT_REPLAYED
+
+    def as_json(self) -> dict[str, Any]:
+        return {"action": self.action.value, "detail": self.detail or None, **self.letter.as_json()}
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    scanned: int  # messages read from the queue, matching or not
+    results: tuple[Result, ...]  # one per matching dead letter, in queue order
+
+    @property
+    def needs_attention(self) -> bool:
+        """True when some dead letter would be rejected again or could not be moved."""
+        bad = (Action.WOULD_REJECT, Action.NOT_REPLAYED)
+        return any(r.action in bad for r in self.results)
+
+
+Visit = Callable[[DeadLetter, AbstractIncomingMessage], Awaitable[Result]]
+Progress = Callable[[Result], None]
+
+
+async def _release(channel: AbstractChannel, held: list[AbstractIncomingMessage]) -> None:
+    """Requeue what the scan held. On a closed channel the broker has already requeued it."""
+    if channel.is_closed:
+        return
+    for message in held:
+        await message.nack(requeue=True)
+
+
+async def _walk(
+    channel: AbstractChannel,
+    where: Filter,
+    visit: Visit,
+    *,
+    limit: int | None,
+    started: datetime,
+    progress: Progress | None,
+) -> Report:
+    """Read the DLQ once; ``visit`` each wanted dead letter. The one place this module settles
+    messages: a REPLAYED one is acked (its copy is already confirmed), all others are held and
+    requeued at the end, also when the scan fails or is cancelled."""
+    queue = await channel.declare_queue(DLQ, passive=True)
+    budget = queue.declaration_result.message_count or 0
+    held: list[AbstractIncomingMessage] = []
+    results: list[Result] = []
+    scanned = 0
+    try:
+        while scanned < budget and (limit is None or len(results) < limit):
+            message = await _next(queue, held)
+            if message is None:
+                break
+            scanned += 1
+            result = await _consider(message, where, visit, started)
+            if result is not None and result.action is Action.REPLAYED:
+                await message.ack()
+            else:
+                held.append(message)
+            if result is None:
+                continue
+            results.append(result)
+            if progress is not None:
+                progress(result)
+            if result.action is Action.NOT_REPLAYED:
+                break  # the publishing side is broken; the rest would fail alike
+    finally:
+        await _release(channel, held)
+    return Report(scanned=scanned, results=tuple(results))
+
+
+async def _next(
+    queue: AbstractQueue, held: list[AbstractIncomingMessage]
+) -> AbstractIncomingMessage | None:
+    """``basic.get`` one message, honouring cancellation. aiormq awaits through
+    ``asyncio.wait_for``, which on Python 3.11 can return a result and drop a pending
+    cancellation; a cancel that arrived during this or an earlier await of the scan (a
+    publish, an ack) is raised here, with the message held so that it is requeued."""
+    message = await queue.get(no_ack=False, fail=False)
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        if message is not None:
+            held.append(message)
+        raise asyncio.CancelledError
+    return message
+
+
+async def _consider(
+    message: AbstractIncomingMessage, where: Filter, visit: Visit, started: datetime
+) -> Result | None:
+    letter = DeadLetter.from_message(message)
+    came_back = letter.replayed_at is not None and letter.replayed_at >= started
+    if came_back or not where.matches(letter):
+        return None
+    return await visit(letter, message)
+
+
+@asynccontextmanager
+async def _channel(
+    connection: AbstractConnection, *, confirms: bool
+) -> AsyncIterator[AbstractChannel]:
+    # Returns raise only with confirms; a reading channel needs neither.
+    channel = await connection.channel(publisher_confirms=confirms, on_return_raises=confirms)
+    try:
+        yield channel
+    finally:
+        await channel.close()
+
+
+async def _list(letter: DeadLetter, message: AbstractIncomingMessage) -> Result:
+    return Result(letter, Action.LISTED)
+
+
+def _judge(letter: DeadLetter, body: bytes, *, max_body_bytes: int, now: datetime) -> Result:
+    """What the service would do with the body today: read it, and check its deadline."""
+    read = read_command(body, max_bytes=max_body_bytes)
+    if isinstance(read, Rejection):
+        return Result(letter, Action.WOULD_REJECT, f"{read.code} {read.message}")
+    if read.deadline is not None and read.deadline <= now:
+        detail = f"RELAY.DEADLINE_PASSED deadline {read.deadline.isoformat()} has passed"
+        return Result(letter, Action.WOULD_REJECT, detail)
+    return Result(letter, Action.WOULD_REPLAY)
+
+
+def _judge_with(max_body_bytes: int, clock: Clock) -> Visit:
+    async def visit(letter: DeadLetter, message: AbstractIncomingMessage) -> Result:
+        return _judge(letter, message.body, max_body_bytes=max_body_bytes, now=clock())
+
+    return visit
+
+
+def _replay_headers(
+    message: AbstractIncomingMessage, letter: DeadLetter, now: datetime
+) -> dict[str, Any]:
+    headers = {
+        name: value
+        for name, value in (message.headers or {}).items()
+        if not name.startswith(RELAY_HEADER_PREFIX) and name != "x-death"
+    }
+    headers[REPLAYED_AT] = now.isoformat()
+    headers[REPLAY_COUNT] = letter.replay_count + 1
+    return headers
+
+
+def _replay_copy(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
+    # user_id is left out: the broker refuses a publish whose user_id is not the publisher's.
+    return aio_pika.Message(
+        message.body,
+        headers=headers,
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        message_id=message.message_id,
+        correlation_id=message.correlation_id,
+        reply_to=message.reply_to,
+        timestamp=message.timestamp,
+        type=message.type,
+        app_id=message.app_id,
+        priority=message.priority,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+    )
+
+
+async def _move(
+    exchange: AbstractExchange, letter: DeadLetter, message: AbstractIncomingMessage, now: datetime
+) -> Result:
+    """Publish the copy and wait for the broker's confirm. A refusal, a return (unroutable),
+    a lost channel or a timeout is NOT_REPLAYED: the caller keeps the dead letter."""
+    copy = _replay_copy(message, _replay_headers(message, letter, now))
+    try:
+        await exchange.publish(
+            copy, routing_key=letter.routing_key, mandatory=True, timeout=PUBLISH_TIMEOUT_S
+        )
+    except (AMQPError, TimeoutError) as exc:
+        return Result(letter, Action.NOT_REPLAYED, repr(exc))
+    return Result(letter, Action.REPLAYED)
+
+
+def _move_with(exchange: AbstractExchange, clock: Clock) -> Visit:
+    async def visit(letter: DeadLetter, message: AbstractIncomingMessage) -> Result:
+        return await _move(exchange, letter, message, clock())
+
+    return visit
+
+
+# --- public API ---------------------------------------------------------------------------------
+
+
+async def scan(
+    connection: AbstractConnection,
+    where: Filter | None = None,
+    *,
+    limit: int | None = None,
+    clock: Clock = _utcnow,
+    progress: Progress | None = None,
+) -> Report:
+    """List the dead letters matching ``where`` (at most ``limit``); changes nothing."""
+    async with _channel(connection, confirms=False) as channel:
+        return await _walk(
+            channel, where or Filter(), _list, limit=limit, started=clock(), progress=progress
+        )
+
+
+async def replay(
+    connection: AbstractConnection,
+    where: Filter | None = None,
+    *,
+    max_body_bytes: int,
+    dry_run: bool = False,
+    limit: int | None = None,
+    clock: Clock = _utcnow,
+    progress: Progress | None = None,
+) -> Report:
+    """Move the dead letters matching ``where`` (at most ``limit``) back to ``bss.commands``.
+
+    With ``dry_run`` nothing changes: each match is read with today's schemas and reported as
+    WOULD_REPLAY or WOULD_REJECT. Otherwise each match is REPLAYED (copy confirmed, dead letter
+    acked) or NOT_REPLAYED (dead letter kept; the run stops there).
+    """
+    started = clock()
+    async with _channel(connection, confirms=False) as reader:
+        if dry_run:
+            return await _walk(
+                reader,
+                where or Filter(),
+                _judge_with(max_body_bytes, clock),
+                limit=limit,
+                started=started,
+                progress=progress,
+            )
+        async with _channel(connection, confirms=True) as writer:
+            exchange = await writer.get_exchange(COMMANDS_EXCHANGE)
+            return await _walk(
+                reader,
+                where or Filter(),
+                _move_with(exchange, clock),
+                limit=limit,
+                started=started,
+                progress=progress,
+            )

@@ -1,0 +1,139 @@
+"""``bss-relay replay`` on the command line: output, exit codes, argument errors."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+
+import pytest
+
+from service.replay import register_cli
+from tests.replay.conftest import Broker, command
+
+
+def run_cli(argv: list[str]) -> int:
+    """The verb as ``bss-relay`` mounts it. ``service.cli`` is not used: it also imports verbs
+    other modules own, which may not exist yet."""
+    parser = argparse.ArgumentParser(prog="bss-relay")
+    register_cli(parser.add_subparsers(dest="verb", required=True))
+    args = parser.parse_args(["replay", *argv])
+    code: int = args.func(args)
+    return code
+
+
+async def cli(argv: list[str]) -> int:
+    # asyncio.run needs a thread without a running loop; the tests' loop runs in this one.
+    return await asyncio.to_thread(run_cli, argv)
+
+
+async def test_list_json(broker: Broker, amqp_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    await broker.dead_letter(command("a", partner="p-1"))
+    await broker.dead_letter(command("b", partner="p-2"), reason="RELAY.SCHEMA")
+
+    code = await cli(["--amqp-url", amqp_url, "--json", "--partner", "p-2"])
+
+    out, err = capsys.readouterr()
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert code == 0
+    assert [(r["command_id"], r["action"], r["reason"]) for r in rows] == [
+        ("b", "listed", "RELAY.SCHEMA")
+    ]
+    assert rows[0]["routing_key"] == "command.renew"
+    assert "scanned 2, matched 1" in err
+    assert len(await broker.dlq(2)) == 2
+
+
+async def test_list_text(broker: Broker, amqp_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    await broker.dead_letter(command("a", customer="c-7"), attempts=4)
+
+    assert await cli(["--amqp-url", amqp_url]) == 0
+
+    header, line = capsys.readouterr().out.splitlines()
+    assert header.split("\t")[0] == "command_id"
+    assert line.split("\t") == [
+        "a",
+        "renew",
+        "p-1",
+        "c-7",
+        "RELAY.RETRIES_EXHAUSTED",
+        "4",
+        "2026-01-15T09:30:00+00:00",
+        "command.renew",
+    ]
+
+
+async def test_dry_run_exit_code_says_some_would_be_rejected(
+    broker: Broker, amqp_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await broker.dead_letter(command("good"))
+    await broker.dead_letter(b"[]", message_id="array", reason="RELAY.INVALID_JSON")
+
+    code = await cli(["--amqp-url", amqp_url, "--replay", "--dry-run"])
+
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "good\tcommand.renew\twould replay" in out
+    assert "would be rejected again: RELAY.INVALID_JSON body must be a JSON object" in out
+    assert await broker.tapped() == []
+    assert len(await broker.dlq(2)) == 2
+
+
+async def test_replay_one_command(
+    broker: Broker, amqp_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("a", "b", "c"):
+        await broker.dead_letter(command(name))
+
+    code = await cli(["--amqp-url", amqp_url, "--replay", "--command-id", "b", "--json"])
+
+    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert (code, row["command_id"], row["action"]) == (0, "b", "replayed")
+    assert [s.message_id for s in await broker.tapped()] == ["b"]
+    assert [s.message_id for s in await broker.dlq(2)] == ["a", "c"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--since", "yesterday"],
+        ["--until", "2026-01-15T09:30:00"],  # no offset
+        ["--limit", "0"],
+        ["--type", "reboot"],
+        ["--list", "--replay"],
+    ],
+)
+def test_bad_arguments_exit_2(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        run_cli(argv)
+    assert exited.value.code == 2
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--list", "--dry-run"],
+        ["--since", "2026-01-16T00:00:00Z", "--until", "2026-01-15T00:00:00Z"],
+        ["--amqp-url", "amqp://guest:guest@127.0.0.1:1/"],
+    ],
+)
+async def test_unusable_requests_exit_2(argv: list[str]) -> None:
+    assert await cli(argv) == 2
+
+
+def test_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        run_cli(["--help"])
+    out = capsys.readouterr().out
+    assert "examples:" in out
+    assert "bss-relay replay --replay --dry-run" in out
+
+
+def test_bss_relay_mounts_the_verb(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("service.bench", reason="service.cli also needs service.bench")
+    pytest.importorskip("service.sandbox.server", reason="service.cli also needs the sandbox")
+    from service.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["replay", "--help"])
+    assert "examples:" in capsys.readouterr().out
