@@ -63,13 +63,14 @@ class DemoTargets:
             ]
             region, project = next(iter(customer["projects"].items()))
             products = [p for p in state["price_book"] if region in p["regions"] and not p["linear"]]
-            if len(usable) >= 2 and products:
+            off = [r for r in usable[1:] if not r["auto_renew"]]
+            if len(usable) >= 2 and off and products:
                 quota = max(
                     (q for q in state["coupon_quotas"] if q["partner_id"] == pid),
                     key=lambda q: float(q["balance"]),
                 )
                 return cls(partner, customer["customer_id"], project, region,
-                           usable[0]["resource_id"], usable[1]["resource_id"],
+                           usable[0]["resource_id"], off[0]["resource_id"],
                            products[0], quota["quota_id"])
         raise LookupError("the sandbox data set has no customer the demo can use")
 
@@ -139,7 +140,7 @@ def _print_effects(before: dict[str, Any], after: dict[str, Any], t: DemoTargets
 
 
 async def run_demo(stop: asyncio.Event, *, amqp_url: str, timeout_s: float = 60.0) -> int:
-    configure_logging("WARNING")
+    configure_logging("ERROR")  # the demo shows events; warnings (the rejection) are expected
     run_id = uuid.uuid4().hex[:8]
     with tempfile.TemporaryDirectory() as tmp:
         async with SandboxServer() as sandbox, aiohttp.ClientSession() as http:
