@@ -40,7 +40,7 @@ def _serve(args: argparse.Namespace) -> int:
     from service.settings import Settings
 
     try:
-        settings = Settings(_env_file=args.env_file)  # type: ignore[call-arg]
+        settings = Settings(_env_file=args.env_file)
     except ValidationError as exc:
         print(f"bss-relay: invalid configuration:\n{exc}", file=sys.stderr)
         return 2

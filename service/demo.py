@@ -52,26 +52,39 @@ class DemoTargets:
         partner = state["partners"][0]
         pid = partner["partner_id"]
         customers = [
-            c for c in state["customers"]
+            c
+            for c in state["customers"]
             if c["partner_id"] == pid and c.get("agency_granted", True) and c.get("projects")
         ]
         for customer in customers:
             usable = [
-                r for r in state["resources"]
-                if r["customer_id"] == customer["customer_id"] and r["is_main_resource"] == 1
-                and r["status"] == IN_USE and not r.get("pending_order_id")
+                r
+                for r in state["resources"]
+                if r["customer_id"] == customer["customer_id"]
+                and r["is_main_resource"] == 1
+                and r["status"] == IN_USE
+                and not r.get("pending_order_id")
             ]
             region, project = next(iter(customer["projects"].items()))
-            products = [p for p in state["price_book"] if region in p["regions"] and not p["linear"]]
+            products = [
+                p for p in state["price_book"] if region in p["regions"] and not p["linear"]
+            ]
             off = [r for r in usable[1:] if not r["auto_renew"]]
             if len(usable) >= 2 and off and products:
                 quota = max(
                     (q for q in state["coupon_quotas"] if q["partner_id"] == pid),
                     key=lambda q: float(q["balance"]),
                 )
-                return cls(partner, customer["customer_id"], project, region,
-                           usable[0]["resource_id"], off[0]["resource_id"],
-                           products[0], quota["quota_id"])
+                return cls(
+                    partner,
+                    customer["customer_id"],
+                    project,
+                    region,
+                    usable[0]["resource_id"],
+                    off[0]["resource_id"],
+                    products[0],
+                    quota["quota_id"],
+                )
         raise LookupError("the sandbox data set has no customer the demo can use")
 
 
@@ -84,23 +97,63 @@ def demo_commands(t: DemoTargets, run_id: str) -> Iterator[dict[str, Any]]:
         "region": t.region,
     }
     customer = {"customer_id": t.customer_id}
-    yield {"type": "renew", "payload": {**customer, "resource_ids": [t.renew_resource],
-                                        "period_type": "month", "period_num": 1}}
-    yield {"type": "set_auto_renew", "payload": {**customer, "resource_id": t.auto_renew_resource,
-                                                 "enabled": True, "period_type": "month"}}
-    yield {"type": "inquire_price", "payload": {
-        **customer, "mode": "on_demand", "project_id": t.project_id,
-        "products": [{**product, "usage_factor": "Duration", "usage_value": "1",
-                      "usage_measure_id": 4}]}}
-    yield {"type": "inquire_price", "payload": {
-        **customer, "mode": "period", "project_id": t.project_id,
-        "products": [{**product, "period_type": "year", "period_num": 1}]}}
-    yield {"type": "inquire_price", "payload": {
-        **customer, "mode": "renewal", "resource_ids": [t.renew_resource],
-        "period_type": "year", "period_num": 1}}
-    yield {"type": "issue_coupon", "payload": {
-        "quota_id": t.quota_id, "customer_ids": [t.customer_id], "face_value": "50.00",
-        "memo": "demo goodwill credit"}}
+    yield {
+        "type": "renew",
+        "payload": {
+            **customer,
+            "resource_ids": [t.renew_resource],
+            "period_type": "month",
+            "period_num": 1,
+        },
+    }
+    yield {
+        "type": "set_auto_renew",
+        "payload": {
+            **customer,
+            "resource_id": t.auto_renew_resource,
+            "enabled": True,
+            "period_type": "month",
+        },
+    }
+    yield {
+        "type": "inquire_price",
+        "payload": {
+            **customer,
+            "mode": "on_demand",
+            "project_id": t.project_id,
+            "products": [
+                {**product, "usage_factor": "Duration", "usage_value": "1", "usage_measure_id": 4}
+            ],
+        },
+    }
+    yield {
+        "type": "inquire_price",
+        "payload": {
+            **customer,
+            "mode": "period",
+            "project_id": t.project_id,
+            "products": [{**product, "period_type": "year", "period_num": 1}],
+        },
+    }
+    yield {
+        "type": "inquire_price",
+        "payload": {
+            **customer,
+            "mode": "renewal",
+            "resource_ids": [t.renew_resource],
+            "period_type": "year",
+            "period_num": 1,
+        },
+    }
+    yield {
+        "type": "issue_coupon",
+        "payload": {
+            "quota_id": t.quota_id,
+            "customer_ids": [t.customer_id],
+            "face_value": "50.00",
+            "memo": "demo goodwill credit",
+        },
+    }
 
 
 def _line(event: dict[str, Any]) -> str:
@@ -112,8 +165,12 @@ def _line(event: dict[str, Any]) -> str:
 async def _publish(channel: AbstractChannel, body: bytes, key: str, command_id: str | None) -> None:
     exchange = await channel.get_exchange(COMMANDS_EXCHANGE)
     await exchange.publish(
-        aio_pika.Message(body, content_type="application/json", message_id=command_id,
-                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+        aio_pika.Message(
+            body,
+            content_type="application/json",
+            message_id=command_id,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        ),
         routing_key=key,
     )
 
@@ -186,7 +243,9 @@ async def _drive(
         service = asyncio.create_task(run(settings, stop=service_stop, ready=ready))
         try:
             await asyncio.wait_for(ready.wait(), 30)
-            return await _exchange(channel, events, targets, run_id, stop, timeout_s)
+            return await _exchange(
+                channel, events, targets=targets, run_id=run_id, stop=stop, timeout_s=timeout_s
+            )
         finally:
             service_stop.set()
             await service
@@ -199,6 +258,7 @@ async def _drive(
 async def _exchange(
     channel: AbstractChannel,
     events: asyncio.Queue[dict[str, Any]],
+    *,
     targets: DemoTargets,
     run_id: str,
     stop: asyncio.Event,
@@ -211,10 +271,15 @@ async def _exchange(
         command["issued_at"] = datetime.now(UTC).isoformat()
         expected.add(command["command_id"])
         print(f"  command.{command['type']:<15} {command['command_id']}")
-        await _publish(channel, json.dumps(command).encode(), f"command.{command['type']}",
-                       command["command_id"])
-    await _publish(channel, b'{"command_id": "demo-%s-bad", "type": ' % run_id.encode(),
-                   "command.renew", None)
+        await _publish(
+            channel,
+            json.dumps(command).encode(),
+            f"command.{command['type']}",
+            command["command_id"],
+        )
+    await _publish(
+        channel, b'{"command_id": "demo-%s-bad", "type": ' % run_id.encode(), "command.renew", None
+    )
     print("  command.renew           (malformed JSON)")
     print("\nEvents from bss.events as they arrive:")
     deadline = asyncio.get_running_loop().time() + timeout_s

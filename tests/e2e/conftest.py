@@ -101,7 +101,7 @@ class EventLog:
             self.changed.set()
 
     async def wait_for(
-        self, command_id: str | None, *, count: int = 1, timeout: float = 30.0
+        self, command_id: str | None, *, count: int = 1, within: float = 30.0
     ) -> list[dict[str, Any]]:
         async def enough() -> list[dict[str, Any]]:
             while len(self.by_command.get(command_id, [])) < count:
@@ -109,7 +109,7 @@ class EventLog:
                 await self.changed.wait()
             return self.by_command[command_id]
 
-        return await asyncio.wait_for(enough(), timeout)
+        return await asyncio.wait_for(enough(), within)
 
     def terminal(self, command_id: str) -> list[dict[str, Any]]:
         return [e for e in self.by_command.get(command_id, []) if not e["duplicate"]]
