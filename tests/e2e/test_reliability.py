@@ -222,7 +222,7 @@ async def test_transient_read_errors_are_retried_through_the_broker(
         {"rules": [{"kind": "error", "operations": ["list_renew_rate_on_period"], "count": 2}]},
     )
     relay = await start_relay()
-    command = {
+    command: dict[str, Any] = {
         "command_id": new_id("price"),
         "type": "inquire_price",
         "payload": {
@@ -246,7 +246,7 @@ async def test_retries_exhausted_fail_and_dead_letter(
         "faults", {"rules": [{"kind": "error", "operations": ["list_rate_on_period_detail"]}]}
     )
     relay = await start_relay(relay_max_attempts=3)
-    command = {
+    command: dict[str, Any] = {
         "command_id": new_id("price"),
         "type": "inquire_price",
         "payload": {
