@@ -57,10 +57,14 @@ class RateLimiter:
         recovery: float = 0.1,
         floor: float = 0.5,
     ) -> None:
+        overrides = dict(overrides or {})
+        everything = overrides.pop("*", None)  # "*": one limit for every operation
         self._limits: dict[str, float | None] = {
-            name: op.limit_per_second for name, op in OPERATIONS.items()
+            name: op.limit_per_second if everything is None else everything
+            for name, op in OPERATIONS.items()
+            if op.limit_per_second is not None or everything is None
         }
-        self._limits.update(overrides or {})
+        self._limits.update(overrides)
         self._egress = egress
         self._guard = guard_s
         self._clock = clock

@@ -116,3 +116,14 @@ def test_idle_buckets_are_swept_so_memory_stays_bounded() -> None:
     clock.t += IDLE_AFTER_S + 1
     assert limiter.sweep() == 1001
     assert len(limiter) == 0
+
+
+def test_star_overrides_every_published_limit() -> None:
+    limiter = RateLimiter({"*": 0, "renewal_resources": 3}, clock=FakeClock())
+    assert limiter.limit("list_customer_orders") is None  # 0 = unlimited
+    assert limiter.limit("renewal_resources") == 3
+    assert RateLimiter({"*": 50}, clock=FakeClock()).limit("list_customer_orders") == 50
+    assert (
+        RateLimiter({"*": 50}, clock=FakeClock()).limit("create_temporary_access_key_by_agency")
+        is None
+    )  # IAM is not a throttled BSS API
