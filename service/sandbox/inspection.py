@@ -3,7 +3,8 @@
 | route                       | does                                                           |
 |-----------------------------|----------------------------------------------------------------|
 | GET  /_sandbox/health       | ``{"status": "ok"}`` once the server listens                   |
-| GET  /_sandbox/state        | the whole state (money as decimal strings); loadable by --data |
+| GET  /_sandbox/state        | the state (money as decimal strings); loadable by --data;      |
+|                             | ``?customer_id=`` / ``?section=`` (repeatable) narrow it       |
 | GET  /_sandbox/requests     | request log, oldest first; ``?since=<epoch seconds>`` filters  |
 | POST /_sandbox/reset        | data set, limits and faults as at start; log and counters empty |
 | GET/PUT /_sandbox/faults    | fault rules (format in ``faults.py`` / ``docs/sandbox.md``)     |
@@ -36,8 +37,13 @@ def add_inspection_routes(app: web.Application, sim: Simulator) -> None:
     async def health(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
-    async def state(_: web.Request) -> web.Response:
-        return web.json_response(sim.state.snapshot())
+    async def state(request: web.Request) -> web.Response:
+        customers = request.query.getall("customer_id", []) or None
+        sections = request.query.getall("section", []) or None
+        unknown = set(sections or ()) - set(sim.state.SECTIONS)
+        if unknown:
+            return _invalid(f"unknown section(s): {', '.join(sorted(unknown))}")
+        return web.json_response(sim.state.snapshot(customer_ids=customers, sections=sections))
 
     async def requests(request: web.Request) -> web.Response:
         raw = request.query.get("since")

@@ -8,7 +8,7 @@ is parsed with ``parse_float=Decimal`` so no amount ever passes through a binary
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -26,54 +26,47 @@ def plain(value: Decimal) -> str:
     return "0" if text in ("-0", "") else text
 
 
-def _encode(value: object, out: list[str]) -> None:
-    if value is None:
-        out.append("null")
-    elif value is True:
-        out.append("true")
-    elif value is False:
-        out.append("false")
-    elif isinstance(value, str):
-        out.append(_encode_str(value))
-    elif isinstance(value, int):
-        out.append(str(value))
-    elif isinstance(value, Decimal):
-        if not value.is_finite():
-            raise ValueError(f"cannot encode {value} as JSON")
-        out.append(plain(value))
-    elif isinstance(value, Mapping):
-        _encode_object(value, out)
-    elif isinstance(value, Sequence):
-        _encode_array(value, out)
-    else:
-        raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+def _object(value: dict[Any, Any]) -> str:
+    return "{" + ",".join([f"{_encode_str(str(k))}:{_encode(v)}" for k, v in value.items()]) + "}"
 
 
-def _encode_object(value: Mapping[Any, object], out: list[str]) -> None:
-    out.append("{")
-    for index, (key, item) in enumerate(value.items()):
-        if index:
-            out.append(",")
-        out.append(_encode_str(str(key)))
-        out.append(":")
-        _encode(item, out)
-    out.append("}")
+def _array(value: list[Any] | tuple[Any, ...]) -> str:
+    return "[" + ",".join([_encode(item) for item in value]) + "]"
 
 
-def _encode_array(value: Sequence[object], out: list[str]) -> None:
-    out.append("[")
-    for index, item in enumerate(value):
-        if index:
-            out.append(",")
-        _encode(item, out)
-    out.append("]")
+def _number(value: Decimal) -> str:
+    if not value.is_finite():
+        raise ValueError(f"cannot encode {value} as JSON")
+    return plain(value)
+
+
+# Exact-type dispatch: this runs for every node of every answer, so no isinstance chain.
+_BY_TYPE: dict[type, Callable[[Any], str]] = {
+    str: _encode_str,
+    dict: _object,
+    int: int.__repr__,
+    type(None): lambda _: "null",
+    list: _array,
+    tuple: _array,
+    bool: lambda value: "true" if value else "false",
+    Decimal: _number,
+}
+
+
+def _encode(value: Any) -> str:
+    encoder = _BY_TYPE.get(type(value))
+    if encoder is not None:
+        return encoder(value)
+    if isinstance(value, Mapping):
+        return _object(dict(value))
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        return _array(list(value))
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
 
 
 def dumps(value: object) -> bytes:
     """Compact JSON bytes; Decimals as exact numbers; floats are refused (money never floats)."""
-    out: list[str] = []
-    _encode(value, out)
-    return "".join(out).encode("ascii")
+    return _encode(value).encode("ascii")
 
 
 def loads(raw: bytes) -> Any:

@@ -98,3 +98,17 @@ async def test_every_response_has_a_request_id(
 ) -> None:
     async with http.get(f"{sandbox.url}/_sandbox/health") as resp:
         assert resp.headers["X-Request-Id"]
+
+
+async def test_state_narrowed_to_customers_and_sections(
+    sandbox: SandboxServer, http: aiohttp.ClientSession, control: Control
+) -> None:
+    url = f"{sandbox.url}/_sandbox/state?customer_id={ids.ACME}&section=resources&section=orders"
+    async with http.get(url) as resp:
+        state = await resp.json()
+    assert set(state) == {"now", "resources", "orders"}
+    assert {r["customer_id"] for r in state["resources"]} == {ids.ACME}
+    assert len(state["resources"]) == 10
+    assert [o["order_id"] for o in state["orders"]] == ["CS2503151600ACM01", "CS2601051000ACM02"]
+    async with http.get(f"{sandbox.url}/_sandbox/state?section=nope") as resp:
+        assert resp.status == 400
