@@ -1,4 +1,4 @@
-"""Partner coupons: quotas, issuing, reclaiming, and the two read-backs used to reconcile.
+"""Issuing and reclaiming partner coupons (the reads are in ``coupon_reads``).
 
 Issuing takes ``face_value`` from the quota's balance once per customer, in the order given; a
 customer that cannot receive one is reported in ``error_details`` (HTTP 200) while the others get
@@ -10,98 +10,21 @@ a reconciler must check ``result``). Reclaiming returns the coupon's remaining b
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from service.sandbox.calls import Call, Reply, no_indirect_partner, target_customer
+from service.sandbox.calls import Call, Reply, no_indirect_partner
 from service.sandbox.errors import bad_request, business
-from service.sandbox.fields import Fields, query_fields
-from service.sandbox.model import Coupon, CouponQuota, CouponRecord, Customer
+from service.sandbox.fields import Fields
+from service.sandbox.model import Coupon, CouponQuota, CouponRecord
 from service.sandbox.pricebook import CENT
-from service.sandbox.wire import utc_text
 
-__all__ = ["issue_coupons", "list_issued", "list_quotas", "list_records", "reclaim_coupon"]
+__all__ = ["issue_coupons", "reclaim_coupon"]
 
 MEMO_MAX = 256  # not documented; a stricter cap than a real limit is likely to be
 OP_ISSUE, OP_RECLAIM = 1, 2
 QUOTA_NORMAL = 0
 COUPON_USABLE, COUPON_NOT_ACTIVE, COUPON_RECLAIMED = 2, 1, 5
-
-
-def _time(value: datetime | None) -> str | None:
-    return utc_text(value) if value is not None else None
-
-
-def _partner_id(call: Call) -> str:
-    return call.principal.partner.partner_id
-
-
-def quota_view(quota: CouponQuota) -> dict[str, Any]:
-    limits = [
-        {"limit_key": key, "limit_values": [{"value1": v, "value2": None} for v in values]}
-        for key, values in (
-            ("CLOUD_SERVICE_TYPE", quota.cloud_service_types),
-            ("PRODUCT_ID", quota.product_ids),
-        )
-        if values
-    ]
-    return {
-        "quota_id": quota.quota_id,
-        "quota_type": quota.quota_type,
-        "create_time": utc_text(quota.create_time),
-        "last_update_time": _time(quota.last_update_time or quota.create_time),
-        "quota_value": quota.quota_value,
-        "quota_status": quota.quota_status,
-        "balance": quota.balance,
-        "measure_id": quota.measure_id,
-        "currency": quota.currency,
-        "effective_time": utc_text(quota.effective_time),
-        "expire_time": utc_text(quota.expire_time),
-        "limit_infos": limits,
-    }
-
-
-def list_quotas(call: Call) -> Reply:
-    fields = Fields(
-        call.body,
-        {
-            "quota_ids", "quota_status_list", "quota_type", "create_time_begin", "create_time_end",
-            "effective_time_begin", "effective_time_end", "expire_time_begin", "expire_time_end",
-            "offset", "limit", "indirect_partner_id",
-        },
-    )  # fmt: skip
-    no_indirect_partner(fields.text("indirect_partner_id"))
-    ids = fields.texts("quota_ids", max_items=50)
-    statuses = fields.integers("quota_status_list", choices=(0, 3, 4, 5), max_items=5)
-    quota_type = fields.integer("quota_type", lo=0, hi=1, default=0)
-    windows = [
-        ("create_time", fields.window("create_time_begin", "create_time_end")),
-        ("effective_time", fields.window("effective_time_begin", "effective_time_end")),
-        ("expire_time", fields.window("expire_time_begin", "expire_time_end")),
-    ]
-    offset, limit = fields.page()
-    rows = [
-        q
-        for q in call.state.quotas.values()
-        if q.partner_id == _partner_id(call)
-        and q.quota_type == quota_type
-        and (ids is None or q.quota_id in ids)
-        and (statuses is None or q.quota_status in statuses)
-        and all(_within(getattr(q, name), window) for name, window in windows)
-    ]
-    page = [quota_view(q) for q in rows[offset : offset + limit]]
-    return Reply(200, {"total_count": len(rows), "quotas": page})
-
-
-def _within(moment: datetime | None, window: tuple[datetime | None, datetime | None]) -> bool:
-    begin, end = window
-    if begin is None and end is None:
-        return True
-    if moment is None:
-        return False
-    return (begin is None or moment >= begin) and (end is None or moment <= end)
 
 
 def issue_coupons(call: Call) -> Reply:
@@ -143,7 +66,11 @@ def _face_value(fields: Fields) -> Decimal:
 
 def _usable_quota(call: Call, quota_id: str, face: Decimal) -> CouponQuota:
     quota = call.state.quotas.get(quota_id)
-    if quota is None or quota.partner_id != _partner_id(call) or quota.quota_status != QUOTA_NORMAL:
+    if (
+        quota is None
+        or quota.partner_id != call.principal.partner.partner_id
+        or quota.quota_status != QUOTA_NORMAL
+    ):
         raise business("CBC.99000012", "The coupon quota does not exist or its status is abnormal.")
     if not quota.effective_time <= call.now < quota.expire_time:
         raise business("CBC.99000017", "The coupon quota is not effective or has expired.")
@@ -257,7 +184,7 @@ def reclaim_coupon(call: Call) -> Reply:
     no_indirect_partner(indirect)
     coupon_id = fields.text("coupon_id", required=True)
     coupon = call.state.coupons.get(coupon_id or "")
-    if coupon is None or coupon.partner_id != _partner_id(call):
+    if coupon is None or coupon.partner_id != call.principal.partner.partner_id:
         raise bad_request(f"the coupon {coupon_id} does not exist")
     if coupon.status == COUPON_RECLAIMED:
         raise bad_request(f"the coupon {coupon_id} has already been reclaimed")
@@ -270,126 +197,3 @@ def reclaim_coupon(call: Call) -> Reply:
         operation=OP_RECLAIM, amount=amount, remark=None,
     )  # fmt: skip
     return Reply(204)
-
-
-def coupon_view(coupon: Coupon) -> dict[str, Any]:
-    return {
-        "coupon_id": coupon.coupon_id,
-        "status": coupon.status,
-        "customer_id": coupon.customer_id,
-        "coupon_type": coupon.coupon_type,
-        "measure_id": 1,
-        "face_value": coupon.face_value,
-        "effective_time": utc_text(coupon.effective_time),
-        "expire_time": utc_text(coupon.expire_time),
-        "order_id": coupon.order_id,
-        "promotion_plan_id": None,
-        "promotion_plan_name": None,
-        "promotion_plan_desc": None,
-        "media_type": None,
-        "fetch_method": None,
-        "use_limits": [],
-        "active_time": utc_text(coupon.effective_time),
-        "last_used_time": _time(coupon.last_used_time),
-        "promotion_id": None,
-        "create_time": utc_text(coupon.create_time),
-        "balance": coupon.balance,
-        "lock_order_id": None,
-        "is_frozen": "0",
-    }
-
-
-def _owners(call: Call, customer_id: str | None) -> list[Customer]:
-    customer = target_customer(call, customer_id, required=False)
-    if customer is not None:
-        return [customer]
-    ids = call.state.customers_by_partner.get(_partner_id(call), [])
-    return [call.state.customers[c] for c in ids]
-
-
-ISSUED_QUERY = {
-    "coupon_id", "customer_id", "order_id", "coupon_type", "status", "create_time_begin",
-    "create_time_end", "effective_time_begin", "effective_time_end", "expire_time_begin",
-    "expire_time_end", "offset", "limit", "indirect_partner_id",
-}  # fmt: skip
-
-
-def list_issued(call: Call) -> Reply:
-    fields = query_fields(call.query, ISSUED_QUERY)
-    no_indirect_partner(fields.text("indirect_partner_id"))
-    exact = {k: fields.text(k) for k in ("coupon_id", "order_id")}
-    numbers = {"coupon_type": fields.integer("coupon_type"), "status": fields.integer("status")}
-    windows = {
-        name: fields.window(f"{name}_begin", f"{name}_end")
-        for name in ("create_time", "effective_time", "expire_time")
-    }
-    owners = _owners(call, fields.text("customer_id"))
-    offset, limit = fields.page()
-    rows = [
-        c
-        for owner in owners
-        for c in call.state.coupons_by_customer.get(owner.customer_id, ())
-        if c.partner_id == _partner_id(call)
-        and all(v is None or getattr(c, k) == v for k, v in (exact | numbers).items())
-        and all(_within(getattr(c, name), w) for name, w in windows.items())
-    ]
-    rows.sort(key=lambda c: (c.create_time, c.coupon_id), reverse=True)
-    page = [coupon_view(c) for c in rows[offset : offset + limit]]
-    return Reply(200, {"total_count": len(rows), "user_coupons": page})
-
-
-def record_view(record: CouponRecord) -> dict[str, Any]:
-    return {
-        "id": record.id,
-        "operation_type": str(record.operation_type),
-        "quota_id": record.quota_id,
-        "quota_type": record.quota_type,
-        "coupon_id": record.coupon_id,
-        "customer_id": record.customer_id,
-        "operation_amount": record.operation_amount,
-        "operation_time": utc_text(record.operation_time),
-        "result": str(record.result),
-        "remark": record.remark,
-    }
-
-
-RECORD_QUERY = {
-    "operation_types", "quota_id", "quota_type", "coupon_ids", "customer_id",
-    "operation_time_begin", "operation_time_end", "result", "offset", "limit",
-    "indirect_partner_id",
-}  # fmt: skip
-
-
-def list_records(call: Call) -> Reply:
-    fields = query_fields(call.query, RECORD_QUERY, multi=("operation_types", "coupon_ids"))
-    no_indirect_partner(fields.text("indirect_partner_id"))
-    kinds = fields.integers("operation_types", choices=range(1, 10), max_items=8)
-    coupon_ids = fields.texts("coupon_ids", max_items=100)
-    quota_id, quota_type = fields.text("quota_id"), fields.integer("quota_type", lo=0, hi=1)
-    result = fields.integer("result", lo=-1, hi=0)
-    window = fields.window("operation_time_begin", "operation_time_end")
-    owners = _owners(call, fields.text("customer_id"))
-    offset, limit = fields.page()
-    rows = [
-        r
-        for r in _records_of(call, owners)
-        if (kinds is None or r.operation_type in kinds)
-        and (coupon_ids is None or r.coupon_id in coupon_ids)
-        and (quota_id is None or r.quota_id == quota_id)
-        and (quota_type is None or r.quota_type == quota_type)
-        and (result is None or r.result == result)
-        and _within(r.operation_time, window)
-    ]
-    rows.sort(key=lambda r: (r.operation_time, r.id), reverse=True)
-    page = [record_view(r) for r in rows[offset : offset + limit]]
-    return Reply(200, {"total_count": len(rows), "records": page})
-
-
-def _records_of(call: Call, owners: Iterable[Customer]) -> list[CouponRecord]:
-    partner_id = _partner_id(call)
-    return [
-        r
-        for owner in owners
-        for r in call.state.records_by_customer.get(owner.customer_id, ())
-        if r.partner_id == partner_id
-    ]

@@ -33,51 +33,61 @@ def _invalid(reason: str) -> web.Response:
     return web.json_response({"error": reason}, status=400)
 
 
-def add_inspection_routes(app: web.Application, sim: Simulator) -> None:
-    async def health(_: web.Request) -> web.Response:
+class Inspection:
+    """The handlers, bound to one simulator."""
+
+    def __init__(self, sim: Simulator) -> None:
+        self._sim = sim
+
+    def add_routes(self, app: web.Application) -> None:
+        router = app.router
+        router.add_get(f"{PREFIX}/health", self.health)
+        router.add_get(f"{PREFIX}/state", self.state)
+        router.add_get(f"{PREFIX}/requests", self.requests)
+        router.add_post(f"{PREFIX}/reset", self.reset)
+        router.add_get(f"{PREFIX}/faults", self.faults)
+        router.add_put(f"{PREFIX}/faults", _setter(self._sim.set_faults, self.faults))
+        router.add_get(f"{PREFIX}/limits", self.limits)
+        router.add_put(f"{PREFIX}/limits", _setter(self._sim.set_limits, self.limits))
+        router.add_get(f"{PREFIX}/counters", self.counters)
+
+    async def health(self, _: web.Request) -> web.StreamResponse:
         return web.json_response({"status": "ok"})
 
-    async def state(request: web.Request) -> web.Response:
+    async def state(self, request: web.Request) -> web.StreamResponse:
         customers = request.query.getall("customer_id", []) or None
         sections = request.query.getall("section", []) or None
-        unknown = set(sections or ()) - set(sim.state.SECTIONS)
+        unknown = set(sections or ()) - set(self._sim.state.SECTIONS)
         if unknown:
             return _invalid(f"unknown section(s): {', '.join(sorted(unknown))}")
-        return web.json_response(sim.state.snapshot(customer_ids=customers, sections=sections))
+        snapshot = self._sim.state.snapshot(customer_ids=customers, sections=sections)
+        return web.json_response(snapshot)
 
-    async def requests(request: web.Request) -> web.Response:
+    async def requests(self, request: web.Request) -> web.StreamResponse:
         raw = request.query.get("since")
         try:
             since = float(raw) if raw is not None else None
         except ValueError:
             return _invalid("since must be epoch seconds")
-        return web.json_response(sim.log.since(since))
+        return web.json_response(self._sim.log.since(since))
 
-    async def reset(_: web.Request) -> web.Response:
-        sim.reset()
+    async def reset(self, _: web.Request) -> web.StreamResponse:
+        self._sim.reset()
         return web.json_response({"reset": True})
 
-    async def get_faults(_: web.Request) -> web.Response:
-        return web.json_response(sim.faults.describe())
+    async def faults(self, _: web.Request) -> web.StreamResponse:
+        return web.json_response(self._sim.faults.describe())
 
-    async def get_limits(_: web.Request) -> web.Response:
-        return web.json_response(
-            {"overrides": sim.limiter.overrides, "effective": sim.limiter.effective()}
-        )
+    async def limits(self, _: web.Request) -> web.StreamResponse:
+        limiter = self._sim.limiter
+        return web.json_response({"overrides": limiter.overrides, "effective": limiter.effective()})
 
-    async def counters(_: web.Request) -> web.Response:
-        return web.json_response(sim.counters.snapshot())
+    async def counters(self, _: web.Request) -> web.StreamResponse:
+        return web.json_response(self._sim.counters.snapshot())
 
-    router = app.router
-    router.add_get(f"{PREFIX}/health", health)
-    router.add_get(f"{PREFIX}/state", state)
-    router.add_get(f"{PREFIX}/requests", requests)
-    router.add_post(f"{PREFIX}/reset", reset)
-    router.add_get(f"{PREFIX}/faults", get_faults)
-    router.add_put(f"{PREFIX}/faults", _setter(sim.set_faults, get_faults))
-    router.add_get(f"{PREFIX}/limits", get_limits)
-    router.add_put(f"{PREFIX}/limits", _setter(sim.set_limits, get_limits))
-    router.add_get(f"{PREFIX}/counters", counters)
+
+def add_inspection_routes(app: web.Application, sim: Simulator) -> None:
+    Inspection(sim).add_routes(app)
 
 
 def _setter(apply: Callable[[object], None], show: RouteHandler) -> RouteHandler:

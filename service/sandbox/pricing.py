@@ -160,7 +160,7 @@ def subscription_rate(call: Call) -> Reply:
     project_id = fields.text("project_id", required=True)
     assert project_id is not None
     region = _project_region(call.customer, project_id)
-    rated: list[tuple[str, PriceEntry, Quote]] = []
+    rated: Rated = []
     for item in _items(call, fields, PERIOD_KEYS):
         entry = _product(call, item, region)
         size = _size(item, entry)
@@ -183,46 +183,38 @@ def _period(item: Fields) -> tuple[int, int]:
     return period_type, period_num
 
 
-def _subscription_body(
-    customer: Customer, rated: list[tuple[str, PriceEntry, Quote]]
-) -> dict[str, Any]:
+Rated = list[tuple[str, PriceEntry, Quote]]  # (product_infos id, product, quote)
+
+
+def _subscription_body(customer: Customer, rated: Rated) -> dict[str, Any]:
     overall = sum((quote for _, _, quote in rated), ZERO_QUOTE)
     official = {
         "official_website_amount": overall.official,
         "measure_id": MEASURE_YUAN,
         "product_rating_results": [
-            {
-                "id": pid,
-                "product_id": e.product_id,
-                "official_website_amount": q.official,
-                "measure_id": MEASURE_YUAN,
-            }
+            {"id": pid, "product_id": e.product_id, "official_website_amount": q.official,
+             "measure_id": MEASURE_YUAN}
             for pid, e, q in rated
         ],
-    }
-    offers = []
-    if customer.discount_rate != 1:
-        offers.append(
-            {
-                "discount_id": discount_id(customer),
-                **_amounts(overall),
-                "measure_id": MEASURE_YUAN,
-                "discount_type": DISCOUNT_TYPE_PARTNER,
-                "discount_name": "Partner discount rate",
-                "best_offer": 1,
-                "product_rating_results": [
-                    {
-                        "id": pid,
-                        "product_id": e.product_id,
-                        **_amounts(q),
-                        "measure_id": MEASURE_YUAN,
-                    }
-                    for pid, e, q in rated
-                ],
-            }
-        )
+    }  # fmt: skip
+    offers = [] if customer.discount_rate == 1 else [_partner_offer(customer, overall, rated)]
     return {
         "official_website_rating_result": official,
         "optional_discount_rating_results": offers,
         "currency": "CNY",
+    }
+
+
+def _partner_offer(customer: Customer, overall: Quote, rated: Rated) -> dict[str, Any]:
+    return {
+        "discount_id": discount_id(customer),
+        **_amounts(overall),
+        "measure_id": MEASURE_YUAN,
+        "discount_type": DISCOUNT_TYPE_PARTNER,
+        "discount_name": "Partner discount rate",
+        "best_offer": 1,
+        "product_rating_results": [
+            {"id": pid, "product_id": e.product_id, **_amounts(q), "measure_id": MEASURE_YUAN}
+            for pid, e, q in rated
+        ],
     }
