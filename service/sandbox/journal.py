@@ -1,8 +1,9 @@
 """The record of traffic: a bounded request log and counters, both read by tests and benchmarks.
 
 The log is a ring buffer (``collections.deque`` with ``maxlen``): appending is O(1) and the oldest
-entries fall off once it is full. Entries are appended when a request is finished, so they are in
-completion order; ``at`` is when the request *arrived* (epoch seconds).
+entries fall off once it is full. Entries are appended when a request finishes (so a request held
+by a latency or hang fault shows up late), and ``at`` is when it *arrived* (epoch seconds); reads
+sort by ``at``, so "oldest first" means by arrival.
 """
 
 from __future__ import annotations
@@ -31,16 +32,14 @@ class RequestLog:
         self._entries.append(entry)
 
     def since(self, moment: float | None = None) -> list[Entry]:
-        """Entries with ``at`` strictly after ``moment`` (all when None), oldest first."""
-        if moment is None:
-            return list(self._entries)
-        newer = []
-        for entry in reversed(self._entries):
-            if entry["at"] <= moment:
-                break
-            newer.append(entry)
-        newer.reverse()
-        return newer
+        """Entries with ``at`` strictly after ``moment`` (all when None), by arrival.
+
+        A full pass over the buffer: completion order is not arrival order, so there is no
+        early exit; the buffer is bounded and this is an inspection route, not an API path.
+        """
+        chosen = [e for e in self._entries if moment is None or e["at"] > moment]
+        chosen.sort(key=lambda entry: entry["at"])
+        return chosen
 
     def clear(self) -> None:
         self._entries.clear()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import aiohttp
@@ -112,3 +113,20 @@ async def test_state_narrowed_to_customers_and_sections(
     assert [o["order_id"] for o in state["orders"]] == ["CS2503151600ACM01", "CS2601051000ACM02"]
     async with http.get(f"{sandbox.url}/_sandbox/state?section=nope") as resp:
         assert resp.status == 400
+
+
+async def test_log_is_by_arrival_even_when_a_request_finishes_late(
+    partner: SignedClient, control: Control
+) -> None:
+    await control.put(
+        "faults", {"rules": [{"kind": "latency", "operations": ["list_quota_coupons"], "ms": 200}]}
+    )
+    slow = asyncio.create_task(partner.op("list_quota_coupons", body={}))
+    await asyncio.sleep(0.05)
+    middle = time.time()
+    await partner.op("list_customer_orders", query=[("limit", 1)])
+    await slow
+    entries = await control.get("requests")
+    assert [e["api"] for e in entries] == ["list_quota_coupons", "list_customer_orders"]
+    later = await control.get("requests", since=str(middle))
+    assert [e["api"] for e in later] == ["list_customer_orders"]
