@@ -108,6 +108,7 @@ class StoredCommand:
     updated_at: datetime
     note: bytes | None = None  # what the handler journaled with the latest call start
     published: bool = False  # the terminal event was confirmed by the broker
+    lease_until: datetime | None = None  # the current owner's lease ends then (None: no owner)
 
 
 class ClaimOutcome(StrEnum):
@@ -158,7 +159,8 @@ class CommandStore(Protocol):
         ...
 
     async def finish(self, command_id: str, *, owner: str, event: bytes) -> bytes:
-        """Store the terminal event and release the lease. Idempotent.
+        """Store the terminal event; the lease is kept until ``mark_published``, so copies of
+        the command arriving meanwhile wait (BUSY) instead of publishing it too. Idempotent.
 
         Returns the stored event: if the command had already finished, the earlier event wins
         and is returned, so the caller publishes what was stored.
@@ -166,8 +168,9 @@ class CommandStore(Protocol):
         ...
 
     async def mark_published(self, command_id: str) -> None:
-        """Record that the terminal event went out (a redelivery then re-announces it as a
-        duplicate instead of publishing it as itself)."""
+        """Record that the terminal event went out, and release the lease. A redelivery then
+        re-announces it as a duplicate; before that, only once the lease has expired (the
+        owner died between finish and publish) is the stored event published as itself."""
         ...
 
     async def release(self, command_id: str, *, owner: str) -> None:

@@ -15,9 +15,11 @@ disposition (``handlers.errors``) and the attempts left.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -26,7 +28,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from structlog.contextvars import bound_contextvars
 
 from handlers import HANDLERS
-from handlers.errors import Disposition, OutcomeUnknown, RelayError, Throttled
+from handlers.errors import Disposition, RelayError, Throttled
 from handlers.ports import (
     BssApi,
     ClaimOutcome,
@@ -127,6 +129,8 @@ class Processor:
         self._max_body = max_body_bytes
         self._clock = clock
         self.holding: set[str] = set()  # command ids this process holds a lease on
+        self._renew_locks: dict[str, asyncio.Lock] = {}
+        self._renew_waiting: dict[str, int] = {}
 
     def now(self) -> datetime:
         return self._clock()
@@ -228,9 +232,11 @@ class Processor:
             command_id=command.command_id, api=api, clock=_Clock(self._clock), journal=journal
         )
         try:
-            done: Completed = await HANDLERS[command.type](command, context)
+            async with self._exclusive(command):
+                done: Completed = await HANDLERS[command.type](command, context)
         except RelayError as exc:
-            await self._settle_error(message, command, exc, journal.attempts)
+            uncertain = command.type in MONEY_MOVING and journal.uncertain_since is not None
+            await self._settle_error(message, command, exc, journal.attempts, uncertain=uncertain)
             return
         outcome = Outcome.PARTIAL if done.partial else Outcome.SUCCEEDED
         event = event_for(
@@ -239,18 +245,46 @@ class Processor:
         log.info("command_finished", outcome=outcome, attempts=journal.attempts)
         await self._finish(message, command.command_id, event)
 
+    @contextlib.asynccontextmanager
+    async def _exclusive(self, command: Command) -> AsyncIterator[None]:
+        """Renewals of one customer run one at a time in this process: an uncertain renewal
+        is reconciled by the customer's renewal orders since its call, which only stays
+        decidable when no other renewal of ours for that customer ran in the same window."""
+        if not isinstance(command, RenewCommand):
+            yield
+            return
+        key = command.payload.customer_id
+        lock = self._renew_locks.setdefault(key, asyncio.Lock())
+        self._renew_waiting[key] = self._renew_waiting.get(key, 0) + 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self._renew_waiting[key] -= 1
+            if self._renew_waiting[key] == 0:
+                del self._renew_waiting[key], self._renew_locks[key]
+
     async def _settle_error(
-        self, message: AbstractIncomingMessage, command: Command, exc: RelayError, attempts: int
+        self,
+        message: AbstractIncomingMessage,
+        command: Command,
+        exc: RelayError,
+        attempts: int,
+        *,
+        uncertain: bool,
     ) -> None:
         now = self.now()
         if exc.disposition is Disposition.REJECT:
             await self._reject(message, _rejection(command, exc.code, exc.message))
             return
-        if exc.disposition is Disposition.FAIL:
-            log.info("command_failed", code=exc.code, http_status=exc.http_status)
-            event = event_for(
-                command, outcome=Outcome.FAILED, now=now, attempts=attempts, error=exc
-            )
+        if exc.disposition in (Disposition.FAIL, Disposition.UNKNOWN):
+            outcome = Outcome.FAILED if exc.disposition is Disposition.FAIL else Outcome.UNKNOWN
+            log.warning("command_ended", outcome=outcome, code=exc.code, status=exc.http_status)
+            event = event_for(command, outcome=outcome, now=now, attempts=attempts, error=exc)
+            if outcome is Outcome.UNKNOWN:  # a person must look: keep it for inspection
+                await self._publisher.dead_letter(
+                    message, DeadLetterReason(exc.code, exc.message, _retries(message), now)
+                )
             await self._finish(message, command.command_id, event)
             return
         retries = _retries(message) + 1
@@ -264,7 +298,7 @@ class Processor:
             log.warning("command_retry_scheduled", code=exc.code, retries=retries, delay_ms=level)
             await self._ack(message)
             return
-        await self._give_up(message, command, exc, attempts, reason)
+        await self._give_up(message, command, exc, attempts, reason, uncertain=uncertain)
 
     async def _give_up(
         self,
@@ -273,8 +307,11 @@ class Processor:
         exc: RelayError,
         attempts: int,
         reason: DeadLetterReason,
+        *,
+        uncertain: bool,
     ) -> None:
-        uncertain = isinstance(exc, OutcomeUnknown) and command.type in MONEY_MOVING
+        """Out of attempts. A money-moving command whose call may have happened (the store
+        says in flight) ends ``unknown``, never ``failed``: nobody can say it did not spend."""
         code, outcome = (
             ("RELAY.OUTCOME_UNKNOWN", Outcome.UNKNOWN)
             if uncertain

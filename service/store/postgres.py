@@ -75,12 +75,12 @@ _CLAIM = """
         WHERE c.status <> 'finished'
           AND (c.owner IS NULL OR c.lease_until <= EXCLUDED.updated_at)
     RETURNING command_id, type, status, attempts, call_started_at, note, event, published_at,
-           updated_at
+           lease_until, updated_at
 """
 
 _GET = """
     SELECT command_id, type, status, attempts, call_started_at, note, event, published_at,
-           updated_at
+           lease_until, updated_at
     FROM relay_commands WHERE command_id = $1
 """
 
@@ -100,7 +100,7 @@ _MARK_CALL_STARTED = """
 
 _FINISH = """
     UPDATE relay_commands
-    SET status = 'finished', event = $2, owner = NULL, lease_until = NULL,
+    SET status = 'finished', event = $2,
         finished_at = $3, updated_at = $3
     WHERE command_id = $1 AND status <> 'finished'
     RETURNING event
@@ -112,7 +112,7 @@ _RELEASE = """
 """
 
 _MARK_PUBLISHED = """
-    UPDATE relay_commands SET published_at = $2
+    UPDATE relay_commands SET published_at = $2, owner = NULL, lease_until = NULL
     WHERE command_id = $1 AND status = 'finished' AND published_at IS NULL
 """
 
@@ -146,6 +146,7 @@ def _record(row: Any) -> StoredCommand:
         note=None if row["note"] is None else bytes(row["note"]),
         event=None if row["event"] is None else bytes(row["event"]),
         published=row["published_at"] is not None,
+        lease_until=_utc(row["lease_until"]),
         updated_at=row["updated_at"].astimezone(UTC),
     )
 
@@ -227,7 +228,7 @@ class PostgresCommandStore:
                 return Claim(ClaimOutcome.CLAIMED, _record(row))
             current = await self.get(command_id)
             if current is not None:
-                return lost_claim(current)
+                return lost_claim(current, now)
         raise RuntimeError(f"claim of {command_id!r} kept racing with prune")
 
     async def renew_leases(

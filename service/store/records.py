@@ -34,8 +34,14 @@ def lease_end(now: datetime, lease: timedelta) -> datetime:
     return now + lease
 
 
-def lost_claim(current: StoredCommand) -> Claim:
-    """Outcome of a claim whose atomic upsert changed nothing: finished, or someone's lease."""
+def lost_claim(current: StoredCommand, now: datetime) -> Claim:
+    """Outcome of a claim whose atomic upsert changed nothing: finished, or someone's lease.
+
+    A finished command whose event is not yet published is BUSY while its owner's lease is
+    live: the owner is publishing it right now, and nobody else may publish it as well."""
     if current.status is CommandStatus.FINISHED:
-        return Claim(ClaimOutcome.FINISHED, current)
+        publishing = (
+            not current.published and current.lease_until is not None and current.lease_until > now
+        )
+        return Claim(ClaimOutcome.BUSY if publishing else ClaimOutcome.FINISHED, current)
     return Claim(ClaimOutcome.BUSY, current)

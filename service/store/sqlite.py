@@ -78,12 +78,12 @@ _CLAIM = """
         WHERE relay_commands.status <> 'finished'
           AND (relay_commands.owner IS NULL OR relay_commands.lease_until <= excluded.updated_at)
     RETURNING command_id, type, status, attempts, call_started_at, note, event, published_at,
-           updated_at
+           lease_until, updated_at
 """
 
 _GET = """
     SELECT command_id, type, status, attempts, call_started_at, note, event, published_at,
-           updated_at
+           lease_until, updated_at
     FROM relay_commands WHERE command_id = :command_id
 """
 
@@ -105,7 +105,7 @@ _MARK_CALL_STARTED = """
 
 _FINISH = """
     UPDATE relay_commands
-    SET status = 'finished', event = :event, owner = NULL, lease_until = NULL,
+    SET status = 'finished', event = :event,
         finished_at = :now, updated_at = :now
     WHERE command_id = :command_id AND status <> 'finished'
     RETURNING event
@@ -117,7 +117,7 @@ _RELEASE = """
 """
 
 _MARK_PUBLISHED = """
-    UPDATE relay_commands SET published_at = :now
+    UPDATE relay_commands SET published_at = :now, owner = NULL, lease_until = NULL
     WHERE command_id = :command_id AND status = 'finished' AND published_at IS NULL
 """
 
@@ -164,6 +164,7 @@ def _record(row: sqlite3.Row) -> StoredCommand:
         note=row["note"],
         event=row["event"],
         published=row["published_at"] is not None,
+        lease_until=_moment(row["lease_until"]),
         updated_at=updated_at,
     )
 
@@ -235,7 +236,7 @@ class SqliteCommandStore:
                 return Claim(ClaimOutcome.CLAIMED, _record(rows[0]))
             current = await self.get(command_id)
             if current is not None:
-                return lost_claim(current)
+                return lost_claim(current, now)
         raise RuntimeError(f"claim of {command_id!r} kept racing with prune")
 
     async def renew_leases(

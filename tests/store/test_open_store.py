@@ -89,6 +89,7 @@ async def test_sqlite_file_keeps_state_across_reopen(tmp_path: Path) -> None:
     async with open_store(url, clock=clock) as store:
         await store.claim("cmd-1", "renew", owner="a", lease=LEASE)
         await store.finish("cmd-1", owner="a", event=b"done")
+        await store.mark_published("cmd-1")
 
     async with open_store(url, clock=clock) as store:
         claim = await store.claim("cmd-1", "renew", owner="b", lease=LEASE)

@@ -41,6 +41,7 @@ async def test_get_of_an_unknown_command_is_none(store: CommandStore) -> None:
 async def test_claim_of_a_finished_command_returns_its_event(store: CommandStore) -> None:
     await claimed(store)
     await store.finish("cmd-1", owner="a", event=b'{"outcome":"succeeded"}')
+    await store.mark_published("cmd-1")
 
     claim = await store.claim("cmd-1", "renew", owner="b", lease=LEASE)
 
@@ -319,3 +320,27 @@ async def test_note_is_kept_with_the_call_and_published_flag_is_recorded(
         published = await store.get("cmd-note")
         assert published is not None
         assert published.published is True
+
+
+async def test_finished_but_unpublished_is_busy_until_published_or_lease_expiry(
+    store_url: str,
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from handlers.ports import ClaimOutcome
+    from service.store import open_store as _open
+
+    now = [datetime(2026, 11, 24, 8, tzinfo=UTC)]
+    async with _open(store_url, clock=lambda: now[0]) as store:
+        await store.claim("cmd-pub", "renew", owner="a", lease=timedelta(seconds=30))
+        await store.finish("cmd-pub", owner="a", event=b"evt")
+        # owner "a" is publishing: a copy arriving now must not publish it as well
+        busy = await store.claim("cmd-pub", "renew", owner="b", lease=timedelta(seconds=30))
+        assert busy.outcome is ClaimOutcome.BUSY
+        now[0] += timedelta(seconds=31)  # "a" died between finish and publish
+        late = await store.claim("cmd-pub", "renew", owner="b", lease=timedelta(seconds=30))
+        assert late.outcome is ClaimOutcome.FINISHED
+        assert late.record.published is False  # so "b" publishes the stored event itself
+        await store.mark_published("cmd-pub")
+        done = await store.claim("cmd-pub", "renew", owner="c", lease=timedelta(seconds=30))
+        assert (done.outcome, done.record.published) == (ClaimOutcome.FINISHED, True)
