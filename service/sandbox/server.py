@@ -156,7 +156,10 @@ EPILOG = """\
                   {"kind": "drop_after_apply", "operations": ["create_partner_coupons"],
                    "count": 1}]}
 Both accept inline JSON or a file path, and can be changed at run time with PUT /_sandbox/limits
-and PUT /_sandbox/faults. Details, the demo data set's ids and keys: docs/sandbox.md."""
+and PUT /_sandbox/faults.
+
+Demo data set: partner AK HPUADEMOPARTNER00001, SK DemoPartnerSecretKey00000000000000000001,
+agency bss_partner_demo; customers, resources and quotas: docs/sandbox.md."""
 
 
 def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
