@@ -225,3 +225,15 @@ async def start_relay(amqp_url: str, bss: Sandbox, tmp_path: Path) -> AsyncItera
 
 def new_id(prefix: str = "cmd") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+async def eventually(
+    predicate: Callable[[], bool | Awaitable[bool]], *, within: float = 30.0, step: float = 0.05
+) -> None:
+    """Poll ``predicate`` until it holds; fail after ``within`` seconds."""
+    for _ in range(int(within / step)):
+        result = predicate()
+        if result if isinstance(result, bool) else await result:
+            return
+        await asyncio.sleep(step)
+    raise AssertionError(f"condition not met within {within}s")

@@ -24,6 +24,7 @@ from tests.e2e.conftest import (
     RelayFactory,
     Sandbox,
     new_id,
+    eventually,
     partner_env,
     rabbitmqctl,
 )
@@ -179,8 +180,7 @@ async def test_sigkill_mid_run_loses_nothing_and_spends_once(
     commands = mixed_commands(200)
     for command in commands:
         await publish(channel, command)
-    while sum(len(v) for v in events.by_command.values()) < 60:
-        await asyncio.sleep(0.05)
+    await eventually(lambda: sum(len(v) for v in events.by_command.values()) >= 60)
     first.signal(signal.SIGKILL)  # mid-run: calls in flight, messages unacked
     await first.wait()
     second = spawn(RELAY_RATE_LIMITS=limits)
@@ -231,8 +231,11 @@ async def test_sigterm_drains_in_flight_commands_and_exits_cleanly(
     commands = mixed_commands(12)[3::4]  # price inquiries: each call takes 1.5 s
     for command in commands:
         await publish(channel, command)
-    while not await bss.requests("list_renew_rate_on_period"):
-        await asyncio.sleep(0.05)
+
+    async def price_call_started() -> bool:
+        return bool(await bss.requests("list_renew_rate_on_period"))
+
+    await eventually(price_call_started)
     process.signal(signal.SIGTERM)
     assert await process.wait(within=20) == 0
     log = process.log.read_text()
@@ -256,8 +259,7 @@ async def test_broker_closing_connections_mid_run(
     commands = mixed_commands(60)
     for command in commands[:30]:
         await relay.publish(command)
-    while sum(len(v) for v in relay.events.by_command.values()) < 10:
-        await asyncio.sleep(0.05)
+    await eventually(lambda: sum(len(v) for v in relay.events.by_command.values()) >= 10)
     vhost = amqp_url.rsplit("/", 1)[1]
     await rabbitmqctl("close_all_connections", "--vhost", vhost, "bss-relay test")
     await asyncio.sleep(1.0)  # robust connections come back
