@@ -23,8 +23,8 @@ from tests.e2e.conftest import (
     EventLog,
     RelayFactory,
     Sandbox,
-    new_id,
     eventually,
+    new_id,
     partner_env,
     rabbitmqctl,
 )
