@@ -5,6 +5,9 @@ share a CPU core) with every limit off. With ``--url`` it lifts the limits of th
 run and puts the previous overrides back afterwards. Clients fire a mix of signed requests as fast
 as answers come back: a partner-key resource query, and with customers' temporary keys a renewal
 price inquiry and an auto-renew switch (a write). Faults are not touched; run it without any.
+
+Besides the end-to-end rate (bounded by the client when client and sandbox share the CPUs), it
+reports the sandbox process's CPU time per request and the rate one core can therefore serve.
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ import contextlib
 import itertools
 import json
 import multiprocessing
+import os
 import socket
 import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -94,8 +99,19 @@ def _free_port() -> int:
         return port
 
 
+def _cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time of a process (Linux ``/proc``); None where unavailable."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.asynccontextmanager
-async def _own_sandbox() -> AsyncIterator[str]:
+async def _own_sandbox() -> AsyncIterator[tuple[str, int | None]]:
     port = _free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "service.sandbox", "--port", str(port), "--limits", '{"*": null}',
@@ -104,21 +120,21 @@ async def _own_sandbox() -> AsyncIterator[str]:
     try:
         assert proc.stderr is not None
         await asyncio.wait_for(proc.stderr.readline(), 30)  # the "listening on" line
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", proc.pid
     finally:
         proc.terminate()
         await proc.wait()
 
 
 @contextlib.asynccontextmanager
-async def _unlimited(url: str) -> AsyncIterator[str]:
+async def _unlimited(url: str) -> AsyncIterator[tuple[str, int | None]]:
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{url}/_sandbox/limits") as resp:
             previous = (await resp.json())["overrides"]
         async with http.put(f"{url}/_sandbox/limits", json={"*": None}) as resp:
             resp.raise_for_status()
         try:
-            yield url
+            yield url, None
         finally:
             async with http.put(f"{url}/_sandbox/limits", json=previous) as resp:
                 resp.raise_for_status()
@@ -126,7 +142,8 @@ async def _unlimited(url: str) -> AsyncIterator[str]:
 
 async def _measure(args: argparse.Namespace) -> dict[str, Any]:
     target = _unlimited(args.url) if args.url else _own_sandbox()
-    async with target as url:
+    async with target as (url, pid):
+        cpu_before = _cpu_seconds(pid)
         loop = asyncio.get_running_loop()
         context = multiprocessing.get_context("spawn")
         with context.Pool(args.processes) as pool:
@@ -137,16 +154,25 @@ async def _measure(args: argparse.Namespace) -> dict[str, Any]:
                 for _ in range(args.processes)
             ]
             results = await asyncio.gather(*jobs)
+        cpu_after = _cpu_seconds(pid)
     totals: Counter[str] = Counter()
     for counts, _ in results:
         totals.update(counts)
     rate = sum(sum(counts.values()) / seconds for counts, seconds in results)
-    return {
-        "requests": sum(totals.values()),
+    served = sum(totals.values())
+    out: dict[str, Any] = {
+        "requests": served,
         "seconds": round(max(seconds for _, seconds in results), 2),
         "per_second": round(rate),
         "by_kind": dict(sorted(totals.items())),
     }
+    if cpu_before is not None and cpu_after is not None and cpu_after > cpu_before:
+        # What one core of this machine could serve if the clients were elsewhere.
+        busy = cpu_after - cpu_before
+        out["server_cpu_seconds"] = round(busy, 2)
+        out["server_cpu_us_per_request"] = round(busy / served * 1e6)
+        out["server_capacity_per_core"] = round(served / busy)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
