@@ -21,6 +21,7 @@ from service.runtime import run
 from service.sandbox.server import SandboxServer
 from service.settings import Settings
 from service.topology import COMMANDS_EXCHANGE, DELAY_LEVELS_MS, DLQ, EVENTS_EXCHANGE, Topology
+from tests.store.conftest import POSTGRES_URL, drop_schema, postgres_schema
 
 pytestmark = pytest.mark.e2e
 
@@ -170,8 +171,24 @@ def partner_env(state: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+BOTH_STORES = pytest.mark.parametrize("e2e_store", ["sqlite", "postgres"], indirect=True)
+
+
 @pytest.fixture
-async def start_relay(amqp_url: str, bss: Sandbox, tmp_path: Path) -> AsyncIterator[RelayFactory]:
+async def e2e_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """The service's STORE_URL: SQLite unless a module asks for both with ``BOTH_STORES``."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        yield f"sqlite:///{tmp_path}/store.db"
+        return
+    schema = postgres_schema()
+    try:
+        yield f"{POSTGRES_URL}?schema={schema}"
+    finally:
+        await drop_schema(schema)
+
+
+@pytest.fixture
+async def start_relay(amqp_url: str, bss: Sandbox, e2e_store: str) -> AsyncIterator[RelayFactory]:
     """Start the service (as many times as a test needs); everything is stopped and its
     queues deleted at teardown."""
     connection: AbstractRobustConnection = await aio_pika.connect_robust(amqp_url)
@@ -192,7 +209,7 @@ async def start_relay(amqp_url: str, bss: Sandbox, tmp_path: Path) -> AsyncItera
             "amqp_url": amqp_url,
             "bss_endpoint": bss.url,
             "iam_endpoint": bss.url,
-            "store_url": f"sqlite:///{tmp_path}/store.db",
+            "store_url": e2e_store,
             "relay_queue_prefix": prefix,
             "relay_retry_base_s": 0.25,
             "relay_retry_max_s": 1.0,

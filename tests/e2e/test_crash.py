@@ -20,6 +20,7 @@ import pytest
 
 from service.topology import DELAY_LEVELS_MS, DLQ, Topology
 from tests.e2e.conftest import (
+    BOTH_STORES,
     EventLog,
     RelayFactory,
     Sandbox,
@@ -32,7 +33,7 @@ from tests.e2e.test_commands import coupon, renew
 from tests.e2e.test_reliability import auto_renew
 from tests.sandbox import demo_ids as ids
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, BOTH_STORES]
 
 
 class ServeProcess:
@@ -79,7 +80,7 @@ Spawn = Callable[..., ServeProcess]
 
 @pytest.fixture
 async def serve(
-    amqp_url: str, bss: Sandbox, tmp_path: Path
+    amqp_url: str, bss: Sandbox, tmp_path: Path, e2e_store: str
 ) -> AsyncIterator[tuple[Spawn, aio_pika.abc.AbstractChannel, EventLog, str]]:
     prefix = f"relay-{uuid.uuid4().hex[:8]}"
     state = await bss.state()
@@ -88,7 +89,7 @@ async def serve(
         "AMQP_URL": amqp_url,
         "BSS_ENDPOINT": bss.url,
         "IAM_ENDPOINT": bss.url,
-        "STORE_URL": f"sqlite:///{tmp_path}/store.db",
+        "STORE_URL": e2e_store,
         "RELAY_QUEUE_PREFIX": prefix,
         "RELAY_LEASE_S": "2",
         "RELAY_RETRY_BASE_S": "0.25",

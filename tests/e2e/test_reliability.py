@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import RelayFactory, Sandbox, new_id
+from tests.e2e.conftest import BOTH_STORES, RelayFactory, Sandbox, new_id
 from tests.e2e.test_commands import by_id, coupon, renew
 from tests.sandbox import demo_ids as ids
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, BOTH_STORES]
 
 
 def auto_renew(resource: str, enabled: bool, customer: str = ids.ACME) -> dict[str, Any]:
