@@ -34,3 +34,15 @@ def test_delay_for_rounds_down_to_a_step() -> None:
     assert Topology.delay_for(0.1) == 250
     assert Topology.delay_for(3.0) == 2000
     assert Topology.delay_for(10_000) == 300_000
+
+
+def test_compose_file_wires_the_three_services() -> None:
+    import yaml
+
+    compose = yaml.safe_load((DEFINITIONS.parent / "compose.yaml").read_text())
+    services = compose["services"]
+    assert set(services) == {"rabbitmq", "sandbox", "relay"}
+    env = services["relay"]["environment"]
+    assert env["BSS_ENDPOINT"] == env["IAM_ENDPOINT"] == "http://sandbox:18080"
+    assert services["relay"]["command"] == ["serve"]
+    assert "rabbitmq-definitions.json" in services["rabbitmq"]["volumes"][0]
