@@ -28,6 +28,7 @@ from handlers.errors import (
     Throttled,
 )
 from service.limiter import RateLimiter
+from service.metrics import Metrics
 from service.operations import Operation
 from service.scheduler import FairScheduler
 from service.signer import QueryValue, Signer, canonical_query
@@ -108,12 +109,14 @@ class BssHttp:
         limiter: RateLimiter,
         scheduler: FairScheduler | None = None,
         throttle_retries: int = 5,
+        metrics: Metrics | None = None,
     ) -> None:
         self._session = session
         self._bases = {"bss": bss_endpoint.rstrip("/"), "iam": iam_endpoint.rstrip("/")}
         self._limiter = limiter
         self._scheduler = scheduler or FairScheduler(limiter)
         self._throttle_retries = throttle_retries
+        self._metrics = metrics or Metrics()
 
     async def call(
         self,
@@ -132,14 +135,21 @@ class BssHttp:
         for attempt in range(self._throttle_retries + 1):
             await self._scheduler.turn(op.name, parent_uid)
             try:
-                return await self._send(
+                response = await self._send(
                     op, signer, path=path, query=query_string, body=body, domain_id=domain_id
                 )
-            except Throttled:
+            except RelayError as exc:
+                status = str(exc.http_status) if exc.http_status else exc.code
+                self._metrics.api_requests.labels(op.name, status).inc()
+                if not isinstance(exc, Throttled):
+                    raise
                 self._limiter.throttled(op.name, parent_uid)
                 log.warning("api_throttled", api=op.name, parent_uid=parent_uid, attempt=attempt)
                 if attempt == self._throttle_retries:
                     raise
+            else:
+                self._metrics.api_requests.labels(op.name, str(response.status)).inc()
+                return response
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _send(

@@ -47,6 +47,10 @@ class Consumer:
     def inflight(self) -> int:
         return len(self._inflight)
 
+    @property
+    def consuming(self) -> bool:
+        return self._tag is not None and not self._stopping
+
     async def start(self) -> None:
         self._tag = await self._queue.consume(self._on_message, no_ack=False)
         log.info("consuming", queue=self._queue.name)

@@ -23,9 +23,13 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import structlog
+
 from service.operations import OPERATIONS
 
 __all__ = ["Bucket", "RateLimiter"]
+
+log = structlog.get_logger(__name__)
 
 SWEEP_EVERY = 4096  # reservations between sweeps of idle buckets
 IDLE_AFTER_S = 60.0  # a bucket idle this long at full rate equals a fresh one and is dropped
@@ -89,6 +93,8 @@ class RateLimiter:
             gained = (now - bucket.adjusted_at) * bucket.ceiling * self._recovery
             bucket.rate = min(bucket.ceiling, bucket.rate + gained)
             bucket.adjusted_at = now
+            if bucket.rate >= bucket.ceiling:
+                log.info("rate_recovered", key="/".join(key), rate=bucket.rate)
         return bucket
 
     def delay(self, api: str, parent_uid: str) -> float:
@@ -136,6 +142,9 @@ class RateLimiter:
         bucket.rate = max(self._floor, bucket.rate / 2)
         bucket.adjusted_at = now + pause_s
         bucket.tat = max(bucket.tat, now + pause_s)
+        log.warning(
+            "rate_lowered", api=api, parent_uid=parent_uid, rate=bucket.rate, ceiling=ceiling
+        )
 
     def rates(self) -> dict[str, float]:
         """Current rate of every key below its ceiling (for logs and metrics)."""

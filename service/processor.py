@@ -47,6 +47,7 @@ from schemas.commands import (
 from schemas.events import EVENT_ADAPTER, Event, Outcome, routing_key
 from service.intake import Rejection, read_command
 from service.journal import StoreJournal
+from service.metrics import Metrics
 from service.outcomes import announce_again, event_for, rejection_event
 from service.publisher import DeadLetterReason, H, Publisher
 from service.scheduler import FairScheduler
@@ -117,6 +118,7 @@ class Processor:
         lease: timedelta,
         retry: RetryPolicy,
         max_body_bytes: int,
+        metrics: Metrics | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._store = store
@@ -127,6 +129,7 @@ class Processor:
         self._lease = lease
         self._retry = retry
         self._max_body = max_body_bytes
+        self._metrics = metrics or Metrics()
         self._clock = clock
         self.holding: set[str] = set()  # command ids this process holds a lease on
         self._renew_locks: dict[str, asyncio.Lock] = {}
@@ -181,10 +184,12 @@ class Processor:
         if record is not None and record.status is CommandStatus.FINISHED:
             return False  # nothing to pace: it is only announced again
         seconds = ticket - time.time() - self._scheduler.hold_s / 2
+        # A str, not a float: pamqp sends a float header as 32-bit, 128 s apart at epoch scale.
         await self._publisher.delay(
-            message, seconds=seconds, reason=None, extra_headers={H.TICKET: ticket}
+            message, seconds=seconds, reason=None, extra_headers={H.TICKET: f"{ticket:.3f}"}
         )
         await self._ack(message)
+        self._metrics.parked.labels(key[0]).inc()
         log.debug("command_parked", api=key[0], parent_uid=key[1], wait_s=round(seconds, 2))
         return True
 
@@ -357,6 +362,8 @@ class Processor:
         await self._send_event(message, EVENT_ADAPTER.validate_json(stored))
 
     async def _send_event(self, message: AbstractIncomingMessage, event: Event) -> None:
+        if not event.duplicate:
+            self._metrics.commands.labels(event.type, event.outcome).inc()
         await self._publisher.event(
             event.model_dump_json().encode(),
             routing_key=routing_key(event),

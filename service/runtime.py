@@ -28,6 +28,7 @@ from service.client import BssHttp
 from service.consumer import Consumer
 from service.credentials import CredentialCache
 from service.limiter import RateLimiter
+from service.metrics import Metrics, serve_metrics
 from service.processor import Processor, RetryPolicy
 from service.publisher import Publisher
 from service.scheduler import FairScheduler
@@ -132,6 +133,8 @@ async def run(
             egress=settings.relay_egress,
             guard_s=settings.relay_rate_guard_ms / 1000,
         )
+        metrics = Metrics()
+        metrics.watch_rates(limiter.rates)
         scheduler = FairScheduler(limiter, hold_s=settings.relay_hold_s)
         stack.push_async_callback(scheduler.aclose)
         http = BssHttp(
@@ -141,6 +144,7 @@ async def run(
             limiter=limiter,
             scheduler=scheduler,
             throttle_retries=settings.relay_throttle_retries,
+            metrics=metrics,
         )
         processor = Processor(
             store=store,
@@ -153,6 +157,7 @@ async def run(
                 settings.relay_max_attempts, settings.relay_retry_base_s, settings.relay_retry_max_s
             ),
             max_body_bytes=settings.relay_max_body_bytes,
+            metrics=metrics,
         )
         async with asyncio.TaskGroup() as tasks:
             consumer = Consumer(
@@ -175,8 +180,20 @@ async def run(
                 ),
             ]
             await consumer.start()
+            metrics.inflight.set_function(lambda: consumer.inflight)
+            if settings.relay_metrics_port is not None:
+                await stack.enter_async_context(
+                    serve_metrics(
+                        metrics,
+                        host=settings.relay_metrics_host,
+                        port=settings.relay_metrics_port,
+                        healthy=lambda: consumer.consuming and not connection.is_closed,
+                    )
+                )
             if stats is not None:
-                stats.update(limiter=limiter, consumer=consumer, scheduler=scheduler)
+                stats.update(
+                    limiter=limiter, consumer=consumer, scheduler=scheduler, metrics=metrics
+                )
             log.info("service_started", owner=owner, queue=topology.work_queue)
             if ready is not None:
                 ready.set()

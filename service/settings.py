@@ -87,7 +87,9 @@ class Settings(BaseSettings):
     relay_max_body_bytes: int = Field(default=256 * 1024, ge=1024)
     relay_queue_prefix: str = "bss-relay"
     relay_log_level: str = "INFO"
-    relay_metrics_port: int | None = None
+    # Prometheus /metrics and /healthz on this port when set (not served when unset).
+    relay_metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    relay_metrics_host: str = "127.0.0.1"
 
     @field_validator("relay_rate_limits", mode="before")
     @classmethod
