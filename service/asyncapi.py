@@ -94,7 +94,11 @@ DEAD_LETTER_HEADERS: Mapping[str, dict[str, Any]] = {
         "maxLength": 1000,
         "description": "The same reason in words, for the person inspecting the queue.",
     },
-    H.ATTEMPTS: {"type": "integer", "minimum": 0, "description": "API attempts spent."},
+    H.ATTEMPTS: {
+        "type": "integer",
+        "minimum": 0,
+        "description": "Deliveries of the command that ended in a failure (retries so far).",
+    },
     H.FIRST_FAILURE: {
         "type": "string",
         "format": "date-time",

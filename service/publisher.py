@@ -30,6 +30,8 @@ class H:
     LAST_FAILURE = "x-relay-last-failure"
     ORIGINAL_ROUTING_KEY = "x-relay-original-routing-key"
     TICKET = "x-relay-ticket"  # parked for pacing: epoch seconds of the expected turn
+    REPLAYED_AT = "x-relay-replayed-at"  # set by `bss-relay replay` on the copy it republishes
+    REPLAY_COUNT = "x-relay-replay-count"
 
 
 @dataclass(frozen=True, slots=True)

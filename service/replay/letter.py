@@ -22,8 +22,8 @@ from service.publisher import H
 __all__ = ["INVALID_TYPE", "REPLAYED_AT", "REPLAY_COUNT", "TYPES", "DeadLetter", "Filter"]
 
 # Added to a replayed copy. Every other x-relay-* header is a failure header and is removed.
-REPLAYED_AT = "x-relay-replayed-at"
-REPLAY_COUNT = "x-relay-replay-count"
+REPLAYED_AT = H.REPLAYED_AT
+REPLAY_COUNT = H.REPLAY_COUNT
 TYPES = frozenset(t.value for t in CommandType)
 INVALID_TYPE = "invalid"  # as in events: the type of a message whose type could not be read
 
