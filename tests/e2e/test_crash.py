@@ -242,6 +242,10 @@ async def test_sigterm_drains_in_flight_commands_and_exits_cleanly(
     log = process.log.read_text()
     assert "service_stopping" in log
     assert "service_stopped" in log
+    state = await bss.state()
+    secrets = [p["secret_key"] for p in state["partners"]] + ["Signature=", "securitytoken"]
+    for secret in secrets:  # contract guarantee 5: nothing secret in the service's logs
+        assert secret not in log
     finished = [c for c in commands if events.terminal(c["command_id"])]
     assert finished  # what was in flight at SIGTERM was allowed to finish
     restarted = spawn()
