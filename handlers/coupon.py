@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from handlers.errors import ApiRefused, OutcomeUnknown
+from handlers.batch import all_refused
+from handlers.errors import OutcomeUnknown
 from handlers.ports import Completed, HandlerContext
 from schemas.bss import CouponRecord, CreatePartnerCouponsReq, CreatePartnerCouponsResp
 from schemas.commands import IssueCouponCommand
@@ -64,12 +65,10 @@ def _completed(answer: CreatePartnerCouponsResp) -> Completed:
         for e in answer.error_details
     ]
     if not coupons:
-        first = failed[0] if failed else None
-        raise ApiRefused(
-            first.code if first else "RELAY.NOTHING_ISSUED",
-            "; ".join(f"{f.customer_id}: {f.code} {f.message}" for f in failed)
-            or "the API issued no coupon",
-            http_status=200,
+        raise all_refused(
+            [(f.customer_id, f.code, f.message) for f in failed],
+            fallback_code="RELAY.NOTHING_ISSUED",
+            nothing_done="the API issued no coupon",
         )
     return Completed(IssueCouponResult(coupons=coupons, failed_customers=failed), bool(failed))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from handlers.errors import ApiRefused
+from handlers.batch import all_refused
 from handlers.ports import Completed, HandlerContext
 from schemas.bss import (
     DemandProductInfo,
@@ -129,12 +129,10 @@ def _renewal(answer: ListRenewRateOnPeriodResp) -> Completed:
         for f in answer.fail_resource_infos
     ]
     if not answer.renew_inquiry_results:
-        first = failed[0] if failed else None
-        raise ApiRefused(
-            first.code if first else "RELAY.NOTHING_PRICED",
-            "; ".join(f"{f.resource_id}: {f.code} {f.message}" for f in failed)
-            or "the API priced no resource",
-            http_status=200,
+        raise all_refused(
+            [(f.resource_id, f.code, f.message) for f in failed],
+            fallback_code="RELAY.NOTHING_PRICED",
+            nothing_done="the API priced no resource",
         )
     official = answer.official_website_rating_result
     official_amount = (official.official_website_amount if official else None) or ZERO

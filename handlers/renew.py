@@ -16,7 +16,8 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta
 
-from handlers.errors import ApiRefused, OutcomeUndecidable, OutcomeUnknown
+from handlers.batch import all_refused
+from handlers.errors import OutcomeUndecidable, OutcomeUnknown
 from handlers.ports import Completed, HandlerContext
 from schemas.bss import CustomerOrder, CustomerResource, RenewalResourcesReq, RenewalResourcesResp
 from schemas.commands import RenewCommand
@@ -68,12 +69,10 @@ def _completed(answer: RenewalResourcesResp) -> Completed:
         for f in answer.fail_resource_infos
     ]
     if not answer.order_ids:
-        first = failed[0] if failed else None
-        raise ApiRefused(
-            first.code if first else "RELAY.NOTHING_RENEWED",
-            "; ".join(f"{f.resource_id}: {f.code} {f.message}" for f in failed)
-            or "the API created no renewal order",
-            http_status=200,
+        raise all_refused(
+            [(f.resource_id, f.code, f.message) for f in failed],
+            fallback_code="RELAY.NOTHING_RENEWED",
+            nothing_done="the API created no renewal order",
         )
     result = RenewResult(order_ids=list(answer.order_ids), failed_resources=failed)
     return Completed(result, partial=bool(failed))

@@ -60,7 +60,11 @@ def _failure_headers(message: AbstractIncomingMessage, reason: DeadLetterReason)
     return headers
 
 
-def _copy(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
+def copy_message(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
+    """The message again, body and properties unchanged, with ``headers``, persistent.
+
+    ``user_id`` is left out: the broker refuses a publish whose user_id is not the publisher's.
+    """
     return aio_pika.Message(
         message.body,
         headers=headers,
@@ -71,6 +75,8 @@ def _copy(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika
         reply_to=message.reply_to,
         timestamp=message.timestamp,
         type=message.type,
+        app_id=message.app_id,
+        priority=message.priority,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
     )
 
@@ -106,7 +112,9 @@ class Publisher:
 
     async def dead_letter(self, message: AbstractIncomingMessage, reason: DeadLetterReason) -> None:
         headers = _failure_headers(message, reason)
-        await self._channel.default_exchange.publish(_copy(message, headers), routing_key=DLQ)
+        await self._channel.default_exchange.publish(
+            copy_message(message, headers), routing_key=DLQ
+        )
 
     async def delay(
         self,
@@ -125,5 +133,7 @@ class Publisher:
         headers.update(extra_headers or {})
         level = self._topology.delay_for(seconds)
         queue = self._topology.delay_queue(level)
-        await self._channel.default_exchange.publish(_copy(message, headers), routing_key=queue)
+        await self._channel.default_exchange.publish(
+            copy_message(message, headers), routing_key=queue
+        )
         return level

@@ -36,7 +36,6 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-import aio_pika
 from aio_pika.abc import (
     AbstractChannel,
     AbstractConnection,
@@ -47,6 +46,7 @@ from aio_pika.abc import (
 from aio_pika.exceptions import AMQPError
 
 from service.intake import Rejection, read_command
+from service.publisher import copy_message
 from service.replay.letter import REPLAY_COUNT, REPLAYED_AT, DeadLetter, Filter
 from service.topology import COMMANDS_EXCHANGE, DLQ
 
@@ -217,30 +217,12 @@ def _replay_headers(
     return headers
 
 
-def _replay_copy(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
-    # user_id is left out: the broker refuses a publish whose user_id is not the publisher's.
-    return aio_pika.Message(
-        message.body,
-        headers=headers,
-        content_type=message.content_type,
-        content_encoding=message.content_encoding,
-        message_id=message.message_id,
-        correlation_id=message.correlation_id,
-        reply_to=message.reply_to,
-        timestamp=message.timestamp,
-        type=message.type,
-        app_id=message.app_id,
-        priority=message.priority,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-    )
-
-
 async def _move(
     exchange: AbstractExchange, letter: DeadLetter, message: AbstractIncomingMessage, now: datetime
 ) -> Result:
     """Publish the copy and wait for the broker's confirm. A refusal, a return (unroutable),
     a lost channel or a timeout is NOT_REPLAYED: the caller keeps the dead letter."""
-    copy = _replay_copy(message, _replay_headers(message, letter, now))
+    copy = copy_message(message, _replay_headers(message, letter, now))
     try:
         await exchange.publish(
             copy, routing_key=letter.routing_key, mandatory=True, timeout=PUBLISH_TIMEOUT_S
