@@ -26,24 +26,6 @@ from tests.store.conftest import POSTGRES_URL, drop_schema, postgres_schema
 pytestmark = pytest.mark.e2e
 
 
-async def rabbitmqctl(*args: str) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        "rabbitmqctl", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await proc.communicate()
-    if proc.returncode != 0:
-        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {out!r} {err!r}")
-
-
-@pytest.fixture(scope="session")
-async def amqp_url() -> AsyncIterator[str]:
-    vhost = f"relay-test-{uuid.uuid4().hex[:12]}"
-    await rabbitmqctl("add_vhost", vhost)
-    await rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
-    await rabbitmqctl("delete_vhost", vhost)
-
-
 @pytest.fixture(scope="session")
 async def sandbox() -> AsyncIterator[SandboxServer]:
     async with SandboxServer() as server:

@@ -19,6 +19,7 @@ import aio_pika
 import pytest
 
 from service.topology import DELAY_LEVELS_MS, DLQ, Topology
+from tests.conftest import rabbitmqctl
 from tests.e2e.conftest import (
     BOTH_STORES,
     EventLog,
@@ -27,7 +28,6 @@ from tests.e2e.conftest import (
     eventually,
     new_id,
     partner_env,
-    rabbitmqctl,
 )
 from tests.e2e.test_commands import coupon, renew
 from tests.e2e.test_reliability import auto_renew

@@ -15,7 +15,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.e2e.conftest import Relay, RelayFactory, Sandbox, eventually, rabbitmqctl
+from tests.conftest import rabbitmqctl
+from tests.e2e.conftest import Relay, RelayFactory, Sandbox, eventually
 from tests.e2e.test_reliability import auto_renew, max_in_window
 from tests.sandbox import demo_ids as ids
 

@@ -27,26 +27,6 @@ FAILED_AT = datetime(2026, 1, 15, 9, 30, tzinfo=UTC)
 SETTLE_TIMEOUT_S = 5.0
 
 
-async def rabbitmqctl(*args: str) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        "rabbitmqctl", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await proc.communicate()
-    if proc.returncode != 0:
-        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {out!r} {err!r}")
-
-
-@pytest.fixture(scope="session")
-async def amqp_url() -> AsyncIterator[str]:
-    vhost = f"relay-test-{uuid.uuid4().hex[:12]}"
-    await rabbitmqctl("add_vhost", vhost)
-    try:
-        await rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-        yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
-    finally:
-        await rabbitmqctl("delete_vhost", vhost)
-
-
 @pytest.fixture(scope="session")
 async def connection(amqp_url: str) -> AsyncIterator[AbstractConnection]:
     conn = await aio_pika.connect(amqp_url)
