@@ -36,6 +36,8 @@ __all__ = ["FairScheduler", "Turn"]
 
 log = structlog.get_logger(__name__)
 
+SWEEP_EVERY = 4096  # tickets issued between sweeps of past tickets
+
 
 @dataclass(slots=True)
 class _ApiQueue:
@@ -75,6 +77,7 @@ class FairScheduler:
         self._apis: dict[str, _ApiQueue] = {}
         self._horizons: dict[tuple[str, str], float] = {}  # last ticket per (api, uid), wall
         self._held: Counter[tuple[str, str]] = Counter()  # commands held in memory per key
+        self._since_sweep = 0
 
     @property
     def hold_s(self) -> float:
@@ -123,6 +126,10 @@ class FairScheduler:
             return Turn(wait, None)
         ticket = max(now + wait, horizon + interval)
         self._horizons[(api, uid)] = ticket
+        self._since_sweep += 1
+        if self._since_sweep >= SWEEP_EVERY:  # amortised: memory follows the active keys
+            self._since_sweep = 0
+            self.forget_idle()
         return Turn(ticket - now, ticket)
 
     def ticket_due(self, ticket: float) -> bool:

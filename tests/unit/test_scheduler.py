@@ -125,3 +125,20 @@ async def test_idle_tickets_are_forgotten() -> None:
     clock.t += 3600
     assert scheduler.forget_idle() > 0
     assert scheduler.forget_idle() == 0
+
+
+async def test_past_tickets_are_swept_while_issuing_new_ones() -> None:
+    from service.scheduler import SWEEP_EVERY
+
+    scheduler, limiter, clock = make({"op": 10}, hold_s=0.1)
+    for i in range(SWEEP_EVERY):
+        limiter.reserve("op", f"k{i}")
+        limiter.reserve("op", f"k{i}")
+        assert scheduler.estimate("op", f"k{i}").ticket is not None
+        clock.t += 0.001
+    clock.t += 3600  # all those tickets are in the past now
+    limiter.reserve("op", "last")
+    limiter.reserve("op", "last")
+    for _ in range(SWEEP_EVERY):  # one more round of issuing tickets triggers a sweep
+        scheduler.estimate("op", "last")
+    assert len(scheduler._horizons) == 1
