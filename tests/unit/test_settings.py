@@ -1,0 +1,102 @@
+"""Settings from the environment and the partners file; start-up fails fast and clearly."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr, ValidationError
+
+from service.runtime import ConfigurationError, run
+from service.settings import Settings, load_partners_file
+
+
+def test_contract_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("AMQP_URL", "BSS_ENDPOINT", "IAM_ENDPOINT", "STORE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings()
+    assert settings.amqp_url == "amqp://guest:guest@localhost:5672/"
+    assert settings.bss_endpoint == "https://bss.myhuaweicloud.com"
+    assert settings.iam_endpoint == "https://iam.myhuaweicloud.com"
+    assert settings.store_url == "sqlite:///bss-relay.db"
+
+
+def test_one_partner_from_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BSS_PARTNER_ID", "p1")
+    monkeypatch.setenv("BSS_ACCESS_KEY", "AK")
+    monkeypatch.setenv("BSS_SECRET_KEY", "SK-secret")
+    monkeypatch.setenv("BSS_AGENCY_NAME", "agency")
+    monkeypatch.setenv("RELAY_RATE_LIMITS", '{"renewal_resources": 5}')
+    settings = Settings()
+    [partner] = settings.partners().values()
+    assert (partner.partner_id, partner.agency_name) == ("p1", "agency")
+    assert partner.secret_key.get_secret_value() == "SK-secret"
+    assert "SK-secret" not in repr(settings)
+    assert settings.relay_rate_limits == {"renewal_resources": 5}
+
+
+def test_partial_partner_variables_are_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BSS_PARTNER_ID", "p1")
+    monkeypatch.delenv("BSS_ACCESS_KEY", raising=False)
+    monkeypatch.delenv("BSS_SECRET_KEY", raising=False)
+    with pytest.raises(ValidationError, match="go together"):
+        Settings()
+
+
+def test_partners_file_json_and_yaml(tmp_path: Path) -> None:
+    rows = [
+        {"partner_id": "p1", "access_key": "A1", "secret_key": "S1", "agency_name": "g1"},
+        {"partner_id": "p2", "access_key": "A2", "secret_key": "S2"},
+    ]
+    as_json = tmp_path / "partners.json"
+    as_json.write_text(json.dumps({"partners": rows}))
+    as_yaml = tmp_path / "partners.yaml"
+    as_yaml.write_text(
+        "partners:\n"
+        "  - {partner_id: p1, access_key: A1, secret_key: S1, agency_name: g1}\n"
+        "  - {partner_id: p2, access_key: A2, secret_key: S2}\n"
+    )
+    for path in (as_json, as_yaml):
+        partners = load_partners_file(path)
+        assert set(partners) == {"p1", "p2"}
+        assert partners["p2"].agency_name is None
+
+
+def test_partners_file_errors(tmp_path: Path) -> None:
+    dup = tmp_path / "dup.json"
+    row = {"partner_id": "p1", "access_key": "A", "secret_key": "S"}
+    dup.write_text(json.dumps({"partners": [row, row]}))
+    with pytest.raises(ValueError, match="unique"):
+        load_partners_file(dup)
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"partners": []}))
+    with pytest.raises(ValueError, match="non-empty"):
+        load_partners_file(empty)
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port  # nothing listens on it once the socket is closed
+
+
+async def test_start_fails_fast_when_the_broker_is_unreachable(tmp_path: Path) -> None:
+    settings = Settings(
+        amqp_url=f"amqp://guest:guest@127.0.0.1:{closed_port()}/",
+        store_url=f"sqlite:///{tmp_path}/s.db",
+        bss_partner_id="p",
+        bss_access_key="a",
+        bss_secret_key=SecretStr("s"),
+    )
+    with pytest.raises((ConnectionError, OSError)):
+        await asyncio.wait_for(run(settings, stop=asyncio.Event()), 20)
+
+
+async def test_start_fails_without_partner(tmp_path: Path, amqp_url: str) -> None:
+    settings = Settings(amqp_url=amqp_url, store_url=f"sqlite:///{tmp_path}/s.db")
+    with pytest.raises(ConfigurationError, match="no partner account"):
+        await asyncio.wait_for(run(settings, stop=asyncio.Event()), 20)
