@@ -113,9 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _register_optional(verbs: Any) -> None:
     """Verbs that live in their own modules."""
+    from service.bench import register_cli as register_bench
     from service.replay import register_cli as register_replay
 
     register_replay(verbs)
+    register_bench(verbs)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

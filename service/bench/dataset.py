@@ -1,0 +1,138 @@
+"""A sandbox data set with as many resale customers as a benchmark needs, and its commands.
+
+One partner (the demo data set's, with its keys and agency) and ``count`` customers, each a
+resale customer that granted the agency, with a project and one or two in-use primary ECS
+resources priced by the demo price book. The data set is validated by the sandbox's own
+``Dataset`` model before it is written, so a file the sandbox would refuse is never produced.
+
+Every benchmark command is ``set_auto_renew`` with ``enabled: true``: one customer API call
+(``auto_renewal_resources``), idempotent on the sandbox (enabling twice succeeds), so the same
+resource can take any number of commands.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from service.sandbox.model import Dataset, Partner, Resource
+from service.sandbox.state import load_dataset
+
+__all__ = ["API", "BenchCustomer", "BenchData", "auto_renew_command", "generate"]
+
+API = "auto_renewal_resources"  # the operation every benchmark command calls
+SMALL_SET = 1_000  # up to this many customers, each gets two resources
+REGION = "cn-north-4"
+
+
+@dataclass(frozen=True, slots=True)
+class BenchCustomer:
+    customer_id: str
+    resource_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BenchData:
+    path: Path
+    partner: Partner
+    customers: tuple[BenchCustomer, ...]
+
+    def partner_env(self) -> dict[str, str]:
+        """The service's partner settings for this data set."""
+        return {
+            "BSS_PARTNER_ID": self.partner.partner_id,
+            "BSS_ACCESS_KEY": self.partner.access_key,
+            "BSS_SECRET_KEY": self.partner.secret_key,
+            "BSS_AGENCY_NAME": self.partner.agency_name,
+        }
+
+
+def customer_id(n: int) -> str:
+    """32 hex digits, like a real domain id, recognisable as the benchmark's."""
+    return f"be7c{n:028x}"
+
+
+def _template() -> tuple[Dataset, Resource]:
+    demo = load_dataset()
+    resource = next(
+        r
+        for r in demo.resources
+        if r.is_main_resource == 1 and r.status == 2 and r.region_code == REGION
+    )
+    return demo, resource
+
+
+def _resource(
+    template: Resource, rid: str, cid: str, project: str, now: datetime
+) -> dict[str, Any]:
+    return {
+        "resource_id": rid,
+        "customer_id": cid,
+        "resource_name": rid,
+        "region_code": REGION,
+        "project_id": project,
+        "service_type_code": template.service_type_code,
+        "resource_type_code": template.resource_type_code,
+        "resource_spec_code": template.resource_spec_code,
+        "is_main_resource": 1,
+        "status": 2,
+        "effective_time": (now - timedelta(days=30)).isoformat(),
+        "expire_time": (now + timedelta(days=335)).isoformat(),
+        "expire_policy": 0,
+    }
+
+
+def generate(count: int, path: Path) -> BenchData:
+    """Write a data set of ``count`` customers to ``path`` and describe it."""
+    demo, template = _template()
+    partner = demo.partners[0]
+    now = datetime.now(UTC).replace(microsecond=0)
+    per_customer = 2 if count <= SMALL_SET else 1
+    customers: list[dict[str, Any]] = []
+    resources: list[dict[str, Any]] = []
+    described: list[BenchCustomer] = []
+    for n in range(count):
+        cid = customer_id(n)
+        project = f"{n:028x}b7c0"
+        rids = tuple(f"bench-ecs-{n:06d}-{k}" for k in range(per_customer))
+        customers.append(
+            {
+                "customer_id": cid,
+                "partner_id": partner.partner_id,
+                "account_name": f"bench-customer-{n:06d}",
+                "association_type": 2,
+                "agency_granted": True,
+                "projects": {REGION: project},
+            }
+        )
+        resources.extend(_resource(template, rid, cid, project, now) for rid in rids)
+        described.append(BenchCustomer(cid, rids))
+    dataset = Dataset.model_validate(
+        {
+            "description": f"bss-relay bench: {count} resale customers of one partner",
+            "partners": [partner.model_dump()],
+            "customers": customers,
+            "resources": resources,
+            "price_book": [entry.model_dump(mode="json") for entry in demo.price_book],
+        }
+    )
+    path.write_text(
+        dataset.model_dump_json(
+            exclude_defaults=True, exclude={"resources": {"__all__": {"auto_renew"}}}
+        )
+    )
+    return BenchData(path=path, partner=partner, customers=tuple(described))
+
+
+def auto_renew_command(command_id: str, customer: BenchCustomer, n: int = 0) -> bytes:
+    """A ``set_auto_renew`` command (enable) for one of the customer's resources."""
+    resource = customer.resource_ids[n % len(customer.resource_ids)]
+    body = {
+        "command_id": command_id,
+        "type": "set_auto_renew",
+        "payload": {"customer_id": customer.customer_id, "resource_id": resource, "enabled": True},
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
