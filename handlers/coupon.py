@@ -36,6 +36,7 @@ async def issue_coupon(command: IssueCouponCommand, ctx: HandlerContext) -> Comp
         adopted = await _reconcile(command, ctx)
         if adopted is not None:
             return adopted
+        await ctx.journal.call_had_no_effect()
     p = command.payload
     body = CreatePartnerCouponsReq(
         quota_id=p.quota_id,
@@ -54,6 +55,7 @@ async def issue_coupon(command: IssueCouponCommand, ctx: HandlerContext) -> Comp
         adopted = await _reconcile(command, ctx)
         if adopted is not None:
             return adopted
+        await ctx.journal.call_had_no_effect()
         raise
     return _completed(answer)
 

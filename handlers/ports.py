@@ -173,6 +173,20 @@ class CommandStore(Protocol):
         owner died between finish and publish) is the stored event published as itself."""
         ...
 
+    async def clear_in_flight(self, command_id: str, *, owner: str) -> None:
+        """Reconciliation proved the in-flight call had no effect: back to RECEIVED, note
+        dropped, so the next attempt starts from a fresh baseline."""
+        ...
+
+    async def claim_effects(self, command_id: str, effect_ids: Collection[str]) -> dict[str, str]:
+        """Record that ``command_id`` caused each effect (an order id) unless another command
+        already owns it; atomic per effect. Returns each effect's owner afterwards."""
+        ...
+
+    async def effect_owners(self, effect_ids: Collection[str]) -> dict[str, str]:
+        """The owning command of each of ``effect_ids`` that has one."""
+        ...
+
     async def release(self, command_id: str, *, owner: str) -> None:
         """Give up ownership (e.g. before a delayed retry); status and attempts stay."""
         ...
@@ -199,6 +213,18 @@ class Journal(Protocol):
 
     async def call_starting(self, *, note: bytes | None = None) -> datetime:
         """Record, before a side-effecting call, that it starts now; returns that instant."""
+        ...
+
+    async def call_had_no_effect(self) -> None:
+        """Reconciliation proved the uncertain call did nothing: it is no longer in flight."""
+        ...
+
+    async def claim_effects(self, effect_ids: Collection[str]) -> set[str]:
+        """Attribute effects (order ids) to this command; returns those another command owns."""
+        ...
+
+    async def owned_elsewhere(self, effect_ids: Collection[str]) -> set[str]:
+        """Which of ``effect_ids`` other commands own already."""
         ...
 
 

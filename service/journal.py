@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime
 
 from handlers.ports import CommandStatus, CommandStore, StoredCommand
@@ -60,6 +60,18 @@ class StoreJournal:
     @property
     def note(self) -> bytes | None:
         return self._note
+
+    async def call_had_no_effect(self) -> None:
+        await self._store.clear_in_flight(self._command_id, owner=self._owner)
+        self._uncertain_since, self._note = None, None
+
+    async def claim_effects(self, effect_ids: Collection[str]) -> set[str]:
+        owners = await self._store.claim_effects(self._command_id, effect_ids)
+        return {e for e, owner in owners.items() if owner != self._command_id}
+
+    async def owned_elsewhere(self, effect_ids: Collection[str]) -> set[str]:
+        owners = await self._store.effect_owners(effect_ids)
+        return {e for e, owner in owners.items() if owner != self._command_id}
 
     async def call_starting(self, *, note: bytes | None = None) -> datetime:
         at = self._clock()

@@ -154,6 +154,12 @@ class Processor:
             await self._process_command(message, read)
 
     async def _process_command(self, message: AbstractIncomingMessage, command: Command) -> None:
+        # A finished command is only ever re-announced: no later check (partner, deadline,
+        # pacing) may give it a second terminal event.
+        record = await self._store.get(command.command_id)
+        if record is not None and record.status is CommandStatus.FINISHED:
+            await self._claim_and_run(message, command, None)
+            return
         found = self._api_for(command)
         if isinstance(found, Rejection):
             await self._reject(message, found)
@@ -163,30 +169,33 @@ class Processor:
             await self._reject(message, _rejection(command, "RELAY.DEADLINE_PASSED", "deadline"))
             return
         key = primary_call(command, partner_id)
-        if await self._parked(message, command, key):
+        if await self._parked(message, key):
             return
         with self._scheduler.holding(*key):
             await self._claim_and_run(message, command, api)
 
-    async def _parked(
-        self, message: AbstractIncomingMessage, command: Command, key: tuple[str, str]
-    ) -> bool:
+    async def _parked(self, message: AbstractIncomingMessage, key: tuple[str, str]) -> bool:
         """Park the command on the broker if its turn is further away than the hold window,
-        so it does not sit in the prefetch window ahead of other keys' commands."""
+        so it does not sit in the prefetch window ahead of other keys' commands.
+
+        A command coming back with a due ticket keeps its place: if the key's work held in
+        memory still fills the window, it waits a little more with the same ticket."""
         ticket = _ticket(message)
+        hold = self._scheduler.hold_s
         if ticket is not None and self._scheduler.ticket_due(ticket):
-            return False
-        if ticket is None:
+            backlog = self._scheduler.backlog_s(*key)
+            if backlog <= hold:
+                return False
+            seconds = backlog - hold / 2
+        elif ticket is not None:
+            seconds = ticket - time.time() - hold / 2
+        else:
             ticket = self._scheduler.estimate(*key).ticket
             if ticket is None:
                 return False
-        record = await self._store.get(command.command_id)
-        if record is not None and record.status is CommandStatus.FINISHED:
-            return False  # nothing to pace: it is only announced again
-        seconds = ticket - time.time() - self._scheduler.hold_s / 2
-        # A str, not a float: pamqp sends a float header as 32-bit, 128 s apart at epoch scale.
+            seconds = ticket - time.time() - hold / 2
         await self._publisher.delay(
-            message, seconds=seconds, reason=None, extra_headers={H.TICKET: f"{ticket:.3f}"}
+            message, seconds=seconds, reason=None, extra_headers={H.TICKET: ticket}
         )
         await self._ack(message)
         self._metrics.parked.labels(key[0]).inc()
@@ -194,7 +203,7 @@ class Processor:
         return True
 
     async def _claim_and_run(
-        self, message: AbstractIncomingMessage, command: Command, api: BssApi
+        self, message: AbstractIncomingMessage, command: Command, api: BssApi | None
     ) -> None:
         claim = await self._store.claim(
             command.command_id, command.type, owner=self._owner, lease=self._lease
@@ -206,6 +215,7 @@ class Processor:
             await self._publisher.delay(message, seconds=BUSY_RETRY_S, reason=None)
             await self._ack(message)
         else:
+            assert api is not None  # a finished command is never claimed to run again
             self.holding.add(command.command_id)
             journal = StoreJournal.from_claim(
                 self._store, claim.record, owner=self._owner, clock=self._clock

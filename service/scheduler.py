@@ -136,6 +136,11 @@ class FairScheduler:
         """A parked call is let in once its ticket is within the hold window."""
         return ticket - self._wall() <= self._hold_s
 
+    def backlog_s(self, api: str, uid: str) -> float:
+        """Seconds of work already held in memory for the key (its turn would be this far)."""
+        interval = self._fair_interval(api, uid, self._apis.get(api))
+        return self._limiter.delay(api, uid) + self._held.get((api, uid), 0) * interval
+
     def forget_idle(self) -> int:
         """Drop tickets whose time has passed (their keys are idle or caught up)."""
         now = self._wall()

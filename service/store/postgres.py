@@ -59,6 +59,13 @@ _DDL = (
     CREATE INDEX IF NOT EXISTS relay_commands_finished_at
         ON relay_commands (finished_at) WHERE status = 'finished'
     """,
+    """
+    CREATE TABLE IF NOT EXISTS relay_effects (
+        effect_id  text PRIMARY KEY,
+        command_id text NOT NULL,
+        created_at timestamptz NOT NULL
+    )
+    """,
 )
 
 # Claimable: not finished, and nobody holds a live lease. Not re-entrant on purpose: an owner
@@ -115,6 +122,22 @@ _MARK_PUBLISHED = """
     UPDATE relay_commands SET published_at = $2, owner = NULL, lease_until = NULL
     WHERE command_id = $1 AND status = 'finished' AND published_at IS NULL
 """
+
+_CLEAR_IN_FLIGHT = """
+    UPDATE relay_commands SET status = 'received', note = NULL, updated_at = $3
+    WHERE command_id = $1 AND owner = $2 AND status = 'in_flight'
+"""
+
+_CLAIM_EFFECTS = """
+    INSERT INTO relay_effects (effect_id, command_id, created_at)
+    SELECT unnest($1::text[]), $2, $3 ON CONFLICT (effect_id) DO NOTHING
+"""
+
+_EFFECT_OWNERS = """
+    SELECT effect_id, command_id FROM relay_effects WHERE effect_id = ANY($1::text[])
+"""
+
+_PRUNE_EFFECTS = "DELETE FROM relay_effects WHERE created_at < $1"
 
 _PRUNE = "DELETE FROM relay_commands WHERE status = 'finished' AND finished_at < $1"
 
@@ -271,8 +294,21 @@ class PostgresCommandStore:
         row = await self._open_pool().fetchrow(_GET, command_id)
         return None if row is None else _record(row)
 
+    async def clear_in_flight(self, command_id: str, *, owner: str) -> None:
+        await self._open_pool().execute(_CLEAR_IN_FLIGHT, command_id, owner, self._now())
+
+    async def claim_effects(self, command_id: str, effect_ids: Collection[str]) -> dict[str, str]:
+        # one statement: every effect not yet owned by anyone becomes this command's
+        await self._open_pool().execute(_CLAIM_EFFECTS, list(effect_ids), command_id, self._now())
+        return await self.effect_owners(effect_ids)
+
+    async def effect_owners(self, effect_ids: Collection[str]) -> dict[str, str]:
+        rows = await self._open_pool().fetch(_EFFECT_OWNERS, list(effect_ids))
+        return {row["effect_id"]: row["command_id"] for row in rows}
+
     async def prune(self, *, finished_before: datetime) -> int:
         bound = as_utc(finished_before, "finished_before")
+        await self._open_pool().execute(_PRUNE_EFFECTS, bound)
         status: str = await self._open_pool().execute(_PRUNE, bound)
         return int(status.rsplit(" ", 1)[-1])  # "DELETE <count>"
 

@@ -62,6 +62,13 @@ _SCHEMA = (
     CREATE INDEX IF NOT EXISTS relay_commands_finished_at
         ON relay_commands (finished_at) WHERE status = 'finished'
     """,
+    """
+    CREATE TABLE IF NOT EXISTS relay_effects (
+        effect_id  TEXT PRIMARY KEY NOT NULL,
+        command_id TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    )
+    """,
 )
 
 # Claimable: not finished, and nobody holds a live lease. Not re-entrant on purpose: an owner
@@ -120,6 +127,23 @@ _MARK_PUBLISHED = """
     UPDATE relay_commands SET published_at = :now, owner = NULL, lease_until = NULL
     WHERE command_id = :command_id AND status = 'finished' AND published_at IS NULL
 """
+
+_CLEAR_IN_FLIGHT = """
+    UPDATE relay_commands SET status = 'received', note = NULL, updated_at = :now
+    WHERE command_id = :command_id AND owner = :owner AND status = 'in_flight'
+"""
+
+_CLAIM_EFFECT = """
+    INSERT INTO relay_effects (effect_id, command_id, created_at)
+    VALUES (:effect_id, :command_id, :now) ON CONFLICT (effect_id) DO NOTHING
+"""
+
+_EFFECT_OWNERS = """
+    SELECT effect_id, command_id FROM relay_effects
+    WHERE effect_id IN (SELECT value FROM json_each(:effect_ids))
+"""
+
+_PRUNE_EFFECTS = "DELETE FROM relay_effects WHERE created_at < :bound"
 
 _PRUNE = "DELETE FROM relay_commands WHERE status = 'finished' AND finished_at < :bound"
 
@@ -295,7 +319,23 @@ class SqliteCommandStore:
 
     async def prune(self, *, finished_before: datetime) -> int:
         bound = _text(as_utc(finished_before, "finished_before"))
+        await self._write(_PRUNE_EFFECTS, {"bound": bound})
         return await self._write(_PRUNE, {"bound": bound})
+
+    async def clear_in_flight(self, command_id: str, *, owner: str) -> None:
+        params = {"command_id": command_id, "owner": owner, "now": _text(self._now())}
+        await self._write(_CLEAR_IN_FLIGHT, params)
+
+    async def claim_effects(self, command_id: str, effect_ids: Collection[str]) -> dict[str, str]:
+        now = _text(self._now())
+        for effect_id in effect_ids:  # each insert is atomic: the first command to claim wins
+            params = {"effect_id": effect_id, "command_id": command_id, "now": now}
+            await self._write(_CLAIM_EFFECT, params)
+        return await self.effect_owners(effect_ids)
+
+    async def effect_owners(self, effect_ids: Collection[str]) -> dict[str, str]:
+        rows = await self._fetch(_EFFECT_OWNERS, {"effect_ids": json.dumps(list(effect_ids))})
+        return {row["effect_id"]: row["command_id"] for row in rows}
 
     def _now(self) -> datetime:
         return as_utc(self._clock(), "the store clock's now")

@@ -107,6 +107,7 @@ class Relay:
     events: EventLog
     topology: Topology
     stats: dict[str, Any]
+    stop: Callable[[], Awaitable[None]]
 
     async def publish(
         self,
@@ -209,7 +210,12 @@ async def start_relay(amqp_url: str, bss: Sandbox, e2e_store: str) -> AsyncItera
         if task in done:
             ready_wait.cancel()
             task.result()  # raise the start-up error
-        return Relay(settings, channel, events, Topology(prefix), stats)
+
+        async def stop_this() -> None:
+            stop.set()
+            await asyncio.wait_for(task, 30)
+
+        return Relay(settings, channel, events, Topology(prefix), stats, stop_this)
 
     yield factory
     for stop, task in reversed(running):

@@ -104,7 +104,8 @@ async def test_customers_get_equal_shares_of_a_contended_bucket(
     window = [r for r in calls if first <= r["at"] <= last]
     shares = Counter(r["parent_uid"] for r in window)
     assert len(window) >= 45
-    assert all(0.25 <= shares[cid] / len(window) <= 0.42 for cid in customers), shares
+    # first come, first served would give the 3x burst ~60 %; fair is a third each
+    assert all(0.2 <= shares[cid] / len(window) <= 0.45 for cid in customers), shares
     assert max_in_window([r["at"] for r in calls]) <= 10  # one egress bucket for all
 
 

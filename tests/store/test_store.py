@@ -344,3 +344,32 @@ async def test_finished_but_unpublished_is_busy_until_published_or_lease_expiry(
         await store.mark_published("cmd-pub")
         done = await store.claim("cmd-pub", "renew", owner="c", lease=timedelta(seconds=30))
         assert (done.outcome, done.record.published) == (ClaimOutcome.FINISHED, True)
+
+
+async def test_effects_belong_to_the_first_command_that_claims_them(store_url: str) -> None:
+    from service.store import open_store as _open
+
+    async with _open(store_url) as store:
+        assert await store.claim_effects("cmd-a", ["order-1", "order-2"]) == {
+            "order-1": "cmd-a",
+            "order-2": "cmd-a",
+        }
+        # another command cannot take them; a new one it may
+        owners = await store.claim_effects("cmd-b", ["order-2", "order-3"])
+        assert owners == {"order-2": "cmd-a", "order-3": "cmd-b"}
+        assert await store.effect_owners(["order-1", "order-9"]) == {"order-1": "cmd-a"}
+
+
+async def test_clear_in_flight_returns_the_command_to_received(store_url: str) -> None:
+    from datetime import timedelta as _td
+
+    from handlers.ports import CommandStatus
+    from service.store import open_store as _open
+
+    async with _open(store_url) as store:
+        claim = await store.claim("cmd-c", "renew", owner="a", lease=_td(seconds=30))
+        await store.mark_call_started("cmd-c", owner="a", at=claim.record.updated_at, note=b"n")
+        await store.clear_in_flight("cmd-c", owner="a")
+        record = await store.get("cmd-c")
+        assert record is not None
+        assert (record.status, record.note, record.attempts) == (CommandStatus.RECEIVED, None, 1)

@@ -142,3 +142,11 @@ async def test_past_tickets_are_swept_while_issuing_new_ones() -> None:
     for _ in range(SWEEP_EVERY):  # one more round of issuing tickets triggers a sweep
         scheduler.estimate("op", "last")
     assert len(scheduler._horizons) == 1
+
+
+async def test_backlog_counts_held_commands_at_the_fair_interval() -> None:
+    scheduler, _, _ = make({"op": 10}, hold_s=2.0)
+    assert scheduler.backlog_s("op", "c1") == 0.0
+    for _ in range(25):
+        scheduler._held[("op", "c1")] += 1
+    assert abs(scheduler.backlog_s("op", "c1") - 2.5) < 1e-9  # 25 calls at 10/s: over 2 s
