@@ -194,8 +194,9 @@ class Processor:
             if ticket is None:
                 return False
             seconds = ticket - time.time() - hold / 2
+        # A str, not a float: pamqp sends a float header as 32-bit, 128 s apart at epoch scale.
         await self._publisher.delay(
-            message, seconds=seconds, reason=None, extra_headers={H.TICKET: ticket}
+            message, seconds=seconds, reason=None, extra_headers={H.TICKET: f"{ticket:.3f}"}
         )
         await self._ack(message)
         self._metrics.parked.labels(key[0]).inc()
