@@ -85,6 +85,17 @@ def _resource(
     }
 
 
+def _customer(n: int, partner: Partner, project: str) -> dict[str, Any]:
+    return {
+        "customer_id": customer_id(n),
+        "partner_id": partner.partner_id,
+        "account_name": f"bench-customer-{n:06d}",
+        "association_type": 2,  # resale: the partner acts through the agency
+        "agency_granted": True,
+        "projects": {REGION: project},
+    }
+
+
 def generate(count: int, path: Path) -> BenchData:
     """Write a data set of ``count`` customers to ``path`` and describe it."""
     demo, template = _template()
@@ -98,16 +109,7 @@ def generate(count: int, path: Path) -> BenchData:
         cid = customer_id(n)
         project = f"{n:028x}b7c0"
         rids = tuple(f"bench-ecs-{n:06d}-{k}" for k in range(per_customer))
-        customers.append(
-            {
-                "customer_id": cid,
-                "partner_id": partner.partner_id,
-                "account_name": f"bench-customer-{n:06d}",
-                "association_type": 2,
-                "agency_granted": True,
-                "projects": {REGION: project},
-            }
-        )
+        customers.append(_customer(n, partner, project))
         resources.extend(_resource(template, rid, cid, project, now) for rid in rids)
         described.append(BenchCustomer(cid, rids))
     dataset = Dataset.model_validate(

@@ -64,6 +64,12 @@ def _probes(label: str, customer: BenchCustomer, count: int) -> list[tuple[str, 
     return [(cid, auto_renew_command(cid, customer, n)) for n, cid in enumerate(ids)]
 
 
+async def _probe(stage: Stage, light: BenchCustomer, label: str, count: int) -> list[float]:
+    probes = _probes(label, light, count)
+    every = stage.sizes.probe_spacing_s
+    return await _paced(stage, probes, every_s=every, timeout_s=PROBE_TIMEOUT_S)
+
+
 async def light_key(stage: Stage) -> list[Row]:
     sizes = stage.sizes
     hot, light = stage.customers[0], stage.customers[1]
@@ -74,23 +80,13 @@ async def light_key(stage: Stage) -> list[Row]:
     async with stage.service("light-key"):
         await _warm(stage, [hot, light], None)
         stage.say(f"light-key: {sizes.idle_probes} probes on the idle service")
-        idle = await _paced(
-            stage,
-            _probes("idle", light, sizes.idle_probes),
-            every_s=sizes.probe_spacing_s,
-            timeout_s=PROBE_TIMEOUT_S,
-        )
+        idle = await _probe(stage, light, "idle", sizes.idle_probes)
         stage.say(f"light-key: {len(backlog):,} commands for another customer, then probes")
         hot_batch = stage.driver.expect(cid for cid, _ in backlog)
         await stage.driver.publish_many(backlog)
         await asyncio.wait_for(hot_batch.started.wait(), PROBE_TIMEOUT_S)
         await asyncio.sleep(sizes.probe_spacing_s)
-        busy = await _paced(
-            stage,
-            _probes("busy", light, sizes.light_probes),
-            every_s=sizes.probe_spacing_s,
-            timeout_s=PROBE_TIMEOUT_S,
-        )
+        busy = await _probe(stage, light, "busy", sizes.light_probes)
         drained = len(hot_batch.arrived)
         stage.driver.forget(hot_batch)
     detail = {
@@ -99,14 +95,20 @@ async def light_key(stage: Stage) -> list[Row]:
         "backlog_events_by_then": drained,
         "probe_spacing_s": sizes.probe_spacing_s,
     }
+    return _light_key_rows(busy, idle, f"{len(backlog):,}-command backlog", detail)
+
+
+def _light_key_rows(
+    busy: list[float], idle: list[float], backlog: str, detail: dict[str, object]
+) -> list[Row]:
     rows = []
     for name, pick in (("median", 50.0), ("worst", 100.0)):
         ours, base = percentile(busy, pick), percentile(idle, pick)
         rows.append(
             Row(
                 "light key",
-                f"{name} latency of a light key's command, {len(backlog):,}-command backlog "
-                f"on another key ({len(busy)} probes)",
+                f"{name} latency of a light key's command, {backlog} on another key "
+                f"({len(busy)} probes)",
                 Figure(ours * 1000, "ms"),
                 Figure(base * 1000, "ms"),
                 difference_ms(ours, base),
@@ -126,38 +128,37 @@ def _trickle(label: str, customers: Sequence[BenchCustomer], count: int) -> list
     ]
 
 
-async def light_load(stage: Stage) -> list[Row]:
+async def _trickle_through(stage: Stage, label: str, queue: str | None) -> list[float]:
+    """Warm up, then publish the light load at its rate (to ``queue``, else the service)."""
     sizes = stage.sizes
     customers = stage.customers[: sizes.light_load_customers]
     every = 1 / sizes.light_load_rate
-    timeout = sizes.light_load_commands * every + PROBE_TIMEOUT_S
+    await _warm(stage, customers, queue)
+    return await _paced(
+        stage,
+        _trickle(label, customers, sizes.light_load_commands),
+        every_s=every,
+        timeout_s=sizes.light_load_commands * every + PROBE_TIMEOUT_S,
+        queue=queue,
+    )
+
+
+async def light_load(stage: Stage) -> list[Row]:
+    sizes = stage.sizes
     stage.say(f"light-load: {sizes.light_load_commands} commands at {sizes.light_load_rate:g}/s")
     queue = stage.baseline_queue("light-load")
     async with stage.baseline(queue):
-        await _warm(stage, customers, queue)
-        base = await _paced(
-            stage,
-            _trickle("base", customers, sizes.light_load_commands),
-            every_s=every,
-            timeout_s=timeout,
-            queue=queue,
-        )
+        base = await _trickle_through(stage, "base", queue)
     async with stage.service("light-load"):
-        await _warm(stage, customers, None)
-        ours = await _paced(
-            stage,
-            _trickle("ours", customers, sizes.light_load_commands),
-            every_s=every,
-            timeout_s=timeout,
-        )
+        ours = await _trickle_through(stage, "ours", None)
+    load = f"{sizes.light_load_rate:g} commands/s over {sizes.light_load_customers} customers"
     rows = []
     for name, q in (("p50", 50.0), ("p99", 99.0)):
         o, b = percentile(ours, q), percentile(base, q)
         rows.append(
             Row(
                 "light load",
-                f"{name} publish → event latency, {sizes.light_load_rate:g} commands/s "
-                f"over {len(customers)} customers",
+                f"{name} publish → event latency, {load}",
                 Figure(o * 1000, "ms", 1),
                 Figure(b * 1000, "ms", 1),
                 difference_ms(o, b, digits=1),

@@ -46,6 +46,39 @@ async def _sample(pid: int, batch: Batch, into: list[Sample]) -> None:
         await asyncio.sleep(SAMPLE_EVERY_S)
 
 
+@dataclass(frozen=True, slots=True)
+class Observed:
+    idle_kib: int  # RSS of the started service before any command
+    peak_kib: int  # VmHWM at the end
+    samples: list[Sample]
+    elapsed_s: float
+    failed: int
+
+
+async def _observe(stage: Stage, commands: list[tuple[str, bytes]]) -> Observed:
+    """Start the service, note its idle RSS, feed it ``commands``, sample RSS until done."""
+    batch = stage.driver.expect(cid for cid, _ in commands)
+    samples: list[Sample] = []
+    async with stage.service("memory", limits=FAR_ABOVE) as proc:
+        await asyncio.sleep(IDLE_SETTLE_S)
+        idle = memory_kib(proc.pid).get("VmRSS", 0)
+        started = time.monotonic()
+        async with asyncio.TaskGroup() as tasks:
+            sampler = tasks.create_task(_sample(proc.pid, batch, samples))
+            try:
+                await stage.driver.publish_many(commands)
+                finished = await batch.wait(len(commands) / MIN_RATE + 60)
+            finally:
+                sampler.cancel()
+        peak = memory_kib(proc.pid).get("VmHWM", 0)
+    elapsed = time.monotonic() - started
+    stage.driver.forget(batch)
+    if not finished:
+        done = f"{len(batch.arrived):,} of {len(commands):,}"
+        raise TimeoutError(f"memory: {done} events in {elapsed:.0f} s")
+    return Observed(idle, peak, samples, elapsed, batch.failed())
+
+
 async def memory(stage: Stage) -> list[Row]:
     keys = min(stage.sizes.memory_keys, len(stage.customers))
     await stage.sandbox.set_limits(LIFTED)
@@ -53,38 +86,22 @@ async def memory(stage: Stage) -> list[Row]:
         (f"mem-{n}", auto_renew_command(f"mem-{n}", c))
         for n, c in enumerate(stage.customers[:keys])
     ]
-    batch = stage.driver.expect(cid for cid, _ in commands)
-    samples: list[Sample] = []
-    async with stage.service("memory", limits=FAR_ABOVE) as proc:
-        await asyncio.sleep(IDLE_SETTLE_S)
-        idle = memory_kib(proc.pid).get("VmRSS", 0)
-        stage.say(f"memory: one command each for {keys:,} customers")
-        started = time.monotonic()
-        async with asyncio.TaskGroup() as tasks:
-            sampler = tasks.create_task(_sample(proc.pid, batch, samples))
-            try:
-                await stage.driver.publish_many(commands)
-                finished = await batch.wait(keys / MIN_RATE + 60)
-            finally:
-                sampler.cancel()
-        final = memory_kib(proc.pid)
-    elapsed = time.monotonic() - started
-    stage.driver.forget(batch)
-    if not finished:
-        raise TimeoutError(f"memory: {len(batch.arrived):,} of {keys:,} events in {elapsed:.0f} s")
+    stage.say(f"memory: one command each for {keys:,} customers")
+    seen = await _observe(stage, commands)
     early_mark = keys * EARLY_FRACTION
-    early = next((s.peak_kib for s in samples if s.done >= early_mark), final["VmHWM"])
-    peak = final["VmHWM"]
+    early = next((s.peak_kib for s in seen.samples if s.done >= early_mark), seen.peak_kib)
+    every = max(1, len(seen.samples) // 40)
     detail = {
         "keys": keys,
-        "idle_rss_kib": idle,
-        "commands_per_s": keys / elapsed,
-        "failed_events": batch.failed(),
+        "idle_rss_kib": seen.idle_kib,
+        "commands_per_s": keys / seen.elapsed_s,
+        "failed_events": seen.failed,
         "throttled": await stage.sandbox.throttled(API),
-        "samples": [
-            (s.done, s.rss_kib, s.peak_kib) for s in samples[:: max(1, len(samples) // 40)]
+        "samples_done_rss_peak_kib": [
+            (s.done, s.rss_kib, s.peak_kib) for s in seen.samples[::every]
         ],
     }
+    peak = seen.peak_kib
     return [
         Row(
             "memory",
@@ -101,8 +118,8 @@ async def memory(stage: Stage) -> list[Row]:
             "memory",
             f"peak RSS after {keys:,} keys vs the idle service at start",
             Figure(peak / MIB, "MiB", 1),
-            Figure(idle / MIB, "MiB", 1),
-            ratio(peak, idle),
+            Figure(seen.idle_kib / MIB, "MiB", 1),
+            ratio(peak, seen.idle_kib),
             "(context)",
             None,
         ),

@@ -106,29 +106,26 @@ async def _rounds(stage: Stage) -> AsyncIterator[tuple[Run, Run, Run]]:
         yield ours, base, memory
 
 
+def _median(runs: list[Run]) -> tuple[float, float]:
+    """Median rate and median CPU per command over the rounds."""
+    return statistics.median(r.rate for r in runs), statistics.median(r.cpu_ms for r in runs)
+
+
 async def overhead(stage: Stage) -> list[Row]:
     await stage.sandbox.set_limits(LIFTED)
     runs = [triple async for triple in _rounds(stage)]
-    ours = [o for o, _, _ in runs]
-    base = [b for _, b, _ in runs]
-    memory = [m for _, _, m in runs]
-    rate_o = statistics.median(r.rate for r in ours)
-    rate_b = statistics.median(r.rate for r in base)
-    rate_m = statistics.median(r.rate for r in memory)
-    cpu_o = statistics.median(r.cpu_ms for r in ours)
-    cpu_b = statistics.median(r.cpu_ms for r in base)
-    cpu_m = statistics.median(r.cpu_ms for r in memory)
+    ours, base, memory = ([r[k] for r in runs] for k in range(3))
+    (rate_o, cpu_o), (rate_b, cpu_b), (rate_m, cpu_m) = map(_median, (ours, base, memory))
     detail = {
         "rounds_ours": [asdict(r) for r in ours],
         "rounds_baseline": [asdict(r) for r in base],
         "rounds_in_memory_store": [asdict(r) for r in memory],
     }
-    n = f"{stage.sizes.overhead_commands:,}"
-    rounds = stage.sizes.overhead_rounds
+    size = f"{stage.sizes.overhead_commands:,} commands, median of {stage.sizes.overhead_rounds}"
     return [
         Row(
             "overhead",
-            f"commands/s, limits lifted, no API latency ({n} commands, median of {rounds})",
+            f"commands/s, limits lifted, no API latency ({size})",
             Figure(rate_o, "/s", 0),
             Figure(rate_b, "/s", 0),
             ratio(rate_o, rate_b),
@@ -143,7 +140,6 @@ async def overhead(stage: Stage) -> list[Row]:
             Figure(cpu_b, "ms", 2),
             ratio(cpu_o, cpu_b),
             "(context)",
-            None,
         ),
         Row(
             "overhead",

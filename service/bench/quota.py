@@ -19,7 +19,7 @@ from typing import Any
 from service.bench.dataset import API, BenchCustomer, auto_renew_command
 from service.bench.measures import busiest_window, in_window, jain_index, shares
 from service.bench.report import Figure, Row, ratio
-from service.bench.stage import Stage
+from service.bench.stage import Sizes, Stage
 from service.operations import OPERATIONS
 
 __all__ = ["fair_share", "hot_key", "many_keys"]
@@ -185,23 +185,29 @@ async def fair_share(stage: Stage) -> list[Row]:
         )
         await stage.driver.publish_many(burst + others)
         traffic = await _measure(stage, since, contenders)
-    uids = [c.customer_id for c in contenders]
-    split = shares(traffic.window_uids(), uids)
-    equal = 1 / len(uids)
+    split = shares(traffic.window_uids(), [c.customer_id for c in contenders])
+    achieved = len(traffic.accepted_in_window()) / sizes.window_s
+    return [
+        *_share_rows(split, sizes),
+        _utilisation("fair share", "requests/s, all four together", achieved, {}),
+    ]
+
+
+def _share_rows(split: dict[str, float], sizes: Sizes) -> list[Row]:
+    """One row per customer (the first is the one with the burst), then Jain's index."""
+    equal = 1 / len(split)
     rows = []
-    for n, uid in enumerate(uids):
-        size = sizes.fair_burst if n == 0 else sizes.fair_each
-        who = f"customer {chr(ord('A') + n)} ({size:,} queued)"
-        off = abs(split[uid] / equal - 1)
+    for n, share in enumerate(split.values()):
+        queued = sizes.fair_burst if n == 0 else sizes.fair_each
         rows.append(
             Row(
                 "fair share",
-                f"share of the egress bucket, {who}",
-                Figure(split[uid] * 100, "%", 1),
+                f"share of the egress bucket, customer {chr(ord('A') + n)} ({queued:,} queued)",
+                Figure(share * 100, "%", 1),
                 Figure(equal * 100, "%", 1),
-                ratio(split[uid], equal),
+                ratio(share, equal),
                 f"1 ± {SHARE_TOLERANCE}",
-                off <= SHARE_TOLERANCE,
+                abs(share / equal - 1) <= SHARE_TOLERANCE,
             )
         )
     index = jain_index(split)
@@ -216,6 +222,4 @@ async def fair_share(stage: Stage) -> list[Row]:
             index >= JAIN_TARGET,
         )
     )
-    achieved = len(traffic.accepted_in_window()) / sizes.window_s
-    rows.append(_utilisation("fair share", "requests/s, all four together", achieved, {}))
     return rows
