@@ -22,6 +22,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
@@ -93,12 +94,21 @@ def primary_call(command: Command, partner_id: str) -> tuple[str, str]:
     return "create_partner_coupons", partner_id
 
 
-def _ticket(message: AbstractIncomingMessage) -> float | None:
-    value = (message.headers or {}).get(H.TICKET)
+def ticket_header(ticket: float) -> dict[str, str]:
+    # A str, not a float: pamqp sends a float header as 32-bit, 128 s apart at epoch scale.
+    return {H.TICKET: f"{ticket:.3f}"}
+
+
+def ticket_from_headers(headers: Mapping[str, Any]) -> float | None:
+    value = headers.get(H.TICKET)
     try:
-        return float(value) if value is not None else None  # type: ignore[arg-type]
+        return float(value) if value is not None else None
     except (TypeError, ValueError):
         return None
+
+
+def _ticket(message: AbstractIncomingMessage) -> float | None:
+    return ticket_from_headers(message.headers or {})
 
 
 def _retries(message: AbstractIncomingMessage) -> int:
@@ -194,9 +204,8 @@ class Processor:
             if ticket is None:
                 return False
             seconds = ticket - time.time() - hold / 2
-        # A str, not a float: pamqp sends a float header as 32-bit, 128 s apart at epoch scale.
         await self._publisher.delay(
-            message, seconds=seconds, reason=None, extra_headers={H.TICKET: f"{ticket:.3f}"}
+            message, seconds=seconds, reason=None, extra_headers=ticket_header(ticket)
         )
         await self._ack(message)
         self._metrics.parked.labels(key[0]).inc()
