@@ -18,11 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
@@ -40,12 +38,10 @@ from handlers.ports import (
 )
 from schemas.commands import (
     Command,
-    InquirePriceCommand,
-    IssueCouponCommand,
     RenewCommand,
-    SetAutoRenewCommand,
 )
 from schemas.events import EVENT_ADAPTER, Event, Outcome, routing_key
+from service.admission import park_decision, primary_call, ticket_from_headers, ticket_header
 from service.intake import Rejection, read_command
 from service.journal import StoreJournal
 from service.metrics import Metrics
@@ -71,44 +67,6 @@ class RetryPolicy:
         """Exponential backoff with full jitter: uniform in [base, base * 2**(attempt-1)]."""
         ceiling = min(self.max_s, self.base_s * 2 ** max(0, attempt - 1))
         return random.uniform(min(self.base_s, ceiling), ceiling)
-
-
-PRICE_OPERATIONS = {
-    "on_demand": "list_on_demand_resource_ratings",
-    "period": "list_rate_on_period_detail",
-    "renewal": "list_renew_rate_on_period",
-}
-
-
-def primary_call(command: Command, partner_id: str) -> tuple[str, str]:
-    """The API call that bounds a command's pace, and whose ParentUid it spends."""
-    if isinstance(command, RenewCommand):
-        return "renewal_resources", command.payload.customer_id
-    if isinstance(command, SetAutoRenewCommand):
-        enabled = command.payload.enabled
-        op = "auto_renewal_resources" if enabled else "cancel_auto_renewal_resources"
-        return op, command.payload.customer_id
-    if isinstance(command, InquirePriceCommand):
-        return PRICE_OPERATIONS[command.payload.mode], command.payload.customer_id
-    assert isinstance(command, IssueCouponCommand)
-    return "create_partner_coupons", partner_id
-
-
-def ticket_header(ticket: float) -> dict[str, str]:
-    # A str, not a float: pamqp sends a float header as 32-bit, 128 s apart at epoch scale.
-    return {H.TICKET: f"{ticket:.3f}"}
-
-
-def ticket_from_headers(headers: Mapping[str, Any]) -> float | None:
-    value = headers.get(H.TICKET)
-    try:
-        return float(value) if value is not None else None
-    except (TypeError, ValueError):
-        return None
-
-
-def _ticket(message: AbstractIncomingMessage) -> float | None:
-    return ticket_from_headers(message.headers or {})
 
 
 def _retries(message: AbstractIncomingMessage) -> int:
@@ -185,27 +143,14 @@ class Processor:
             await self._claim_and_run(message, command, api)
 
     async def _parked(self, message: AbstractIncomingMessage, key: tuple[str, str]) -> bool:
-        """Park the command on the broker if its turn is further away than the hold window,
-        so it does not sit in the prefetch window ahead of other keys' commands.
-
-        A command coming back with a due ticket keeps its place: if the key's work held in
-        memory still fills the window, it waits a little more with the same ticket."""
-        ticket = _ticket(message)
-        hold = self._scheduler.hold_s
-        if ticket is not None and self._scheduler.ticket_due(ticket):
-            backlog = self._scheduler.backlog_s(*key)
-            if backlog <= hold:
-                return False
-            seconds = backlog - hold / 2
-        elif ticket is not None:
-            seconds = ticket - time.time() - hold / 2
-        else:
-            ticket = self._scheduler.estimate(*key).ticket
-            if ticket is None:
-                return False
-            seconds = ticket - time.time() - hold / 2
+        """Park the command on the broker when admission says so, so it does not sit in the
+        prefetch window ahead of other keys' commands."""
+        park = park_decision(self._scheduler, key, ticket_from_headers(message.headers or {}))
+        if park is None:
+            return False
+        seconds = park.seconds
         await self._publisher.delay(
-            message, seconds=seconds, reason=None, extra_headers=ticket_header(ticket)
+            message, seconds=seconds, reason=None, extra_headers=ticket_header(park.ticket)
         )
         await self._ack(message)
         self._metrics.parked.labels(key[0]).inc()

@@ -150,3 +150,22 @@ async def test_backlog_counts_held_commands_at_the_fair_interval() -> None:
     for _ in range(25):
         scheduler._held[("op", "c1")] += 1
     assert abs(scheduler.backlog_s("op", "c1") - 2.5) < 1e-9  # 25 calls at 10/s: over 2 s
+
+
+async def test_park_decision_keeps_a_due_ticket_in_its_place() -> None:
+    from service.admission import park_decision
+
+    scheduler, _, clock = make({"op": 10}, hold_s=2.0)
+    assert park_decision(scheduler, ("op", "c1"), None, wall=clock) is None  # room: hold it
+    for _ in range(30):  # 3 s of this key's work is already held
+        scheduler._held[("op", "c1")] += 1
+    fresh = park_decision(scheduler, ("op", "c1"), None, wall=clock)
+    assert fresh is not None
+    assert fresh.ticket >= clock.t + 3.0
+    due = park_decision(scheduler, ("op", "c1"), clock.t + 0.5, wall=clock)
+    assert due is not None
+    assert due.ticket == clock.t + 0.5  # same ticket: it keeps its place in line
+    assert abs(due.seconds - (3.0 - 1.0)) < 1e-9  # waits until the held work fits the window
+    later = park_decision(scheduler, ("op", "c1"), clock.t + 10, wall=clock)
+    assert later is not None
+    assert abs(later.seconds - 9.0) < 1e-9  # not due: back to the broker until shortly before

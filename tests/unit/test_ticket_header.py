@@ -10,7 +10,7 @@ from typing import Any
 
 from pamqp import decode, encode
 
-from service.processor import ticket_from_headers, ticket_header
+from service.admission import ticket_from_headers, ticket_header
 
 TICKET = 1_795_000_000.123
 
