@@ -16,7 +16,7 @@ ALREADY_CANCELLED = "CBC.99003605"
 
 async def set_auto_renew(command: SetAutoRenewCommand, ctx: HandlerContext) -> Completed:
     p = command.payload
-    await ctx.journal.call_starting()
+    await ctx.journal.call_starting(durable=False)  # sets a state: safe to repeat
     if p.enabled:
         body = AutoRenewalResourcesReq(
             auto_renew_times=p.times,

@@ -211,8 +211,11 @@ class Journal(Protocol):
         """What the earlier attempt wrote with ``call_starting`` (e.g. expiry times before)."""
         ...
 
-    async def call_starting(self, *, note: bytes | None = None) -> datetime:
-        """Record, before a side-effecting call, that it starts now; returns that instant."""
+    async def call_starting(self, *, note: bytes | None = None, durable: bool = True) -> datetime:
+        """Record, before a side-effecting call, that it starts now; returns that instant.
+
+        ``durable=False`` for calls that are safe to repeat (quotes, setting auto-renew): the
+        attempt is counted but nothing is written, since nobody needs to reconcile them."""
         ...
 
     async def call_had_no_effect(self) -> None:

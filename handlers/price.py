@@ -37,7 +37,7 @@ RENEW_PERIOD_CODES = {"month": 2, "year": 3}
 
 async def inquire_price(command: InquirePriceCommand, ctx: HandlerContext) -> Completed:
     p = command.payload
-    await ctx.journal.call_starting()
+    await ctx.journal.call_starting(durable=False)  # read-only: safe to repeat
     if isinstance(p, OnDemandInquiry):
         body = RateOnDemandReq(
             project_id=p.project_id,

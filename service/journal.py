@@ -41,14 +41,17 @@ class StoreJournal:
         *,
         owner: str,
         clock: Callable[[], datetime],
+        retries: int = 0,
     ) -> StoreJournal:
+        """``retries``: failed deliveries so far (the message header); attempts of calls that
+        were not journaled in the store (safe to repeat) are counted from it."""
         in_flight = record.status is CommandStatus.IN_FLIGHT
         return cls(
             store,
             command_id=record.command_id,
             owner=owner,
             clock=clock,
-            attempts=record.attempts,
+            attempts=max(record.attempts, retries),
             uncertain_since=record.call_started_at if in_flight else None,
             note=record.note if in_flight else None,
         )
@@ -73,8 +76,11 @@ class StoreJournal:
         owners = await self._store.effect_owners(effect_ids)
         return {e for e, owner in owners.items() if owner != self._command_id}
 
-    async def call_starting(self, *, note: bytes | None = None) -> datetime:
+    async def call_starting(self, *, note: bytes | None = None, durable: bool = True) -> datetime:
         at = self._clock()
+        if not durable:  # a call that is safe to repeat: counted, not written down
+            self.attempts += 1
+            return at
         self.attempts = await self._store.mark_call_started(
             self._command_id, owner=self._owner, at=at, note=note
         )

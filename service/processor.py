@@ -31,10 +31,10 @@ from handlers.errors import Disposition, RelayError, Throttled
 from handlers.ports import (
     BssApi,
     ClaimOutcome,
-    CommandStatus,
     CommandStore,
     Completed,
     HandlerContext,
+    StoredCommand,
 )
 from schemas.commands import (
     Command,
@@ -122,63 +122,62 @@ class Processor:
             await self._process_command(message, read)
 
     async def _process_command(self, message: AbstractIncomingMessage, command: Command) -> None:
-        # A finished command is only ever re-announced: no later check (partner, deadline,
-        # pacing) may give it a second terminal event.
-        record = await self._store.get(command.command_id)
-        if record is not None and record.status is CommandStatus.FINISHED:
-            await self._claim_and_run(message, command, None)
-            return
-        found = self._api_for(command)
-        if isinstance(found, Rejection):
-            await self._reject(message, found)
-            return
-        partner_id, api = found
-        if command.deadline is not None and command.deadline <= self.now():
-            await self._reject(message, _rejection(command, "RELAY.DEADLINE_PASSED", "deadline"))
-            return
-        key = primary_call(command, partner_id)
-        if await self._parked(message, key):
-            return
-        with self._scheduler.holding(*key):
-            await self._claim_and_run(message, command, api)
-
-    async def _parked(self, message: AbstractIncomingMessage, key: tuple[str, str]) -> bool:
-        """Park the command on the broker when admission says so, so it does not sit in the
-        prefetch window ahead of other keys' commands."""
-        park = park_decision(self._scheduler, key, ticket_from_headers(message.headers or {}))
-        if park is None:
-            return False
-        seconds = park.seconds
-        await self._publisher.delay(
-            message, seconds=seconds, reason=None, extra_headers=ticket_header(park.ticket)
-        )
-        await self._ack(message)
-        self._metrics.parked.labels(key[0]).inc()
-        log.debug("command_parked", api=key[0], parent_uid=key[1], wait_s=round(seconds, 2))
-        return True
-
-    async def _claim_and_run(
-        self, message: AbstractIncomingMessage, command: Command, api: BssApi | None
-    ) -> None:
+        # Claimed first: a finished command is only ever re-announced, so no later check
+        # (partner, deadline, pacing) can give it a second terminal event.
         claim = await self._store.claim(
             command.command_id, command.type, owner=self._owner, lease=self._lease
         )
         if claim.outcome is ClaimOutcome.FINISHED:
             await self._announce_finished(message, command.command_id, claim.record.event)
-        elif claim.outcome is ClaimOutcome.BUSY:
+            return
+        if claim.outcome is ClaimOutcome.BUSY:
             log.info("command_busy_elsewhere")
             await self._publisher.delay(message, seconds=BUSY_RETRY_S, reason=None)
             await self._ack(message)
-        else:
-            assert api is not None  # a finished command is never claimed to run again
-            self.holding.add(command.command_id)
-            journal = StoreJournal.from_claim(
-                self._store, claim.record, owner=self._owner, clock=self._clock
-            )
-            try:
-                await self._run(message, command, api, journal)
-            finally:
-                self.holding.discard(command.command_id)
+            return
+        self.holding.add(command.command_id)
+        try:
+            await self._admit(message, command, claim.record)
+        finally:
+            self.holding.discard(command.command_id)
+
+    async def _admit(
+        self, message: AbstractIncomingMessage, command: Command, record: StoredCommand
+    ) -> None:
+        """The command is ours: reject it, park it (both give the claim back) or run it."""
+        found = self._api_for(command)
+        if command.deadline is not None and command.deadline <= self.now():
+            found = _rejection(command, "RELAY.DEADLINE_PASSED", "deadline")
+        if isinstance(found, Rejection):
+            await self._store.release(command.command_id, owner=self._owner)
+            await self._reject(message, found)
+            return
+        partner_id, api = found
+        key = primary_call(command, partner_id)
+        if await self._parked(message, command.command_id, key):
+            return
+        journal = StoreJournal.from_claim(
+            self._store, record, owner=self._owner, clock=self._clock, retries=_retries(message)
+        )
+        with self._scheduler.holding(*key):
+            await self._run(message, command, api, journal)
+
+    async def _parked(
+        self, message: AbstractIncomingMessage, command_id: str, key: tuple[str, str]
+    ) -> bool:
+        """Park the command on the broker when admission says so, so it does not sit in the
+        prefetch window ahead of other keys' commands."""
+        park = park_decision(self._scheduler, key, ticket_from_headers(message.headers or {}))
+        if park is None:
+            return False
+        await self._store.release(command_id, owner=self._owner)
+        await self._publisher.delay(
+            message, seconds=park.seconds, reason=None, extra_headers=ticket_header(park.ticket)
+        )
+        await self._ack(message)
+        self._metrics.parked.labels(key[0]).inc()
+        log.debug("command_parked", api=key[0], parent_uid=key[1], wait_s=round(park.seconds, 2))
+        return True
 
     def _api_for(self, command: Command) -> tuple[str, BssApi] | Rejection:
         if command.partner_id is None and len(self._apis) == 1:
@@ -301,10 +300,12 @@ class Processor:
     async def _finish(
         self, message: AbstractIncomingMessage, command_id: str, event: Event
     ) -> None:
-        stored = await self._store.finish(
-            command_id, owner=self._owner, event=event.model_dump_json().encode()
-        )
-        await self._publish(message, stored)
+        body = event.model_dump_json().encode()
+        stored = await self._store.finish(command_id, owner=self._owner, event=body)
+        if stored == body:  # ours is the stored event: publish the bytes we have
+            await self._send_event(message, event, body)
+        else:  # another attempt finished first: its event is the one
+            await self._publish(message, stored)
         await self._store.mark_published(command_id)
         await self._ack(message)
 
@@ -324,13 +325,15 @@ class Processor:
         await self._ack(message)
 
     async def _publish(self, message: AbstractIncomingMessage, stored: bytes) -> None:
-        await self._send_event(message, EVENT_ADAPTER.validate_json(stored))
+        await self._send_event(message, EVENT_ADAPTER.validate_json(stored), stored)
 
-    async def _send_event(self, message: AbstractIncomingMessage, event: Event) -> None:
+    async def _send_event(
+        self, message: AbstractIncomingMessage, event: Event, body: bytes | None = None
+    ) -> None:
         if not event.duplicate:
             self._metrics.commands.labels(event.type, event.outcome).inc()
         await self._publisher.event(
-            event.model_dump_json().encode(),
+            body if body is not None else event.model_dump_json().encode(),
             routing_key=routing_key(event),
             event_id=event.event_id,
             correlation_id=message.correlation_id or event.command_id,

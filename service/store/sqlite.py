@@ -8,8 +8,12 @@ in this process or another one on the same file. That matters twice over: corout
 one connection (a ``BEGIN … COMMIT`` spanning awaits would interleave with their statements),
 and a second process may open the file to take over after a crash.
 
-Durability: WAL with ``synchronous=FULL``. NORMAL survives a killed process but may lose the
-last commits on power loss, and a lost IN_FLIGHT mark could let a money-moving call run twice.
+Durability: WAL with ``synchronous=NORMAL``, which survives a killed process but may lose the
+last commits on a power loss or a host crash. Only one write must survive that: the IN_FLIGHT
+mark before an API call (a lost one could let a money-moving call run twice), so
+``mark_call_started`` alone runs with ``synchronous=FULL``, whose fsync of the WAL also makes
+every earlier commit durable. A claim, finish or publish mark lost to a power loss means at
+most that a command runs or is announced once more; reconciliation still sees the mark.
 ``busy_timeout`` makes writers from other processes wait for the lock instead of failing.
 
 Times are stored as fixed-width UTC ISO-8601 text (``2026-05-09T07:35:25.000000+00:00``), so
@@ -18,6 +22,7 @@ text order is time order and the file stays readable with the ``sqlite3`` shell.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from collections.abc import Collection, Iterable
@@ -203,6 +208,7 @@ class SqliteCommandStore:
         clock: UtcClock | None = None,
         busy_timeout_ms: int = BUSY_TIMEOUT_MS,
     ) -> None:
+        self._durable = asyncio.Lock()
         self._path = str(path)
         self._clock = clock or system_clock
         self._busy_timeout_ms = busy_timeout_ms
@@ -239,7 +245,7 @@ class SqliteCommandStore:
         # busy_timeout first: switching to WAL needs a lock another process may hold.
         await conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
         await conn.execute("PRAGMA journal_mode = WAL")
-        await conn.execute("PRAGMA synchronous = FULL")
+        await conn.execute("PRAGMA synchronous = NORMAL")
         for statement in _SCHEMA:
             await conn.execute(statement)
 
@@ -287,7 +293,12 @@ class SqliteCommandStore:
             "at": _text(as_utc(at, "call start")),
             "now": _text(self._now()),
         }
-        rows = await self._fetch(_MARK_CALL_STARTED, params)
+        async with self._durable:  # no other statement may switch FULL off meanwhile
+            await self._write("PRAGMA synchronous = FULL", {})
+            try:
+                rows = await self._fetch(_MARK_CALL_STARTED, params)
+            finally:
+                await self._write("PRAGMA synchronous = NORMAL", {})
         if not rows:
             raise LookupError(f"{owner!r} holds no live lease on command {command_id!r}")
         attempts: int = rows[0]["attempts"]
