@@ -10,8 +10,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from handlers.errors import ApiRefused
+from schemas.bss import FailResourceInfo
+from schemas.common import FailedResource
 
-__all__ = ["all_refused"]
+__all__ = ["all_refused", "failed_resources"]
+
+
+def failed_resources(infos: Sequence[FailResourceInfo]) -> list[FailedResource]:
+    """The API's ``fail_resource_infos`` as the event's ``failed_resources``."""
+    return [
+        FailedResource(resource_id=f.resource_id, code=f.error_code, message=f.error_msg)
+        for f in infos
+    ]
 
 
 def all_refused(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from handlers.batch import all_refused
+from handlers.batch import all_refused, failed_resources
 from handlers.ports import Completed, HandlerContext
 from schemas.bss import (
     DemandProductInfo,
@@ -24,7 +24,6 @@ from schemas.bss import (
     RateOnPeriodReq,
 )
 from schemas.commands import InquirePriceCommand
-from schemas.common import FailedResource
 from schemas.price import OnDemandInquiry, PeriodInquiry, PriceItem, PriceResult, RenewalInquiry
 
 __all__ = ["inquire_price"]
@@ -124,10 +123,7 @@ def _item_amount(rating: object) -> Decimal:
 
 
 def _renewal(answer: ListRenewRateOnPeriodResp) -> Completed:
-    failed = [
-        FailedResource(resource_id=f.resource_id, code=f.error_code, message=f.error_msg)
-        for f in answer.fail_resource_infos
-    ]
+    failed = failed_resources(answer.fail_resource_infos)
     if not answer.renew_inquiry_results:
         raise all_refused(
             [(f.resource_id, f.code, f.message) for f in failed],

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta
 
-from handlers.batch import all_refused
+from handlers.batch import all_refused, failed_resources
 from handlers.errors import OutcomeUndecidable, OutcomeUnknown
 from handlers.ports import Completed, HandlerContext
 from schemas.bss import CustomerOrder, CustomerResource, RenewalResourcesReq, RenewalResourcesResp
@@ -82,10 +82,7 @@ def _note(resources: list[CustomerResource], existing: list[CustomerOrder]) -> b
 
 
 def _completed(answer: RenewalResourcesResp) -> Completed:
-    failed = [
-        FailedResource(resource_id=f.resource_id, code=f.error_code, message=f.error_msg)
-        for f in answer.fail_resource_infos
-    ]
+    failed = failed_resources(answer.fail_resource_infos)
     if not answer.order_ids:
         raise all_refused(
             [(f.resource_id, f.code, f.message) for f in failed],

@@ -13,6 +13,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from service.arguments import positive_int
+
 __all__ = ["register_cli"]
 
 SCENARIO_NAMES = (
@@ -49,12 +51,6 @@ exit status: 0 every scenario completed (targets met or not: read the table); 1 
 could not complete; 130 interrupted (everything started was stopped)."""
 
 
-def _positive(text: str) -> int:
-    if not (text.isascii() and text.isdigit()) or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"not a positive integer: {text!r}")
-    return int(text)
-
-
 def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``bench`` verb to ``bss-relay``."""
     parser = subparsers.add_parser(
@@ -73,7 +69,7 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     parser.add_argument(
-        "--keys", type=_positive, metavar="N", help="distinct customers for memory (100000)"
+        "--keys", type=positive_int, metavar="N", help="distinct customers for memory (100000)"
     )
     parser.add_argument("--output", type=Path, metavar="FILE", help="also write the table here")
     parser.add_argument("--json", action="store_true", help="print the raw figures as JSON")

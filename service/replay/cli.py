@@ -11,6 +11,7 @@ from datetime import datetime
 import aio_pika
 from aio_pika.exceptions import AMQPError
 
+from service.arguments import positive_int
 from service.replay.letter import INVALID_TYPE, TYPES, DeadLetter, Filter
 from service.replay.scanner import Progress, Report, Result, replay, scan
 from service.settings import Settings
@@ -63,12 +64,6 @@ def _rfc3339(text: str) -> datetime:
     return moment
 
 
-def _positive(text: str) -> int:
-    if not (text.isascii() and text.isdigit()) or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"not a positive integer: {text!r}")
-    return int(text)
-
-
 def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``replay`` verb to ``bss-relay``."""
     parser = subparsers.add_parser(
@@ -103,7 +98,7 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     _add_filters(parser)
     parser.add_argument(
-        "--limit", type=_positive, metavar="N", help="handle at most N matching dead letters"
+        "--limit", type=positive_int, metavar="N", help="handle at most N matching dead letters"
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per dead letter")
     parser.set_defaults(func=_run, mode=None)
