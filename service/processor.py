@@ -122,8 +122,14 @@ class Processor:
             await self._process_command(message, read)
 
     async def _process_command(self, message: AbstractIncomingMessage, command: Command) -> None:
-        # Claimed first: a finished command is only ever re-announced, so no later check
-        # (partner, deadline, pacing) can give it a second terminal event.
+        found = self._api_for(command)
+        key = None if isinstance(found, Rejection) else primary_call(command, found[0])
+        # Parking needs no claim: a backlog is read and parked without touching the store.
+        if key is not None and await self._parked(message, key):
+            return
+        # Claimed before any check that could reject: a finished command is only ever
+        # re-announced, so a changed configuration or a passed deadline cannot give it a
+        # second terminal event.
         claim = await self._store.claim(
             command.command_id, command.type, owner=self._owner, lease=self._lease
         )
@@ -137,15 +143,18 @@ class Processor:
             return
         self.holding.add(command.command_id)
         try:
-            await self._admit(message, command, claim.record)
+            await self._admit(message, command, claim.record, found)
         finally:
             self.holding.discard(command.command_id)
 
     async def _admit(
-        self, message: AbstractIncomingMessage, command: Command, record: StoredCommand
+        self,
+        message: AbstractIncomingMessage,
+        command: Command,
+        record: StoredCommand,
+        found: tuple[str, BssApi] | Rejection,
     ) -> None:
-        """The command is ours: reject it, park it (both give the claim back) or run it."""
-        found = self._api_for(command)
+        """The command is ours: reject it (giving the claim back) or run it."""
         if command.deadline is not None and command.deadline <= self.now():
             found = _rejection(command, "RELAY.DEADLINE_PASSED", "deadline")
         if isinstance(found, Rejection):
@@ -153,24 +162,18 @@ class Processor:
             await self._reject(message, found)
             return
         partner_id, api = found
-        key = primary_call(command, partner_id)
-        if await self._parked(message, command.command_id, key):
-            return
         journal = StoreJournal.from_claim(
             self._store, record, owner=self._owner, clock=self._clock, retries=_retries(message)
         )
-        with self._scheduler.holding(*key):
+        with self._scheduler.holding(*primary_call(command, partner_id)):
             await self._run(message, command, api, journal)
 
-    async def _parked(
-        self, message: AbstractIncomingMessage, command_id: str, key: tuple[str, str]
-    ) -> bool:
+    async def _parked(self, message: AbstractIncomingMessage, key: tuple[str, str]) -> bool:
         """Park the command on the broker when admission says so, so it does not sit in the
         prefetch window ahead of other keys' commands."""
         park = park_decision(self._scheduler, key, ticket_from_headers(message.headers or {}))
         if park is None:
             return False
-        await self._store.release(command_id, owner=self._owner)
         await self._publisher.delay(
             message, seconds=park.seconds, reason=None, extra_headers=ticket_header(park.ticket)
         )
