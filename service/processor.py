@@ -127,6 +127,17 @@ class Processor:
         # Parking needs no claim: a backlog is read and parked without touching the store.
         if key is not None and await self._parked(message, key):
             return
+        # Counted as held in the same step as the decision not to park (no await between),
+        # so a burst cannot slip more than the hold window past it.
+        with self._scheduler.holding(*key) if key is not None else contextlib.nullcontext():
+            await self._claim_and_admit(message, command, found)
+
+    async def _claim_and_admit(
+        self,
+        message: AbstractIncomingMessage,
+        command: Command,
+        found: tuple[str, BssApi] | Rejection,
+    ) -> None:
         # Claimed before any check that could reject: a finished command is only ever
         # re-announced, so a changed configuration or a passed deadline cannot give it a
         # second terminal event.
@@ -161,12 +172,11 @@ class Processor:
             await self._store.release(command.command_id, owner=self._owner)
             await self._reject(message, found)
             return
-        partner_id, api = found
+        _, api = found
         journal = StoreJournal.from_claim(
             self._store, record, owner=self._owner, clock=self._clock, retries=_retries(message)
         )
-        with self._scheduler.holding(*primary_call(command, partner_id)):
-            await self._run(message, command, api, journal)
+        await self._run(message, command, api, journal)
 
     async def _parked(self, message: AbstractIncomingMessage, key: tuple[str, str]) -> bool:
         """Park the command on the broker when admission says so, so it does not sit in the
