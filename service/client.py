@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,6 +24,7 @@ from handlers.errors import (
     ApiRefused,
     ApiUnavailable,
     CallTimeout,
+    CommandRejected,
     NotSent,
     OutcomeUnknown,
     RelayError,
@@ -33,9 +36,21 @@ from service.operations import Operation
 from service.scheduler import FairScheduler
 from service.signer import QueryValue, Signer, canonical_query
 
-__all__ = ["THROTTLE_CODES", "BssHttp", "Response", "map_error", "parse_error_body"]
+__all__ = [
+    "START_DEADLINE",
+    "THROTTLE_CODES",
+    "BssHttp",
+    "Response",
+    "map_error",
+    "parse_error_body",
+]
 
 log = structlog.get_logger(__name__)
+
+# The command's ``deadline`` until its first API call is sent, in the context of the task that
+# carries the command out. A command starts with its first call: after that the deadline no
+# longer applies (what has started must be finished or reconciled, never dropped half-way).
+START_DEADLINE: ContextVar[datetime | None] = ContextVar("start_deadline", default=None)
 
 USER_AGENT = "bss-relay/0.1"
 THROTTLE_CODES = frozenset({"APIG.0308", "APIGW.0308"})
@@ -97,6 +112,18 @@ def _lost(op: Operation, code: str, message: str) -> RelayError:
     return ApiUnavailable(code, message)
 
 
+def _check_start_deadline() -> None:
+    deadline = START_DEADLINE.get()
+    if deadline is None:
+        return
+    if datetime.now(UTC) >= deadline:
+        raise CommandRejected(
+            "RELAY.DEADLINE_PASSED",
+            f"deadline {deadline.isoformat()} passed while the command waited for its turn",
+        )
+    START_DEADLINE.set(None)  # started now
+
+
 class BssHttp:
     """One aiohttp session, two base URLs (BSS and IAM); every call waits for its fair turn."""
 
@@ -134,6 +161,7 @@ class BssHttp:
         query_string = canonical_query(query)
         for attempt in range(self._throttle_retries + 1):
             await self._scheduler.turn(op.name, parent_uid)
+            _check_start_deadline()
             try:
                 response = await self._send(
                     op, signer, path=path, query=query_string, body=body, domain_id=domain_id

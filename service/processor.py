@@ -42,6 +42,7 @@ from schemas.commands import (
 )
 from schemas.events import EVENT_ADAPTER, Event, Outcome, routing_key
 from service.admission import park_decision, primary_call, ticket_from_headers, ticket_header
+from service.client import START_DEADLINE
 from service.intake import Rejection, read_command
 from service.journal import StoreJournal
 from service.metrics import Metrics
@@ -213,6 +214,8 @@ class Processor:
         context = HandlerContext(
             command_id=command.command_id, api=api, clock=_Clock(self._clock), journal=journal
         )
+        # Never started before: the deadline holds until the first API call is sent.
+        token = START_DEADLINE.set(command.deadline if journal.attempts == 0 else None)
         try:
             async with self._exclusive(command):
                 done: Completed = await HANDLERS[command.type](command, context)
@@ -220,6 +223,8 @@ class Processor:
             uncertain = command.type in MONEY_MOVING and journal.uncertain_since is not None
             await self._settle_error(message, command, exc, journal.attempts, uncertain=uncertain)
             return
+        finally:
+            START_DEADLINE.reset(token)
         outcome = Outcome.PARTIAL if done.partial else Outcome.SUCCEEDED
         event = event_for(
             command, outcome=outcome, now=self.now(), attempts=journal.attempts, result=done.result
@@ -257,6 +262,7 @@ class Processor:
     ) -> None:
         now = self.now()
         if exc.disposition is Disposition.REJECT:
+            await self._store.release(command.command_id, owner=self._owner)
             await self._reject(message, _rejection(command, exc.code, exc.message))
             return
         if exc.disposition in (Disposition.FAIL, Disposition.UNKNOWN):

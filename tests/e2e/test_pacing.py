@@ -10,6 +10,7 @@ import asyncio
 import socket
 import time
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -157,3 +158,22 @@ async def test_metrics_and_health_endpoint(start_relay: RelayFactory, bss: Sandb
 async def test_close_all_connections_helper_is_available() -> None:
     # rabbitmqctl is what the broker-restart tests drive; fail loudly if it is missing.
     await rabbitmqctl("status")
+
+
+async def test_deadline_passing_while_waiting_for_a_turn_rejects_without_calling(
+    start_relay: RelayFactory, bss: Sandbox
+) -> None:
+    # a slow key and a long hold window: the command waits in memory, not on the broker
+    relay = await start_relay(relay_rate_limits={"auto_renewal_resources": 2}, relay_hold_s=30)
+    backlog = [auto_renew(HOT[i % 3], True) for i in range(8)]  # about 4 s of this key's quota
+    await publish_all(relay, backlog)
+    late = auto_renew("acme-ecs-01", True)  # same API and key: it queues behind the backlog
+    late["deadline"] = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+    await relay.publish(late)
+    [event] = await relay.events.wait_for(late["command_id"], within=30)
+    assert event["outcome"] == "rejected"
+    assert event["error"]["code"] == "RELAY.DEADLINE_PASSED"
+    for command in backlog:  # the others still run
+        [done] = await relay.events.wait_for(command["command_id"], within=30)
+        assert done["outcome"] == "succeeded"
+    assert len(await bss.requests("auto_renewal_resources")) == len(backlog)  # never sent late
