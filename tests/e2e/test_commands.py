@@ -151,6 +151,20 @@ PRODUCT = {
 }
 
 
+def period_quote(**product: Any) -> dict[str, Any]:
+    """An ``inquire_price`` command in ``period`` mode for ACME, one product (overridable)."""
+    return {
+        "command_id": new_id("price"),
+        "type": "inquire_price",
+        "payload": {
+            "customer_id": ids.ACME,
+            "mode": "period",
+            "project_id": ids.ACME_PROJECT_NORTH,
+            "products": [{**PRODUCT, "period_type": "month", "period_num": 1, **product}],
+        },
+    }
+
+
 @pytest.mark.parametrize(
     "payload",
     [
@@ -199,18 +213,7 @@ async def test_price_quotes_apply_the_customer_discount(
 
 async def test_price_of_unknown_product_fails(start_relay: RelayFactory, bss: Sandbox) -> None:
     relay = await start_relay()
-    command: dict[str, Any] = {
-        "command_id": new_id("price"),
-        "type": "inquire_price",
-        "payload": {
-            "customer_id": ids.ACME,
-            "mode": "period",
-            "project_id": ids.ACME_PROJECT_NORTH,
-            "products": [
-                {**PRODUCT, "resource_spec": "nope.linux", "period_type": "month", "period_num": 1}
-            ],
-        },
-    }
+    command = period_quote(resource_spec="nope.linux")
     await relay.publish(command)
     [event] = await relay.events.wait_for(command["command_id"])
     assert event["outcome"] == "failed"

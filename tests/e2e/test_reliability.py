@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import BOTH_STORES, RelayFactory, Sandbox, new_id
-from tests.e2e.test_commands import by_id, coupon, renew
+from tests.e2e.test_commands import by_id, coupon, period_quote, renew
 from tests.sandbox import demo_ids as ids
 
 pytestmark = [pytest.mark.e2e, BOTH_STORES]
@@ -246,26 +246,7 @@ async def test_retries_exhausted_fail_and_dead_letter(
         "faults", {"rules": [{"kind": "error", "operations": ["list_rate_on_period_detail"]}]}
     )
     relay = await start_relay(relay_max_attempts=3)
-    command: dict[str, Any] = {
-        "command_id": new_id("price"),
-        "type": "inquire_price",
-        "payload": {
-            "customer_id": ids.ACME,
-            "mode": "period",
-            "project_id": ids.ACME_PROJECT_NORTH,
-            "products": [
-                {
-                    "id": "1",
-                    "cloud_service_type": "hws.service.type.ec2",
-                    "resource_type": "hws.resource.type.vm",
-                    "resource_spec": "s6.small.1.linux",
-                    "region": "cn-north-4",
-                    "period_type": "month",
-                    "period_num": 1,
-                }
-            ],
-        },
-    }
+    command = period_quote()
     await relay.publish(command)
     [event] = await relay.events.wait_for(command["command_id"])
     assert event["outcome"] == "failed"
