@@ -30,6 +30,7 @@ __all__ = [
     "IssueCouponCommand",
     "RenewCommand",
     "SetAutoRenewCommand",
+    "load_json",
     "parse_command",
 ]
 
@@ -126,6 +127,12 @@ def _no_constants(name: str) -> NoReturn:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def load_json(body: bytes) -> Any:
+    """Decode a command body the way ``parse_command`` does: numbers as exact ``Decimal``,
+    ``NaN``/``Infinity`` refused. Raises ``ValueError`` (bad UTF-8 included)."""
+    return json.loads(body.decode("utf-8"), parse_float=Decimal, parse_constant=_no_constants)
+
+
 def parse_command(body: bytes) -> Command:
     """Read one command body; raises ``pydantic.ValidationError`` for anything unusable.
 
@@ -134,7 +141,7 @@ def parse_command(body: bytes) -> Command:
     same ``ValidationError`` (type ``json_invalid``) as every other rejection.
     """
     try:
-        data = json.loads(body.decode("utf-8"), parse_float=Decimal, parse_constant=_no_constants)
+        data = load_json(body)
     except ValueError:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
         return COMMAND_ADAPTER.validate_json(body)
     return COMMAND_ADAPTER.validate_python(data)

@@ -13,16 +13,15 @@ go first), so memory stays bounded with any number of customers.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import structlog
-from pydantic import BaseModel, ConfigDict
 
 from handlers.errors import ApiRefused, CredentialsUnavailable, RelayError, Retryable
+from schemas.bss import AssumeRoleReq, TemporaryCredentialResp, parse_wire, wire_json
 from service.client import BssHttp
 from service.operations import OPERATIONS
 from service.settings import PartnerAccount
@@ -36,19 +35,6 @@ FAILURE_TTL_S = 1.0
 IAM_OPERATION = OPERATIONS["create_temporary_access_key_by_agency"]
 
 
-class _Credential(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    access: str
-    secret: str
-    securitytoken: str
-    expires_at: datetime
-
-
-class _CredentialAnswer(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    credential: _Credential
-
-
 def partner_signer(partner: PartnerAccount) -> Signer:
     return Signer(partner.access_key, partner.secret_key.get_secret_value())
 
@@ -57,18 +43,6 @@ def partner_signer(partner: PartnerAccount) -> Signer:
 class _Entry:
     signer: Signer
     expires_at: datetime
-
-
-def _assume_role_body(agency: str, customer_id: str, duration_s: int) -> bytes:
-    identity = {
-        "methods": ["assume_role"],
-        "assume_role": {
-            "agency_name": agency,
-            "domain_id": customer_id,
-            "duration_seconds": duration_s,
-        },
-    }
-    return json.dumps({"auth": {"identity": identity}}, separators=(",", ":")).encode()
 
 
 class CredentialCache:
@@ -153,7 +127,13 @@ class CredentialCache:
                 "RELAY.NO_AGENCY",
                 f"partner {self._partner.partner_id} has no agency name configured",
             )
-        body = _assume_role_body(self._partner.agency_name, customer_id, self._duration_s)
+        body = wire_json(
+            AssumeRoleReq.build(
+                agency_name=self._partner.agency_name,
+                domain_id=customer_id,
+                duration_seconds=self._duration_s,
+            )
+        )
         self.fetches += 1
         try:
             response = await self._http.call(
@@ -165,7 +145,7 @@ class CredentialCache:
             )
         except Retryable as exc:
             raise CredentialsUnavailable(exc.code, f"IAM: {exc.message}") from exc
-        credential = _CredentialAnswer.model_validate_json(response.body).credential
+        credential = parse_wire(TemporaryCredentialResp, response.body).credential
         log.info("customer_credentials_issued", customer_id=customer_id)
         signer = Signer(credential.access, credential.secret, credential.securitytoken)
         return _Entry(signer=signer, expires_at=credential.expires_at.astimezone(UTC))

@@ -6,14 +6,13 @@ customer) is kept on the rejection so the ``rejected`` event is as useful as pos
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
-from schemas.commands import Command, CommandType, parse_command
+from schemas.commands import COMMAND_ADAPTER, Command, CommandType, load_json
 
 __all__ = ["Rejection", "read_command"]
 
@@ -66,7 +65,7 @@ def _decode(body: bytes, max_bytes: int) -> dict[str, Any] | Rejection:
     if len(body) > max_bytes:
         return Rejection("RELAY.TOO_LARGE", f"body is {len(body)} bytes; the limit is {max_bytes}")
     try:
-        raw = json.loads(body.decode("utf-8"))
+        raw = load_json(body)  # numbers as Decimal: 10.50 stays 10.50, never a float
     except UnicodeDecodeError as exc:
         return Rejection("RELAY.INVALID_JSON", f"body is not UTF-8: {exc.reason} at {exc.start}")
     except ValueError as exc:
@@ -85,7 +84,6 @@ def read_command(body: bytes, *, max_bytes: int) -> Command | Rejection:
         message = f"type {raw.get('type')!r} is not one of {wanted}"
         return _identify(raw, "RELAY.UNKNOWN_TYPE", message)
     try:
-        # parse_command reads JSON numbers as Decimal: 10.50 stays 10.50, never a float.
-        return parse_command(body)
+        return COMMAND_ADAPTER.validate_python(raw)  # decoded once, above
     except ValidationError as exc:
         return _identify(raw, "RELAY.SCHEMA", _describe(exc))

@@ -18,7 +18,6 @@ second of use after that adds back ``ceiling * recovery`` until the configured l
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -118,11 +117,6 @@ class RateLimiter:
             bucket.tat = slot + bucket.interval
         self._maybe_sweep(now)
         return slot - now
-
-    async def acquire(self, api: str, parent_uid: str) -> None:
-        wait = self.reserve(api, parent_uid)
-        if wait > 0:
-            await asyncio.sleep(wait)
 
     def current_rate(self, api: str, parent_uid: str) -> float:
         """The (API, ParentUid) bucket's rate now: the ceiling unless throttling lowered it."""

@@ -146,7 +146,7 @@ class Processor:
             command.command_id, command.type, owner=self._owner, lease=self._lease
         )
         if claim.outcome is ClaimOutcome.FINISHED:
-            await self._announce_finished(message, command.command_id, claim.record.event)
+            await self._announce_finished(message, claim.record)
             return
         if claim.outcome is ClaimOutcome.BUSY:
             log.info("command_busy_elsewhere")
@@ -329,10 +329,10 @@ class Processor:
         await self._ack(message)
 
     async def _announce_finished(
-        self, message: AbstractIncomingMessage, command_id: str, stored: bytes | None
+        self, message: AbstractIncomingMessage, record: StoredCommand
     ) -> None:
-        record = await self._store.get(command_id)
-        if stored is None or record is None:  # pragma: no cover - a finished row has its event
+        command_id, stored = record.command_id, record.event
+        if stored is None:  # pragma: no cover - a finished row always has its event
             raise AssertionError(f"finished command {command_id} has no stored event")
         if record.published:
             event = announce_again(stored)
