@@ -1,19 +1,22 @@
-"""The command store in one SQLite file, through aiosqlite (the event loop never blocks).
+"""The command store in one SQLite file, on a thread of its own (the event loop never blocks).
 
-Atomicity without explicit transactions: every operation is ONE autocommit statement
+Every operation is a function run by :class:`~service.store.sqlite_writer.SqliteWriter` on the
+thread that owns the connection. Operations queued while the thread is busy run together in
+one transaction with one commit (group commit): under load, one thread hand-off and one WAL
+append for many commands instead of one per statement. Each operation keeps the meaning it
+would have alone: it runs whole, in queue order, and its caller hears of it only once its
+batch committed. Conditions are still checked and changed in one statement
 (``INSERT … ON CONFLICT … DO UPDATE … WHERE … RETURNING`` for a claim, ``UPDATE … RETURNING``
-for the rest; SQLite >= 3.35). A write statement takes SQLite's write lock before it reads, so
-the condition it checks and the change it makes cannot interleave with another connection's,
-in this process or another one on the same file. That matters twice over: coroutines share the
-one connection (a ``BEGIN … COMMIT`` spanning awaits would interleave with their statements),
-and a second process may open the file to take over after a crash.
+for the rest; SQLite >= 3.35), and every batch takes the file's write lock first
+(``BEGIN IMMEDIATE``), so a second process on the same file, taking over after a crash, never
+interleaves with a batch.
 
 Durability: WAL with ``synchronous=NORMAL``, which survives a killed process but may lose the
 last commits on a power loss or a host crash. Only one write must survive that: the IN_FLIGHT
-mark before an API call (a lost one could let a money-moving call run twice), so
-``mark_call_started`` alone runs with ``synchronous=FULL``, whose fsync of the WAL also makes
-every earlier commit durable. A claim, finish or publish mark lost to a power loss means at
-most that a command runs or is announced once more; reconciliation still sees the mark.
+mark before an API call (a lost one could let a money-moving call run twice), so a batch that
+holds a ``mark_call_started`` commits with ``synchronous=FULL``, whose fsync of the WAL also
+makes every earlier commit durable. A claim, finish or publish mark lost to a power loss means
+at most that a command runs or is announced once more; reconciliation still sees the mark.
 ``busy_timeout`` makes writers from other processes wait for the lock instead of failing.
 
 Times are stored as fixed-width UTC ISO-8601 text (``2026-05-09T07:35:25.000000+00:00``), so
@@ -22,20 +25,18 @@ text order is time order and the file stays readable with the ``sqlite3`` shell.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
-from collections.abc import Collection, Iterable
+from collections.abc import Collection
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-import aiosqlite
-
 from handlers.ports import Claim, ClaimOutcome, CommandStatus, StoredCommand
 from service.store.clock import UtcClock, as_utc, system_clock
 from service.store.records import CLAIM_TRIES, lease_end, lost_claim
+from service.store.sqlite_writer import SqliteWriter
 
 __all__ = ["BUSY_TIMEOUT_MS", "MEMORY", "SqliteCommandStore", "sqlite_path_from_url"]
 
@@ -199,7 +200,8 @@ def _record(row: sqlite3.Row) -> StoredCommand:
 
 
 class SqliteCommandStore:
-    """``CommandStore`` on one aiosqlite connection; ``async with`` opens and closes it."""
+    """``CommandStore`` on one SQLite connection owned by a writer thread; ``async with`` opens
+    and closes it."""
 
     def __init__(
         self,
@@ -208,26 +210,17 @@ class SqliteCommandStore:
         clock: UtcClock | None = None,
         busy_timeout_ms: int = BUSY_TIMEOUT_MS,
     ) -> None:
-        self._durable = asyncio.Lock()
         self._path = str(path)
         self._clock = clock or system_clock
         self._busy_timeout_ms = busy_timeout_ms
-        self._conn: aiosqlite.Connection | None = None
+        self._writer = SqliteWriter(self._connect)
 
     async def __aenter__(self) -> Self:
-        if self._conn is not None:
+        if self._writer.is_open:
             raise RuntimeError("store is already open")
         if sqlite3.sqlite_version_info < _MIN_VERSION:
             raise RuntimeError(f"SQLite >= 3.35 needed (RETURNING), have {sqlite3.sqlite_version}")
-        conn = await aiosqlite.connect(
-            self._path, isolation_level=None, timeout=self._busy_timeout_ms / 1000
-        )
-        try:
-            await self._prepare(conn)
-        except BaseException:
-            await conn.close()
-            raise
-        self._conn = conn
+        await self._writer.open(self._prepare)
         return self
 
     async def __aexit__(
@@ -236,18 +229,26 @@ class SqliteCommandStore:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await conn.close()
+        await self._writer.close()
 
-    async def _prepare(self, conn: aiosqlite.Connection) -> None:
+    def _connect(self) -> sqlite3.Connection:
+        # Autocommit (isolation_level=None): the writer issues BEGIN and COMMIT itself.
+        # check_same_thread=False: closed on the writer thread that opened it, never shared.
+        return sqlite3.connect(
+            self._path,
+            isolation_level=None,
+            timeout=self._busy_timeout_ms / 1000,
+            check_same_thread=False,
+        )
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
         conn.row_factory = sqlite3.Row
         # busy_timeout first: switching to WAL needs a lock another process may hold.
-        await conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
-        await conn.execute("PRAGMA journal_mode = WAL")
-        await conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
         for statement in _SCHEMA:
-            await conn.execute(statement)
+            conn.execute(statement)
 
     async def claim(
         self, command_id: str, command_type: str, *, owner: str, lease: timedelta
@@ -260,14 +261,18 @@ class SqliteCommandStore:
             "lease_until": _text(lease_end(now, lease)),
             "now": _text(now),
         }
-        for _ in range(CLAIM_TRIES):
-            rows = await self._fetch(_CLAIM, params)
-            if rows:
-                return Claim(ClaimOutcome.CLAIMED, _record(rows[0]))
-            current = await self.get(command_id)
-            if current is not None:
-                return lost_claim(current, now)
-        raise RuntimeError(f"claim of {command_id!r} kept racing with prune")
+
+        def claim(conn: sqlite3.Connection) -> Claim:
+            for _ in range(CLAIM_TRIES):
+                row = conn.execute(_CLAIM, params).fetchone()
+                if row is not None:
+                    return Claim(ClaimOutcome.CLAIMED, _record(row))
+                current = _get(conn, command_id)
+                if current is not None:
+                    return lost_claim(current, now)
+            raise RuntimeError(f"claim of {command_id!r} kept racing with prune")
+
+        return await self._writer.run(claim)
 
     async def renew_leases(
         self, owner: str, command_ids: Collection[str], *, lease: timedelta
@@ -293,29 +298,32 @@ class SqliteCommandStore:
             "at": _text(as_utc(at, "call start")),
             "now": _text(self._now()),
         }
-        async with self._durable:  # no other statement may switch FULL off meanwhile
-            await self._write("PRAGMA synchronous = FULL", {})
-            try:
-                rows = await self._fetch(_MARK_CALL_STARTED, params)
-            finally:
-                await self._write("PRAGMA synchronous = NORMAL", {})
-        if not rows:
-            raise LookupError(f"{owner!r} holds no live lease on command {command_id!r}")
-        attempts: int = rows[0]["attempts"]
-        return attempts
+
+        def mark(conn: sqlite3.Connection) -> int:
+            row = conn.execute(_MARK_CALL_STARTED, params).fetchone()
+            if row is None:
+                raise LookupError(f"{owner!r} holds no live lease on command {command_id!r}")
+            attempts: int = row["attempts"]
+            return attempts
+
+        return await self._writer.run(mark, durable=True)  # fsync'd before the call is made
 
     async def finish(self, command_id: str, *, owner: str, event: bytes) -> bytes:
         # Any caller may finish an unfinished command, even one whose lease was lost (see
         # the package docstring): its event records a call that really happened.
         params = {"command_id": command_id, "event": event, "now": _text(self._now())}
-        rows = await self._fetch(_FINISH, params)
-        if rows:
-            stored: bytes = rows[0]["event"]
-            return stored
-        current = await self.get(command_id)
-        if current is None or current.event is None:
-            raise LookupError(f"command {command_id!r} was never claimed")
-        return current.event
+
+        def finish(conn: sqlite3.Connection) -> bytes:
+            row = conn.execute(_FINISH, params).fetchone()
+            if row is not None:
+                stored: bytes = row["event"]
+                return stored
+            current = _get(conn, command_id)
+            if current is None or current.event is None:
+                raise LookupError(f"command {command_id!r} was never claimed")
+            return current.event
+
+        return await self._writer.run(finish)
 
     async def mark_published(self, command_id: str) -> None:
         await self._write(_MARK_PUBLISHED, {"command_id": command_id, "now": _text(self._now())})
@@ -325,13 +333,16 @@ class SqliteCommandStore:
         await self._write(_RELEASE, params)
 
     async def get(self, command_id: str) -> StoredCommand | None:
-        rows = await self._fetch(_GET, {"command_id": command_id})
-        return _record(rows[0]) if rows else None
+        return await self._writer.run(lambda conn: _get(conn, command_id))
 
     async def prune(self, *, finished_before: datetime) -> int:
-        bound = _text(as_utc(finished_before, "finished_before"))
-        await self._write(_PRUNE_EFFECTS, {"bound": bound})
-        return await self._write(_PRUNE, {"bound": bound})
+        bound = {"bound": _text(as_utc(finished_before, "finished_before"))}
+
+        def prune(conn: sqlite3.Connection) -> int:
+            conn.execute(_PRUNE_EFFECTS, bound)
+            return conn.execute(_PRUNE, bound).rowcount
+
+        return await self._writer.run(prune)
 
     async def clear_in_flight(self, command_id: str, *, owner: str) -> None:
         params = {"command_id": command_id, "owner": owner, "now": _text(self._now())}
@@ -339,29 +350,31 @@ class SqliteCommandStore:
 
     async def claim_effects(self, command_id: str, effect_ids: Collection[str]) -> dict[str, str]:
         now = _text(self._now())
-        for effect_id in effect_ids:  # each insert is atomic: the first command to claim wins
-            params = {"effect_id": effect_id, "command_id": command_id, "now": now}
-            await self._write(_CLAIM_EFFECT, params)
-        return await self.effect_owners(effect_ids)
+        rows = [{"effect_id": e, "command_id": command_id, "now": now} for e in effect_ids]
+        ids = {"effect_ids": json.dumps(list(effect_ids))}
+
+        def claim_effects(conn: sqlite3.Connection) -> dict[str, str]:
+            # Each insert is atomic: the first command to claim an effect owns it.
+            conn.executemany(_CLAIM_EFFECT, rows)
+            return _effect_owners(conn, ids)
+
+        return await self._writer.run(claim_effects)
 
     async def effect_owners(self, effect_ids: Collection[str]) -> dict[str, str]:
-        rows = await self._fetch(_EFFECT_OWNERS, {"effect_ids": json.dumps(list(effect_ids))})
-        return {row["effect_id"]: row["command_id"] for row in rows}
+        ids = {"effect_ids": json.dumps(list(effect_ids))}
+        return await self._writer.run(lambda conn: _effect_owners(conn, ids))
 
     def _now(self) -> datetime:
         return as_utc(self._clock(), "the store clock's now")
 
-    def _connection(self) -> aiosqlite.Connection:
-        if self._conn is None:
-            raise RuntimeError("store is not open: use 'async with'")
-        return self._conn
-
-    async def _fetch(self, sql: str, params: dict[str, Any]) -> list[sqlite3.Row]:
-        # execute + fetchall in one call on the worker thread: the statement runs to
-        # completion, and so commits, before anything else uses the connection.
-        rows: Iterable[sqlite3.Row] = await self._connection().execute_fetchall(sql, params)
-        return list(rows)
-
     async def _write(self, sql: str, params: dict[str, Any]) -> int:
-        async with self._connection().execute(sql, params) as cursor:
-            return cursor.rowcount
+        return await self._writer.run(lambda conn: conn.execute(sql, params).rowcount)
+
+
+def _get(conn: sqlite3.Connection, command_id: str) -> StoredCommand | None:
+    row = conn.execute(_GET, {"command_id": command_id}).fetchone()
+    return None if row is None else _record(row)
+
+
+def _effect_owners(conn: sqlite3.Connection, ids: dict[str, str]) -> dict[str, str]:
+    return {row["effect_id"]: row["command_id"] for row in conn.execute(_EFFECT_OWNERS, ids)}
