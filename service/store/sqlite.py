@@ -121,7 +121,7 @@ _FINISH = """
     SET status = 'finished', event = :event,
         finished_at = :now, updated_at = :now
     WHERE command_id = :command_id AND status <> 'finished'
-    RETURNING event
+    RETURNING 1
 """
 
 _RELEASE = """
@@ -314,10 +314,8 @@ class SqliteCommandStore:
         params = {"command_id": command_id, "event": event, "now": _text(self._now())}
 
         def finish(conn: sqlite3.Connection) -> bytes:
-            row = conn.execute(_FINISH, params).fetchone()
-            if row is not None:
-                stored: bytes = row["event"]
-                return stored
+            if conn.execute(_FINISH, params).fetchone() is not None:
+                return event  # ours is the event stored
             current = _get(conn, command_id)
             if current is None or current.event is None:
                 raise LookupError(f"command {command_id!r} was never claimed")
