@@ -168,7 +168,7 @@ class BssHttp:
                 )
             except RelayError as exc:
                 status = str(exc.http_status) if exc.http_status else exc.code
-                self._metrics.api_requests.labels(op.name, status).inc()
+                self._metrics.inc(self._metrics.api_requests, op.name, status)
                 if not isinstance(exc, Throttled):
                     raise
                 self._limiter.throttled(op.name, parent_uid)
@@ -176,7 +176,7 @@ class BssHttp:
                 if attempt == self._throttle_retries:
                     raise
             else:
-                self._metrics.api_requests.labels(op.name, str(response.status)).inc()
+                self._metrics.inc(self._metrics.api_requests, op.name, str(response.status))
                 return response
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
@@ -60,6 +61,16 @@ class Metrics:
         self.inflight = Gauge(
             "bss_relay_commands_inflight", "Commands being processed", registry=self.registry
         )
+
+        self._children: dict[tuple[Counter, tuple[str, ...]], Any] = {}
+
+    def inc(self, counter: Counter, *labels: str) -> None:
+        """``counter.labels(*labels).inc()``, with the labelled child looked up once: the
+        label sets are few (types x outcomes, APIs x statuses), the calls are per command."""
+        child = self._children.get((counter, labels))
+        if child is None:
+            child = self._children[(counter, labels)] = counter.labels(*labels)
+        child.inc()
 
     def watch_rates(self, rates: Callable[[], dict[str, float]]) -> None:
         self.registry.register(_RateCollector(rates))
