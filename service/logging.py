@@ -1,9 +1,10 @@
 """Logging configured once: structlog renders one JSON stream, stdlib loggers included.
 
-Per-message context (command_id, type, partner_id, customer_id, attempt) is bound with
-``structlog.contextvars.bound_contextvars`` by the consumer; every line inside that block
-carries it. A redaction processor drops values of secret-looking keys as a last line of
-defence; the code's first line is never to pass secrets to a logger at all.
+Per-message context (command_id, type, partner_id, customer_id, retries) is bound with
+``structlog.contextvars.bind_contextvars`` by the processor, in the task the consumer runs
+each message in; every line of that task carries it. A redaction processor drops values of
+secret-looking keys as a last line of defence; the code's first line is never to pass secrets
+to a logger at all.
 """
 
 from __future__ import annotations
@@ -51,14 +52,12 @@ def configure_logging(level: str = "INFO", *, stream: TextIO | None = None) -> N
         redact_secrets,
     ]
     structlog.configure(
-        # filter_by_level first: a line below the level costs a level check, not a render
-        processors=[
-            structlog.stdlib.filter_by_level,
-            *shared,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        # A call below the level is a no-op method: no event dict, no processor runs.
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
         cache_logger_on_first_use=True,
     )
     formatter = structlog.stdlib.ProcessorFormatter(

@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
-from structlog.contextvars import bound_contextvars
+from structlog.contextvars import bind_contextvars
 
 from handlers import HANDLERS
 from handlers.errors import Disposition, RelayError, Throttled
@@ -32,7 +32,6 @@ from handlers.ports import (
     BssApi,
     ClaimOutcome,
     CommandStore,
-    Completed,
     HandlerContext,
     StoredCommand,
 )
@@ -108,19 +107,21 @@ class Processor:
         return self._clock()
 
     async def process(self, message: AbstractIncomingMessage) -> None:
+        """Settle one message. Call it in a task of its own (the consumer does): the log
+        context it binds is that task's, and ends with it."""
         read = read_command(message.body, max_bytes=self._max_body)
         if isinstance(read, Rejection):
-            with bound_contextvars(command_id=read.command_id, type=read.type):
-                await self._reject(message, read)
+            bind_contextvars(command_id=read.command_id, type=read.type)
+            await self._reject(message, read)
             return
-        with bound_contextvars(
+        bind_contextvars(
             command_id=read.command_id,
             type=read.type,
             partner_id=read.partner_id,
             customer_id=read.customer_id,
             retries=_retries(message),
-        ):
-            await self._process_command(message, read)
+        )
+        await self._process_command(message, read)
 
     async def _process_command(self, message: AbstractIncomingMessage, command: Command) -> None:
         found = self._api_for(command)
@@ -189,7 +190,7 @@ class Processor:
             message, seconds=park.seconds, reason=None, extra_headers=ticket_header(park.ticket)
         )
         await self._ack(message)
-        self._metrics.parked.labels(key[0]).inc()
+        self._metrics.inc(self._metrics.parked, key[0])
         log.debug("command_parked", api=key[0], parent_uid=key[1], wait_s=round(park.seconds, 2))
         return True
 
@@ -217,8 +218,11 @@ class Processor:
         # Never started before: the deadline holds until the first API call is sent.
         token = START_DEADLINE.set(command.deadline if journal.attempts == 0 else None)
         try:
-            async with self._exclusive(command):
-                done: Completed = await HANDLERS[command.type](command, context)
+            if isinstance(command, RenewCommand):
+                async with self._one_renewal_at_a_time(command):
+                    done = await HANDLERS[command.type](command, context)
+            else:
+                done = await HANDLERS[command.type](command, context)
         except RelayError as exc:
             uncertain = command.type in MONEY_MOVING and journal.uncertain_since is not None
             await self._settle_error(message, command, exc, journal.attempts, uncertain=uncertain)
@@ -233,13 +237,10 @@ class Processor:
         await self._finish(message, command.command_id, event)
 
     @contextlib.asynccontextmanager
-    async def _exclusive(self, command: Command) -> AsyncIterator[None]:
+    async def _one_renewal_at_a_time(self, command: RenewCommand) -> AsyncIterator[None]:
         """Renewals of one customer run one at a time in this process: an uncertain renewal
         is reconciled by the customer's renewal orders since its call, which only stays
         decidable when no other renewal of ours for that customer ran in the same window."""
-        if not isinstance(command, RenewCommand):
-            yield
-            return
         key = command.payload.customer_id
         lock = self._renew_locks.setdefault(key, asyncio.Lock())
         self._renew_waiting[key] = self._renew_waiting.get(key, 0) + 1
@@ -350,7 +351,7 @@ class Processor:
         self, message: AbstractIncomingMessage, event: Event, body: bytes | None = None
     ) -> None:
         if not event.duplicate:
-            self._metrics.commands.labels(event.type, event.outcome).inc()
+            self._metrics.inc(self._metrics.commands, event.type, event.outcome)
         await self._publisher.event(
             body if body is not None else event.model_dump_json().encode(),
             routing_key=routing_key(event),
