@@ -4,8 +4,9 @@ Per message: consume, one signed HTTP call to the API, publish the event (persis
 confirms), ack. Customer credentials come from IAM once per customer and are kept in a dict.
 There is no validation, no command store, no idempotency, no limiter or scheduler, no retry.
 It runs with the service's settings (``AMQP_URL``, ``BSS_ENDPOINT``, the partner,
-``RELAY_PREFETCH``, ``RELAY_HTTP_CONNECTIONS``, timeouts), in its own process as the service
-does, so "ours / baseline" compares the service with the floor under the same conditions.
+``RELAY_PREFETCH``, ``RELAY_HTTP_CONNECTIONS``, timeouts) and the service's garbage-collector
+tuning (``service.cli.tune_gc``), in its own process as the service does, so "ours /
+baseline" compares the service with the floor under the same conditions.
 
 ``python -m service.bench.baseline --queue NAME`` consumes ``set_auto_renew`` commands from
 ``NAME`` until SIGTERM. Any answer but 2xx is published as a ``failed`` event, so the benchmark
@@ -26,7 +27,7 @@ import aio_pika
 import aiohttp
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
 
-from service.cli import run_until_signalled
+from service.cli import run_until_signalled, tune_gc
 from service.credentials import partner_signer
 from service.operations import OPERATIONS, Operation
 from service.settings import PartnerAccount, Settings
@@ -161,6 +162,7 @@ async def run_baseline(settings: Settings, *, queue: str, stop: asyncio.Event) -
                 tasks.create_task(loop.handle(message))
 
             tag = await work.consume(on_message)
+            tune_gc()  # the interpreter set up as the service's (`bss-relay serve`)
             await stop.wait()
             await work.cancel(tag)
 

@@ -42,3 +42,18 @@ def test_serve_reports_an_invalid_configuration() -> None:
     result = bss_relay("serve", env=env)
     assert result.returncode == 2
     assert "invalid configuration" in result.stderr
+
+
+def test_tune_gc_raises_the_thresholds_and_freezes_what_start_up_made() -> None:
+    # In a child: the collector's settings are process-wide.
+    code = (
+        "import gc; from service.cli import GC_THRESHOLDS, tune_gc; "
+        "assert gc.get_freeze_count() == 0; tune_gc(); "
+        "assert gc.get_threshold() == GC_THRESHOLDS, gc.get_threshold(); "
+        "assert gc.get_threshold()[0] > 700; "
+        "assert gc.get_freeze_count() > 1000, gc.get_freeze_count()"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
