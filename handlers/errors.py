@@ -81,7 +81,22 @@ class ApiRefused(RelayError):
 
 
 class Retryable(RelayError):
+    """``retry_after``: seconds before which another attempt would fail the same way (the
+    gateway's suggested pause, a remembered IAM failure); the retry waits at least this."""
+
     disposition = Disposition.RETRY
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        http_status: int | None = None,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(code, message, http_status=http_status, request_id=request_id)
+        self.retry_after = retry_after
 
 
 class ApiUnavailable(Retryable):
@@ -100,8 +115,9 @@ class Throttled(ApiUnavailable):
         request_id: str | None = None,
         retry_after: float | None = None,
     ) -> None:
-        super().__init__(code, message, http_status=http_status, request_id=request_id)
-        self.retry_after = retry_after
+        super().__init__(
+            code, message, http_status=http_status, request_id=request_id, retry_after=retry_after
+        )
 
 
 class NotSent(Retryable):

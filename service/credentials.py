@@ -106,8 +106,13 @@ class CredentialCache:
 
     async def _fetch_once(self, customer_id: str) -> _Entry:
         failed = self._failures.get(customer_id)
-        if failed and (self._clock() - failed[0]).total_seconds() < FAILURE_TTL_S:
-            raise failed[1]
+        if failed is not None:
+            at, error = failed
+            left = FAILURE_TTL_S - (self._clock() - at).total_seconds()
+            if left > 0:
+                if isinstance(error, Retryable):  # a retry before `left` would only hit this
+                    raise CredentialsUnavailable(error.code, error.message, retry_after=left)
+                raise error
         try:
             entry = await self._fetch(customer_id)
         except RelayError as exc:

@@ -27,7 +27,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from structlog.contextvars import bind_contextvars
 
 from handlers import HANDLERS
-from handlers.errors import Disposition, RelayError, Throttled
+from handlers.errors import Disposition, RelayError, Retryable
 from handlers.ports import (
     BssApi,
     ClaimOutcome,
@@ -279,11 +279,13 @@ class Processor:
         retries = _retries(message) + 1
         reason = DeadLetterReason(exc.code, exc.message, retries, now)
         if retries < self._retry.max_attempts:
-            delay = self._retry.backoff(retries)
-            if isinstance(exc, Throttled) and exc.retry_after:
-                delay = max(delay, exc.retry_after)
+            delay, wait_out = self._retry.backoff(retries), False
+            if isinstance(exc, Retryable) and exc.retry_after and exc.retry_after > delay:
+                delay, wait_out = exc.retry_after, True  # sooner would fail the same way
             await self._store.release(command.command_id, owner=self._owner)
-            level = await self._publisher.delay(message, seconds=delay, reason=reason)
+            level = await self._publisher.delay(
+                message, seconds=delay, reason=reason, at_least=wait_out
+            )
             log.warning("command_retry_scheduled", code=exc.code, retries=retries, delay_ms=level)
             await self._ack(message)
             return

@@ -123,15 +123,17 @@ class Publisher:
         seconds: float,
         reason: DeadLetterReason | None,
         extra_headers: dict[str, Any] | None = None,
+        at_least: bool = False,
     ) -> int:
-        """Send the command back to the work queue after about ``seconds``; returns the step."""
+        """Send the command back to the work queue after about ``seconds`` (with ``at_least``,
+        never sooner); returns the step."""
         headers: dict[str, Any] = dict(message.headers or {})
         headers.pop("x-death", None)
         if reason is not None:
             headers = _failure_headers(message, reason)
         headers[H.ORIGINAL_ROUTING_KEY] = original_routing_key(message)
         headers.update(extra_headers or {})
-        level = self._topology.delay_for(seconds)
+        level = self._topology.delay_for(seconds, at_least=at_least)
         queue = self._topology.delay_queue(level)
         await self._channel.default_exchange.publish(
             copy_message(message, headers), routing_key=queue

@@ -61,9 +61,14 @@ class Topology:
         }
 
     @staticmethod
-    def delay_for(seconds: float) -> int:
-        """The largest delay step not above ``seconds`` (the smallest step at least)."""
+    def delay_for(seconds: float, *, at_least: bool = False) -> int:
+        """The largest delay step not above ``seconds`` (the smallest step at least); with
+        ``at_least``, the smallest step not below it (the largest step at most)."""
         wanted = seconds * 1000
+        if at_least:
+            return next(
+                (level for level in DELAY_LEVELS_MS if level >= wanted), DELAY_LEVELS_MS[-1]
+            )
         fitting = [level for level in DELAY_LEVELS_MS if level <= wanted]
         return fitting[-1] if fitting else DELAY_LEVELS_MS[0]
 

@@ -288,3 +288,30 @@ def max_in_window(instants: list[float], window: float = 1.0) -> int:
             lo += 1
         best = max(best, hi - lo + 1)
     return best
+
+
+async def test_a_remembered_iam_failure_delays_retries_instead_of_using_them_up(
+    start_relay: RelayFactory, bss: Sandbox
+) -> None:
+    # IAM fails once. The cache remembers the failure for a moment (FAILURE_TTL_S) so that
+    # waiters do not storm IAM; retries must wait that out, not spend attempts on it.
+    await bss.put(
+        "faults",
+        {
+            "rules": [
+                {
+                    "kind": "error",
+                    "operations": ["create_temporary_access_key_by_agency"],
+                    "count": 1,
+                }
+            ]
+        },
+    )
+    relay = await start_relay(relay_max_attempts=3)
+    commands = [auto_renew("acme-ecs-01", n % 2 == 0) for n in range(6)]
+    for command in commands:
+        await relay.publish(command)
+    for command in commands:
+        [event] = await relay.events.wait_for(command["command_id"], within=30)
+        assert event["outcome"] == "succeeded", event
+    assert len(await bss.requests("create_temporary_access_key_by_agency")) == 2

@@ -19,7 +19,7 @@ from pydantic import SecretStr
 
 from handlers.errors import ApiRefused, CredentialsUnavailable
 from service.client import BssHttp
-from service.credentials import CredentialCache
+from service.credentials import FAILURE_TTL_S, CredentialCache
 from service.limiter import RateLimiter
 from service.settings import PartnerAccount
 
@@ -166,6 +166,27 @@ async def test_failure_is_remembered_briefly_for_waiters(
     )
     assert all(isinstance(r, CredentialsUnavailable) for r in results)
     assert len(fake.calls) == 1
+
+
+async def test_a_remembered_failure_says_when_a_retry_can_succeed(
+    iam: tuple[FakeIam, str], session: aiohttp.ClientSession
+) -> None:
+    fake, url = iam
+    fake.status = 503
+    clock = [fake.now]
+    cache = make_cache(session, url, clock)
+    with pytest.raises(CredentialsUnavailable) as first:
+        await cache.signer_for("c1")
+    assert first.value.retry_after is None  # the real answer: the usual backoff applies
+    clock[0] += timedelta(seconds=FAILURE_TTL_S / 4)
+    with pytest.raises(CredentialsUnavailable) as remembered:
+        await cache.signer_for("c1")
+    assert remembered.value.retry_after == pytest.approx(FAILURE_TTL_S * 3 / 4)
+    assert len(fake.calls) == 1
+    fake.status = 201
+    clock[0] += timedelta(seconds=FAILURE_TTL_S)
+    assert await cache.signer_for("c1") is not None  # asked again once it expired
+    assert len(fake.calls) == 2
 
 
 async def test_request_is_signed_by_the_partner(

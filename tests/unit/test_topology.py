@@ -36,6 +36,13 @@ def test_delay_for_rounds_down_to_a_step() -> None:
     assert Topology.delay_for(10_000) == 300_000
 
 
+def test_delay_for_at_least_rounds_up_to_a_step() -> None:
+    assert Topology.delay_for(0.1, at_least=True) == 250
+    assert Topology.delay_for(0.7, at_least=True) == 1000
+    assert Topology.delay_for(2.0, at_least=True) == 2000
+    assert Topology.delay_for(10_000, at_least=True) == 300_000
+
+
 def test_compose_file_wires_the_three_services() -> None:
     import yaml
 
