@@ -44,8 +44,8 @@ class Sizes:
     fair_customers: int = 4
     fair_burst: int = 1_000
     fair_each: int = 150
-    overhead_commands: int = 2_000
-    overhead_rounds: int = 3
+    overhead_commands: int = 3_000
+    overhead_rounds: int = 5
     overhead_customers: int = 20
     light_load_commands: int = 200
     light_load_rate: float = 5.0
