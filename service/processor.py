@@ -32,6 +32,7 @@ from handlers.ports import (
     BssApi,
     ClaimOutcome,
     CommandStore,
+    Completed,
     HandlerContext,
     StoredCommand,
 )
@@ -217,12 +218,14 @@ class Processor:
         )
         # Never started before: the deadline holds until the first API call is sent.
         token = START_DEADLINE.set(command.deadline if journal.attempts == 0 else None)
+        exclusive = (
+            self._one_renewal_at_a_time(command)
+            if isinstance(command, RenewCommand)
+            else contextlib.nullcontext()
+        )
         try:
-            if isinstance(command, RenewCommand):
-                async with self._one_renewal_at_a_time(command):
-                    done = await HANDLERS[command.type](command, context)
-            else:
-                done = await HANDLERS[command.type](command, context)
+            async with exclusive:
+                done: Completed = await HANDLERS[command.type](command, context)
         except RelayError as exc:
             uncertain = command.type in MONEY_MOVING and journal.uncertain_since is not None
             await self._settle_error(message, command, exc, journal.attempts, uncertain=uncertain)
