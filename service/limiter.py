@@ -31,7 +31,6 @@ __all__ = ["Bucket", "RateLimiter"]
 log = structlog.get_logger(__name__)
 
 SWEEP_EVERY = 4096  # reservations between sweeps of idle buckets
-IDLE_AFTER_S = 60.0  # a bucket idle this long at full rate equals a fresh one and is dropped
 
 
 @dataclass(slots=True)
@@ -159,13 +158,12 @@ class RateLimiter:
         self.sweep(now)
 
     def sweep(self, now: float | None = None) -> int:
-        """Drop buckets that are idle at full rate: a fresh bucket behaves identically."""
+        """Drop buckets that are idle at full rate: their next slot has passed, so a fresh
+        bucket (first slot: now) behaves identically. Memory then follows the keys with a slot
+        still ahead, not every key seen lately, however fast keys come and go. A bucket whose
+        rate throttling lowered is kept until it has recovered."""
         now = self._clock() if now is None else now
-        idle = [
-            key
-            for key, b in self._buckets.items()
-            if b.rate >= b.ceiling and b.tat < now - IDLE_AFTER_S
-        ]
+        idle = [key for key, b in self._buckets.items() if b.rate >= b.ceiling and b.tat <= now]
         for key in idle:
             del self._buckets[key]
         return len(idle)

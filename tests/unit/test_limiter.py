@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from service.limiter import IDLE_AFTER_S, RateLimiter
+from service.limiter import RateLimiter
 
 
 class FakeClock:
@@ -110,12 +110,45 @@ def test_idle_buckets_are_swept_so_memory_stays_bounded() -> None:
     clock = FakeClock()
     limiter = RateLimiter({"op": 10}, clock=clock)
     for i in range(1000):
-        limiter.reserve("op", f"customer-{i}")
         clock.t += 0.2
+        limiter.reserve("op", f"customer-{i}")
     assert len(limiter) == 1001  # 1000 customer buckets + 1 egress bucket
-    clock.t += IDLE_AFTER_S + 1
-    assert limiter.sweep() == 1001
+    # every bucket whose next slot has passed goes; the last customer's slot, and so the
+    # egress bucket's, is still ahead
+    assert limiter.sweep() == 999
+    clock.t += 1
+    assert limiter.sweep() == 2
     assert len(limiter) == 0
+
+
+def test_a_swept_bucket_is_paced_exactly_like_the_one_it_replaced() -> None:
+    kept_clock, swept_clock = FakeClock(), FakeClock()
+    kept = RateLimiter({"op": 10}, guard_s=0.03, clock=kept_clock)
+    swept = RateLimiter({"op": 10}, guard_s=0.03, clock=swept_clock)
+    sends: dict[str, list[float]] = {"kept": [], "swept": []}
+    dropped = 0
+    for step in range(400):
+        for name, limiter, clock in (("kept", kept, kept_clock), ("swept", swept, swept_clock)):
+            if step % 20 in (0, 1, 2):  # bursts, with pauses longer than their slots
+                sends[name].append(clock.t + limiter.reserve("op", "c1"))
+            if name == "swept":
+                dropped += limiter.sweep()
+            clock.t += 0.05
+    assert sends["kept"] == sends["swept"]
+    assert dropped >= 2 * 19  # its buckets were dropped between the bursts, and re-made
+    assert all(b - a >= 0.103 - 1e-9 for a, b in itertools.pairwise(sends["kept"]))
+
+
+def test_pending_and_throttled_buckets_are_not_swept() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter({"op": 10}, clock=clock)
+    for _ in range(5):
+        limiter.reserve("op", "busy")  # slots reserved half a second ahead
+    limiter.throttled("op", "slowed")
+    clock.t += 0.2
+    limiter.sweep()
+    assert limiter.delay("op", "busy") > 0
+    assert "op/uid/slowed" in limiter.rates()
 
 
 def test_star_overrides_every_published_limit() -> None:
