@@ -81,22 +81,10 @@ class ApiRefused(RelayError):
 
 
 class Retryable(RelayError):
-    """``retry_after``: seconds before which another attempt would fail the same way (the
-    gateway's suggested pause, a remembered IAM failure); the retry waits at least this."""
-
     disposition = Disposition.RETRY
-
-    def __init__(
-        self,
-        code: str,
-        message: str,
-        *,
-        http_status: int | None = None,
-        request_id: str | None = None,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(code, message, http_status=http_status, request_id=request_id)
-        self.retry_after = retry_after
+    # Seconds before which another attempt would fail the same way (the gateway's suggested
+    # pause, a remembered IAM failure): the retry waits at least this long. Set by the raiser.
+    retry_after: float | None = None
 
 
 class ApiUnavailable(Retryable):
@@ -104,20 +92,7 @@ class ApiUnavailable(Retryable):
 
 
 class Throttled(ApiUnavailable):
-    """HTTP 429 / APIG.0308. ``retry_after`` is the pause the gateway suggested, in seconds."""
-
-    def __init__(
-        self,
-        code: str,
-        message: str,
-        *,
-        http_status: int | None = 429,
-        request_id: str | None = None,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(
-            code, message, http_status=http_status, request_id=request_id, retry_after=retry_after
-        )
+    """HTTP 429 / APIG.0308."""
 
 
 class NotSent(Retryable):

@@ -110,8 +110,10 @@ class CredentialCache:
             at, error = failed
             left = FAILURE_TTL_S - (self._clock() - at).total_seconds()
             if left > 0:
-                if isinstance(error, Retryable):  # a retry before `left` would only hit this
-                    raise CredentialsUnavailable(error.code, error.message, retry_after=left)
+                if isinstance(error, Retryable):
+                    remembered = CredentialsUnavailable(error.code, error.message)
+                    remembered.retry_after = left  # a retry sooner would only meet it again
+                    raise remembered
                 raise error
         try:
             entry = await self._fetch(customer_id)
