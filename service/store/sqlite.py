@@ -232,13 +232,10 @@ class SqliteCommandStore:
         await self._writer.close()
 
     def _connect(self) -> sqlite3.Connection:
+        # Called on the writer thread, the only one that ever uses the connection.
         # Autocommit (isolation_level=None): the writer issues BEGIN and COMMIT itself.
-        # check_same_thread=False: closed on the writer thread that opened it, never shared.
         return sqlite3.connect(
-            self._path,
-            isolation_level=None,
-            timeout=self._busy_timeout_ms / 1000,
-            check_same_thread=False,
+            self._path, isolation_level=None, timeout=self._busy_timeout_ms / 1000
         )
 
     def _prepare(self, conn: sqlite3.Connection) -> None:

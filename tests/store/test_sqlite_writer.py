@@ -20,9 +20,7 @@ def _prepare(conn: sqlite3.Connection) -> None:
 
 
 def _writer(path: Path) -> SqliteWriter:
-    return SqliteWriter(
-        lambda: sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    )
+    return SqliteWriter(lambda: sqlite3.connect(path, isolation_level=None))
 
 
 def _insert(k: str, v: int = 0) -> Callable[[sqlite3.Connection], int]:
