@@ -20,7 +20,7 @@ BSS partner API within its rate limits, and publishes one result event per comma
 bss.events). Configuration comes from the environment; see README.md."""
 
 
-# Per command the service allocates thousands of short-lived objects (futures, dicts, models),
+# Per command the service allocates many short-lived objects (futures, dicts, models),
 # nearly all freed by reference counting. With the default gen-0 threshold (700 net
 # allocations) a burst of commands in flight starts a collection every few commands: about 8%
 # of the CPU in `bss-relay bench --scenario overhead`. Raised, and with everything alive at
