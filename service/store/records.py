@@ -24,8 +24,9 @@ from handlers.ports import Claim, ClaimOutcome, CommandStatus, StoredCommand
 __all__ = ["CLAIM_TRIES", "lease_end", "lost_claim"]
 
 CLAIM_TRIES = 3
-"""A claim that loses finds the row and reads it; if ``prune`` deleted it in between, the
-claim is tried again. Two consecutive such races are practically impossible."""
+"""PostgreSQL: a claim that loses finds the row and reads it; if ``prune`` deleted it in between,
+the claim is tried again. Two consecutive such races are practically impossible. (SQLite needs
+no retry: a claim and its read run in one transaction under the write lock.)"""
 
 
 def lease_end(now: datetime, lease: timedelta) -> datetime:

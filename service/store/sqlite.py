@@ -35,7 +35,7 @@ from typing import Any, Self
 
 from handlers.ports import Claim, ClaimOutcome, CommandStatus, StoredCommand
 from service.store.clock import UtcClock, as_utc, system_clock
-from service.store.records import CLAIM_TRIES, lease_end, lost_claim
+from service.store.records import lease_end, lost_claim
 from service.store.sqlite_writer import SqliteWriter
 
 __all__ = ["BUSY_TIMEOUT_MS", "MEMORY", "SqliteCommandStore", "sqlite_path_from_url"]
@@ -260,14 +260,15 @@ class SqliteCommandStore:
         }
 
         def claim(conn: sqlite3.Connection) -> Claim:
-            for _ in range(CLAIM_TRIES):
-                row = conn.execute(_CLAIM, params).fetchone()
-                if row is not None:
-                    return Claim(ClaimOutcome.CLAIMED, _record(row))
-                current = _get(conn, command_id)
-                if current is not None:
-                    return lost_claim(current, now)
-            raise RuntimeError(f"claim of {command_id!r} kept racing with prune")
+            row = conn.execute(_CLAIM, params).fetchone()
+            if row is not None:
+                return Claim(ClaimOutcome.CLAIMED, _record(row))
+            # The insert met the row, and the batch's write lock keeps any prune out until
+            # the read below: the row is there to say why the claim was lost.
+            current = _get(conn, command_id)
+            if current is None:  # pragma: no cover - impossible inside one transaction
+                raise RuntimeError(f"claim of {command_id!r} lost to a row that is gone")
+            return lost_claim(current, now)
 
         return await self._writer.run(claim)
 
