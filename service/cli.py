@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
-import signal
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+
+from service.lifecycle import run_until_signalled, tune_gc
 
 __all__ = ["main"]
 
@@ -18,35 +19,6 @@ DESCRIPTION = """\
 bss-relay carries out commands from RabbitMQ (exchange bss.commands) against the Huawei Cloud
 BSS partner API within its rate limits, and publishes one result event per command (exchange
 bss.events). Configuration comes from the environment; see README.md."""
-
-
-# Per command the service allocates many short-lived objects (futures, dicts, models),
-# nearly all freed by reference counting. With the default gen-0 threshold (700 net
-# allocations) a burst of commands in flight starts a collection every few commands: about 8%
-# of the CPU in `bss-relay bench --scenario overhead`. Raised, and with everything alive at
-# start-up (modules, settings, connections) frozen out of every later collection.
-GC_THRESHOLDS = (20_000, 20, 20)
-
-
-def tune_gc() -> None:
-    """Call once, after start-up, in a long-running process of ours."""
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
-
-
-def run_until_signalled(
-    body: Callable[[asyncio.Event], Coroutine[Any, Any, int | None]],
-) -> int:
-    """Run ``body(stop)``; SIGTERM and SIGINT set ``stop`` so the body drains and returns."""
-
-    async def runner() -> int | None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        return await body(stop)
-
-    return asyncio.run(runner()) or 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -138,11 +110,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _register_optional(verbs: Any) -> None:
     """Verbs that live in their own modules."""
-    from service.bench import register_cli as register_bench
     from service.replay import register_cli as register_replay
 
     register_replay(verbs)
+    _register_bench(verbs)
+
+
+def _register_bench(verbs: Any) -> None:
+    """``bench`` is a harness, not the product: the ``bench`` package lives at the top of a
+    source checkout and ships in neither the wheel nor the image. From a checkout (an editable
+    install, or ``python -m bench``) the verb is the harness's; elsewhere it says where to run."""
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "bench" / "__init__.py").is_file() and str(checkout) not in sys.path:
+        sys.path.append(str(checkout))
+    try:
+        from bench import register_cli as register_bench
+    except ImportError:
+        unavailable = verbs.add_parser(
+            "bench",
+            help="benchmark harness (source checkout only)",
+            description="The benchmark harness ships only in a source checkout: run "
+            "`bss-relay bench` (or `python -m bench`) from one.",
+        )
+        unavailable.set_defaults(func=_bench_unavailable)
+        return
     register_bench(verbs)
+
+
+def _bench_unavailable(_: argparse.Namespace) -> int:
+    print(
+        "bss-relay bench: the harness is not installed; run it from a source checkout",
+        file=sys.stderr,
+    )
+    return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from service.cli import run_until_signalled
+from service.lifecycle import run_until_signalled
 from service.sandbox.app import build_app
 from service.sandbox.journal import DEFAULT_LOG_SIZE
 from service.sandbox.simulator import Simulator

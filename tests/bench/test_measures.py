@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from service.bench.measures import busiest_window, in_window, jain_index, percentile, shares
-from service.bench.report import Figure, Report, Row, difference_ms, ratio
+from bench.measures import busiest_window, in_window, jain_index, percentile, shares
+from bench.report import Figure, Report, Row, difference_ms, ratio
 
 
 def test_busiest_window_counts_a_half_open_second() -> None:

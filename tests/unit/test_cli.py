@@ -47,7 +47,7 @@ def test_serve_reports_an_invalid_configuration() -> None:
 def test_tune_gc_raises_the_thresholds_and_freezes_what_start_up_made() -> None:
     # In a child: the collector's settings are process-wide.
     code = (
-        "import gc; from service.cli import GC_THRESHOLDS, tune_gc; "
+        "import gc; from service.lifecycle import GC_THRESHOLDS, tune_gc; "
         "assert gc.get_freeze_count() == 0; tune_gc(); "
         "assert gc.get_threshold() == GC_THRESHOLDS, gc.get_threshold(); "
         "assert gc.get_threshold()[0] > 700; "

@@ -16,10 +16,10 @@ import math
 import time
 from collections.abc import Sequence
 
-from service.bench.dataset import BenchCustomer, auto_renew_command
-from service.bench.measures import percentile
-from service.bench.report import Figure, Row, difference_ms
-from service.bench.stage import Stage
+from bench.dataset import BenchCustomer, auto_renew_command
+from bench.measures import percentile
+from bench.report import Figure, Row, difference_ms
+from bench.stage import Stage
 
 __all__ = ["light_key", "light_load"]
 

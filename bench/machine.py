@@ -7,7 +7,7 @@ import os
 import platform
 from pathlib import Path
 
-from service.bench.processes import rabbitmqctl
+from bench.processes import rabbitmqctl
 
 __all__ = ["describe_machine"]
 

@@ -20,10 +20,10 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass
 
-from service.bench.dataset import auto_renew_command
-from service.bench.processes import Child, cpu_seconds
-from service.bench.report import Figure, Row, ratio
-from service.bench.stage import LIFTED, Stage
+from bench.dataset import auto_renew_command
+from bench.processes import Child, cpu_seconds
+from bench.report import Figure, Row, ratio
+from bench.stage import LIFTED, Stage
 
 __all__ = ["overhead"]
 

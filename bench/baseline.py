@@ -5,10 +5,10 @@ confirms), ack. Customer credentials come from IAM once per customer and are kep
 There is no validation, no command store, no idempotency, no limiter or scheduler, no retry.
 It runs with the service's settings (``AMQP_URL``, ``BSS_ENDPOINT``, the partner,
 ``RELAY_PREFETCH``, ``RELAY_HTTP_CONNECTIONS``, timeouts) and the service's garbage-collector
-tuning (``service.cli.tune_gc``), in its own process as the service does, so "ours /
+tuning (``service.lifecycle.tune_gc``), in its own process as the service does, so "ours /
 baseline" compares the service with the floor under the same conditions.
 
-``python -m service.bench.baseline --queue NAME`` consumes ``set_auto_renew`` commands from
+``python -m bench.baseline --queue NAME`` consumes ``set_auto_renew`` commands from
 ``NAME`` until SIGTERM. Any answer but 2xx is published as a ``failed`` event, so the benchmark
 notices instead of hanging.
 """
@@ -27,8 +27,8 @@ import aio_pika
 import aiohttp
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
 
-from service.cli import run_until_signalled, tune_gc
 from service.credentials import partner_signer
+from service.lifecycle import run_until_signalled, tune_gc
 from service.operations import OPERATIONS, Operation
 from service.settings import PartnerAccount, Settings
 from service.signer import Signer
@@ -168,7 +168,7 @@ async def run_baseline(settings: Settings, *, queue: str, stop: asyncio.Event) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m service.bench.baseline")
+    parser = argparse.ArgumentParser(prog="python -m bench.baseline")
     parser.add_argument("--queue", required=True, help="queue to consume commands from")
     args = parser.parse_args(argv)
     settings = Settings()

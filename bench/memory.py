@@ -15,11 +15,11 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-from service.bench.dataset import API, auto_renew_command
-from service.bench.driver import Batch
-from service.bench.processes import memory_kib
-from service.bench.report import Figure, Row, ratio
-from service.bench.stage import LIFTED, Stage
+from bench.dataset import API, auto_renew_command
+from bench.driver import Batch
+from bench.processes import memory_kib
+from bench.report import Figure, Row, ratio
+from bench.stage import LIFTED, Stage
 
 __all__ = ["memory"]
 

@@ -18,9 +18,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from service.bench.dataset import BenchCustomer, BenchData
-from service.bench.driver import Driver, SandboxControl
-from service.bench.processes import Child, baseline_process, service_process
+from bench.dataset import BenchCustomer, BenchData
+from bench.driver import Driver, SandboxControl
+from bench.processes import Child, baseline_process, service_process
 from service.topology import Topology
 
 __all__ = ["QUICK", "Sizes", "Stage"]

@@ -22,16 +22,16 @@ from pathlib import Path
 import aiohttp
 from aio_pika.exceptions import AMQPError
 
-from service.bench.dataset import generate
-from service.bench.driver import Driver, SandboxControl, driver
-from service.bench.latency import light_key, light_load
-from service.bench.machine import describe_machine
-from service.bench.memory import memory
-from service.bench.overhead import overhead
-from service.bench.processes import ProcessFailed, sandbox_process, vhost
-from service.bench.quota import fair_share, hot_key, many_keys
-from service.bench.report import Report, Row
-from service.bench.stage import Sizes, Stage
+from bench.dataset import generate
+from bench.driver import Driver, SandboxControl, driver
+from bench.latency import light_key, light_load
+from bench.machine import describe_machine
+from bench.memory import memory
+from bench.overhead import overhead
+from bench.processes import ProcessFailed, sandbox_process, vhost
+from bench.quota import fair_share, hot_key, many_keys
+from bench.report import Report, Row
+from bench.stage import Sizes, Stage
 
 __all__ = ["SCENARIOS", "Options", "run_bench"]
 

@@ -11,6 +11,6 @@
 * ``measures`` (rates, windows, percentiles, shares) and ``report`` (the table), both pure.
 """
 
-from service.bench.cli import register_cli
+from bench.cli import register_cli
 
 __all__ = ["register_cli"]

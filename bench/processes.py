@@ -4,7 +4,7 @@
 * ``Child`` — one subprocess with its output in a log file, stopped with SIGTERM then SIGKILL;
 * ``sandbox_process`` — ``bss-relay sandbox --port 0 --data FILE``, its URL read from its log;
 * ``service_process`` — ``bss-relay serve`` with the environment a scenario gives it;
-* ``baseline_process`` — ``python -m service.bench.baseline`` with the same environment.
+* ``baseline_process`` — ``python -m bench.baseline`` with the same environment.
 
 Children run in their own session (a Ctrl-C in the terminal reaches only the benchmark, which
 then stops them in order) and get SIGTERM if the benchmark dies without cleaning up.
@@ -76,6 +76,9 @@ async def vhost(base_url: str, name: str) -> AsyncIterator[str]:
         await asyncio.shield(rabbitmqctl("delete_vhost", name))
 
 
+CHECKOUT = str(Path(__file__).resolve().parent.parent)
+
+
 def clean_environment(extra: Mapping[str, str]) -> dict[str, str]:
     """This process's environment without any service setting, plus ``extra``."""
     env = {
@@ -84,6 +87,9 @@ def clean_environment(extra: Mapping[str, str]) -> dict[str, str]:
         if not key.lower().startswith(_SETTINGS_PREFIXES) and key.lower() not in _SETTINGS_NAMES
     }
     env.update(extra)
+    # The harness is not installed (it ships in neither the wheel nor the image): children
+    # that import it (the baseline loop) find it in this checkout.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [CHECKOUT, env.get("PYTHONPATH")]))
     return env
 
 
@@ -191,8 +197,8 @@ async def service_process(
 async def baseline_process(
     env: Mapping[str, str], *, queue: str, log: Path
 ) -> AsyncIterator[Child]:
-    """The baseline loop (``service.bench.baseline``) on ``queue``, same settings as ours."""
-    argv = [sys.executable, "-m", "service.bench.baseline", "--queue", queue]
+    """The baseline loop (``bench.baseline``) on ``queue``, same settings as ours."""
+    argv = [sys.executable, "-m", "bench.baseline", "--queue", queue]
     async with child("baseline", argv, env=clean_environment(env), log=log) as proc:
         yield proc
 

@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from service.bench.dataset import API, BenchCustomer, auto_renew_command
-from service.bench.measures import busiest_window, in_window, jain_index, shares
-from service.bench.report import Figure, Row, ratio
-from service.bench.stage import Sizes, Stage
+from bench.dataset import API, BenchCustomer, auto_renew_command
+from bench.measures import busiest_window, in_window, jain_index, shares
+from bench.report import Figure, Row, ratio
+from bench.stage import Sizes, Stage
 from service.operations import OPERATIONS
 
 __all__ = ["fair_share", "hot_key", "many_keys"]

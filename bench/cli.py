@@ -1,4 +1,4 @@
-"""``bss-relay bench``: the command line over ``service.bench.runner``.
+"""``bss-relay bench``: the command line over ``bench.runner``.
 
 Only argparse is imported at start, so ``bss-relay --help`` and ``serve`` stay light; the
 benchmark's modules load when the verb runs.
@@ -103,9 +103,9 @@ def command_line(args: argparse.Namespace) -> str:
 
 def _command(args: argparse.Namespace) -> int:
     # Imported here, not at the top: registering the verb must not load the benchmark.
-    from service.bench.runner import Options, run_bench  # noqa: PLC0415
-    from service.bench.stage import QUICK, Sizes  # noqa: PLC0415
-    from service.cli import run_until_signalled  # noqa: PLC0415
+    from bench.runner import Options, run_bench  # noqa: PLC0415
+    from bench.stage import QUICK, Sizes  # noqa: PLC0415
+    from service.lifecycle import run_until_signalled  # noqa: PLC0415
 
     chosen = args.scenario or list(SCENARIO_NAMES)
     options = Options(
