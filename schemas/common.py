@@ -10,6 +10,7 @@ Two invariants live here because every money-carrying message depends on them:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Hashable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -20,6 +21,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
@@ -39,6 +41,7 @@ __all__ = [
     "Identifier",
     "Money",
     "PeriodType",
+    "PlainDecimalText",
     "ResourceId",
     "ResourceIds",
     "StrictModel",
@@ -57,6 +60,7 @@ DECIMAL_PATTERN = r"^-?[0-9]+(\.[0-9]+)?$"
 # double unchanged (DBL_DIG == 15): ``Decimal(repr(float(d))) == d``. Values the BSS API wants as
 # JSON *numbers* are held to it at validation time, so converting them with ``float`` is exact.
 WIRE_SIGNIFICANT_DIGITS = 15
+_DECIMAL_TEXT = re.compile(DECIMAL_PATTERN)
 _WIRE_MAX_EXPONENT = 300  # well inside a double's range (~1e308), so float() never overflows
 
 _T = TypeVar("_T", bound=Hashable)
@@ -107,6 +111,29 @@ ResourceIds = Annotated[
 # --- money -------------------------------------------------------------------------------------
 
 
+def _plain_decimal_text(value: object) -> object:
+    """A decimal sent as a *string* is written as the published pattern says (plain digits,
+    optional minus and fraction). pydantic's own Decimal parsing would also take ``"1e3"``,
+    ``" 10"``, ``"+10"`` or ``".5"``, which the AsyncAPI document forbids: the model decides
+    what the document says, so the two cannot drift apart. Strings that are no finite number
+    at all pass on, for pydantic's more precise message; numeric rules (sign, places) follow."""
+    if isinstance(value, str) and not _DECIMAL_TEXT.fullmatch(value):
+        try:
+            finite = Decimal(value).is_finite()
+        except ArithmeticError:
+            finite = False
+        if finite:
+            raise PydanticCustomError(
+                "decimal_string",
+                "a decimal string must be plain digits ({pattern}), got '{value}'",
+                {"pattern": DECIMAL_PATTERN, "value": value[:40]},
+            )
+    return value
+
+
+PlainDecimalText = BeforeValidator(_plain_decimal_text)
+
+
 def decimal_text(value: Decimal) -> str:
     """The Decimal's own digits in plain notation (``10.50`` -> ``"10.50"``, never ``1E+2``)."""
     return format(value, "f")
@@ -115,6 +142,7 @@ def decimal_text(value: Decimal) -> str:
 Money = Annotated[
     Decimal,
     Field(allow_inf_nan=False),
+    PlainDecimalText,
     PlainSerializer(decimal_text, return_type=str, when_used="json"),
     WithJsonSchema(
         {

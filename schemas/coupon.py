@@ -15,6 +15,7 @@ from pydantic_core import PydanticCustomError
 from schemas.common import (
     CustomerId,
     Identifier,
+    PlainDecimalText,
     StrictModel,
     UtcDateTime,
     check_wire_safe,
@@ -53,14 +54,18 @@ def _check_face_value(value: Decimal) -> Decimal:
     return check_wire_safe(value)
 
 
+# At most 2 significant decimal places; trailing zeros ("10.500") change nothing.
+FACE_VALUE_PATTERN = r"^[0-9]+(\.[0-9]{1,2}0*)?$"
+
 FaceValue = Annotated[
     Decimal,
     Field(gt=0, allow_inf_nan=False),
+    PlainDecimalText,
     AfterValidator(_check_face_value),
     WithJsonSchema(
         {
             "anyOf": [
-                {"type": "string", "pattern": r"^[0-9]+(\.[0-9]{1,2})?$"},
+                {"type": "string", "pattern": FACE_VALUE_PATTERN},
                 {"type": "number", "exclusiveMinimum": 0},
             ],
             "examples": ["10.50"],

@@ -6,6 +6,8 @@ customer) is kept on the rejection so the ``rejected`` event is as useful as pos
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +16,7 @@ from pydantic import ValidationError
 
 from schemas.commands import COMMAND_ADAPTER, Command, CommandType, load_json
 
-__all__ = ["Rejection", "read_command"]
+__all__ = ["Rejection", "command_fingerprint", "read_command", "valid_command_id"]
 
 _COMMAND_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _TYPES = frozenset(t.value for t in CommandType)
@@ -31,6 +33,27 @@ class Rejection:
     customer_id: str | None = None
 
 
+def valid_command_id(value: str) -> bool:
+    return _COMMAND_ID.match(value) is not None
+
+
+def command_fingerprint(command: Command) -> str:
+    """What makes two commands the same intent: type, partner and payload, canonically.
+
+    Stored with the command when it is first claimed; a later message with the same
+    ``command_id`` and another fingerprint re-used the id for a different command."""
+    canonical = json.dumps(
+        {
+            "type": command.type,
+            "partner_id": command.partner_id,
+            "payload": command.payload.model_dump(mode="json"),
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
@@ -43,7 +66,7 @@ def _identify(raw: dict[str, Any], code: str, message: str) -> Rejection:
     return Rejection(
         code=code,
         message=message,
-        command_id=command_id if command_id and _COMMAND_ID.match(command_id) else None,
+        command_id=command_id if command_id and valid_command_id(command_id) else None,
         type=kind if kind in _TYPES else "invalid",
         partner_id=_text(raw.get("partner_id")),
         customer_id=customer,
@@ -70,6 +93,8 @@ def _decode(body: bytes, max_bytes: int) -> dict[str, Any] | Rejection:
         return Rejection("RELAY.INVALID_JSON", f"body is not UTF-8: {exc.reason} at {exc.start}")
     except ValueError as exc:
         return Rejection("RELAY.INVALID_JSON", f"body is not JSON: {exc}")
+    except (RecursionError, MemoryError) as exc:  # hostile input: [[[[...]]]] 10,000 deep
+        return Rejection("RELAY.INVALID_JSON", f"body is nested too deeply to read ({exc!r})")
     if not isinstance(raw, dict):
         return Rejection("RELAY.INVALID_JSON", "body must be a JSON object")
     return raw
@@ -87,3 +112,5 @@ def read_command(body: bytes, *, max_bytes: int) -> Command | Rejection:
         return COMMAND_ADAPTER.validate_python(raw)  # decoded once, above
     except ValidationError as exc:
         return _identify(raw, "RELAY.SCHEMA", _describe(exc))
+    except (RecursionError, MemoryError) as exc:
+        return _identify(raw, "RELAY.SCHEMA", f"payload is nested too deeply ({exc!r})")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -82,3 +83,39 @@ def test_json_number_face_value_keeps_its_digits() -> None:
     assert isinstance(command, IssueCouponCommand)
     assert str(command.payload.face_value) == "10.50"
     assert command.payload.face_value == Decimal("10.50")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 10_000 + b"]" * 10_000,  # json.loads raises RecursionError on this
+        b'{"type": "renew", "payload": ' + b"[" * 10_000 + b"]" * 10_000 + b"}",
+        b'{"type": "renew", "command_id": "c-deep", "payload": {"customer_id": "c", "x": '
+        + b'{"a": ' * 5_000
+        + b"1"
+        + b"}" * 5_000
+        + b"}}",
+    ],
+    ids=["array", "payload-array", "payload-object"],
+)
+def test_hostile_nesting_is_a_rejection_not_an_exception(body: bytes) -> None:
+    result = read_command(body, max_bytes=256 * 1024)
+    assert isinstance(result, Rejection)
+    assert result.code in {"RELAY.INVALID_JSON", "RELAY.SCHEMA"}
+    assert "nest" in result.message or result.code == "RELAY.SCHEMA"
+
+
+COUPON: dict[str, Any] = {
+    "command_id": "c-coupon",
+    "type": "issue_coupon",
+    "payload": {"quota_id": "q", "customer_ids": ["a"], "face_value": "10.00"},
+}
+
+
+@pytest.mark.parametrize("face_value", ["1e3", "1E3", "1e+3", " 10", "10.", ".5", "+10", "0x10"])
+def test_money_strings_the_published_pattern_forbids_are_schema_errors(face_value: str) -> None:
+    body = json.dumps({**COUPON, "payload": {**COUPON["payload"], "face_value": face_value}})
+    result = read_command(body.encode(), max_bytes=4096)
+    assert isinstance(result, Rejection)
+    assert result.code == "RELAY.SCHEMA"
+    assert "face_value" in result.message
