@@ -10,6 +10,9 @@
     │   │   └── Throttled                       429 / APIG.0308: wait it out, never a failure
     │   ├── NotSent                             connection failed before the request left
     │   └── CredentialsUnavailable              IAM could not give temporary credentials now
+    ├── Waiting                      WAIT       not the command's fault: later, no attempt spent
+    │   ├── StoreUnavailable                    the command store cannot be reached
+    │   └── LeaseLost                           another process owns the command now
     ├── OutcomeUnknown               RECONCILE  a mutating call may or may not have taken effect
     │   └── CallTimeout (also TimeoutError)     no answer in time after sending
     └── OutcomeUndecidable           UNKNOWN    reconciliation could not tell: a person must look
@@ -31,12 +34,15 @@ __all__ = [
     "CommandRejected",
     "CredentialsUnavailable",
     "Disposition",
+    "LeaseLost",
     "NotSent",
     "OutcomeUndecidable",
     "OutcomeUnknown",
     "RelayError",
     "Retryable",
+    "StoreUnavailable",
     "Throttled",
+    "Waiting",
 ]
 
 
@@ -48,6 +54,7 @@ class Disposition(StrEnum):
     RETRY = "retry"  # try again later through the broker's delay queues
     RECONCILE = "reconcile"  # read the API's state before deciding anything
     UNKNOWN = "unknown"  # terminal `unknown` event + dead letter; never call again
+    WAIT = "wait"  # come back later through a delay queue, spending no attempt
 
 
 class RelayError(Exception):
@@ -101,6 +108,23 @@ class NotSent(Retryable):
 
 class CredentialsUnavailable(Retryable):
     pass
+
+
+class Waiting(RelayError):
+    """Nothing is wrong with the command or the API: the service itself cannot go on with it
+    now. It comes back later, however long that takes, and no attempt is spent on it."""
+
+    disposition = Disposition.WAIT
+
+
+class StoreUnavailable(Waiting):
+    """The command store cannot be reached: no API call is made without it (the journal, the
+    lease and the shared quota all live there)."""
+
+
+class LeaseLost(Waiting):
+    """This process lost the command's lease (it was frozen or cut off past the lease): the
+    call was not sent; whoever owns the command now carries it out."""
 
 
 class OutcomeUnknown(RelayError):

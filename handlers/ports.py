@@ -109,6 +109,7 @@ class StoredCommand:
     note: bytes | None = None  # what the handler journaled with the latest call start
     published: bool = False  # the terminal event was confirmed by the broker
     lease_until: datetime | None = None  # the current owner's lease ends then (None: no owner)
+    fingerprint: str | None = None  # what the command was (type, partner, payload), hashed
 
 
 class ClaimOutcome(StrEnum):

@@ -76,9 +76,16 @@ class EventBase(StrictModel, json_schema_serialization_defaults_required=True):
     outcome: Outcome
     occurred_at: UtcDateTime
     attempts: int = Field(ge=0)
-    """API attempts spent on this command."""
+    """API requests sent for this command so far, answers of 429 that were waited out included."""
     duplicate: bool = False
     """True when this re-announces the stored result of an already finished ``command_id``."""
+    conflict: bool = False
+    """True on a re-announcement answering a message that re-used a finished ``command_id``
+    for a *different* command (type, partner or payload): that message was not carried out, and
+    a copy of it is dead-lettered with reason ``RELAY.ID_CONFLICT``."""
+    requested_by: str | None = None
+    """The AMQP ``user_id`` of the command message (RabbitMQ validates it against the publishing
+    connection's user); null when the producer set none."""
     partner_id: str | None = None
     customer_id: str | None = None
     result: BaseModel | None = None

@@ -1,4 +1,4 @@
-"""Admission: which API call paces a command, and whether it waits in memory or on the broker.
+"""Admission: whether a command waits for its API turn in memory or on the broker.
 
 Pure decisions; the processor acts on them (publishes to a delay queue, acks). A parked
 command carries a *ticket*, the wall-clock instant its turn is expected, in a header; the
@@ -13,38 +13,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from schemas.commands import (
-    Command,
-    InquirePriceCommand,
-    IssueCouponCommand,
-    RenewCommand,
-    SetAutoRenewCommand,
-)
 from service.publisher import H
 from service.scheduler import FairScheduler
 
-__all__ = ["Park", "park_decision", "primary_call", "ticket_from_headers", "ticket_header"]
-
-
-PRICE_OPERATIONS = {
-    "on_demand": "list_on_demand_resource_ratings",
-    "period": "list_rate_on_period_detail",
-    "renewal": "list_renew_rate_on_period",
-}
-
-
-def primary_call(command: Command, partner_id: str) -> tuple[str, str]:
-    """The API call that bounds a command's pace, and whose ParentUid it spends."""
-    if isinstance(command, RenewCommand):
-        return "renewal_resources", command.payload.customer_id
-    if isinstance(command, SetAutoRenewCommand):
-        enabled = command.payload.enabled
-        op = "auto_renewal_resources" if enabled else "cancel_auto_renewal_resources"
-        return op, command.payload.customer_id
-    if isinstance(command, InquirePriceCommand):
-        return PRICE_OPERATIONS[command.payload.mode], command.payload.customer_id
-    assert isinstance(command, IssueCouponCommand)
-    return "create_partner_coupons", partner_id
+__all__ = ["Park", "park_decision", "ticket_from_headers", "ticket_header"]
 
 
 def ticket_header(ticket: float) -> dict[str, str]:

@@ -7,6 +7,7 @@ credentials and spend the customer's rate limit (ParentUid = customer); partner 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -36,7 +37,7 @@ from schemas.bss import (
     parse_wire,
     wire_json,
 )
-from service.client import BssHttp, Response
+from service.client import BssHttp, CallScope, Response
 from service.credentials import CredentialCache, partner_signer
 from service.operations import OPERATIONS
 from service.settings import PartnerAccount
@@ -57,12 +58,25 @@ def _bss_time(value: datetime) -> str:
 
 class PartnerApi:
     def __init__(
-        self, *, http: BssHttp, partner: PartnerAccount, credentials: CredentialCache
+        self,
+        *,
+        http: BssHttp,
+        partner: PartnerAccount,
+        credentials: CredentialCache,
+        scope: CallScope | None = None,
     ) -> None:
         self._http = http
         self._partner = partner
         self._signer = partner_signer(partner)
         self._credentials = credentials
+        self._scope = scope
+
+    def scoped(self, scope: CallScope) -> PartnerApi:
+        """This partner's API for one command: every request is counted in ``scope``, and
+        the command's start deadline and journal are applied before each send."""
+        scoped = copy.copy(self)
+        scoped._scope = scope
+        return scoped
 
     @property
     def partner_id(self) -> str:
@@ -88,6 +102,7 @@ class PartnerApi:
                     domain_id=customer_id,
                     path_params=path_params,
                     body=wire_json(body) if body is not None else None,
+                    scope=self._scope,
                 )
             except ApiRefused as exc:
                 if exc.http_status != AUTH_FAILED_STATUS or fresh:
@@ -109,6 +124,7 @@ class PartnerApi:
             domain_id=self._partner.partner_id,
             query=query,
             body=wire_json(body) if body is not None else None,
+            scope=self._scope,
         )
 
     async def renew(self, customer_id: str, body: RenewalResourcesReq) -> RenewalResourcesResp:

@@ -23,7 +23,7 @@ bss.events). Configuration comes from the environment; see README.md."""
 
 def _serve(args: argparse.Namespace) -> int:
     from service.logging import configure_logging
-    from service.runtime import ConfigurationError, run
+    from service.runtime import ConfigurationError, start
     from service.settings import Settings
 
     try:
@@ -34,17 +34,9 @@ def _serve(args: argparse.Namespace) -> int:
     configure_logging(settings.relay_log_level)
 
     async def body(stop: asyncio.Event) -> None:
-        ready = asyncio.Event()
-
-        async def once_started() -> None:
-            await ready.wait()
+        async with start(settings):
             tune_gc()
-
-        started = asyncio.create_task(once_started())
-        try:
-            await run(settings, stop=stop, ready=ready)
-        finally:
-            started.cancel()
+            await stop.wait()
 
     try:
         return run_until_signalled(body)

@@ -9,8 +9,7 @@ the API saw it, so repeating is safe even for money-moving calls.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
-from contextvars import ContextVar
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -37,20 +36,15 @@ from service.scheduler import FairScheduler
 from service.signer import QueryValue, Signer, canonical_query
 
 __all__ = [
-    "START_DEADLINE",
     "THROTTLE_CODES",
     "BssHttp",
+    "CallScope",
     "Response",
     "map_error",
     "parse_error_body",
 ]
 
 log = structlog.get_logger(__name__)
-
-# The command's ``deadline`` until its first API call is sent, in the context of the task that
-# carries the command out. A command starts with its first call: after that the deadline no
-# longer applies (what has started must be finished or reconciled, never dropped half-way).
-START_DEADLINE: ContextVar[datetime | None] = ContextVar("start_deadline", default=None)
 
 USER_AGENT = "bss-relay/0.1"
 THROTTLE_CODES = frozenset({"APIG.0308", "APIGW.0308"})
@@ -112,16 +106,35 @@ def _lost(op: Operation, code: str, message: str) -> RelayError:
     return ApiUnavailable(code, message)
 
 
-def _check_start_deadline() -> None:
-    deadline = START_DEADLINE.get()
-    if deadline is None:
-        return
-    if datetime.now(UTC) >= deadline:
-        raise CommandRejected(
-            "RELAY.DEADLINE_PASSED",
-            f"deadline {deadline.isoformat()} passed while the command waited for its turn",
-        )
-    START_DEADLINE.set(None)  # started now
+@dataclass(slots=True)
+class CallScope:
+    """One command's view of the API requests made for it, passed explicitly with each call.
+
+    ``deadline``: the command's start deadline; it holds until the first request is sent (after
+    that, what has started must be finished or reconciled, never dropped half-way).
+    ``sent``: every request sent for the command, answers of 429 that were waited out included
+    (the event's ``attempts``). ``before_mutation``: run right before each send of a mutating
+    call, after its quota wait: the journal records the call there and checks in the store that
+    this process still owns the command, so a process that was frozen past its lease never
+    makes a money-moving call for a command someone else now owns.
+    """
+
+    deadline: datetime | None = None
+    sent: int = 0
+    before_mutation: Callable[[], Awaitable[None]] | None = None
+
+    async def sending(self, op: Operation) -> None:
+        if self.deadline is not None:
+            if datetime.now(UTC) >= self.deadline:
+                raise CommandRejected(
+                    "RELAY.DEADLINE_PASSED",
+                    f"deadline {self.deadline.isoformat()} passed while the command waited "
+                    "for its turn",
+                )
+            self.deadline = None  # started now
+        if op.mutating and self.before_mutation is not None:
+            await self.before_mutation()
+        self.sent += 1
 
 
 class BssHttp:
@@ -155,13 +168,16 @@ class BssHttp:
         path_params: Mapping[str, str] | None = None,
         query: Sequence[tuple[str, QueryValue | None]] = (),
         body: bytes | None = None,
+        scope: CallScope | None = None,
     ) -> Response:
-        """Send one API call; 2xx returns, anything else raises from ``handlers.errors``."""
+        """Send one API call; 2xx returns, anything else raises from ``handlers.errors``.
+        ``scope``: the command the call is made for (IAM calls have none)."""
         path = op.render(**(path_params or {}))
         query_string = canonical_query(query)
         for attempt in range(self._throttle_retries + 1):
             await self._scheduler.turn(op.name, parent_uid)
-            _check_start_deadline()
+            if scope is not None:
+                await scope.sending(op)
             try:
                 response = await self._send(
                     op, signer, path=path, query=query_string, body=body, domain_id=domain_id

@@ -1,81 +1,201 @@
-"""Intake from the work queue into tasks this process owns, and the drain on shutdown.
+"""Intake from the work queue into tasks this process owns; the stall detector; the drain.
 
 aiormq runs each delivery callback in a task of the *channel*, cancelled if the channel closes.
 The callback here only hands the message to a task of our own ``TaskGroup``, so a reconnect
 never cancels a command half-way through an API call, and shutdown can wait for it.
+
+The consumer owns its channel. Every delivered message is tracked until it is settled
+(``Inflight``): that gives the age of the oldest unsettled message, and the stall detector. A
+message that stays unsettled past ``stall_s`` while nothing it waits for is legitimate (it is
+being settled, or its settlement failed with its channel alive) holds a prefetch slot that only
+a new channel frees: the consumer then reports it on ``/healthz`` and re-establishes its
+channel, which returns every unacknowledged message to the queue.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
+from enum import StrEnum
+from typing import Any
 
 import structlog
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
 
 from handlers.ports import CommandStore
+from service.metrics import Metrics
 from service.processor import Processor
+from service.publisher import BROKER_ERRORS
+from service.settlement import Redeliver, Settled, Settler
 
-__all__ = ["Consumer"]
+__all__ = ["Consumer", "Inflight", "Phase"]
 
 log = structlog.get_logger(__name__)
+
+
+class Phase(StrEnum):
+    WORKING = "working"  # reading, claiming, running the handler: waits are bounded elsewhere
+    STUCK = "stuck"  # settlement could not reach the broker while the channel lives
+
+
+@dataclass(slots=True)
+class _Entry:
+    message: AbstractIncomingMessage
+    delivered_at: float
+    phase: Phase
+
+
+class Inflight:
+    """Every delivered message not settled yet, by identity."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._entries: dict[int, _Entry] = {}
+
+    def begin(self, message: AbstractIncomingMessage) -> None:
+        self._entries[id(message)] = _Entry(message, self._clock(), Phase.WORKING)
+
+    def end(self, message: AbstractIncomingMessage, how: Settled) -> None:
+        if how is Settled.STUCK:
+            self._entries[id(message)].phase = Phase.STUCK
+        else:
+            self._entries.pop(id(message), None)
+
+    def forget_stuck(self) -> int:
+        """The channel holding the stuck messages is closed: the broker has them back."""
+        stuck = [key for key, e in self._entries.items() if e.phase is Phase.STUCK]
+        for key in stuck:
+            del self._entries[key]
+        return len(stuck)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def oldest_age(self) -> float:
+        if not self._entries:
+            return 0.0
+        return self._clock() - min(e.delivered_at for e in self._entries.values())
+
+    def stuck(self, older_than_s: float) -> int:
+        """Messages whose settlement failed and that have been held longer than the bound."""
+        now = self._clock()
+        return sum(
+            1
+            for e in self._entries.values()
+            if e.phase is Phase.STUCK and now - e.delivered_at >= older_than_s
+        )
 
 
 class Consumer:
     def __init__(
         self,
         *,
-        queue: AbstractQueue,
+        connection: AbstractRobustConnection,
+        queue_name: str,
+        prefetch: int,
         processor: Processor,
+        settler: Settler,
         tasks: asyncio.TaskGroup,
         store: CommandStore,
         owner: str,
         lease: timedelta,
+        metrics: Metrics,
+        stall_s: float = 30.0,
     ) -> None:
-        self._queue = queue
+        self._connection = connection
+        self._queue_name = queue_name
+        self._prefetch = prefetch
         self._processor = processor
+        self._settler = settler
         self._tasks = tasks
         self._store = store
         self._owner = owner
         self._lease = lease
-        self._inflight: set[asyncio.Task[None]] = set()
+        self._metrics = metrics
+        self._stall_s = stall_s
+        self.inflight = Inflight()
+        self._running: set[asyncio.Task[None]] = set()
+        self._channel: AbstractChannel | None = None
+        self._queue: AbstractQueue | None = None
         self._tag: str | None = None
         self._stopping = False
+        self.stalled_since: float | None = None
+        self.reestablished = 0
 
     @property
-    def inflight(self) -> int:
-        return len(self._inflight)
+    def tasks_running(self) -> int:
+        return len(self._running)
 
     @property
     def consuming(self) -> bool:
         return self._tag is not None and not self._stopping
 
+    def problems(self) -> list[str]:
+        """Why this consumer is not healthy now (empty: it is)."""
+        found = []
+        if not self.consuming:
+            found.append("not consuming from the work queue")
+        if self.stalled_since is not None:
+            found.append(
+                f"{self.inflight.stuck(0)} message(s) could not be settled; "
+                "re-establishing the consuming channel"
+            )
+        return found
+
     async def start(self) -> None:
-        self._tag = await self._queue.consume(self._on_message, no_ack=False)
-        log.info("consuming", queue=self._queue.name)
+        """Open a channel of our own and consume the work queue on it."""
+        channel = await self._connection.channel()
+        await channel.set_qos(prefetch_count=self._prefetch)
+        queue = await channel.declare_queue(self._queue_name, passive=True)
+        self._tag = await queue.consume(self._on_message, no_ack=False)
+        self._channel, self._queue = channel, queue
+        log.info("consuming", queue=self._queue_name)
+
+    async def reestablish(self) -> None:
+        """Close the consuming channel (the broker requeues every message unacknowledged on
+        it: a task still working on one finds its channel closed and leaves it) and consume
+        on a new one."""
+        old, self._channel, self._tag = self._channel, None, None
+        if old is not None:
+            with contextlib.suppress(*BROKER_ERRORS):
+                await old.close()
+        freed = self.inflight.forget_stuck()
+        self.reestablished += 1
+        log.warning("consumer_reestablished", freed=freed)
+        await self.start()
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         if self._stopping:  # delivered between cancel and its answer: leave it to the broker
-            await message.nack(requeue=True)
+            await self._settler.settle(message, Redeliver("stopping"))
             return
-        task = self._tasks.create_task(self._guarded(message))
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
+        self.inflight.begin(message)
+        task = self._tasks.create_task(self._handle(message))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
 
-    async def _guarded(self, message: AbstractIncomingMessage) -> None:
-        """Input never crashes the service: anything unexpected is settled, not raised."""
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
+        """One message's task: it ends with the message settled, abandoned to redelivery, or
+        (never silently) stuck."""
+        how = Settled.ABANDONED  # cancelled (shutdown): unacked, so redelivered
         try:
-            await self._processor.process(message)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the per-message boundary: settled below
-            log.exception("processing_crashed")
-            with contextlib.suppress(Exception):
-                await self._processor.settle_crash(message, exc)
+            how = await self._processor.process(message)
+        finally:
+            self.inflight.end(message, how)
+
+    # -- background loops, owned by the runtime's TaskGroup ---------------------------------
 
     async def heartbeat(self) -> None:
-        """Keep the store leases of the commands we are working on alive."""
+        """Keep the store leases of the commands we work on alive: one statement for all of
+        them every third of a lease, so a short lease stays cheap."""
         interval = self._lease.total_seconds() / 3
         while True:
             await asyncio.sleep(interval)
@@ -86,17 +206,53 @@ class Consumer:
                 except Exception:  # a missed beat is retried next interval
                     log.exception("lease_renewal_failed", commands=len(held))
 
+    async def watch(self) -> None:
+        """The stall detector, and the age of the oldest unsettled message."""
+        interval = min(1.0, self._stall_s / 4)
+        while True:
+            await asyncio.sleep(interval)
+            self._metrics.oldest_unsettled.set(self.inflight.oldest_age())
+            if self.inflight.stuck(self._stall_s) == 0:
+                self.stalled_since = None
+                continue
+            self.stalled_since = self.stalled_since or time.monotonic()
+            if self._stopping:
+                continue
+            try:
+                await self.reestablish()
+                self.stalled_since = None
+            except Exception:  # the broker is away: the next round tries again
+                log.exception("consumer_reestablish_failed")
+
+    async def verify(self, *_: Any) -> None:
+        """After a reconnect: check the broker really has our consumer again (aio-pika#231),
+        else consume on a new channel."""
+        channel = await self._connection.channel()
+        try:
+            queue = await channel.declare_queue(self._queue_name, passive=True)
+            count = queue.declaration_result.consumer_count
+        finally:
+            await channel.close()
+        log.info("reconnected", queue=self._queue_name, consumers=count)
+        if count == 0 and not self._stopping:
+            log.warning("consumer_missing_after_reconnect")
+            await self.reestablish()
+
+    # -- shutdown ---------------------------------------------------------------------------
+
     async def stop_intake(self) -> None:
         self._stopping = True
-        if self._tag is not None:
-            with contextlib.suppress(Exception):
+        if self._queue is not None and self._tag is not None:
+            try:
                 await self._queue.cancel(self._tag)
+            except BROKER_ERRORS as exc:  # the channel is gone already: nothing to cancel
+                log.info("cancel_skipped", error=repr(exc))
             self._tag = None
 
     async def drain(self, grace_s: float) -> None:
         """Wait up to ``grace_s`` for commands in progress, then cancel the rest: their
         messages stay unacked and are redelivered; the store says what they had started."""
-        pending = set(self._inflight)
+        pending = set(self._running)
         if pending:
             log.info("draining", inflight=len(pending), grace_s=grace_s)
             _, pending = await asyncio.wait(pending, timeout=grace_s)

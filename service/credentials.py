@@ -12,7 +12,6 @@ go first), so memory stays bounded with any number of customers.
 
 from __future__ import annotations
 
-import asyncio
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import structlog
 from handlers.errors import ApiRefused, CredentialsUnavailable, RelayError, Retryable
 from schemas.bss import AssumeRoleReq, TemporaryCredentialResp, parse_wire, wire_json
 from service.client import BssHttp
+from service.keyed_lock import KeyedLock
 from service.operations import OPERATIONS
 from service.settings import PartnerAccount
 from service.signer import Signer
@@ -66,8 +66,7 @@ class CredentialCache:
         self._max_entries = max_entries
         self._clock = clock
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._waiting: dict[str, int] = {}
+        self._fetching: KeyedLock[str] = KeyedLock()
         self._failures: dict[str, tuple[datetime, RelayError]] = {}
         self.fetches = 0  # IAM requests made; read by tests and metrics
 
@@ -92,16 +91,8 @@ class CredentialCache:
         entry = self._fresh(customer_id)
         if entry is not None:
             return entry.signer
-        lock = self._locks.setdefault(customer_id, asyncio.Lock())
-        self._waiting[customer_id] = self._waiting.get(customer_id, 0) + 1
-        try:
-            async with lock:
-                entry = self._fresh(customer_id) or await self._fetch_once(customer_id)
-        finally:
-            self._waiting[customer_id] -= 1
-            if self._waiting[customer_id] == 0:
-                del self._waiting[customer_id]
-                del self._locks[customer_id]
+        async with self._fetching.hold(customer_id):  # one IAM call per customer at a time
+            entry = self._fresh(customer_id) or await self._fetch_once(customer_id)
         return entry.signer
 
     async def _fetch_once(self, customer_id: str) -> _Entry:

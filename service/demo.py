@@ -24,7 +24,7 @@ import aiohttp
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from service.logging import configure_logging
-from service.runtime import run
+from service.runtime import start
 from service.sandbox.server import SandboxServer
 from service.settings import Settings
 from service.topology import COMMANDS_EXCHANGE, DELAY_LEVELS_MS, EVENTS_EXCHANGE, Topology
@@ -239,16 +239,12 @@ async def _drive(
         )
         await queue.bind(exchange, routing_key="#")
         await queue.consume(on_event)
-        service_stop, ready = asyncio.Event(), asyncio.Event()
-        service = asyncio.create_task(run(settings, stop=service_stop, ready=ready))
         try:
-            await asyncio.wait_for(ready.wait(), 30)
-            return await _exchange(
-                channel, events, targets=targets, run_id=run_id, stop=stop, timeout_s=timeout_s
-            )
+            async with start(settings):
+                return await _exchange(
+                    channel, events, targets=targets, run_id=run_id, stop=stop, timeout_s=timeout_s
+                )
         finally:
-            service_stop.set()
-            await service
             topology = Topology(settings.relay_queue_prefix)
             for name in [topology.work_queue, *map(topology.delay_queue, DELAY_LEVELS_MS)]:
                 with contextlib.suppress(Exception):

@@ -1,18 +1,39 @@
-"""The handlers' ``Journal`` port on top of the command store."""
+"""The handlers' ``Journal`` port on top of the command store, for one claimed command."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from datetime import datetime
 
+from handlers.errors import LeaseLost
 from handlers.ports import CommandStatus, CommandStore, StoredCommand
+from service.client import CallScope
+from service.store.errors import store_call
 
 __all__ = ["StoreJournal"]
 
 
+@dataclass(slots=True)
+class _Pending:
+    note: bytes | None
+    durable: bool
+
+
 class StoreJournal:
     """Journal of one claimed command. ``uncertain_since`` is set when the claim found the
-    command in flight: an earlier attempt started an API call and never recorded its end."""
+    command in flight (an earlier attempt started an API call and never recorded its end), and
+    again by each journaled call this attempt sends.
+
+    A call is recorded in the store when it is *sent*, not when the handler announces it: the
+    handler's ``call_starting`` only leaves a note, and ``scope.before_mutation`` (run by the
+    HTTP client after the quota wait, right before the request leaves) writes it. The write
+    fails if this process no longer holds the command's lease, so the call is not sent.
+
+    ``attempts`` counts API requests over the command's life: those of earlier deliveries
+    (``base``: the store's count, or the message's header where that is higher) plus every
+    request this delivery sent (``scope.sent``), 429s that were waited out included.
+    """
 
     def __init__(
         self,
@@ -21,17 +42,21 @@ class StoreJournal:
         command_id: str,
         owner: str,
         clock: Callable[[], datetime],
-        attempts: int,
+        base_attempts: int,
         uncertain_since: datetime | None,
         note: bytes | None,
+        scope: CallScope,
     ) -> None:
         self._store = store
         self._command_id = command_id
         self._owner = owner
         self._clock = clock
-        self.attempts = attempts
+        self._base = base_attempts
         self._uncertain_since = uncertain_since
         self._note = note
+        self._pending: _Pending | None = None
+        self.scope = scope
+        scope.before_mutation = self._record_call
 
     @classmethod
     def from_claim(
@@ -41,20 +66,26 @@ class StoreJournal:
         *,
         owner: str,
         clock: Callable[[], datetime],
-        retries: int = 0,
+        scope: CallScope,
+        requests_before: int = 0,
     ) -> StoreJournal:
-        """``retries``: failed deliveries so far (the message header); attempts of calls that
-        were not journaled in the store (safe to repeat) are counted from it."""
+        """``requests_before``: API requests that earlier deliveries reported in the message's
+        header (calls safe to repeat are not written to the store, so it may know fewer)."""
         in_flight = record.status is CommandStatus.IN_FLIGHT
         return cls(
             store,
             command_id=record.command_id,
             owner=owner,
             clock=clock,
-            attempts=max(record.attempts, retries),
+            base_attempts=max(record.attempts, requests_before),
             uncertain_since=record.call_started_at if in_flight else None,
             note=record.note if in_flight else None,
+            scope=scope,
         )
+
+    @property
+    def attempts(self) -> int:
+        return self._base + self.scope.sent
 
     @property
     def uncertain_since(self) -> datetime | None:
@@ -65,24 +96,36 @@ class StoreJournal:
         return self._note
 
     async def call_had_no_effect(self) -> None:
-        await self._store.clear_in_flight(self._command_id, owner=self._owner)
+        await store_call(self._store.clear_in_flight(self._command_id, owner=self._owner))
         self._uncertain_since, self._note = None, None
 
     async def claim_effects(self, effect_ids: Collection[str]) -> set[str]:
-        owners = await self._store.claim_effects(self._command_id, effect_ids)
+        owners = await store_call(self._store.claim_effects(self._command_id, effect_ids))
         return {e for e, owner in owners.items() if owner != self._command_id}
 
     async def owned_elsewhere(self, effect_ids: Collection[str]) -> set[str]:
-        owners = await self._store.effect_owners(effect_ids)
+        owners = await store_call(self._store.effect_owners(effect_ids))
         return {e for e, owner in owners.items() if owner != self._command_id}
 
     async def call_starting(self, *, note: bytes | None = None, durable: bool = True) -> datetime:
+        self._pending = _Pending(note, durable)
+        return self._clock()
+
+    async def _record_call(self) -> None:
+        """Right before a mutating request is sent (each send, 429 re-sends included)."""
+        pending = self._pending
+        if pending is None or not pending.durable:
+            return  # safe to repeat: counted by the scope, nothing written
         at = self._clock()
-        if not durable:  # a call that is safe to repeat: counted, not written down
-            self.attempts += 1
-            return at
-        self.attempts = await self._store.mark_call_started(
-            self._command_id, owner=self._owner, at=at, note=note
-        )
-        self._uncertain_since, self._note = at, note
-        return at
+        try:
+            await store_call(
+                self._store.mark_call_started(
+                    self._command_id, owner=self._owner, at=at, note=pending.note
+                )
+            )
+        except LookupError as exc:
+            raise LeaseLost(
+                "RELAY.LEASE_LOST",
+                "this process no longer owns the command (its lease passed); the call was not sent",
+            ) from exc
+        self._uncertain_since, self._note = at, pending.note

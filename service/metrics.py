@@ -58,6 +58,24 @@ class Metrics:
             ["api"],
             registry=self.registry,
         )
+        self.settlements = Counter(
+            "bss_relay_settlements",
+            "How deliveries ended: settled, abandoned (channel closed first: redelivered), "
+            "stuck (broker unreachable in time), last_resort (raw copy dead-lettered)",
+            ["result"],
+            registry=self.registry,
+        )
+        self.delayed = Counter(
+            "bss_relay_commands_delayed",
+            "Commands sent back through a delay queue, by why (retry, park, busy, wait, crash)",
+            ["why"],
+            registry=self.registry,
+        )
+        self.oldest_unsettled = Gauge(
+            "bss_relay_oldest_unsettled_seconds",
+            "Age of the oldest delivered message not settled yet (0 when none)",
+            registry=self.registry,
+        )
         self.inflight = Gauge(
             "bss_relay_commands_inflight", "Commands being processed", registry=self.registry
         )
@@ -81,16 +99,18 @@ class Metrics:
 
 @asynccontextmanager
 async def serve_metrics(
-    metrics: Metrics, *, host: str, port: int, healthy: Callable[[], bool]
+    metrics: Metrics, *, host: str, port: int, problems: Callable[[], list[str]]
 ) -> AsyncIterator[web.AppRunner]:
-    """``GET /metrics`` (Prometheus text) and ``GET /healthz`` (200 while consuming)."""
+    """``GET /metrics`` (Prometheus text) and ``GET /healthz``: 200 ``{"ok": true}`` while
+    ``problems()`` is empty, else 503 with them (``{"ok": false, "problems": [...]}``)."""
 
     async def scrape(_: web.Request) -> web.Response:
         return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
     async def health(_: web.Request) -> web.Response:
-        ok = healthy()
-        return web.json_response({"ok": ok}, status=200 if ok else 503)
+        found = problems()
+        body = {"ok": not found, "problems": found}
+        return web.json_response(body, status=503 if found else 200)
 
     app = web.Application()
     app.router.add_get("/metrics", scrape)

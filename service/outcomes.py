@@ -38,6 +38,7 @@ def event_for(
     attempts: int,
     result: BaseModel | None = None,
     error: RelayError | None = None,
+    requested_by: str | None = None,
 ) -> Event:
     return EVENT_ADAPTER.validate_python(
         {
@@ -50,13 +51,16 @@ def event_for(
             "duplicate": False,
             "partner_id": command.partner_id,
             "customer_id": command.customer_id,
+            "requested_by": requested_by,
             "result": result.model_dump() if result is not None else None,
             "error": error_info(error) if error is not None else None,
         }
     )
 
 
-def rejection_event(rejection: Rejection, *, now: datetime) -> Event:
+def rejection_event(
+    rejection: Rejection, *, now: datetime, requested_by: str | None = None
+) -> Event:
     return EVENT_ADAPTER.validate_python(
         {
             "event_id": new_event_id(),
@@ -68,6 +72,7 @@ def rejection_event(rejection: Rejection, *, now: datetime) -> Event:
             "duplicate": False,
             "partner_id": rejection.partner_id,
             "customer_id": rejection.customer_id,
+            "requested_by": requested_by,
             "result": None,
             "error": {
                 "code": rejection.code,
@@ -80,7 +85,9 @@ def rejection_event(rejection: Rejection, *, now: datetime) -> Event:
     )
 
 
-def announce_again(stored: bytes) -> Event:
-    """The stored terminal event, re-announced: a new ``event_id`` and ``duplicate: true``."""
+def announce_again(stored: bytes, *, conflict: bool = False) -> Event:
+    """The stored terminal event, re-announced: a new ``event_id`` and ``duplicate: true``;
+    ``conflict`` when the message that asked re-used the id for a different command."""
     event = EVENT_ADAPTER.validate_json(stored)
-    return event.model_copy(update={"event_id": new_event_id(), "duplicate": True})
+    update = {"event_id": new_event_id(), "duplicate": True, "conflict": conflict}
+    return event.model_copy(update=update)

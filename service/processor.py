@@ -1,33 +1,30 @@
-"""One command message, from bytes to a settled delivery. The only place messages are settled.
+"""One command message, from bytes to a decision; ``service.settlement`` applies the decision.
 
-Order of effects for a command that runs (guarantees 1-3 of the contract)::
+For a command that runs (guarantees 1-3 of the contract)::
 
-    claim in the store ─▶ handler (API calls, journaled) ─▶ store.finish(event)
-        ─▶ publish event (confirmed) ─▶ store.mark_published ─▶ ack
+    read ─▶ park? ─▶ claim in the store ─▶ handler (API calls, journaled) ─▶ Finish(event)
 
-A crash anywhere before the ack redelivers the message: a finished command is then only
-published again (as itself if it never went out, else with ``duplicate: true``); an
-interrupted API call is reconciled by the handler because the store says it was in flight.
+Deciding never acks or publishes, and never raises for a message: whatever goes wrong becomes a
+settlement too (a bug is retried later, and after ``max_attempts`` rejected and dead-lettered).
 
-"Retry, give up or reconcile" is decided once, in ``_settle_error``, from the error's
-disposition (``handlers.errors``) and the attempts left.
+"Retry, give up, reconcile or wait" is one table, ``_AFTER_ERROR``: the error's disposition
+(``handlers.errors``) picks the rule, and the attempts left decide between retrying and giving up.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 from structlog.contextvars import bind_contextvars
 
-from handlers import HANDLERS
-from handlers.errors import Disposition, RelayError, Retryable
+from handlers.errors import Disposition, LeaseLost, RelayError, Retryable
 from handlers.ports import (
     BssApi,
     ClaimOutcome,
@@ -36,26 +33,34 @@ from handlers.ports import (
     HandlerContext,
     StoredCommand,
 )
-from schemas.commands import (
-    Command,
-    RenewCommand,
-)
-from schemas.events import EVENT_ADAPTER, Event, Outcome, routing_key
-from service.admission import park_decision, primary_call, ticket_from_headers, ticket_header
-from service.client import START_DEADLINE
-from service.intake import Rejection, read_command
+from schemas.commands import Command
+from schemas.events import Event, Outcome
+from service.admission import park_decision, ticket_from_headers, ticket_header
+from service.client import CallScope
+from service.intake import Rejection, command_fingerprint, read_command
 from service.journal import StoreJournal
+from service.keyed_lock import KeyedLock
+from service.kinds import KINDS, primary_call
 from service.metrics import Metrics
-from service.outcomes import announce_again, event_for, rejection_event
-from service.publisher import DeadLetterReason, H, Publisher
+from service.outcomes import event_for
+from service.publisher import DeadLetterReason, H, failed_deliveries
 from service.scheduler import FairScheduler
+from service.settlement import (
+    Delay,
+    Finish,
+    Reannounce,
+    Reject,
+    Settled,
+    Settlement,
+    Settler,
+)
+from service.store.errors import store_call
 
-__all__ = ["Processor", "RetryPolicy"]
+__all__ = ["Processor", "RetryPolicy", "ScopedApi"]
 
 log = structlog.get_logger(__name__)
 
-MONEY_MOVING = frozenset({"renew", "issue_coupon"})
-BUSY_RETRY_S = 1.0
+MIN_WAIT_S = 0.25  # the shortest delay step
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +68,7 @@ class RetryPolicy:
     max_attempts: int = 8
     base_s: float = 1.0
     max_s: float = 300.0
+    wait_s: float = 2.0  # how long a command waits for the store before it is tried again
 
     def backoff(self, attempt: int) -> float:
         """Exponential backoff with full jitter: uniform in [base, base * 2**(attempt-1)]."""
@@ -70,9 +76,28 @@ class RetryPolicy:
         return random.uniform(min(self.base_s, ceiling), ceiling)
 
 
-def _retries(message: AbstractIncomingMessage) -> int:
-    value = (message.headers or {}).get(H.ATTEMPTS, 0)
-    return int(value) if isinstance(value, int | str) and str(value).isdigit() else 0
+class ScopedApi(BssApi, Protocol):
+    def scoped(self, scope: CallScope) -> BssApi:
+        """This API for one command (see ``CallScope``)."""
+        ...
+
+
+@dataclass(slots=True)
+class Delivery:
+    """What deciding one message learned: the command (once read) and the claim it holds."""
+
+    message: AbstractIncomingMessage
+    command: Command | None = None
+    claimed: str | None = None  # command id this process holds a lease on
+    scope: CallScope = field(default_factory=CallScope)
+
+    @property
+    def failed_before(self) -> int:
+        return failed_deliveries(self.message)
+
+    @property
+    def requested_by(self) -> str | None:
+        return self.message.user_id
 
 
 class Processor:
@@ -80,8 +105,8 @@ class Processor:
         self,
         *,
         store: CommandStore,
-        publisher: Publisher,
-        apis: Mapping[str, BssApi],
+        settler: Settler,
+        apis: Mapping[str, ScopedApi],
         scheduler: FairScheduler,
         owner: str,
         lease: timedelta,
@@ -91,7 +116,7 @@ class Processor:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._store = store
-        self._publisher = publisher
+        self._settler = settler
         self._apis = apis
         self._scheduler = scheduler
         self._owner = owner
@@ -101,101 +126,117 @@ class Processor:
         self._metrics = metrics or Metrics()
         self._clock = clock
         self.holding: set[str] = set()  # command ids this process holds a lease on
-        self._renew_locks: dict[str, asyncio.Lock] = {}
-        self._renew_waiting: dict[str, int] = {}
+        self._renewals: KeyedLock[str] = KeyedLock()
 
     def now(self) -> datetime:
         return self._clock()
 
-    async def process(self, message: AbstractIncomingMessage) -> None:
-        """Settle one message. Call it in a task of its own (the consumer does): the log
-        context it binds is that task's, and ends with it."""
-        read = read_command(message.body, max_bytes=self._max_body)
-        if isinstance(read, Rejection):
-            bind_contextvars(command_id=read.command_id, type=read.type)
-            await self._reject(message, read)
-            return
-        bind_contextvars(
-            command_id=read.command_id,
-            type=read.type,
-            partner_id=read.partner_id,
-            customer_id=read.customer_id,
-            retries=_retries(message),
-        )
-        await self._process_command(message, read)
+    async def process(self, message: AbstractIncomingMessage) -> Settled:
+        """Decide and settle one message. Call it in a task of its own (the consumer does):
+        the log context it binds is that task's, and ends with it."""
+        delivery = Delivery(message)
+        try:
+            decision = await self.decide(delivery)
+            return await self._settler.settle(message, decision)
+        except Exception as exc:  # settling itself failed: the last resort, never silent
+            log.exception("settlement_crashed")
+            return await self._settler.last_resort(message, exc)
+        finally:
+            if delivery.claimed is not None:  # the lease is kept alive until settled
+                self.holding.discard(delivery.claimed)
 
-    async def _process_command(self, message: AbstractIncomingMessage, command: Command) -> None:
+    async def decide(self, delivery: Delivery) -> Settlement:
+        """What to do with the message. Never raises for a message (only when cancelled)."""
+        try:
+            read = read_command(delivery.message.body, max_bytes=self._max_body)
+            if isinstance(read, Rejection):
+                bind_contextvars(command_id=read.command_id, type=read.type)
+                return Reject(read)
+            delivery.command = read
+            bind_contextvars(
+                command_id=read.command_id,
+                type=read.type,
+                partner_id=read.partner_id,
+                customer_id=read.customer_id,
+                retries=delivery.failed_before,
+            )
+            return await self._decide_command(delivery, read)
+        except Exception as exc:  # a bug, not input: the per-message boundary
+            log.exception("processing_crashed")
+            return self._crashed(delivery, exc)
+
+    async def _decide_command(self, delivery: Delivery, command: Command) -> Settlement:
         found = self._api_for(command)
         key = None if isinstance(found, Rejection) else primary_call(command, found[0])
         # Parking needs no claim: a backlog is read and parked without touching the store.
-        if key is not None and await self._parked(message, key):
-            return
+        if key is not None:
+            park = park_decision(
+                self._scheduler, key, ticket_from_headers(delivery.message.headers or {})
+            )
+            if park is not None:
+                self._metrics.inc(self._metrics.parked, key[0])
+                log.debug("command_parked", api=key[0], wait_s=round(park.seconds, 2))
+                return Delay(park.seconds, "park", headers=ticket_header(park.ticket))
         # Counted as held in the same step as the decision not to park (no await between),
         # so a burst cannot slip more than the hold window past it.
         with self._scheduler.holding(*key) if key is not None else contextlib.nullcontext():
-            await self._claim_and_admit(message, command, found)
+            try:
+                return await self._claim_and_run(delivery, command, found)
+            except RelayError as exc:  # the store could not be reached for the claim
+                return self._after_error(delivery, command, exc, attempts=0, uncertain=False)
 
-    async def _claim_and_admit(
-        self,
-        message: AbstractIncomingMessage,
-        command: Command,
-        found: tuple[str, BssApi] | Rejection,
-    ) -> None:
+    async def _claim_and_run(
+        self, delivery: Delivery, command: Command, found: tuple[str, ScopedApi] | Rejection
+    ) -> Settlement:
         # Claimed before any check that could reject: a finished command is only ever
         # re-announced, so a changed configuration or a passed deadline cannot give it a
         # second terminal event.
-        claim = await self._store.claim(
-            command.command_id, command.type, owner=self._owner, lease=self._lease
+        claim = await store_call(
+            self._store.claim(
+                command.command_id, command.type, owner=self._owner, lease=self._lease
+            )
         )
         if claim.outcome is ClaimOutcome.FINISHED:
-            await self._announce_finished(message, claim.record)
-            return
+            return self._reannounce(delivery, command, claim.record)
         if claim.outcome is ClaimOutcome.BUSY:
-            log.info("command_busy_elsewhere")
-            await self._publisher.delay(message, seconds=BUSY_RETRY_S, reason=None)
-            await self._ack(message)
-            return
+            return self._wait_for_owner(claim.record)
+        delivery.claimed = command.command_id
         self.holding.add(command.command_id)
         try:
-            await self._admit(message, command, claim.record, found)
-        finally:
-            self.holding.discard(command.command_id)
+            if command.deadline is not None and command.deadline <= self.now():
+                found = _rejection(command, "RELAY.DEADLINE_PASSED", "deadline")
+            if isinstance(found, Rejection):
+                return Reject(found, release=command.command_id)
+            return await self._run(delivery, command, found[1], claim.record)
+        except Exception as exc:
+            log.exception("processing_crashed")
+            return self._crashed(delivery, exc)
 
-    async def _admit(
-        self,
-        message: AbstractIncomingMessage,
-        command: Command,
-        record: StoredCommand,
-        found: tuple[str, BssApi] | Rejection,
-    ) -> None:
-        """The command is ours: reject it (giving the claim back) or run it."""
-        if command.deadline is not None and command.deadline <= self.now():
-            found = _rejection(command, "RELAY.DEADLINE_PASSED", "deadline")
-        if isinstance(found, Rejection):
-            await self._store.release(command.command_id, owner=self._owner)
-            await self._reject(message, found)
-            return
-        _, api = found
-        journal = StoreJournal.from_claim(
-            self._store, record, owner=self._owner, clock=self._clock, retries=_retries(message)
-        )
-        await self._run(message, command, api, journal)
+    def _reannounce(
+        self, delivery: Delivery, command: Command, record: StoredCommand
+    ) -> Reannounce:
+        conflict = None
+        if record.fingerprint is not None and record.fingerprint != command_fingerprint(command):
+            log.warning("command_id_conflict")
+            conflict = DeadLetterReason(
+                "RELAY.ID_CONFLICT",
+                f"command_id {command.command_id!r} was already used for a different command "
+                "(type, partner or payload); this one was not carried out",
+                delivery.failed_before,
+                self.now(),
+            )
+        return Reannounce(record, conflict=conflict)
 
-    async def _parked(self, message: AbstractIncomingMessage, key: tuple[str, str]) -> bool:
-        """Park the command on the broker when admission says so, so it does not sit in the
-        prefetch window ahead of other keys' commands."""
-        park = park_decision(self._scheduler, key, ticket_from_headers(message.headers or {}))
-        if park is None:
-            return False
-        await self._publisher.delay(
-            message, seconds=park.seconds, reason=None, extra_headers=ticket_header(park.ticket)
-        )
-        await self._ack(message)
-        self._metrics.inc(self._metrics.parked, key[0])
-        log.debug("command_parked", api=key[0], parent_uid=key[1], wait_s=round(park.seconds, 2))
-        return True
+    def _wait_for_owner(self, record: StoredCommand) -> Delay:
+        """Someone else holds the command: come back when its lease would have run out, once
+        (a live owner keeps renewing it and finishes meanwhile; a dead one is taken over)."""
+        left = MIN_WAIT_S
+        if record.lease_until is not None:
+            left = max(MIN_WAIT_S, (record.lease_until - self.now()).total_seconds())
+        log.info("command_busy_elsewhere", wait_s=round(left, 2))
+        return Delay(left, "busy")
 
-    def _api_for(self, command: Command) -> tuple[str, BssApi] | Rejection:
+    def _api_for(self, command: Command) -> tuple[str, ScopedApi] | Rejection:
         if command.partner_id is None and len(self._apis) == 1:
             return next(iter(self._apis.items()))
         api = self._apis.get(command.partner_id or "")
@@ -207,105 +248,108 @@ class Processor:
         return command.partner_id, api
 
     async def _run(
-        self,
-        message: AbstractIncomingMessage,
-        command: Command,
-        api: BssApi,
-        journal: StoreJournal,
-    ) -> None:
-        context = HandlerContext(
-            command_id=command.command_id, api=api, clock=_Clock(self._clock), journal=journal
+        self, delivery: Delivery, command: Command, api: ScopedApi, record: StoredCommand
+    ) -> Settlement:
+        scope = delivery.scope
+        journal = StoreJournal.from_claim(
+            self._store,
+            record,
+            owner=self._owner,
+            clock=self._clock,
+            scope=scope,
+            requests_before=_requests_before(delivery.message),
         )
         # Never started before: the deadline holds until the first API call is sent.
-        token = START_DEADLINE.set(command.deadline if journal.attempts == 0 else None)
-        exclusive = (
-            self._one_renewal_at_a_time(command)
-            if isinstance(command, RenewCommand)
-            else contextlib.nullcontext()
+        scope.deadline = command.deadline if journal.attempts == 0 else None
+        context = HandlerContext(
+            command_id=command.command_id,
+            api=api.scoped(scope),
+            clock=_Clock(self._clock),
+            journal=journal,
         )
+        kind = KINDS[command.type]
         try:
-            async with exclusive:
-                done: Completed = await HANDLERS[command.type](command, context)
+            async with self._exclusive(command):
+                done: Completed = await kind.handler(command, context)
         except RelayError as exc:
-            uncertain = command.type in MONEY_MOVING and journal.uncertain_since is not None
-            await self._settle_error(message, command, exc, journal.attempts, uncertain=uncertain)
-            return
-        finally:
-            START_DEADLINE.reset(token)
+            uncertain = kind.money_moving and journal.uncertain_since is not None
+            return self._after_error(
+                delivery, command, exc, attempts=journal.attempts, uncertain=uncertain
+            )
         outcome = Outcome.PARTIAL if done.partial else Outcome.SUCCEEDED
-        event = event_for(
-            command, outcome=outcome, now=self.now(), attempts=journal.attempts, result=done.result
-        )
         log.info("command_finished", outcome=outcome, attempts=journal.attempts)
-        await self._finish(message, command.command_id, event)
+        return Finish(
+            command.command_id,
+            event_for(
+                command,
+                outcome=outcome,
+                now=self.now(),
+                attempts=journal.attempts,
+                result=done.result,
+                requested_by=delivery.requested_by,
+            ),
+        )
 
-    @contextlib.asynccontextmanager
-    async def _one_renewal_at_a_time(self, command: RenewCommand) -> AsyncIterator[None]:
-        """Renewals of one customer run one at a time in this process: an uncertain renewal
-        is reconciled by the customer's renewal orders since its call, which only stays
-        decidable when no other renewal of ours for that customer ran in the same window."""
-        key = command.payload.customer_id
-        lock = self._renew_locks.setdefault(key, asyncio.Lock())
-        self._renew_waiting[key] = self._renew_waiting.get(key, 0) + 1
-        try:
-            async with lock:
-                yield
-        finally:
-            self._renew_waiting[key] -= 1
-            if self._renew_waiting[key] == 0:
-                del self._renew_waiting[key], self._renew_locks[key]
+    def _exclusive(self, command: Command) -> contextlib.AbstractAsyncContextManager[None]:
+        """Renewals of one customer run one at a time: an uncertain renewal is reconciled by
+        the customer's renewal orders since its call, which only stays decidable when no
+        other renewal of ours for that customer ran in the same window."""
+        if command.type != "renew" or command.customer_id is None:
+            return contextlib.nullcontext()
+        return self._renewals.hold(command.customer_id)
 
-    async def _settle_error(
+    # -- the one table: what an error does to the command ---------------------------------
+
+    def _after_error(
         self,
-        message: AbstractIncomingMessage,
+        delivery: Delivery,
         command: Command,
         exc: RelayError,
-        attempts: int,
         *,
+        attempts: int,
         uncertain: bool,
-    ) -> None:
-        now = self.now()
-        if exc.disposition is Disposition.REJECT:
-            await self._store.release(command.command_id, owner=self._owner)
-            await self._reject(message, _rejection(command, exc.code, exc.message))
-            return
-        if exc.disposition in (Disposition.FAIL, Disposition.UNKNOWN):
-            outcome = Outcome.FAILED if exc.disposition is Disposition.FAIL else Outcome.UNKNOWN
-            log.warning("command_ended", outcome=outcome, code=exc.code, status=exc.http_status)
-            event = event_for(command, outcome=outcome, now=now, attempts=attempts, error=exc)
-            if outcome is Outcome.UNKNOWN:  # a person must look: keep it for inspection
-                await self._publisher.dead_letter(
-                    message, DeadLetterReason(exc.code, exc.message, _retries(message), now)
-                )
-            await self._finish(message, command.command_id, event)
-            return
-        retries = _retries(message) + 1
-        reason = DeadLetterReason(exc.code, exc.message, retries, now)
+    ) -> Settlement:
+        rule = _AFTER_ERROR[exc.disposition]
+        return rule(self, delivery, command, exc, attempts, uncertain)
+
+    def _reject_error(
+        self, d: Delivery, command: Command, exc: RelayError, _a: int, _u: bool
+    ) -> Settlement:
+        return Reject(_rejection(command, exc.code, exc.message), release=d.claimed)
+
+    def _end(
+        self, d: Delivery, command: Command, exc: RelayError, attempts: int, _u: bool
+    ) -> Settlement:
+        """FAIL ends `failed`; UNKNOWN ends `unknown`, with a copy kept for a person."""
+        outcome = Outcome.FAILED if exc.disposition is Disposition.FAIL else Outcome.UNKNOWN
+        log.warning("command_ended", outcome=outcome, code=exc.code, status=exc.http_status)
+        event = self._event(d, command, outcome, attempts, exc)
+        if outcome is Outcome.FAILED:
+            return Finish(command.command_id, event)
+        reason = DeadLetterReason(exc.code, exc.message, d.failed_before, self.now())
+        return Finish(command.command_id, event, dead_letter=reason)
+
+    def _retry_or_give_up(
+        self, d: Delivery, command: Command, exc: RelayError, attempts: int, uncertain: bool
+    ) -> Settlement:
+        """RETRY and RECONCILE (the handler reconciled and found no effect): again later
+        while attempts are left; then `failed`, or `unknown` if a money-moving call may have
+        happened (nobody can say it did not spend)."""
+        retries = d.failed_before + 1
+        reason = DeadLetterReason(exc.code, exc.message, retries, self.now())
         if retries < self._retry.max_attempts:
             delay, wait_out = self._retry.backoff(retries), False
             if isinstance(exc, Retryable) and exc.retry_after and exc.retry_after > delay:
                 delay, wait_out = exc.retry_after, True  # sooner would fail the same way
-            await self._store.release(command.command_id, owner=self._owner)
-            level = await self._publisher.delay(
-                message, seconds=delay, reason=reason, at_least=wait_out
+            log.warning("command_retry_scheduled", code=exc.code, retries=retries)
+            return Delay(
+                delay,
+                "retry",
+                reason=reason,
+                headers=_requests_header(attempts),
+                at_least=wait_out,
+                release=d.claimed,
             )
-            log.warning("command_retry_scheduled", code=exc.code, retries=retries, delay_ms=level)
-            await self._ack(message)
-            return
-        await self._give_up(message, command, exc, attempts, reason, uncertain=uncertain)
-
-    async def _give_up(
-        self,
-        message: AbstractIncomingMessage,
-        command: Command,
-        exc: RelayError,
-        attempts: int,
-        reason: DeadLetterReason,
-        *,
-        uncertain: bool,
-    ) -> None:
-        """Out of attempts. A money-moving command whose call may have happened (the store
-        says in flight) ends ``unknown``, never ``failed``: nobody can say it did not spend."""
         code, outcome = (
             ("RELAY.OUTCOME_UNKNOWN", Outcome.UNKNOWN)
             if uncertain
@@ -313,84 +357,75 @@ class Processor:
         )
         final = RelayError(
             code,
-            f"gave up after {reason.attempts} attempts; last error {exc.code}: {exc.message}",
+            f"gave up after {retries} attempts; last error {exc.code}: {exc.message}",
             http_status=exc.http_status,
             request_id=exc.request_id,
         )
-        log.error("command_gave_up", code=code, last_code=exc.code, retries=reason.attempts)
-        event = event_for(command, outcome=outcome, now=reason.at, attempts=attempts, error=final)
-        await self._publisher.dead_letter(message, reason)
-        await self._finish(message, command.command_id, event)
+        log.error("command_gave_up", code=code, last_code=exc.code, retries=retries)
+        event = self._event(d, command, outcome, attempts, final)
+        return Finish(command.command_id, event, dead_letter=reason)
 
-    async def _finish(
-        self, message: AbstractIncomingMessage, command_id: str, event: Event
-    ) -> None:
-        body = event.model_dump_json().encode()
-        stored = await self._store.finish(command_id, owner=self._owner, event=body)
-        if stored == body:  # ours is the stored event: publish the bytes we have
-            await self._send_event(message, event, body)
-        else:  # another attempt finished first: its event is the one
-            await self._publish(message, stored)
-        await self._store.mark_published(command_id)
-        await self._ack(message)
+    def _wait(
+        self, d: Delivery, command: Command, exc: RelayError, attempts: int, _u: bool
+    ) -> Settlement:
+        """WAIT: the store is unreachable, or the lease was lost: no attempt is spent, the
+        claim is not given back (it cannot be, or it is not ours any more)."""
+        seconds = self._lease.total_seconds() if isinstance(exc, LeaseLost) else self._retry.wait_s
+        log.warning("command_waiting", code=exc.code, wait_s=seconds)
+        return Delay(seconds, "wait", headers=_requests_header(attempts))
 
-    async def _announce_finished(
-        self, message: AbstractIncomingMessage, record: StoredCommand
-    ) -> None:
-        command_id, stored = record.command_id, record.event
-        if stored is None:  # pragma: no cover - a finished row always has its event
-            raise AssertionError(f"finished command {command_id} has no stored event")
-        if record.published:
-            event = announce_again(stored)
-            log.info("command_duplicate", original_outcome=event.outcome)
-            await self._send_event(message, event)
-        else:  # finished, but the crash came before the event went out: send it as itself
-            await self._publish(message, stored)
-            await self._store.mark_published(command_id)
-        await self._ack(message)
-
-    async def _publish(self, message: AbstractIncomingMessage, stored: bytes) -> None:
-        await self._send_event(message, EVENT_ADAPTER.validate_json(stored), stored)
-
-    async def _send_event(
-        self, message: AbstractIncomingMessage, event: Event, body: bytes | None = None
-    ) -> None:
-        if not event.duplicate:
-            self._metrics.inc(self._metrics.commands, event.type, event.outcome)
-        await self._publisher.event(
-            body if body is not None else event.model_dump_json().encode(),
-            routing_key=routing_key(event),
-            event_id=event.event_id,
-            correlation_id=message.correlation_id or event.command_id,
-            reply_to=message.reply_to,
+    def _event(
+        self,
+        d: Delivery,
+        command: Command,
+        outcome: Outcome,
+        attempts: int,
+        error: RelayError,
+    ) -> Event:
+        return event_for(
+            command,
+            outcome=outcome,
+            now=self.now(),
+            attempts=attempts,
+            error=error,
+            requested_by=d.requested_by,
         )
 
-    async def _reject(self, message: AbstractIncomingMessage, rejection: Rejection) -> None:
-        log.warning("command_rejected", code=rejection.code, reason=rejection.message)
-        event = rejection_event(rejection, now=self.now())
-        reason = DeadLetterReason(rejection.code, rejection.message, _retries(message), self.now())
-        await self._publisher.dead_letter(message, reason)
-        await self._send_event(message, event)
-        await self._ack(message)
-
-    async def settle_crash(self, message: AbstractIncomingMessage, exc: BaseException) -> None:
-        """A bug, not input: keep the message, retry it later; when it keeps failing, answer
+    def _crashed(self, delivery: Delivery, exc: BaseException) -> Settlement:
+        """A bug, not input: keep the message and try it later; when it keeps failing, answer
         it with a ``rejected`` event and keep it in the dead-letter queue."""
         code, text = "RELAY.INTERNAL", f"internal error: {type(exc).__name__}"
-        retries = _retries(message) + 1
+        retries = delivery.failed_before + 1
         if retries < self._retry.max_attempts:
             reason = DeadLetterReason(code, text, retries, self.now())
-            await self._publisher.delay(
-                message, seconds=self._retry.backoff(retries), reason=reason
-            )
-            await self._ack(message)
-            return
-        read = read_command(message.body, max_bytes=self._max_body)
-        rejection = read if isinstance(read, Rejection) else _rejection(read, code, text)
-        await self._reject(message, rejection)
+            backoff = self._retry.backoff(retries)
+            return Delay(backoff, "crash", reason=reason, release=delivery.claimed)
+        command = delivery.command
+        rejection = Rejection(code, text) if command is None else _rejection(command, code, text)
+        return Reject(rejection, release=delivery.claimed)
 
-    async def _ack(self, message: AbstractIncomingMessage) -> None:
-        await message.ack()
+
+_Rule = Callable[[Processor, Delivery, Command, RelayError, int, bool], Settlement]
+
+# The one table. Every disposition is named; a new one without a rule fails at import.
+_AFTER_ERROR: Mapping[Disposition, _Rule] = {
+    Disposition.REJECT: Processor._reject_error,
+    Disposition.FAIL: Processor._end,
+    Disposition.UNKNOWN: Processor._end,
+    Disposition.RETRY: Processor._retry_or_give_up,
+    Disposition.RECONCILE: Processor._retry_or_give_up,
+    Disposition.WAIT: Processor._wait,
+}
+assert set(_AFTER_ERROR) == set(Disposition), "every disposition needs a settlement rule"
+
+
+def _requests_before(message: AbstractIncomingMessage) -> int:
+    value = (message.headers or {}).get(H.REQUESTS, 0)
+    return int(value) if isinstance(value, int | str) and str(value).isdigit() else 0
+
+
+def _requests_header(attempts: int) -> dict[str, int]:
+    return {H.REQUESTS: attempts}
 
 
 class _Clock:

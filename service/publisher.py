@@ -6,16 +6,49 @@ returns only once the broker has taken responsibility for the message.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
+import aiormq
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractRobustChannel,
+)
 
 from service.topology import DLQ, Topology
 
-__all__ = ["DeadLetterReason", "H", "Publisher"]
+__all__ = [
+    "BROKER_ERRORS",
+    "DeadLetterReason",
+    "H",
+    "Publisher",
+    "Unroutable",
+    "failed_deliveries",
+]
+
+
+class Unroutable(aiormq.exceptions.AMQPError):
+    """The broker returned a mandatory publish: the queue it was meant for does not exist
+    (deleted by an operator, or declared by nobody yet). Nothing was stored; never ack the
+    original on the strength of it."""
+
+    reason = "unroutable: %s"
+
+
+# A publish or an ack that failed because the way to the broker is (for now) gone: the channel
+# or connection closed, is being restored, or the broker refused to confirm. Never the message's
+# fault; what to do about it is the settlement's decision.
+BROKER_ERRORS: tuple[type[BaseException], ...] = (
+    aiormq.exceptions.AMQPError,  # connection/channel closed, publish nacked; Unroutable
+    aiormq.exceptions.ChannelInvalidStateError,  # a RuntimeError: the channel is closed
+    ConnectionError,
+    asyncio.TimeoutError,
+)
 
 JSON = "application/json"
 
@@ -32,6 +65,9 @@ class H:
     TICKET = "x-relay-ticket"  # parked for pacing: epoch seconds of the expected turn
     REPLAYED_AT = "x-relay-replayed-at"  # set by `bss-relay replay` on the copy it republishes
     REPLAY_COUNT = "x-relay-replay-count"
+    # API requests sent for the command by earlier deliveries (the event's `attempts` goes on
+    # from there; requests of calls safe to repeat are not in the store)
+    REQUESTS = "x-relay-requests"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +76,12 @@ class DeadLetterReason:
     message: str
     attempts: int
     at: datetime
+
+
+def failed_deliveries(message: AbstractIncomingMessage) -> int:
+    """How many deliveries of this command failed before (our header on a delayed retry)."""
+    value = (message.headers or {}).get(H.ATTEMPTS, 0)
+    return int(value) if isinstance(value, int | str) and str(value).isdigit() else 0
 
 
 def original_routing_key(message: AbstractIncomingMessage) -> str:
@@ -83,11 +125,23 @@ def copy_message(message: AbstractIncomingMessage, headers: dict[str, Any]) -> a
 
 class Publisher:
     def __init__(
-        self, *, channel: AbstractChannel, events: AbstractExchange, topology: Topology
+        self,
+        *,
+        channel: AbstractChannel,
+        events: AbstractExchange,
+        topology: Topology,
+        ready_timeout_s: float = 10.0,
     ) -> None:
         self._channel = channel
         self._events = events
         self._topology = topology
+        self._ready_timeout_s = ready_timeout_s
+
+    async def ready(self) -> None:
+        """Wait (bounded) until the publishing channel is open again after a reconnect.
+        Raises ``TimeoutError`` if it is not back in time."""
+        if isinstance(self._channel, AbstractRobustChannel):
+            await asyncio.wait_for(self._channel.ready(), self._ready_timeout_s)
 
     async def event(
         self,
@@ -106,15 +160,14 @@ class Publisher:
             correlation_id=correlation_id,
             type=routing_key,
         )
+        await self.ready()
         await self._events.publish(message, routing_key=routing_key)
         if reply_to:
             await self._channel.default_exchange.publish(message, routing_key=reply_to)
 
     async def dead_letter(self, message: AbstractIncomingMessage, reason: DeadLetterReason) -> None:
         headers = _failure_headers(message, reason)
-        await self._channel.default_exchange.publish(
-            copy_message(message, headers), routing_key=DLQ
-        )
+        await self._to_queue(copy_message(message, headers), DLQ)
 
     async def delay(
         self,
@@ -134,8 +187,13 @@ class Publisher:
         headers[H.ORIGINAL_ROUTING_KEY] = original_routing_key(message)
         headers.update(extra_headers or {})
         level = self._topology.delay_for(seconds, at_least=at_least)
-        queue = self._topology.delay_queue(level)
-        await self._channel.default_exchange.publish(
-            copy_message(message, headers), routing_key=queue
-        )
+        await self._to_queue(copy_message(message, headers), self._topology.delay_queue(level))
         return level
+
+    async def _to_queue(self, message: aio_pika.Message, queue: str) -> None:
+        """Publish straight into ``queue``; confirmed, and refused if the queue is missing
+        (the broker returns the message instead of storing it)."""
+        await self.ready()
+        result = await self._channel.default_exchange.publish(message, routing_key=queue)
+        if isinstance(result, aiormq.abc.DeliveredMessage):
+            raise Unroutable(f"queue {queue!r} does not exist: the broker returned the message")

@@ -1,9 +1,11 @@
 """The runtime: builds every resource, owns it in one ``AsyncExitStack``, drains on stop.
 
-Start order (exit runs in reverse): command store -> HTTP session -> broker connection ->
-channels and topology -> consumer. Start fails fast: an unreachable broker or store raises
-before anything is consumed. Stop: stop intake, drain within ``RELAY_SHUTDOWN_GRACE_S``,
-cancel what is left (unacked, so redelivered), close.
+``start(settings)`` is an async context manager that yields a ``RunningService`` once the
+service consumes; leaving it stops intake, drains within ``RELAY_SHUTDOWN_GRACE_S``, cancels
+what is left (unacked, so redelivered) and closes everything in reverse order of opening:
+command store -> HTTP session -> broker connection -> channels and topology -> consumer.
+Start fails fast: an unreachable broker or store raises before anything is consumed.
+``run(settings, stop=…)`` is ``bss-relay serve``: start, wait for the signal, stop.
 """
 
 from __future__ import annotations
@@ -13,16 +15,17 @@ import contextlib
 import os
 import socket
 import uuid
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import aio_pika
 import aiohttp
 import structlog
 from aio_pika.abc import AbstractRobustConnection
 
-from handlers.ports import BssApi, CommandStore
+from handlers.ports import CommandStore
 from service.bss import PartnerApi
 from service.client import BssHttp
 from service.consumer import Consumer
@@ -33,10 +36,11 @@ from service.processor import Processor, RetryPolicy
 from service.publisher import Publisher
 from service.scheduler import FairScheduler
 from service.settings import Settings
+from service.settlement import Settler
 from service.store import open_store
 from service.topology import Topology, declare
 
-__all__ = ["ConfigurationError", "run"]
+__all__ = ["ConfigurationError", "RunningService", "run", "start"]
 
 log = structlog.get_logger(__name__)
 
@@ -47,11 +51,33 @@ class ConfigurationError(RuntimeError):
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class RunningService:
+    """What a started service is made of, for the CLI, the demo and tests to look at."""
+
+    owner: str
+    settings: Settings
+    topology: Topology
+    store: CommandStore
+    connection: AbstractRobustConnection
+    consumer: Consumer
+    limiter: RateLimiter
+    scheduler: FairScheduler
+    metrics: Metrics
+
+    def problems(self) -> list[str]:
+        """Why the service is not healthy now (empty: it is); ``/healthz`` shows them."""
+        found = list(self.consumer.problems())
+        if self.connection.is_closed:
+            found.append("broker connection closed; reconnecting")
+        return found
+
+
 def _owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def build_apis(settings: Settings, http: BssHttp) -> dict[str, BssApi]:
+def build_apis(settings: Settings, http: BssHttp) -> dict[str, PartnerApi]:
     partners = settings.partners()
     if not partners:
         raise ConfigurationError(
@@ -76,36 +102,29 @@ def build_apis(settings: Settings, http: BssHttp) -> dict[str, BssApi]:
 
 async def _prune_forever(store: CommandStore, retention: timedelta) -> None:
     while True:
-        with contextlib.suppress(Exception):
+        try:
             removed = await store.prune(finished_before=datetime.now(UTC) - retention)
+        except Exception:  # the store may be away for a while: tried again next round
+            log.exception("store_prune_failed")
+        else:
             if removed:
                 log.info("store_pruned", removed=removed)
         await asyncio.sleep(PRUNE_EVERY_S)
 
 
-async def _verify_consumers(
-    connection: AbstractRobustConnection, queue_name: str, consumer: Consumer
-) -> None:
-    """After a reconnect, check the broker really has a consumer again (aio-pika#231)."""
-    channel = await connection.channel()
+async def _logged(name: str, loop: Awaitable[None]) -> None:
+    """A background loop of the service: its end is never silent."""
     try:
-        queue = await channel.declare_queue(queue_name, passive=True)
-        count = queue.declaration_result.consumer_count
-    finally:
-        await channel.close()
-    log.info("reconnected", queue=queue_name, consumers=count)
-    if count == 0:
-        log.warning("consumer_missing_after_reconnect_restarting")
-        await consumer.start()
+        await loop
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("background_loop_failed", loop=name)
+        raise
 
 
-async def run(
-    settings: Settings,
-    *,
-    stop: asyncio.Event,
-    ready: asyncio.Event | None = None,
-    stats: dict[str, Any] | None = None,
-) -> None:
+@contextlib.asynccontextmanager
+async def start(settings: Settings) -> AsyncIterator[RunningService]:
     topology = Topology(settings.relay_queue_prefix)
     lease = timedelta(seconds=settings.relay_lease_s)
     owner = _owner_id()
@@ -124,9 +143,6 @@ async def run(
         stack.push_async_callback(connection.close)
         publish_channel = await connection.channel(publisher_confirms=True)
         declared = await declare(publish_channel, topology)
-        consume_channel = await connection.channel()
-        await consume_channel.set_qos(prefetch_count=settings.relay_prefetch)
-        work = await consume_channel.declare_queue(topology.work_queue, durable=True)
 
         limiter = RateLimiter(
             settings.relay_rate_limits,
@@ -146,61 +162,93 @@ async def run(
             throttle_retries=settings.relay_throttle_retries,
             metrics=metrics,
         )
-        processor = Processor(
+        settler = Settler(
             store=store,
             publisher=Publisher(channel=publish_channel, events=declared.events, topology=topology),
+            owner=owner,
+            clock=lambda: datetime.now(UTC),
+            metrics=metrics,
+            retry_s=settings.relay_settle_retry_s,
+        )
+        retry = RetryPolicy(
+            settings.relay_max_attempts,
+            settings.relay_retry_base_s,
+            settings.relay_retry_max_s,
+            settings.relay_store_retry_s,
+        )
+        processor = Processor(
+            store=store,
+            settler=settler,
             apis=build_apis(settings, http),
             scheduler=scheduler,
             owner=owner,
             lease=lease,
-            retry=RetryPolicy(
-                settings.relay_max_attempts, settings.relay_retry_base_s, settings.relay_retry_max_s
-            ),
+            retry=retry,
             max_body_bytes=settings.relay_max_body_bytes,
             metrics=metrics,
         )
-        async with asyncio.TaskGroup() as tasks:
-            consumer = Consumer(
-                queue=work,
-                processor=processor,
-                tasks=tasks,
-                store=store,
-                owner=owner,
-                lease=lease,
+        tasks = await stack.enter_async_context(asyncio.TaskGroup())
+        consumer = Consumer(
+            connection=connection,
+            queue_name=topology.work_queue,
+            prefetch=settings.relay_prefetch,
+            processor=processor,
+            settler=settler,
+            tasks=tasks,
+            store=store,
+            owner=owner,
+            lease=lease,
+            metrics=metrics,
+            stall_s=settings.relay_stall_s,
+        )
+        connection.reconnect_callbacks.add(
+            lambda *_: tasks.create_task(_logged("verify", consumer.verify()))
+        )
+        background = [
+            tasks.create_task(_logged("heartbeat", consumer.heartbeat())),
+            tasks.create_task(_logged("watch", consumer.watch())),
+            tasks.create_task(
+                _logged(
+                    "prune",
+                    _prune_forever(store, timedelta(days=settings.relay_retention_days)),
+                )
+            ),
+        ]
+        await consumer.start()
+        metrics.inflight.set_function(lambda: consumer.tasks_running)
+        service = RunningService(
+            owner=owner,
+            settings=settings,
+            topology=topology,
+            store=store,
+            connection=connection,
+            consumer=consumer,
+            limiter=limiter,
+            scheduler=scheduler,
+            metrics=metrics,
+        )
+        if settings.relay_metrics_port is not None:
+            await stack.enter_async_context(
+                serve_metrics(
+                    metrics,
+                    host=settings.relay_metrics_host,
+                    port=settings.relay_metrics_port,
+                    problems=service.problems,
+                )
             )
-
-            async def on_reconnect(*_: Any) -> None:
-                tasks.create_task(_verify_consumers(connection, topology.work_queue, consumer))
-
-            connection.reconnect_callbacks.add(on_reconnect)
-            background = [
-                tasks.create_task(consumer.heartbeat()),
-                tasks.create_task(
-                    _prune_forever(store, timedelta(days=settings.relay_retention_days))
-                ),
-            ]
-            await consumer.start()
-            metrics.inflight.set_function(lambda: consumer.inflight)
-            if settings.relay_metrics_port is not None:
-                await stack.enter_async_context(
-                    serve_metrics(
-                        metrics,
-                        host=settings.relay_metrics_host,
-                        port=settings.relay_metrics_port,
-                        healthy=lambda: consumer.consuming and not connection.is_closed,
-                    )
-                )
-            if stats is not None:
-                stats.update(
-                    limiter=limiter, consumer=consumer, scheduler=scheduler, metrics=metrics
-                )
-            log.info("service_started", owner=owner, queue=topology.work_queue)
-            if ready is not None:
-                ready.set()
-            await stop.wait()
+        log.info("service_started", owner=owner, queue=topology.work_queue)
+        try:
+            yield service
+        finally:
             log.info("service_stopping")
             await consumer.stop_intake()
             await consumer.drain(settings.relay_shutdown_grace_s)
             for task in background:
                 task.cancel()
     log.info("service_stopped")
+
+
+async def run(settings: Settings, *, stop: asyncio.Event) -> None:
+    """``bss-relay serve``: run until ``stop`` is set (SIGTERM/SIGINT), then drain."""
+    async with start(settings):
+        await stop.wait()

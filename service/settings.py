@@ -81,7 +81,17 @@ class Settings(BaseSettings):
     relay_max_attempts: int = Field(default=8, ge=1)
     relay_retry_base_s: float = Field(default=1.0, gt=0)
     relay_retry_max_s: float = Field(default=300.0, gt=0)
-    relay_lease_s: float = Field(default=30.0, gt=0)
+    # A crashed replica's commands stay claimed this long before another takes them over;
+    # leases are renewed in one statement per process every third of it.
+    relay_lease_s: float = Field(default=10.0, gt=0, le=3600)
+    # How long a message's settlement keeps trying a broker that is reconnecting before the
+    # message counts as stuck (the stall detector then frees it with a new channel).
+    relay_settle_retry_s: float = Field(default=30.0, gt=0)
+    # Messages stuck unsettled this long: /healthz answers 503 and the consumer re-establishes
+    # its channel, so the broker redelivers them.
+    relay_stall_s: float = Field(default=60.0, gt=0)
+    # How long a command waits before it is tried again while the store is unreachable.
+    relay_store_retry_s: float = Field(default=2.0, gt=0, le=60)
     relay_retention_days: float = Field(default=30.0, gt=0)
     relay_shutdown_grace_s: float = Field(default=30.0, ge=0)
     relay_max_body_bytes: int = Field(default=256 * 1024, ge=1024)

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,8 @@ import aiohttp
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
-from service.runtime import run
+from service.runtime import RunningService, start
+from service.sandbox.gateway import IAM_OPERATION
 from service.sandbox.server import SandboxServer
 from service.settings import Settings
 from service.topology import COMMANDS_EXCHANGE, DELAY_LEVELS_MS, DLQ, EVENTS_EXCHANGE, Topology
@@ -57,6 +61,11 @@ class Sandbox:
     async def requests(self, api: str | None = None) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = await self.get("requests")
         return [r for r in rows if api is None or r["api"] == api]
+
+    async def bss_requests(self) -> list[dict[str, Any]]:
+        """Every BSS API request received (IAM's credential requests left out): what an
+        event's ``attempts`` counts."""
+        return [r for r in await self.requests() if r["api"] != IAM_OPERATION]
 
 
 @pytest.fixture
@@ -106,7 +115,7 @@ class Relay:
     channel: AbstractChannel
     events: EventLog
     topology: Topology
-    stats: dict[str, Any]
+    service: RunningService
     stop: Callable[[], Awaitable[None]]
 
     async def publish(
@@ -185,7 +194,7 @@ async def start_relay(amqp_url: str, bss: Sandbox, e2e_store: str) -> AsyncItera
     await events_queue.bind(events_exchange, routing_key="#")
     await events_queue.consume(events.on_message)
     state = await bss.state()
-    running: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
+    running: list[AsyncExitStack] = []
 
     async def factory(**overrides: Any) -> Relay:
         values: dict[str, Any] = {
@@ -201,26 +210,20 @@ async def start_relay(amqp_url: str, bss: Sandbox, e2e_store: str) -> AsyncItera
         }
         values.update(overrides)
         settings = Settings(**values)
-        stop, ready = asyncio.Event(), asyncio.Event()
-        stats: dict[str, Any] = {}
-        task = asyncio.create_task(run(settings, stop=stop, ready=ready, stats=stats))
-        running.append((stop, task))
-        ready_wait = asyncio.create_task(ready.wait())
-        done, _ = await asyncio.wait({task, ready_wait}, return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            ready_wait.cancel()
-            task.result()  # raise the start-up error
+        stack = AsyncExitStack()
+        service = await stack.enter_async_context(start(settings))
+        running.append(stack)
 
         async def stop_this() -> None:
-            stop.set()
-            await asyncio.wait_for(task, 30)
+            if stack in running:
+                running.remove(stack)
+                await asyncio.wait_for(stack.aclose(), 30)
 
-        return Relay(settings, channel, events, Topology(prefix), stats, stop_this)
+        return Relay(settings, channel, events, Topology(prefix), service, stop_this)
 
     yield factory
-    for stop, task in reversed(running):
-        stop.set()
-        await asyncio.wait_for(task, 30)
+    for stack in reversed(running):
+        await asyncio.wait_for(stack.aclose(), 30)
     topology = Topology(prefix)
     for name in [topology.work_queue, *(topology.delay_queue(ms) for ms in DELAY_LEVELS_MS)]:
         await channel.queue_delete(name)
@@ -242,3 +245,109 @@ async def eventually(
             return
         await asyncio.sleep(step)
     raise AssertionError(f"condition not met within {within}s")
+
+
+# -- the service as `bss-relay serve` subprocesses ---------------------------------------
+
+
+class ServeProcess:
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.env = env
+        self.log = log
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        handle = self.log.open("ab")
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "service.cli",
+            "serve",
+            env=self.env,
+            stdout=handle,
+            stderr=handle,
+        )
+        handle.close()
+        await self._wait_started()
+
+    async def _wait_started(self) -> None:
+        for _ in range(200):
+            if b"service_started" in self.log.read_bytes():
+                return
+            assert self.proc is not None
+            if self.proc.returncode is not None:
+                raise AssertionError(self.log.read_text())
+            await asyncio.sleep(0.05)
+        raise AssertionError("service did not start: " + self.log.read_text())
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    async def wait(self, within: float = 30.0) -> int:
+        assert self.proc is not None
+        return await asyncio.wait_for(self.proc.wait(), within)
+
+
+Spawn = Callable[..., ServeProcess]
+
+
+@pytest.fixture
+async def serve(
+    amqp_url: str, bss: Sandbox, tmp_path: Path, e2e_store: str
+) -> AsyncIterator[tuple[Spawn, aio_pika.abc.AbstractChannel, EventLog, str]]:
+    prefix = f"relay-{uuid.uuid4().hex[:8]}"
+    state = await bss.state()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("BSS_", "RELAY_"))},
+        "AMQP_URL": amqp_url,
+        "BSS_ENDPOINT": bss.url,
+        "IAM_ENDPOINT": bss.url,
+        "STORE_URL": e2e_store,
+        "RELAY_QUEUE_PREFIX": prefix,
+        "RELAY_LEASE_S": "2",
+        "RELAY_RETRY_BASE_S": "0.25",
+        "RELAY_RETRY_MAX_S": "1",
+        "RELAY_LOG_LEVEL": "INFO",
+        **{k.upper(): v for k, v in partner_env(state).items()},
+    }
+    processes: list[ServeProcess] = []
+
+    def spawn(**overrides: str) -> ServeProcess:
+        process = ServeProcess({**env, **overrides}, tmp_path / "serve.log")
+        processes.append(process)
+        return process
+
+    connection = await aio_pika.connect_robust(amqp_url)
+    channel = await connection.channel(publisher_confirms=True)
+    events = EventLog()
+    queue = await channel.declare_queue(exclusive=True)
+    exchange = await channel.declare_exchange(
+        "bss.events", aio_pika.ExchangeType.TOPIC, durable=True
+    )
+    await queue.bind(exchange, routing_key="#")
+    await queue.consume(events.on_message)
+    yield spawn, channel, events, prefix
+    for process in processes:
+        if process.proc is not None and process.proc.returncode is None:
+            process.proc.kill()
+            await process.proc.wait()
+    topology = Topology(prefix)
+    for name in [topology.work_queue, *map(topology.delay_queue, DELAY_LEVELS_MS), DLQ]:
+        await channel.queue_delete(name)
+    await connection.close()
+
+
+async def publish(channel: aio_pika.abc.AbstractChannel, command: dict[str, Any]) -> None:
+    import json
+
+    exchange = await channel.get_exchange("bss.commands")
+    await exchange.publish(
+        aio_pika.Message(
+            json.dumps(command).encode(),
+            message_id=command["command_id"],
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            content_type="application/json",
+        ),
+        routing_key=f"command.{command['type']}",
+    )

@@ -53,8 +53,11 @@ async def test_renew_moves_expiry_and_event_has_the_contract_fields(
     assert event["type"] == "renew"
     assert event["partner_id"] is None  # not given: the one configured partner was used
     assert event["customer_id"] == ids.ACME
-    assert event["attempts"] == 1
+    # every API request it sent: the two reads that journal the baseline, then the renewal
+    assert event["attempts"] == len(await bss.bss_requests()) == 3
     assert event["duplicate"] is False
+    assert event["conflict"] is False
+    assert event["requested_by"] is None
     assert event["error"] is None
     assert len(event["result"]["order_ids"]) == 1
     assert relay.events.routing_keys[event["event_id"]] == "renew.succeeded"

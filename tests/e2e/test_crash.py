@@ -6,137 +6,29 @@ The service runs as ``bss-relay serve`` in a subprocess, exactly as in productio
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
-import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import aio_pika
 import pytest
 
-from service.topology import DELAY_LEVELS_MS, DLQ, Topology
 from tests.conftest import rabbitmqctl
 from tests.e2e.conftest import (
     BOTH_STORES,
     EventLog,
     RelayFactory,
     Sandbox,
+    Spawn,
     eventually,
     new_id,
-    partner_env,
+    publish,
 )
 from tests.e2e.test_commands import coupon, renew
 from tests.e2e.test_reliability import auto_renew
 from tests.sandbox import demo_ids as ids
 
 pytestmark = [pytest.mark.e2e, BOTH_STORES]
-
-
-class ServeProcess:
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.env = env
-        self.log = log
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        handle = self.log.open("ab")
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "service.cli",
-            "serve",
-            env=self.env,
-            stdout=handle,
-            stderr=handle,
-        )
-        handle.close()
-        await self._wait_started()
-
-    async def _wait_started(self) -> None:
-        for _ in range(200):
-            if b"service_started" in self.log.read_bytes():
-                return
-            assert self.proc is not None
-            if self.proc.returncode is not None:
-                raise AssertionError(self.log.read_text())
-            await asyncio.sleep(0.05)
-        raise AssertionError("service did not start: " + self.log.read_text())
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    async def wait(self, within: float = 30.0) -> int:
-        assert self.proc is not None
-        return await asyncio.wait_for(self.proc.wait(), within)
-
-
-Spawn = Callable[..., ServeProcess]
-
-
-@pytest.fixture
-async def serve(
-    amqp_url: str, bss: Sandbox, tmp_path: Path, e2e_store: str
-) -> AsyncIterator[tuple[Spawn, aio_pika.abc.AbstractChannel, EventLog, str]]:
-    prefix = f"relay-{uuid.uuid4().hex[:8]}"
-    state = await bss.state()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("BSS_", "RELAY_"))},
-        "AMQP_URL": amqp_url,
-        "BSS_ENDPOINT": bss.url,
-        "IAM_ENDPOINT": bss.url,
-        "STORE_URL": e2e_store,
-        "RELAY_QUEUE_PREFIX": prefix,
-        "RELAY_LEASE_S": "2",
-        "RELAY_RETRY_BASE_S": "0.25",
-        "RELAY_RETRY_MAX_S": "1",
-        "RELAY_LOG_LEVEL": "INFO",
-        **{k.upper(): v for k, v in partner_env(state).items()},
-    }
-    processes: list[ServeProcess] = []
-
-    def spawn(**overrides: str) -> ServeProcess:
-        process = ServeProcess({**env, **overrides}, tmp_path / "serve.log")
-        processes.append(process)
-        return process
-
-    connection = await aio_pika.connect_robust(amqp_url)
-    channel = await connection.channel(publisher_confirms=True)
-    events = EventLog()
-    queue = await channel.declare_queue(exclusive=True)
-    exchange = await channel.declare_exchange(
-        "bss.events", aio_pika.ExchangeType.TOPIC, durable=True
-    )
-    await queue.bind(exchange, routing_key="#")
-    await queue.consume(events.on_message)
-    yield spawn, channel, events, prefix
-    for process in processes:
-        if process.proc is not None and process.proc.returncode is None:
-            process.proc.kill()
-            await process.proc.wait()
-    topology = Topology(prefix)
-    for name in [topology.work_queue, *map(topology.delay_queue, DELAY_LEVELS_MS), DLQ]:
-        await channel.queue_delete(name)
-    await connection.close()
-
-
-async def publish(channel: aio_pika.abc.AbstractChannel, command: dict[str, Any]) -> None:
-    import json
-
-    exchange = await channel.get_exchange("bss.commands")
-    await exchange.publish(
-        aio_pika.Message(
-            json.dumps(command).encode(),
-            message_id=command["command_id"],
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            content_type="application/json",
-        ),
-        routing_key=f"command.{command['type']}",
-    )
 
 
 def mixed_commands(n: int) -> list[dict[str, Any]]:
@@ -273,9 +165,9 @@ async def test_broker_closing_connections_mid_run(
     for command in commands:
         await relay.events.wait_for(command["command_id"], within=90)
         assert len({e["event_id"] for e in relay.events.terminal(command["command_id"])}) == 1
-    consumer = relay.stats["consumer"]
+    consumer = relay.service.consumer
     for _ in range(100):  # redelivered duplicates may still be settling; none may hang
-        if consumer.inflight == 0:
+        if len(consumer.inflight) == 0:
             break
         await asyncio.sleep(0.1)
-    assert consumer.inflight == 0
+    assert len(consumer.inflight) == 0

@@ -72,10 +72,10 @@ async def test_light_key_is_not_stuck_behind_a_5000_command_backlog(
     assert hot_done < 5000  # the light command finished while the backlog was still draining
     assert latency < 10  # seconds; the benchmark measures it precisely (~1 s target)
 
-    scheduler = relay.stats["scheduler"]
+    scheduler = relay.service.scheduler
     assert scheduler.held("auto_renewal_resources", ids.ACME) <= 2 * 10 + 5  # ~hold_s of quota
     assert await unacked(amqp_url, relay.topology.work_queue) <= relay.settings.relay_prefetch
-    parked = relay.stats["metrics"].parked.labels("auto_renewal_resources")._value.get()
+    parked = relay.service.metrics.parked.labels("auto_renewal_resources")._value.get()
     assert parked > 0  # the rest of the backlog waits on the broker, not in memory
     calls = [r for r in await bss.requests("auto_renewal_resources")]
     assert all(r["status"] != 429 for r in calls)
@@ -123,7 +123,7 @@ async def test_throttling_answers_lower_the_rate_and_are_never_failures(
     statuses = Counter(r["status"] for r in await bss.requests("auto_renewal_resources"))
     assert statuses[200] + statuses[204] == 40
     assert statuses[429] > 0  # the API did throttle ...
-    rates = relay.stats["limiter"].rates()
+    rates = relay.service.limiter.rates()
     key = f"auto_renewal_resources/uid/{ids.ACME}"
     assert key in rates  # ... and the key was slowed below its configured 10/s
     assert rates[key] < 10

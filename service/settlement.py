@@ -1,0 +1,341 @@
+"""What happens to a delivered message: decided once, as a value, and applied in one place.
+
+The processor *decides* and returns one of these values; ``Settler.settle`` *applies* it. No
+other code acks, nacks or publishes on a message's behalf.
+
+==============  =============================================================================
+``Finish``      a claimed command's terminal event: store it (the first stored event wins),
+                dead-letter a copy if asked, publish the event, mark it published, ack
+``Reannounce``  a finished ``command_id`` again: its stored event re-announced with
+                ``duplicate: true`` (or as itself, if it never went out); with ``conflict``
+                the message re-used the id for a different command and a copy is dead-lettered
+``Reject``      the command is unusable: give back its claim if one was taken, dead-letter a
+                copy, publish a ``rejected`` event, ack
+``Delay``       back to the work queue later through a delay queue (retry, park, wait out a
+                lease or the store): give back the claim if asked, publish the copy, ack
+``Redeliver``   hand it back to the broker now (``nack`` with requeue): the service is stopping
+==============  =============================================================================
+
+Order of effects (guarantee 2): store bookkeeping, then every publish with confirms, then
+``mark_published``, then the ack. A crash anywhere before the ack redelivers the message, and
+the store says how far it got.
+
+Guarantee 6 (every delivered message is settled), whatever happens meanwhile:
+
+* Before each broker step the message's own channel is checked. A message whose channel closed
+  is never settled on another channel: settling stops (``Settled.ABANDONED``) and the broker
+  redelivers it; the store makes the redelivery finish the job.
+* A publish that fails while the message's channel lives waits for the publishing channel to be
+  restored and tries again, within ``retry_s``. Beyond that the message is ``STUCK``: it holds a
+  prefetch slot that only a new consuming channel frees, which the consumer's stall detector
+  does (and ``/healthz`` says so meanwhile).
+* The store unreachable while storing a terminal event: the message waits in a delay queue
+  instead; an uncertain money-moving call is then reconciled by the redelivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import structlog
+from aio_pika.abc import AbstractIncomingMessage
+
+from handlers.errors import StoreUnavailable
+from handlers.ports import CommandStore, StoredCommand
+from schemas.events import EVENT_ADAPTER, Event, routing_key
+from service.intake import Rejection, valid_command_id
+from service.metrics import Metrics
+from service.outcomes import announce_again, rejection_event
+from service.publisher import BROKER_ERRORS, DeadLetterReason, Publisher, failed_deliveries
+from service.store.errors import store_call
+
+__all__ = [
+    "Delay",
+    "Finish",
+    "Reannounce",
+    "Redeliver",
+    "Reject",
+    "Settled",
+    "Settlement",
+    "Settler",
+]
+
+log = structlog.get_logger(__name__)
+
+RETRY_PAUSE_S = 0.2  # between tries of a publish whose channel is being restored
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    command_id: str
+    event: Event
+    dead_letter: DeadLetterReason | None = None  # also keep a copy (e.g. `unknown`: a person looks)
+
+
+@dataclass(frozen=True, slots=True)
+class Reannounce:
+    record: StoredCommand
+    conflict: DeadLetterReason | None = None  # the message re-used the id for another command
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    rejection: Rejection
+    release: str | None = None  # the command id whose claim is given back first
+
+
+@dataclass(frozen=True, slots=True)
+class Delay:
+    seconds: float
+    why: str  # for logs and metrics: retry, park, busy, wait, crash
+    reason: DeadLetterReason | None = None  # failure headers (and an attempt spent), or none
+    headers: Mapping[str, Any] = field(default_factory=dict)
+    at_least: bool = False  # never sooner than ``seconds`` (else: the step not above it)
+    release: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Redeliver:
+    why: str
+
+
+Settlement = Finish | Reannounce | Reject | Delay | Redeliver
+
+
+class Settled(StrEnum):
+    SETTLED = "settled"  # acked or nacked: the broker has its answer
+    ABANDONED = "abandoned"  # its channel closed first: the broker redelivers it
+    STUCK = "stuck"  # the broker could not be reached in time while its channel lives
+
+
+class DeliveryLost(Exception):
+    """The message's channel closed before it was settled."""
+
+
+class SettlementFailed(Exception):
+    """The broker did not take a publish within the retry bound; the channel still lives."""
+
+
+def delivery_alive(message: AbstractIncomingMessage) -> bool:
+    try:
+        message.channel  # noqa: B018 - raises once the delivery's channel has closed
+    except BROKER_ERRORS:
+        return False
+    return True
+
+
+class Settler:
+    """Applies settlements. One per process; every message's settlement passes here."""
+
+    def __init__(
+        self,
+        *,
+        store: CommandStore,
+        publisher: Publisher,
+        owner: str,
+        clock: Callable[[], datetime],
+        metrics: Metrics,
+        retry_s: float = 30.0,
+        store_retry_s: float = 2.0,
+    ) -> None:
+        self._store = store
+        self._publisher = publisher
+        self._owner = owner
+        self._clock = clock
+        self._metrics = metrics
+        self._retry_s = retry_s
+        self._store_retry_s = store_retry_s
+
+    async def settle(self, message: AbstractIncomingMessage, decision: Settlement) -> Settled:
+        """Apply ``decision``. Returns how it ended; raises only on a bug of its own (the
+        consumer's last resort then dead-letters the raw message)."""
+        try:
+            try:
+                await self._apply(message, decision)
+            except StoreUnavailable as exc:
+                log.warning("store_unavailable_at_settlement", error=exc.message)
+                await self._apply(message, Delay(self._store_retry_s, "wait"))
+        except DeliveryLost:
+            log.info("settlement_abandoned", why="channel closed; the broker redelivers it")
+            self._metrics.inc(self._metrics.settlements, Settled.ABANDONED)
+            return Settled.ABANDONED
+        except SettlementFailed as exc:
+            log.error("settlement_stuck", error=repr(exc.__cause__ or exc))  # noqa: TRY400
+            self._metrics.inc(self._metrics.settlements, Settled.STUCK)
+            return Settled.STUCK
+        self._metrics.inc(self._metrics.settlements, Settled.SETTLED)
+        return Settled.SETTLED
+
+    async def _apply(self, message: AbstractIncomingMessage, decision: Settlement) -> None:
+        match decision:
+            case Finish():
+                await self._finish(message, decision)
+            case Reannounce():
+                await self._reannounce(message, decision)
+            case Reject():
+                await self._reject(message, decision)
+            case Delay():
+                await self._delay(message, decision)
+            case Redeliver():
+                await self._broker(message, lambda: message.nack(requeue=True))
+
+    async def _finish(self, message: AbstractIncomingMessage, decision: Finish) -> None:
+        body = decision.event.model_dump_json().encode()
+        stored = await store_call(
+            self._store.finish(decision.command_id, owner=self._owner, event=body)
+        )
+        # Another attempt may have finished first: its event is the one, ours is dropped.
+        event = decision.event if stored == body else EVENT_ADAPTER.validate_json(stored)
+        if decision.dead_letter is not None:
+            await self._dead_letter(message, decision.dead_letter)
+        await self._send_event(message, event, stored)
+        await self._mark_published(decision.command_id)
+        await self._ack(message)
+
+    async def _reannounce(self, message: AbstractIncomingMessage, decision: Reannounce) -> None:
+        record = decision.record
+        stored = record.event
+        if stored is None:  # pragma: no cover - a finished row always has its event
+            raise AssertionError(f"finished command {record.command_id} has no stored event")
+        if not record.published:  # the owner crashed before the event went out: as itself
+            await self._send_event(message, EVENT_ADAPTER.validate_json(stored), stored)
+            await self._mark_published(record.command_id)
+        if decision.conflict is not None:
+            await self._dead_letter(message, decision.conflict)
+        if record.published or decision.conflict is not None:
+            event = announce_again(stored, conflict=decision.conflict is not None)
+            log.info("command_duplicate", conflict=event.conflict, original=event.outcome)
+            await self._send_event(message, event)
+        await self._ack(message)
+
+    async def _reject(self, message: AbstractIncomingMessage, decision: Reject) -> None:
+        rejection = decision.rejection
+        await self._release(decision.release)
+        log.warning("command_rejected", code=rejection.code, reason=rejection.message)
+        now = self._clock()
+        reason = DeadLetterReason(
+            rejection.code, rejection.message, failed_deliveries(message), now
+        )
+        await self._dead_letter(message, reason)
+        event = rejection_event(rejection, now=now, requested_by=message.user_id)
+        await self._send_event(message, event)
+        await self._ack(message)
+
+    async def _delay(self, message: AbstractIncomingMessage, decision: Delay) -> None:
+        await self._release(decision.release)
+        await self._broker(
+            message,
+            lambda: self._publisher.delay(
+                message,
+                seconds=decision.seconds,
+                reason=decision.reason,
+                extra_headers=dict(decision.headers),
+                at_least=decision.at_least,
+            ),
+        )
+        self._metrics.inc(self._metrics.delayed, decision.why)
+        await self._ack(message)
+
+    # -- steps -------------------------------------------------------------------------------
+
+    async def _release(self, command_id: str | None) -> None:
+        if command_id is None:
+            return
+        try:
+            await store_call(self._store.release(command_id, owner=self._owner))
+        except StoreUnavailable as exc:  # the lease then simply runs out
+            log.warning("release_failed", error=exc.message)
+
+    async def _mark_published(self, command_id: str) -> None:
+        try:
+            await store_call(self._store.mark_published(command_id))
+        except StoreUnavailable as exc:
+            # The event is out; a later copy of the command re-sends it as itself once the
+            # lease has passed. Holding the message back would not make that any better.
+            log.warning("mark_published_failed", error=exc.message)
+
+    async def _dead_letter(
+        self, message: AbstractIncomingMessage, reason: DeadLetterReason
+    ) -> None:
+        await self._broker(message, lambda: self._publisher.dead_letter(message, reason))
+
+    async def _send_event(
+        self, message: AbstractIncomingMessage, event: Event, body: bytes | None = None
+    ) -> None:
+        payload = body if body is not None else event.model_dump_json().encode()
+        await self._broker(
+            message,
+            lambda: self._publisher.event(
+                payload,
+                routing_key=routing_key(event),
+                event_id=event.event_id,
+                correlation_id=message.correlation_id or event.command_id,
+                reply_to=message.reply_to,
+            ),
+        )
+        if not event.duplicate:
+            self._metrics.inc(self._metrics.commands, event.type, event.outcome)
+
+    async def _broker(
+        self, message: AbstractIncomingMessage, step: Callable[[], Awaitable[Any]]
+    ) -> None:
+        """One broker step for ``message``, only while its channel lives; a failed publish is
+        tried again once the publishing channel is back, within ``retry_s``."""
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + self._retry_s
+        while True:
+            if not delivery_alive(message):
+                raise DeliveryLost
+            try:
+                await step()
+            except BROKER_ERRORS as exc:
+                if not delivery_alive(message):
+                    raise DeliveryLost from exc
+                if loop.time() >= give_up_at:
+                    raise SettlementFailed(f"broker step failed for {self._retry_s:g} s") from exc
+                log.warning("broker_step_retry", error=repr(exc))
+                await asyncio.sleep(RETRY_PAUSE_S)
+            else:
+                return
+
+    async def _ack(self, message: AbstractIncomingMessage) -> None:
+        try:
+            await message.ack()
+        except BROKER_ERRORS as exc:
+            raise DeliveryLost from exc
+
+    async def last_resort(self, message: AbstractIncomingMessage, exc: BaseException) -> Settled:
+        """Processing and its crash path both failed: keep the raw message in the dead-letter
+        queue with the error, answer it with a ``rejected`` event if anything of it can be
+        read, and ack. Never raises: what cannot be done is logged and reported as STUCK."""
+        text = f"internal error: {type(exc).__name__}: {exc}"[:1000]
+        reason = DeadLetterReason("RELAY.INTERNAL", text, failed_deliveries(message), self._clock())
+        try:
+            await self._dead_letter(message, reason)
+            try:
+                rejection = Rejection("RELAY.INTERNAL", text, command_id=_safe_id(message))
+                event = rejection_event(rejection, now=reason.at, requested_by=message.user_id)
+                await self._send_event(message, event)
+            except (DeliveryLost, SettlementFailed):
+                raise
+            except Exception:  # the copy is kept: that is what matters; say what failed
+                log.exception("last_resort_event_failed")
+            await self._ack(message)
+        except DeliveryLost:
+            return Settled.ABANDONED
+        except Exception:
+            log.exception("last_resort_failed")
+            self._metrics.inc(self._metrics.settlements, Settled.STUCK)
+            return Settled.STUCK
+        self._metrics.inc(self._metrics.settlements, "last_resort")
+        return Settled.SETTLED
+
+
+def _safe_id(message: AbstractIncomingMessage) -> str | None:
+    value = message.message_id
+    return value if isinstance(value, str) and valid_command_id(value) else None

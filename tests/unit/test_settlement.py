@@ -1,0 +1,403 @@
+"""The processor and the one settlement point, against fakes of what they talk to.
+
+A real command store (SQLite in memory), a scripted API, a publisher that records what it is
+asked to publish, and messages whose channel can close: what is published, in which order,
+and whether the message is acked, for every way a message can end.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+import aiormq
+import pytest
+from aio_pika.abc import AbstractIncomingMessage
+
+from handlers.errors import ApiRefused, ApiUnavailable, RelayError, StoreUnavailable
+from handlers.ports import BssApi, CommandStore
+from schemas.bss import AutoRenewalResourcesReq
+from service.client import CallScope
+from service.limiter import RateLimiter
+from service.metrics import Metrics
+from service.processor import Processor, RetryPolicy
+from service.publisher import DeadLetterReason, H
+from service.scheduler import FairScheduler
+from service.settlement import Settled, Settler
+from service.store import open_store
+
+OWNER = "test-owner"
+LEASE = timedelta(seconds=10)
+
+
+class FakeMessage:
+    """The parts of an aio-pika incoming message the service uses; its channel can close."""
+
+    def __init__(self, body: bytes, *, headers: dict[str, Any] | None = None) -> None:
+        self.body = body
+        self.headers = headers or {}
+        self.user_id: str | None = None
+        self.message_id: str | None = None
+        self.correlation_id: str | None = None
+        self.reply_to: str | None = None
+        self.routing_key = "command.x"
+        self.content_type = "application/json"
+        self.content_encoding: str | None = None
+        self.timestamp: datetime | None = None
+        self.type: str | None = None
+        self.app_id: str | None = None
+        self.priority: int | None = None
+        self.channel_open = True
+        self.settled: list[str] = []
+
+    @property
+    def channel(self) -> object:
+        if not self.channel_open:
+            raise aiormq.exceptions.ChannelInvalidStateError("closed")
+        return object()
+
+    async def ack(self) -> None:
+        _ = self.channel
+        self.settled.append("ack")
+
+    async def nack(self, requeue: bool = True) -> None:
+        _ = self.channel
+        self.settled.append(f"nack(requeue={requeue})")
+
+
+@dataclass
+class RecordingPublisher:
+    """Records every publish; ``failures`` scripts what the next publishes raise."""
+
+    log: list[tuple[str, Any]] = field(default_factory=list)
+    failures: list[BaseException] = field(default_factory=list)
+    on_publish: Any = None
+
+    def _maybe_fail(self) -> None:
+        if self.on_publish is not None:
+            self.on_publish()
+        if self.failures:
+            raise self.failures.pop(0)
+
+    async def ready(self) -> None:
+        return None
+
+    async def event(
+        self,
+        body: bytes,
+        *,
+        routing_key: str,
+        event_id: str,
+        correlation_id: str | None,
+        reply_to: str | None,
+    ) -> None:
+        self._maybe_fail()
+        self.log.append(("event", json.loads(body)))
+
+    async def dead_letter(self, message: Any, reason: DeadLetterReason) -> None:
+        self._maybe_fail()
+        self.log.append(("dead_letter", reason))
+
+    async def delay(
+        self,
+        message: Any,
+        *,
+        seconds: float,
+        reason: DeadLetterReason | None,
+        extra_headers: dict[str, Any] | None = None,
+        at_least: bool = False,
+    ) -> int:
+        self._maybe_fail()
+        self.log.append(("delay", (seconds, reason, extra_headers)))
+        return 250
+
+    def kinds(self) -> list[str]:
+        return [kind for kind, _ in self.log]
+
+    def events(self) -> list[dict[str, Any]]:
+        return [what for kind, what in self.log if kind == "event"]
+
+
+class ScriptedApi:
+    """Only the auto-renew calls exist; ``errors`` scripts what the next calls raise."""
+
+    def __init__(self) -> None:
+        self.errors: list[RelayError] = []
+        self.calls = 0
+
+    def scoped(self, scope: CallScope) -> BssApi:
+        return cast(BssApi, _Scoped(self, scope))
+
+
+class _Scoped:
+    def __init__(self, api: ScriptedApi, scope: CallScope) -> None:
+        self._api, self._scope = api, scope
+
+    async def enable_auto_renew(
+        self, customer_id: str, resource_id: str, body: AutoRenewalResourcesReq
+    ) -> None:
+        self._scope.sent += 1
+        self._api.calls += 1
+        if self._api.errors:
+            raise self._api.errors.pop(0)
+
+    async def cancel_auto_renew(self, customer_id: str, resource_id: str) -> None:
+        await self.enable_auto_renew(customer_id, resource_id, AutoRenewalResourcesReq())
+
+
+@dataclass
+class Rig:
+    store: CommandStore
+    publisher: RecordingPublisher
+    api: ScriptedApi
+    processor: Processor
+
+    async def process(self, message: FakeMessage) -> Settled:
+        return await self.processor.process(cast(AbstractIncomingMessage, message))
+
+
+@pytest.fixture
+async def rig() -> AsyncIterator[Rig]:
+    async with open_store("sqlite://:memory:") as store:
+        publisher = RecordingPublisher()
+        api = ScriptedApi()
+        settler = Settler(
+            store=store,
+            publisher=publisher,  # type: ignore[arg-type]
+            owner=OWNER,
+            clock=lambda: datetime.now(UTC),
+            metrics=Metrics(),
+            retry_s=0.5,
+        )
+        limiter = RateLimiter({"*": 1000})
+        processor = Processor(
+            store=store,
+            settler=settler,
+            apis={"p-1": api},  # type: ignore[dict-item]
+            scheduler=FairScheduler(limiter),
+            owner=OWNER,
+            lease=LEASE,
+            retry=RetryPolicy(max_attempts=3, base_s=0.25, max_s=1.0),
+            max_body_bytes=256 * 1024,
+        )
+        yield Rig(store, publisher, api, processor)
+
+
+def auto_renew(command_id: str = "c-1", **payload: Any) -> bytes:
+    return json.dumps(
+        {
+            "command_id": command_id,
+            "type": "set_auto_renew",
+            "payload": {"customer_id": "cust", "resource_id": "r-1", "enabled": True, **payload},
+        }
+    ).encode()
+
+
+async def test_success_is_stored_then_published_then_marked_then_acked(rig: Rig) -> None:
+    message = FakeMessage(auto_renew())
+    message.user_id = "erp-billing"
+    assert await rig.process(message) is Settled.SETTLED
+    [event] = rig.publisher.events()
+    assert (event["outcome"], event["attempts"], event["requested_by"]) == (
+        "succeeded",
+        1,
+        "erp-billing",
+    )
+    assert message.settled == ["ack"]
+    record = await rig.store.get("c-1")
+    assert record is not None
+    assert record.published
+    assert record.event is not None
+    assert json.loads(record.event)["event_id"] == event["event_id"]
+
+
+async def test_a_closed_channel_abandons_the_message_to_redelivery(rig: Rig) -> None:
+    message = FakeMessage(auto_renew())
+
+    def close_channel() -> None:  # the connection drops as the event goes out
+        message.channel_open = False
+        raise ConnectionResetError("connection lost")
+
+    rig.publisher.on_publish = close_channel
+    assert await rig.process(message) is Settled.ABANDONED
+    assert message.settled == []  # never settled on another channel
+    assert rig.publisher.events() == []
+    record = await rig.store.get("c-1")
+    assert record is not None
+    assert record.event is not None
+    assert not record.published
+
+    # the redelivery waits for the lease (the stored event goes out as itself after it),
+    # and the API is not called again
+    rig.publisher.on_publish = None
+    again = FakeMessage(auto_renew())
+    assert await rig.process(again) is Settled.SETTLED
+    [(kind, (seconds, _reason, _headers))] = rig.publisher.log
+    assert kind == "delay"
+    assert seconds <= LEASE.total_seconds()
+    assert rig.api.calls == 1
+
+
+async def test_a_publish_that_fails_while_the_channel_lives_is_tried_again(rig: Rig) -> None:
+    rig.publisher.failures = [aiormq.exceptions.ChannelInvalidStateError("restoring")] * 2
+    message = FakeMessage(auto_renew())
+    assert await rig.process(message) is Settled.SETTLED
+    assert len(rig.publisher.events()) == 1
+    assert message.settled == ["ack"]
+
+
+async def test_a_broker_that_never_comes_back_leaves_the_message_stuck_not_acked(
+    rig: Rig,
+) -> None:
+    rig.publisher.failures = [ConnectionResetError("gone")] * 1000
+    message = FakeMessage(auto_renew())
+    assert await rig.process(message) is Settled.STUCK
+    assert message.settled == []
+
+
+async def test_retry_is_delayed_with_reason_and_request_count_and_claim_given_back(
+    rig: Rig,
+) -> None:
+    rig.api.errors = [ApiUnavailable("CBC.0999", "busy")]
+    message = FakeMessage(auto_renew())
+    assert await rig.process(message) is Settled.SETTLED
+    [(kind, (_seconds, reason, headers))] = rig.publisher.log
+    assert kind == "delay"
+    assert reason.code == "CBC.0999"
+    assert reason.attempts == 1
+    assert headers[H.REQUESTS] == 1
+    assert message.settled == ["ack"]
+    record = await rig.store.get("c-1")
+    assert record is not None
+    assert record.lease_until is None
+
+    # the retried delivery reports both requests
+    retried = FakeMessage(auto_renew(), headers={H.ATTEMPTS: 1, H.REQUESTS: 1})
+    await rig.process(retried)
+    [event] = rig.publisher.events()
+    assert (event["outcome"], event["attempts"]) == ("succeeded", 2)
+
+
+async def test_retries_run_out_into_failed_and_a_dead_letter(rig: Rig) -> None:
+    rig.api.errors = [ApiUnavailable("CBC.0999", "busy")]
+    message = FakeMessage(auto_renew(), headers={H.ATTEMPTS: 2, H.REQUESTS: 2})
+    await rig.process(message)
+    assert rig.publisher.kinds() == ["dead_letter", "event"]
+    [event] = rig.publisher.events()
+    assert event["outcome"] == "failed"
+    assert event["error"]["code"] == "RELAY.RETRIES_EXHAUSTED"
+    assert event["attempts"] == 3
+
+
+async def test_refusal_fails_without_a_dead_letter(rig: Rig) -> None:
+    rig.api.errors = [ApiRefused("CBC.0100", "bad parameter")]
+    await rig.process(FakeMessage(auto_renew()))
+    assert rig.publisher.kinds() == ["event"]
+    assert rig.publisher.events()[0]["error"]["code"] == "CBC.0100"
+
+
+async def test_store_unavailable_waits_without_spending_an_attempt(rig: Rig) -> None:
+    rig.api.errors = [StoreUnavailable("RELAY.STORE_UNAVAILABLE", "down")]
+    message = FakeMessage(auto_renew(), headers={H.ATTEMPTS: 2})
+    await rig.process(message)
+    [(kind, (_seconds, reason, _headers))] = rig.publisher.log
+    assert kind == "delay"
+    assert reason is None  # no failure recorded: the next delivery still has its attempts
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 10_000 + b"]" * 10_000,
+        b"\xff\xfe",
+        b'{"type": "renew"}',
+        b'{"command_id": "c", "type": "issue_coupon", "payload": {"quota_id": "q", '
+        b'"customer_ids": ["a"], "face_value": "1e3"}}',
+    ],
+)
+async def test_unusable_input_is_rejected_and_dead_lettered(rig: Rig, body: bytes) -> None:
+    message = FakeMessage(body)
+    assert await rig.process(message) is Settled.SETTLED
+    assert rig.publisher.kinds() == ["dead_letter", "event"]
+    assert rig.publisher.events()[0]["outcome"] == "rejected"
+    assert message.settled == ["ack"]
+    assert rig.api.calls == 0
+
+
+async def test_when_processing_and_the_crash_path_fail_the_raw_message_is_dead_lettered(
+    rig: Rig,
+) -> None:
+    class Bug(Exception):
+        pass
+
+    class BrokenStore:
+        def __getattr__(self, name: str) -> Any:
+            async def fail(*_: Any, **__: Any) -> None:
+                raise Bug("store bug")
+
+            return fail
+
+    rig.processor._store = BrokenStore()
+    rig.publisher.failures = [TypeError("publisher bug")]  # the crash path's delay fails too
+    message = FakeMessage(auto_renew())
+    assert await rig.process(message) is Settled.SETTLED
+    assert rig.publisher.kinds() == ["dead_letter", "event"]
+    reason = rig.publisher.log[0][1]
+    assert reason.code == "RELAY.INTERNAL"
+    assert "TypeError" in reason.message
+    assert message.settled == ["ack"]
+
+
+async def test_busy_elsewhere_waits_out_the_owners_lease_once(rig: Rig) -> None:
+    await rig.store.claim("c-1", "set_auto_renew", owner="someone-else", lease=LEASE)
+    await rig.process(FakeMessage(auto_renew()))
+    [(kind, (seconds, reason, _headers))] = rig.publisher.log
+    assert kind == "delay"
+    assert reason is None
+    assert 9.0 <= seconds <= 10.0  # as long as the lease has left, not a second
+    assert rig.api.calls == 0
+
+
+def _ids(values: Sequence[dict[str, Any]]) -> list[str]:
+    return [v["event_id"] for v in values]
+
+
+async def test_a_finished_command_is_reannounced_as_a_duplicate(rig: Rig) -> None:
+    await rig.process(FakeMessage(auto_renew()))
+    second = FakeMessage(auto_renew())
+    await rig.process(second)
+    first, again = rig.publisher.events()
+    assert again["duplicate"] is True
+    assert again["conflict"] is False
+    assert first["event_id"] != again["event_id"]
+    assert rig.api.calls == 1
+    assert second.settled == ["ack"]
+
+
+async def test_an_id_reused_for_another_command_is_a_conflict(rig: Rig) -> None:
+    await rig.process(FakeMessage(auto_renew()))
+    other = FakeMessage(auto_renew(enabled=False))
+    await rig.process(other)
+    assert rig.publisher.kinds() == ["event", "dead_letter", "event"]
+    reason = rig.publisher.log[1][1]
+    assert reason.code == "RELAY.ID_CONFLICT"
+    again = rig.publisher.events()[1]
+    assert again["duplicate"] is True
+    assert again["conflict"] is True
+    assert rig.api.calls == 1
+    assert other.settled == ["ack"]
+
+
+async def test_a_deadline_that_passed_is_rejected_and_the_claim_given_back(rig: Rig) -> None:
+    past = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
+    body = json.loads(auto_renew())
+    body["deadline"] = past
+    await rig.process(FakeMessage(json.dumps(body).encode()))
+    assert rig.publisher.kinds() == ["dead_letter", "event"]
+    assert rig.publisher.events()[0]["error"]["code"] == "RELAY.DEADLINE_PASSED"
+    record = await rig.store.get("c-1")
+    assert record is not None
+    assert record.lease_until is None
