@@ -206,6 +206,16 @@ class FakeBssApi:
         self.quotas[quota_id] = Quota(quota_id, balance)
         return self.quotas[quota_id]
 
+    def issue_elsewhere(
+        self, quota_id: str, customer_ids: Sequence[str], face_value: Decimal, *, memo: str | None
+    ) -> CreatePartnerCouponsResp:
+        """Coupons issued by someone else (another command, the partner's console): the world
+        acts, no call of the code under test is logged."""
+        body = CreatePartnerCouponsReq(
+            quota_id=quota_id, customer_ids=list(customer_ids), face_value=face_value, memo=memo
+        )
+        return self._issue(body)
+
     def script(self, op: str, *faults: Fault) -> None:
         """Queue faults for the next calls of ``op``, one per call, in order."""
         self._faults[op].extend(faults)
