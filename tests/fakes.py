@@ -171,7 +171,7 @@ class FakeBssApi:
         self.period_quote: ListRateOnPeriodDetailResp | None = None
         self.renewal_quote: ListRenewRateOnPeriodResp | None = None
         self.calls: list[ApiCall] = []
-        self._faults: defaultdict[str, deque[Fault]] = defaultdict(deque)
+        self._faults: defaultdict[str, deque[Fault | None]] = defaultdict(deque)
         self._ids = itertools.count(1)
 
     # --- building the world -------------------------------------------------------------------
@@ -216,8 +216,9 @@ class FakeBssApi:
         )
         return self._issue(body)
 
-    def script(self, op: str, *faults: Fault) -> None:
-        """Queue faults for the next calls of ``op``, one per call, in order."""
+    def script(self, op: str, *faults: Fault | None) -> None:
+        """Queue faults for the next calls of ``op``, one per call, in order; ``None`` lets
+        that call answer normally (to fail, say, the second read but not the first)."""
         self._faults[op].extend(faults)
 
     # --- what happened ------------------------------------------------------------------------

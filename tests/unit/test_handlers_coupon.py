@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 
 from handlers.coupon import CLOCK_MARGIN, issue_coupon, memo_for
-from handlers.errors import ApiRefused, CallTimeout, Disposition, OutcomeUnknown
+from handlers.errors import ApiRefused, ApiUnavailable, CallTimeout, Disposition, OutcomeUnknown
 from schemas.bss import CreatePartnerCouponsReq
 from schemas.commands import IssueCouponCommand
 from schemas.coupon import FailedCustomer, IssueCouponPayload, IssueCouponResult, IssuedCoupon
@@ -250,6 +250,23 @@ async def test_failed_issue_records_of_ours_are_not_adopted_as_coupons(world: Wo
     assert len(world.api.records) == 2
     assert {r.result for r in world.api.records} == {"-1"}
     assert journal.log == ["call_starting", "call_had_no_effect"]
+
+
+async def test_a_failed_reconciliation_read_leaves_it_in_flight_never_issued_twice(
+    world: World,
+) -> None:
+    world.api.script("issue_coupons", Fault(timeout(), after_effect=True))
+    world.api.script("coupon_issue_records_since", Fault(ApiUnavailable("CBC.0999", "later")))
+    journal = world.journal("cmd-1")
+    with pytest.raises(ApiUnavailable):
+        await issue_coupon(command("c1"), world.context("cmd-1", journal))
+    assert journal.in_flight
+
+    done = await issue_coupon(command("c1"), world.context("cmd-1", journal))  # the retry
+
+    assert world.api.count("issue_coupons") == 1
+    assert result_of(done.result) == IssueCouponResult(coupons=issued(world))
+    assert len(issued(world)) == 1
 
 
 # --- a crash found the command in flight --------------------------------------------------------

@@ -4,12 +4,14 @@ of a renewal whose answer was lost (money moved at most once, never a second cal
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from datetime import timedelta
 
 import pytest
 
 from handlers.errors import (
     ApiRefused,
+    ApiUnavailable,
     CallTimeout,
     Disposition,
     NotSent,
@@ -21,7 +23,7 @@ from schemas.bss import RenewalResourcesReq
 from schemas.commands import RenewCommand
 from schemas.common import FailedResource
 from schemas.renew import RenewPayload, RenewResult
-from tests.fakes import T0, Fault, MemoryJournal, SimulatedCrash, World
+from tests.fakes import T0, EffectLedger, Fault, MemoryJournal, SimulatedCrash, World
 
 CUSTOMER = "cust-1"
 EXPIRES = T0 + timedelta(days=10)
@@ -362,3 +364,48 @@ async def test_in_flight_note_orders_are_excluded_from_candidates(world: World) 
     assert journal.log[0] == "call_had_no_effect"
     assert world.api.count("renew") == 1
     assert before.order_id not in world.ledger.owners
+
+
+# --- reconciliation that cannot finish, or loses a race -----------------------------------------
+
+
+async def test_a_failed_reconciliation_read_leaves_it_in_flight_never_renewed_twice(
+    world: World,
+) -> None:
+    world.api.script("renew", Fault(timeout(), after_effect=True))
+    # The first read is the baseline before the call; the second, reconciliation's, fails.
+    world.api.script("renewal_orders_since", None, Fault(ApiUnavailable("CBC.0999", "later")))
+    first = world.journal("cmd-1")
+    with pytest.raises(ApiUnavailable):
+        await renew(command("r1"), world.context("cmd-1", first))
+    assert first.in_flight
+    assert "call_had_no_effect" not in first.log
+
+    done = await renew(command("r1"), world.context("cmd-1", first))  # the retry
+
+    [order] = world.api.orders_of(CUSTOMER)
+    assert result_of(done.result) == RenewResult(order_ids=[order.order_id])
+    assert world.api.count("renew") == 1
+    assert world.api.resources["r1"].expire_time == EXPIRES + MONTH
+
+
+async def test_losing_the_atomic_claim_of_the_one_candidate_is_undecidable() -> None:
+    """Between "nobody owns it" and claiming it, another command claimed the order: never
+    adopt it, never renew again."""
+
+    class RacingLedger(EffectLedger):
+        def claim(self, command_id: str, effect_ids: Collection[str]) -> dict[str, str]:
+            for effect in effect_ids:
+                self.owners.setdefault(effect, "cmd-racer")
+            return super().claim(command_id, effect_ids)
+
+    world = World(ledger=RacingLedger())
+    world.api.add_resource("r1", CUSTOMER, expire=EXPIRES)
+    world.api.script("renew", Fault(timeout(), after_effect=True))
+
+    with pytest.raises(OutcomeUndecidable):
+        await renew(command("r1"), world.context("cmd-1"))
+
+    [order] = world.api.orders_of(CUSTOMER)
+    assert world.ledger.owners == {order.order_id: "cmd-racer"}
+    assert world.api.count("renew") == 1
