@@ -104,5 +104,7 @@ def _is_mine(record: CouponRecord, command_id: str) -> bool:
     return (
         record.result in (None, ISSUED_OK, str(ISSUED_OK))
         and record.remark is not None
-        and marker(command_id) in record.remark
+        # the marker is always the memo's end (memo_for): a producer's own memo that quotes
+        # another command's marker must not make that command adopt this coupon
+        and record.remark.endswith(marker(command_id))
     )
