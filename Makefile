@@ -5,13 +5,30 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test check lint typecheck services asyncapi bench clean
+.PHONY: demo test check lint typecheck services asyncapi bench clean lock lock-upgrade image-check
 
-$(STAMP): pyproject.toml
+# The virtualenv installs exactly the locked versions, hash-checked (requirements-dev.lock:
+# runtime + dev tools; requirements-build.lock: the build backend), then the project itself
+# without resolving anything and without fetching a build backend of its own.
+$(STAMP): pyproject.toml requirements-dev.lock requirements-build.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --require-hashes -r requirements-build.lock -r requirements-dev.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# Lock files, compiled from pyproject.toml by uv (pinned in the dev lock itself). `make lock`
+# after editing pyproject.toml keeps every pin that still fits and adds or drops what changed;
+# `make lock-upgrade` moves everything to the newest versions the ranges allow. The runtime
+# lock (the Dockerfile's) is constrained by the dev lock so both pin the same versions.
+LOCK := $(BIN)/uv pip compile --quiet --generate-hashes --universal --python-version 3.11 \
+	--custom-compile-command "make lock"
+lock: $(STAMP)
+	$(LOCK) $(LOCK_ARGS) pyproject.toml --extra dev -o requirements-dev.lock
+	$(LOCK) $(LOCK_ARGS) pyproject.toml -c requirements-dev.lock -o requirements.lock
+	$(LOCK) $(LOCK_ARGS) --group pyproject.toml:build -o requirements-build.lock
+
+lock-upgrade:
+	$(MAKE) lock LOCK_ARGS=--upgrade
 
 services:
 	@scripts/ensure-services
@@ -36,6 +53,10 @@ asyncapi: $(STAMP)
 
 bench: $(STAMP) services
 	$(BIN)/bss-relay bench
+
+# Builds the Dockerfile with rootful podman and smoke-tests the image (minutes; not in CI).
+image-check:
+	scripts/image-check
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache bss-relay.db*
