@@ -9,6 +9,7 @@ the API saw it, so repeating is safe even for money-moving calls.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -174,17 +175,22 @@ class BssHttp:
         ``scope``: the command the call is made for (IAM calls have none)."""
         path = op.render(**(path_params or {}))
         query_string = canonical_query(query)
+        metrics = self._metrics
         for attempt in range(self._throttle_retries + 1):
+            waited = time.perf_counter()
             await self._scheduler.turn(op.name, parent_uid)
+            metrics.observe_quota_wait(op.name, time.perf_counter() - waited)
             if scope is not None:
                 await scope.sending(op)
+            sent = time.perf_counter()
             try:
                 response = await self._send(
                     op, signer, path=path, query=query_string, body=body, domain_id=domain_id
                 )
             except RelayError as exc:
                 status = str(exc.http_status) if exc.http_status else exc.code
-                self._metrics.inc(self._metrics.api_requests, op.name, status)
+                metrics.observe_api(op.name, status, time.perf_counter() - sent)
+                metrics.inc(metrics.api_requests, op.name, status)
                 if not isinstance(exc, Throttled):
                     raise
                 self._limiter.throttled(op.name, parent_uid)
@@ -192,7 +198,9 @@ class BssHttp:
                 if attempt == self._throttle_retries:
                     raise
             else:
-                self._metrics.inc(self._metrics.api_requests, op.name, str(response.status))
+                status = str(response.status)
+                metrics.observe_api(op.name, status, time.perf_counter() - sent)
+                metrics.inc(metrics.api_requests, op.name, status)
                 return response
         raise AssertionError("unreachable")  # pragma: no cover
 
