@@ -106,7 +106,7 @@ async def test_every_metric_used_exists_in_a_running_service(
 ) -> None:
     port = free_port()
     relay = await start_relay(relay_metrics_port=port)
-    commands = [
+    commands: list[dict[str, Any]] = [
         {
             "command_id": new_id("renew"),
             "type": "renew",
