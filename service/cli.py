@@ -32,6 +32,13 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"bss-relay: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
     configure_logging(settings.relay_log_level)
+    from service.tracing import configure_tracing
+
+    try:  # the OTEL_* variables: a no-op when they ask for nothing
+        tracer_provider = configure_tracing()
+    except ValueError as exc:
+        print(f"bss-relay: invalid OpenTelemetry configuration: {exc}", file=sys.stderr)
+        return 2
 
     async def body(stop: asyncio.Event) -> None:
         async with start(settings):
@@ -43,6 +50,9 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigurationError as exc:
         print(f"bss-relay: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if tracer_provider is not None:
+            tracer_provider.shutdown()  # after the loop: exports the spans still batched
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -71,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the service",
         description="Consume commands, call the BSS API, publish events. Stops cleanly on "
         "SIGTERM/SIGINT: intake stops, commands in progress drain within "
-        "RELAY_SHUTDOWN_GRACE_S, the rest is redelivered later.",
+        "RELAY_SHUTDOWN_GRACE_S, the rest is redelivered later. Traces go to an OTLP/HTTP "
+        "collector when OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_TRACES_EXPORTER) is set.",
     )
     serve.add_argument("--env-file", default=None, help="read settings from this file too")
     serve.set_defaults(func=_serve)

@@ -35,6 +35,7 @@ from service.metrics import Metrics
 from service.operations import Operation
 from service.scheduler import FairScheduler
 from service.signer import QueryValue, Signer, canonical_query
+from service.tracing import client_span
 
 __all__ = [
     "THROTTLE_CODES",
@@ -179,13 +180,20 @@ class BssHttp:
         for attempt in range(self._throttle_retries + 1):
             waited = time.perf_counter()
             await self._scheduler.turn(op.name, parent_uid)
-            metrics.observe_quota_wait(op.name, time.perf_counter() - waited)
+            quota_wait_s = time.perf_counter() - waited
+            metrics.observe_quota_wait(op.name, quota_wait_s)
             if scope is not None:
                 await scope.sending(op)
             sent = time.perf_counter()
             try:
                 response = await self._send(
-                    op, signer, path=path, query=query_string, body=body, domain_id=domain_id
+                    op,
+                    signer,
+                    path=path,
+                    query=query_string,
+                    body=body,
+                    domain_id=domain_id,
+                    quota_wait_s=quota_wait_s,
                 )
             except RelayError as exc:
                 status = str(exc.http_status) if exc.http_status else exc.code
@@ -213,6 +221,7 @@ class BssHttp:
         query: str,
         body: bytes | None,
         domain_id: str | None,
+        quota_wait_s: float = 0.0,
     ) -> Response:
         base = self._bases[op.service]
         headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
@@ -228,20 +237,28 @@ class BssHttp:
             body=body or b"",
         )
         url = URL(base + path + (f"?{query}" if query else ""), encoded=True)
-        try:
-            async with self._session.request(
-                op.method, url, headers=signed, data=body, skip_auto_headers=("Content-Type",)
-            ) as resp:
-                data = await resp.read()
-                status, request_id = resp.status, resp.headers.get("X-Request-Id")
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            raise NotSent("RELAY.CONNECT_FAILED", f"could not connect: {exc}") from exc
-        except TimeoutError as exc:
-            if op.mutating:
-                raise CallTimeout("RELAY.TIMEOUT", f"{op.name}: no answer in time") from exc
-            raise ApiUnavailable("RELAY.TIMEOUT", f"{op.name}: no answer in time") from exc
-        except aiohttp.ClientError as exc:
-            raise _lost(op, "RELAY.CONNECTION_LOST", f"{op.name}: {exc!r}") from exc
-        if 200 <= status < 300:
-            return Response(status, data, request_id)
-        raise map_error(op, status, data, request_id)
+        with client_span(
+            api=op.name,
+            method=op.method,
+            url=base + path,
+            template=urlsplit(base).path + op.path,
+            quota_wait_s=quota_wait_s,
+        ) as span:
+            try:
+                async with self._session.request(
+                    op.method, url, headers=signed, data=body, skip_auto_headers=("Content-Type",)
+                ) as resp:
+                    data = await resp.read()
+                    status, request_id = resp.status, resp.headers.get("X-Request-Id")
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+                raise NotSent("RELAY.CONNECT_FAILED", f"could not connect: {exc}") from exc
+            except TimeoutError as exc:
+                if op.mutating:
+                    raise CallTimeout("RELAY.TIMEOUT", f"{op.name}: no answer in time") from exc
+                raise ApiUnavailable("RELAY.TIMEOUT", f"{op.name}: no answer in time") from exc
+            except aiohttp.ClientError as exc:
+                raise _lost(op, "RELAY.CONNECTION_LOST", f"{op.name}: {exc!r}") from exc
+            span.status(status)
+            if 200 <= status < 300:
+                return Response(status, data, request_id)
+            raise map_error(op, status, data, request_id)

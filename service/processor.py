@@ -55,6 +55,7 @@ from service.settlement import (
     Settler,
 )
 from service.store.errors import store_call
+from service.tracing import consume_span
 
 __all__ = ["Processor", "RetryPolicy", "ScopedApi"]
 
@@ -134,6 +135,11 @@ class Processor:
     async def process(self, message: AbstractIncomingMessage) -> Settled:
         """Decide and settle one message. Call it in a task of its own (the consumer does):
         the log context it binds is that task's, and ends with it."""
+        # TRACING HOOK (issue 13): the command's CONSUMER span, from consume to settle.
+        with consume_span(message):
+            return await self._process(message)
+
+    async def _process(self, message: AbstractIncomingMessage) -> Settled:
         delivery = Delivery(message)
         try:
             decision = await self.decide(delivery)

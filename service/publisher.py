@@ -21,6 +21,7 @@ from aio_pika.abc import (
 )
 
 from service.topology import DLQ, Topology
+from service.tracing import publish_span
 
 __all__ = [
     "BROKER_ERRORS",
@@ -152,18 +153,23 @@ class Publisher:
         correlation_id: str | None,
         reply_to: str | None,
     ) -> None:
-        message = aio_pika.Message(
-            body,
-            content_type=JSON,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=event_id,
-            correlation_id=correlation_id,
-            type=routing_key,
-        )
-        await self.ready()
-        await self._events.publish(message, routing_key=routing_key)
-        if reply_to:
-            await self._channel.default_exchange.publish(message, routing_key=reply_to)
+        # TRACING HOOK (issue 13): a PRODUCER span; its traceparent in the event's headers.
+        with publish_span(
+            destination=self._events.name, routing_key=routing_key, message_id=event_id
+        ) as headers:
+            message = aio_pika.Message(
+                body,
+                headers=headers or None,
+                content_type=JSON,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                message_id=event_id,
+                correlation_id=correlation_id,
+                type=routing_key,
+            )
+            await self.ready()
+            await self._events.publish(message, routing_key=routing_key)
+            if reply_to:
+                await self._channel.default_exchange.publish(message, routing_key=reply_to)
 
     async def dead_letter(self, message: AbstractIncomingMessage, reason: DeadLetterReason) -> None:
         headers = _failure_headers(message, reason)
