@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping, MutableMapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -61,6 +61,7 @@ INSTRUMENTATION = "bss-relay"
 SERVICE_NAME = "bss-relay"
 
 _tracer: Tracer | None = None
+_NOTHING: AbstractContextManager[None] = nullcontext()
 
 
 def enable(provider: trace.TracerProvider) -> None:
@@ -149,24 +150,31 @@ def _carrier(headers: Mapping[str, Any] | None) -> dict[str, str]:
     return carrier
 
 
-@contextmanager
-def consume_span(message: AbstractIncomingMessage) -> Iterator[Span | None]:
+def consume_span(message: AbstractIncomingMessage) -> AbstractContextManager[Span | None]:
     """The command's span, from consume to settle, continuing the ``traceparent`` of the
     message's headers (a new trace without one). Wrap everything done for the message in it:
     API calls and the event's publish become its children. Yields None when not tracing."""
-    tracer = _tracer
-    if tracer is None:
+    if _tracer is not None:
+        return _consume_span(_tracer, message)
+    headers = message.headers
+    if headers and "traceparent" in headers:
         # Not tracing, but the contract still carries the producer's trace on to the event:
         # make its context current so that ``publish_span`` passes it through.
-        if message.headers and "traceparent" in message.headers:
-            token = context.attach(propagate.extract(_carrier(message.headers)))
-            try:
-                yield None
-            finally:
-                context.detach(token)
-        else:
-            yield None
-        return
+        return _passed_through(headers)
+    return _NOTHING
+
+
+@contextmanager
+def _passed_through(headers: Mapping[str, Any]) -> Iterator[None]:
+    token = context.attach(propagate.extract(_carrier(headers)))
+    try:
+        yield None
+    finally:
+        context.detach(token)
+
+
+@contextmanager
+def _consume_span(tracer: Tracer, message: AbstractIncomingMessage) -> Iterator[Span | None]:
     destination = message.exchange or ""
     attributes: dict[str, Any] = {
         "messaging.system": "rabbitmq",
@@ -209,19 +217,25 @@ def inject(headers: MutableMapping[str, Any]) -> None:
         propagate.inject(headers)
 
 
-@contextmanager
 def publish_span(
     *, destination: str, routing_key: str, message_id: str | None
-) -> Iterator[dict[str, Any]]:
+) -> AbstractContextManager[dict[str, Any]]:
     """A PRODUCER span for one publish; yields the headers to give the message (its
     ``traceparent`` names this span). When not tracing there is no span, and the headers
     pass on the producer's ``traceparent`` if the command had one (else they are empty)."""
+    if _tracer is not None:
+        return _publish_span(_tracer, destination, routing_key, message_id)
     headers: dict[str, Any] = {}
-    tracer = _tracer
-    if tracer is None:
+    if context.get_current():  # only ``consume_span``'s pass-through sets a context then
         inject(headers)
-        yield headers
-        return
+    return nullcontext(headers)
+
+
+@contextmanager
+def _publish_span(
+    tracer: Tracer, destination: str, routing_key: str, message_id: str | None
+) -> Iterator[dict[str, Any]]:
+    headers: dict[str, Any] = {}
     attributes: dict[str, Any] = {
         "messaging.system": "rabbitmq",
         "messaging.operation.type": "send",
@@ -258,19 +272,27 @@ class ClientSpan:
 
 
 _NO_SPAN = ClientSpan(None)
+# Not tracing: shared context managers, nothing allocated per call.
+_NO_CLIENT_SPAN = nullcontext(_NO_SPAN)
 
 
-@contextmanager
 def client_span(
     *, api: str, method: str, url: str, template: str, quota_wait_s: float
-) -> Iterator[ClientSpan]:
+) -> AbstractContextManager[ClientSpan]:
     """A CLIENT span around one HTTP call to the BSS or IAM API. ``url`` is the request URL;
     only scheme, host, port and path are recorded (never the query string). An exception
     leaving the block marks the span as an error with the exception's type."""
-    tracer = _tracer
-    if tracer is None:
-        yield _NO_SPAN
-        return
+    if _tracer is None:
+        return _NO_CLIENT_SPAN
+    return _client_span(
+        _tracer, api=api, method=method, url=url, template=template, quota_wait_s=quota_wait_s
+    )
+
+
+@contextmanager
+def _client_span(
+    tracer: Tracer, *, api: str, method: str, url: str, template: str, quota_wait_s: float
+) -> Iterator[ClientSpan]:
     parts = urlsplit(url)
     attributes: dict[str, Any] = {
         "http.request.method": method,
