@@ -83,6 +83,22 @@ EVENT_MODELS: Mapping[str, type[BaseModel]] = {
     INVALID_TYPE: InvalidEvent,
 }
 
+# W3C Trace Context (CONTRACT §8): optional on a command, carried on to its event.
+TRACE_HEADERS: Mapping[str, dict[str, Any]] = {
+    "traceparent": {
+        "type": "string",
+        "pattern": "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
+        "description": "W3C Trace Context `traceparent`.",
+        "examples": ["00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"],
+    },
+    "tracestate": {"type": "string", "description": "W3C Trace Context `tracestate`."},
+}
+
+
+def _trace_headers(description: str) -> dict[str, Any]:
+    return {"type": "object", "description": description, "properties": dict(TRACE_HEADERS)}
+
+
 DEAD_LETTER_HEADERS: Mapping[str, dict[str, Any]] = {
     H.REASON: {
         "type": "string",
@@ -174,6 +190,10 @@ def _command_message(type_: str, model: type[BaseModel], ref: str) -> dict[str, 
         ),
         "contentType": JSON,
         "correlationId": {"$ref": "#/components/correlationIds/command"},
+        "headers": _trace_headers(
+            "Optional. A producer's trace context: the command's event carries a "
+            "`traceparent` of the same trace."
+        ),
         "payload": {"$ref": ref},
     }
 
@@ -195,6 +215,10 @@ def _event_message(type_: str, model: type[BaseModel], ref: str) -> dict[str, An
         ),
         "contentType": JSON,
         "correlationId": {"$ref": "#/components/correlationIds/event"},
+        "headers": _trace_headers(
+            "Present when the command carried a `traceparent`: the same trace, continued "
+            "(with tracing exported, the parent is the service's publish span)."
+        ),
         "payload": {"$ref": ref},
     }
 
