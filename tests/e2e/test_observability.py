@@ -93,7 +93,7 @@ def test_the_deploy_files_use_metrics_and_both_sources_are_named() -> None:
         "BssRelayUnknownOutcome",
         "BssRelayDeadLettersGrowing",
         "BssRelayOldestUnsettledTooOld",
-        "BssRelayNoReplicaConsuming",
+        "BssRelayNoReplicaHealthy",
         "BssRelayNoConsumerOnWorkQueue",
         "BssRelayApiErrors",
         "BssRelayStoreErrors",
@@ -158,7 +158,7 @@ async def test_every_metric_used_exists_in_a_running_service(
         "bss_relay_api_request_duration_seconds_bucket",
         "bss_relay_api_request_duration_seconds_sum",
         "bss_relay_quota_wait_seconds_count",
-        "bss_relay_consuming",
+        "bss_relay_healthy",
     ):
         assert totals.get(series, 0) > 0, f"{series} has no observation after traffic"
     # One renewal: the IAM call and the renewal itself, each timed with its status.
