@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
@@ -40,6 +40,8 @@ from service.settlement import Redeliver, Settled, Settler
 __all__ = ["Consumer", "Inflight", "Phase"]
 
 log = structlog.get_logger(__name__)
+
+DELAY_POLL_S = 5.0
 
 
 class Phase(StrEnum):
@@ -109,6 +111,7 @@ class Consumer:
         owner: str,
         lease: timedelta,
         metrics: Metrics,
+        delay_queues: Sequence[str] = (),
         stall_s: float = 30.0,
     ) -> None:
         self._connection = connection
@@ -122,6 +125,8 @@ class Consumer:
         self._lease = lease
         self._metrics = metrics
         self._stall_s = stall_s
+        self._delay_queues = tuple(delay_queues)
+        self.waiting_in_delay_queues = 0  # read from the broker every DELAY_POLL_S
         self.inflight = Inflight()
         self._running: set[asyncio.Task[None]] = set()
         self._channel: AbstractChannel | None = None
@@ -207,11 +212,17 @@ class Consumer:
                     log.exception("lease_renewal_failed", commands=len(held))
 
     async def watch(self) -> None:
-        """The stall detector, and the age of the oldest unsettled message."""
+        """The stall detector, the age of the oldest unsettled message, and how many commands
+        wait in the delay queues (parked or retrying, all replicas together: the broker's
+        count)."""
         interval = min(1.0, self._stall_s / 4)
+        polled = 0.0
         while True:
             await asyncio.sleep(interval)
             self._metrics.oldest_unsettled.set(self.inflight.oldest_age())
+            if time.monotonic() - polled >= DELAY_POLL_S:
+                polled = time.monotonic()
+                await self._count_delayed()
             if self.inflight.stuck(self._stall_s) == 0:
                 self.stalled_since = None
                 continue
@@ -223,6 +234,21 @@ class Consumer:
                 self.stalled_since = None
             except Exception:  # the broker is away: the next round tries again
                 log.exception("consumer_reestablish_failed")
+
+    async def _count_delayed(self) -> None:
+        try:
+            channel = await self._connection.channel()
+            try:
+                total = 0
+                for name in self._delay_queues:
+                    queue = await channel.declare_queue(name, passive=True)
+                    total += queue.declaration_result.message_count or 0
+            finally:
+                await channel.close()
+        except BROKER_ERRORS as exc:  # the broker is away: the gauge keeps its last value
+            log.info("delay_count_skipped", error=repr(exc))
+            return
+        self.waiting_in_delay_queues = total
 
     async def verify(self, *_: Any) -> None:
         """After a reconnect: check the broker really has our consumer again (aio-pika#231),

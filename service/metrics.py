@@ -125,12 +125,12 @@ class Metrics:
         )
         self.store_errors = Counter(
             "bss_relay_store_errors",
-            "Command store operations that failed (the command was left to be redelivered)",
+            "Command store operations that failed (the command waited and was tried again)",
             registry=self.registry,
         )
         self.parked_now = Gauge(
             "bss_relay_commands_parked_now",
-            "Commands parked on the broker's delay queues for pacing right now",
+            "Commands waiting in the delay queues now (parked, retrying, waiting), all replicas",
             registry=self.registry,
         )
         self.healthy = Gauge(

@@ -24,7 +24,7 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 from structlog.contextvars import bind_contextvars
 
-from handlers.errors import Disposition, LeaseLost, RelayError, Retryable
+from handlers.errors import Disposition, LeaseLost, RelayError, Retryable, StoreUnavailable
 from handlers.ports import (
     BssApi,
     ClaimOutcome,
@@ -294,6 +294,7 @@ class Processor:
                 result=done.result,
                 requested_by=delivery.requested_by,
             ),
+            issued_at=command.issued_at,
         )
 
     def _exclusive(self, command: Command) -> contextlib.AbstractAsyncContextManager[None]:
@@ -331,9 +332,9 @@ class Processor:
         log.warning("command_ended", outcome=outcome, code=exc.code, status=exc.http_status)
         event = self._event(d, command, outcome, attempts, exc)
         if outcome is Outcome.FAILED:
-            return Finish(command.command_id, event)
+            return Finish(command.command_id, event, issued_at=command.issued_at)
         reason = DeadLetterReason(exc.code, exc.message, d.failed_before, self.now())
-        return Finish(command.command_id, event, dead_letter=reason)
+        return Finish(command.command_id, event, dead_letter=reason, issued_at=command.issued_at)
 
     def _retry_or_give_up(
         self, d: Delivery, command: Command, exc: RelayError, attempts: int, uncertain: bool
@@ -369,13 +370,15 @@ class Processor:
         )
         log.error("command_gave_up", code=code, last_code=exc.code, retries=retries)
         event = self._event(d, command, outcome, attempts, final)
-        return Finish(command.command_id, event, dead_letter=reason)
+        return Finish(command.command_id, event, dead_letter=reason, issued_at=command.issued_at)
 
     def _wait(
         self, d: Delivery, command: Command, exc: RelayError, attempts: int, _u: bool
     ) -> Settlement:
         """WAIT: the store is unreachable, or the lease was lost: no attempt is spent, the
         claim is not given back (it cannot be, or it is not ours any more)."""
+        if isinstance(exc, StoreUnavailable):
+            self._metrics.store_error()
         seconds = self._lease.total_seconds() if isinstance(exc, LeaseLost) else self._retry.wait_s
         log.warning("command_waiting", code=exc.code, wait_s=seconds)
         return Delay(seconds, "wait", headers=_requests_header(attempts))

@@ -38,7 +38,7 @@ from service.scheduler import FairScheduler
 from service.settings import Settings
 from service.settlement import Settler
 from service.store import open_store
-from service.topology import Topology, declare
+from service.topology import DELAY_LEVELS_MS, Topology, declare
 
 __all__ = ["ConfigurationError", "RunningService", "run", "start"]
 
@@ -199,6 +199,7 @@ async def start(settings: Settings) -> AsyncIterator[RunningService]:
             owner=owner,
             lease=lease,
             metrics=metrics,
+            delay_queues=[topology.delay_queue(ms) for ms in DELAY_LEVELS_MS],
             stall_s=settings.relay_stall_s,
         )
         connection.reconnect_callbacks.add(
@@ -216,6 +217,7 @@ async def start(settings: Settings) -> AsyncIterator[RunningService]:
         ]
         await consumer.start()
         metrics.inflight.set_function(lambda: consumer.tasks_running)
+        metrics.set_parked(lambda: consumer.waiting_in_delay_queues)
         service = RunningService(
             owner=owner,
             settings=settings,

@@ -38,7 +38,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -49,7 +49,7 @@ from handlers.errors import StoreUnavailable
 from handlers.ports import CommandStore, StoredCommand
 from schemas.events import EVENT_ADAPTER, Event, routing_key
 from service.intake import Rejection, valid_command_id
-from service.metrics import Metrics
+from service.metrics import Metrics, age_s
 from service.outcomes import announce_again, rejection_event
 from service.publisher import BROKER_ERRORS, DeadLetterReason, Publisher, failed_deliveries
 from service.store.errors import store_call
@@ -75,6 +75,7 @@ class Finish:
     command_id: str
     event: Event
     dead_letter: DeadLetterReason | None = None  # also keep a copy (e.g. `unknown`: a person looks)
+    issued_at: datetime | None = None  # the command's, when the message has no timestamp
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +159,7 @@ class Settler:
             try:
                 await self._apply(message, decision)
             except StoreUnavailable as exc:
+                self._metrics.store_error()
                 log.warning("store_unavailable_at_settlement", error=exc.message)
                 await self._apply(message, Delay(self._store_retry_s, "wait"))
         except DeliveryLost:
@@ -193,7 +195,7 @@ class Settler:
         event = decision.event if stored == body else EVENT_ADAPTER.validate_json(stored)
         if decision.dead_letter is not None:
             await self._dead_letter(message, decision.dead_letter)
-        await self._send_event(message, event, stored)
+        await self._send_event(message, event, stored, issued_at=decision.issued_at)
         await self._mark_published(decision.command_id)
         await self._ack(message)
 
@@ -249,12 +251,14 @@ class Settler:
         try:
             await store_call(self._store.release(command_id, owner=self._owner))
         except StoreUnavailable as exc:  # the lease then simply runs out
+            self._metrics.store_error()
             log.warning("release_failed", error=exc.message)
 
     async def _mark_published(self, command_id: str) -> None:
         try:
             await store_call(self._store.mark_published(command_id))
         except StoreUnavailable as exc:
+            self._metrics.store_error()
             # The event is out; a later copy of the command re-sends it as itself once the
             # lease has passed. Holding the message back would not make that any better.
             log.warning("mark_published_failed", error=exc.message)
@@ -265,7 +269,12 @@ class Settler:
         await self._broker(message, lambda: self._publisher.dead_letter(message, reason))
 
     async def _send_event(
-        self, message: AbstractIncomingMessage, event: Event, body: bytes | None = None
+        self,
+        message: AbstractIncomingMessage,
+        event: Event,
+        body: bytes | None = None,
+        *,
+        issued_at: datetime | None = None,
     ) -> None:
         payload = body if body is not None else event.model_dump_json().encode()
         await self._broker(
@@ -280,6 +289,9 @@ class Settler:
         )
         if not event.duplicate:
             self._metrics.inc(self._metrics.commands, event.type, event.outcome)
+            start = _utc(message.timestamp) or issued_at
+            if start is not None:
+                self._metrics.observe_command(event.type, event.outcome, age_s(start))
 
     async def _broker(
         self, message: AbstractIncomingMessage, step: Callable[[], Awaitable[Any]]
@@ -334,6 +346,13 @@ class Settler:
             return Settled.STUCK
         self._metrics.inc(self._metrics.settlements, "last_resort")
         return Settled.SETTLED
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    """aio-pika reads the AMQP timestamp as a naive datetime; it is UTC by definition."""
+    if moment is None:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _safe_id(message: AbstractIncomingMessage) -> str | None:
