@@ -109,7 +109,15 @@ class StoredCommand:
     note: bytes | None = None  # what the handler journaled with the latest call start
     published: bool = False  # the terminal event was confirmed by the broker
     lease_until: datetime | None = None  # the current owner's lease ends then (None: no owner)
-    fingerprint: str | None = None  # what the command was (type, partner, payload), hashed
+    # Written once, by the claim that created the row (never changed by later claims); None on
+    # rows created before these columns existed, or by a caller that passed nothing.
+    fingerprint: str | None = None  # hash of the canonical (type, partner_id, payload)
+    requested_by: str | None = None  # the AMQP user_id of the message first claimed
+    partner_id: str | None = None
+    customer_id: str | None = None
+    body: bytes | None = None  # the validated command, canonical JSON (for the audit view)
+    created_at: datetime | None = None
+    finished_at: datetime | None = None
 
 
 class ClaimOutcome(StrEnum):
@@ -133,13 +141,28 @@ class CommandStore(Protocol):
     """
 
     async def claim(
-        self, command_id: str, command_type: str, *, owner: str, lease: timedelta
+        self,
+        command_id: str,
+        command_type: str,
+        *,
+        owner: str,
+        lease: timedelta,
+        fingerprint: str | None = None,
+        requested_by: str | None = None,
+        partner_id: str | None = None,
+        customer_id: str | None = None,
+        body: bytes | None = None,
     ) -> Claim:
         """Atomically take ownership, creating the record if it is new.
 
         Returns FINISHED if the command has finished, BUSY if another owner's lease is still
         live, else CLAIMED with the record as it was (so a previous IN_FLIGHT is visible and
         the caller can reconcile before calling the API again).
+
+        ``fingerprint``, ``requested_by``, ``partner_id``, ``customer_id`` and ``body`` are
+        stored only by the claim that creates the row, in the same statement; later claims
+        never change them, so ``record.fingerprint`` tells whether a message re-using the
+        ``command_id`` carries the same command (see ``service.fingerprint``).
         """
         ...
 

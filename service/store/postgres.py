@@ -51,13 +51,31 @@ _DDL = (
         created_at      timestamptz NOT NULL,
         updated_at      timestamptz NOT NULL,
         finished_at     timestamptz,
+        fingerprint     text,
+        requested_by    text,
+        partner_id      text,
+        customer_id     text,
+        body            bytea,
         CHECK ((owner IS NULL) = (lease_until IS NULL)),
         CHECK ((status = 'finished') = (finished_at IS NOT NULL AND event IS NOT NULL))
     )
     """,
+    # columns added after the first release, for a table created before them
+    """
+    ALTER TABLE relay_commands
+        ADD COLUMN IF NOT EXISTS fingerprint text,
+        ADD COLUMN IF NOT EXISTS requested_by text,
+        ADD COLUMN IF NOT EXISTS partner_id text,
+        ADD COLUMN IF NOT EXISTS customer_id text,
+        ADD COLUMN IF NOT EXISTS body bytea
+    """,
     """
     CREATE INDEX IF NOT EXISTS relay_commands_finished_at
         ON relay_commands (finished_at) WHERE status = 'finished'
+    """,
+    """
+    CREATE INDEX IF NOT EXISTS relay_commands_money_created_at
+        ON relay_commands (created_at) WHERE type IN ('renew', 'issue_coupon')
     """,
     """
     CREATE TABLE IF NOT EXISTS relay_effects (
@@ -68,28 +86,31 @@ _DDL = (
     """,
 )
 
+_COLUMNS = """command_id, type, status, attempts, call_started_at, note, event, published_at,
+           lease_until, updated_at, fingerprint, requested_by, partner_id, customer_id, body,
+           created_at, finished_at"""
+
 # Claimable: not finished, and nobody holds a live lease. Not re-entrant on purpose: an owner
 # is typically a replica (renew_leases heartbeats all its commands), and two deliveries of one
 # command_id inside one replica must not both run.
-_CLAIM = """
+_CLAIM = f"""
     INSERT INTO relay_commands AS c (command_id, type, status, attempts, owner, lease_until,
-                              created_at, updated_at)
-    VALUES ($1, $2, 'received', 0, $3, $4, $5, $5)
+                              created_at, updated_at, fingerprint, requested_by, partner_id,
+                              customer_id, body)
+    VALUES ($1, $2, 'received', 0, $3, $4, $5, $5, $6, $7, $8, $9, $10)
     ON CONFLICT (command_id) DO UPDATE
         SET owner = EXCLUDED.owner,
             lease_until = EXCLUDED.lease_until,
             updated_at = EXCLUDED.updated_at
         WHERE c.status <> 'finished'
           AND (c.owner IS NULL OR c.lease_until <= EXCLUDED.updated_at)
-    RETURNING command_id, type, status, attempts, call_started_at, note, event, published_at,
-           lease_until, updated_at
-"""
+    RETURNING {_COLUMNS}
+"""  # noqa: S608 - a constant column list, no input
 
-_GET = """
-    SELECT command_id, type, status, attempts, call_started_at, note, event, published_at,
-           lease_until, updated_at
+_GET = f"""
+    SELECT {_COLUMNS}
     FROM relay_commands WHERE command_id = $1
-"""
+"""  # noqa: S608 - a constant column list
 
 # An expired lease still recorded for this owner is revived: nobody took the command over.
 _RENEW = """
@@ -171,6 +192,13 @@ def _record(row: Any) -> StoredCommand:
         published=row["published_at"] is not None,
         lease_until=_utc(row["lease_until"]),
         updated_at=row["updated_at"].astimezone(UTC),
+        fingerprint=row["fingerprint"],
+        requested_by=row["requested_by"],
+        partner_id=row["partner_id"],
+        customer_id=row["customer_id"],
+        body=None if row["body"] is None else bytes(row["body"]),
+        created_at=_utc(row["created_at"]),
+        finished_at=_utc(row["finished_at"]),
     )
 
 
@@ -239,13 +267,24 @@ class PostgresCommandStore:
                 await conn.execute(statement)
 
     async def claim(
-        self, command_id: str, command_type: str, *, owner: str, lease: timedelta
+        self,
+        command_id: str,
+        command_type: str,
+        *,
+        owner: str,
+        lease: timedelta,
+        fingerprint: str | None = None,
+        requested_by: str | None = None,
+        partner_id: str | None = None,
+        customer_id: str | None = None,
+        body: bytes | None = None,
     ) -> Claim:
         now = self._now()
         until = lease_end(now, lease)
+        details = (fingerprint, requested_by, partner_id, customer_id, body)
         for _ in range(CLAIM_TRIES):
             row = await self._open_pool().fetchrow(
-                _CLAIM, command_id, command_type, owner, until, now
+                _CLAIM, command_id, command_type, owner, until, now, *details
             )
             if row is not None:
                 return Claim(ClaimOutcome.CLAIMED, _record(row))

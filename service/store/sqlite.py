@@ -60,6 +60,11 @@ _SCHEMA = (
         created_at      TEXT NOT NULL,
         updated_at      TEXT NOT NULL,
         finished_at     TEXT,
+        fingerprint     TEXT,
+        requested_by    TEXT,
+        partner_id      TEXT,
+        customer_id     TEXT,
+        body            BLOB,
         CHECK ((owner IS NULL) = (lease_until IS NULL)),
         CHECK ((status = 'finished') = (finished_at IS NOT NULL AND event IS NOT NULL))
     )
@@ -67,6 +72,10 @@ _SCHEMA = (
     """
     CREATE INDEX IF NOT EXISTS relay_commands_finished_at
         ON relay_commands (finished_at) WHERE status = 'finished'
+    """,
+    """
+    CREATE INDEX IF NOT EXISTS relay_commands_money_created_at
+        ON relay_commands (created_at) WHERE type IN ('renew', 'issue_coupon')
     """,
     """
     CREATE TABLE IF NOT EXISTS relay_effects (
@@ -77,28 +86,41 @@ _SCHEMA = (
     """,
 )
 
+_COLUMNS = """command_id, type, status, attempts, call_started_at, note, event, published_at,
+           lease_until, updated_at, fingerprint, requested_by, partner_id, customer_id, body,
+           created_at, finished_at"""
+
+# Columns added after the first release: ADDed to a table created before them.
+_ADDED_COLUMNS = (
+    ("fingerprint", "TEXT"),
+    ("requested_by", "TEXT"),
+    ("partner_id", "TEXT"),
+    ("customer_id", "TEXT"),
+    ("body", "BLOB"),
+)
+
 # Claimable: not finished, and nobody holds a live lease. Not re-entrant on purpose: an owner
 # is typically a replica (renew_leases heartbeats all its commands), and two deliveries of one
 # command_id inside one replica must not both run.
-_CLAIM = """
+_CLAIM = f"""
     INSERT INTO relay_commands (command_id, type, status, attempts, owner, lease_until,
-                         created_at, updated_at)
-    VALUES (:command_id, :type, 'received', 0, :owner, :lease_until, :now, :now)
+                         created_at, updated_at, fingerprint, requested_by, partner_id,
+                         customer_id, body)
+    VALUES (:command_id, :type, 'received', 0, :owner, :lease_until, :now, :now,
+            :fingerprint, :requested_by, :partner_id, :customer_id, :body)
     ON CONFLICT (command_id) DO UPDATE
         SET owner = excluded.owner,
             lease_until = excluded.lease_until,
             updated_at = excluded.updated_at
         WHERE relay_commands.status <> 'finished'
           AND (relay_commands.owner IS NULL OR relay_commands.lease_until <= excluded.updated_at)
-    RETURNING command_id, type, status, attempts, call_started_at, note, event, published_at,
-           lease_until, updated_at
-"""
+    RETURNING {_COLUMNS}
+"""  # noqa: S608 - a constant column list, no input
 
-_GET = """
-    SELECT command_id, type, status, attempts, call_started_at, note, event, published_at,
-           lease_until, updated_at
+_GET = f"""
+    SELECT {_COLUMNS}
     FROM relay_commands WHERE command_id = :command_id
-"""
+"""  # noqa: S608 - a constant column list
 
 # An expired lease still recorded for this owner is revived: nobody took the command over.
 _RENEW = """
@@ -196,6 +218,13 @@ def _record(row: sqlite3.Row) -> StoredCommand:
         published=row["published_at"] is not None,
         lease_until=_moment(row["lease_until"]),
         updated_at=updated_at,
+        fingerprint=row["fingerprint"],
+        requested_by=row["requested_by"],
+        partner_id=row["partner_id"],
+        customer_id=row["customer_id"],
+        body=row["body"],
+        created_at=_moment(row["created_at"]),
+        finished_at=_moment(row["finished_at"]),
     )
 
 
@@ -244,11 +273,26 @@ class SqliteCommandStore:
         conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
-        for statement in _SCHEMA:
+        conn.execute(_SCHEMA[0])
+        present = {row["name"] for row in conn.execute("PRAGMA table_info(relay_commands)")}
+        for name, kind in _ADDED_COLUMNS:
+            if name not in present:
+                conn.execute(f"ALTER TABLE relay_commands ADD COLUMN {name} {kind}")
+        for statement in _SCHEMA[1:]:
             conn.execute(statement)
 
     async def claim(
-        self, command_id: str, command_type: str, *, owner: str, lease: timedelta
+        self,
+        command_id: str,
+        command_type: str,
+        *,
+        owner: str,
+        lease: timedelta,
+        fingerprint: str | None = None,
+        requested_by: str | None = None,
+        partner_id: str | None = None,
+        customer_id: str | None = None,
+        body: bytes | None = None,
     ) -> Claim:
         now = self._now()
         params = {
@@ -257,6 +301,11 @@ class SqliteCommandStore:
             "owner": owner,
             "lease_until": _text(lease_end(now, lease)),
             "now": _text(now),
+            "fingerprint": fingerprint,
+            "requested_by": requested_by,
+            "partner_id": partner_id,
+            "customer_id": customer_id,
+            "body": body,
         }
 
         def claim(conn: sqlite3.Connection) -> Claim:
