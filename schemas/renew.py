@@ -34,6 +34,11 @@ class RenewPayload(StrictModel):
     """Months 1-11 or years 1-3."""
     auto_pay: StrictBool = True
     """Pay the renewal order in the same call; false leaves an unpaid order."""
+    allow_repeat: StrictBool = False
+    """Renew even a resource another command renewed successfully within the policy's
+    ``renew.same_resource_within`` window (``RELAY_POLICY_FILE``). Without it such a command is
+    rejected with ``RELAY.POLICY_DENIED``: the guard against a producer re-sending a renewal
+    under a new ``command_id``. Set it only when a second renewal is really intended."""
 
     @model_validator(mode="after")
     def _period_in_range(self) -> Self:

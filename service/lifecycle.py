@@ -30,14 +30,21 @@ def tune_gc() -> None:
 
 def run_until_signalled(
     body: Callable[[asyncio.Event], Coroutine[Any, Any, int | None]],
+    *,
+    on_hangup: Callable[[], None] | None = None,
 ) -> int:
-    """Run ``body(stop)``; SIGTERM and SIGINT set ``stop`` so the body drains and returns."""
+    """Run ``body(stop)``; SIGTERM and SIGINT set ``stop`` so the body drains and returns.
+
+    ``on_hangup``: called on the event loop at each SIGHUP (reload configuration, say); it must
+    not block, so it starts a task for anything slow. Without it SIGHUP keeps its default."""
 
     async def runner() -> int | None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        if on_hangup is not None:
+            loop.add_signal_handler(signal.SIGHUP, on_hangup)
         return await body(stop)
 
     return asyncio.run(runner()) or 0

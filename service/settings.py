@@ -16,7 +16,21 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.store import DEFAULT_STORE_URL
 
-__all__ = ["PartnerAccount", "Settings", "load_partners_file"]
+__all__ = ["PartnerAccount", "Settings", "load_partners_file", "read_secret_file"]
+
+
+def read_secret_file(path: Path) -> SecretStr:
+    """A secret kept in a file (a Kubernetes or Docker secret): its contents without the
+    trailing newline. Errors name the file, never its contents."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ValueError(f"cannot read secret file {path}: {why}") from None
+    secret = text.rstrip("\r\n")
+    if not secret:
+        raise ValueError(f"secret file {path} is empty")
+    return SecretStr(secret)
 
 
 class PartnerAccount(BaseModel):
@@ -31,14 +45,30 @@ class PartnerAccount(BaseModel):
     agency_name: str | None = None
 
 
+def _secret_from_file(row: object, base: Path) -> object:
+    """A partner entry's ``secret_key_file`` (relative paths from the partners file's folder)
+    replaced by the secret it holds."""
+    if not isinstance(row, dict) or "secret_key_file" not in row:
+        return row
+    row = dict(row)
+    reference = Path(str(row.pop("secret_key_file")))
+    if "secret_key" in row:
+        raise ValueError(f"partner {row.get('partner_id')!r}: secret_key or secret_key_file")
+    row["secret_key"] = read_secret_file(reference if reference.is_absolute() else base / reference)
+    return row
+
+
 def load_partners_file(path: Path) -> dict[str, PartnerAccount]:
-    """Read ``BSS_PARTNERS_FILE`` (JSON or YAML): ``{"partners": [{partner_id, ...}, ...]}``."""
+    """Read ``BSS_PARTNERS_FILE`` (JSON or YAML): ``{"partners": [{partner_id, ...}, ...]}``.
+
+    An entry may give ``secret_key_file`` (a path, relative to this file's folder) instead of
+    ``secret_key``."""
     text = path.read_text(encoding="utf-8")
     data: Any = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
     rows = data.get("partners") if isinstance(data, dict) else data
     if not isinstance(rows, list) or not rows:
         raise ValueError(f"{path}: expected a non-empty list under 'partners'")
-    accounts = [PartnerAccount.model_validate(row) for row in rows]
+    accounts = [PartnerAccount.model_validate(_secret_from_file(row, path.parent)) for row in rows]
     by_id = {a.partner_id: a for a in accounts}
     if len(by_id) != len(accounts):
         raise ValueError(f"{path}: partner_id values must be unique")
@@ -57,9 +87,13 @@ class Settings(BaseSettings):
     bss_partner_id: str | None = None
     bss_access_key: str | None = None
     bss_secret_key: SecretStr | None = None
+    # The secret key in a file instead (Kubernetes/Docker secrets); trailing newline dropped.
+    bss_secret_key_file: Path | None = None
     bss_agency_name: str | None = None
     bss_partners_file: Path | None = None
     store_url: str = DEFAULT_STORE_URL
+    # Producer permissions and money guardrails (CONTRACT §7; service.policy); none when unset.
+    relay_policy_file: Path | None = None
 
     relay_prefetch: int = Field(default=64, ge=1, le=10_000)
     relay_http_timeout_s: float = Field(default=30.0, gt=0)
@@ -107,6 +141,16 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return json.loads(value) if value.strip() else {}
         return value
+
+    @model_validator(mode="after")
+    def _secret_key_from_file(self) -> Settings:
+        if self.bss_secret_key_file is None:
+            return self
+        if self.bss_secret_key is not None:
+            raise ValueError("set BSS_SECRET_KEY or BSS_SECRET_KEY_FILE, not both")
+        # frozen model: the one place the secret is filled in, during validation
+        object.__setattr__(self, "bss_secret_key", read_secret_file(self.bss_secret_key_file))
+        return self
 
     @model_validator(mode="after")
     def _one_source_of_partners(self) -> Settings:
