@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 from enum import StrEnum
-from typing import Protocol
+from typing import Literal, Protocol
 
 from pydantic import BaseModel
 
@@ -33,12 +34,14 @@ from schemas.bss import (
 
 __all__ = [
     "BssApi",
+    "CapExceeded",
     "Claim",
     "ClaimOutcome",
     "Clock",
     "CommandStatus",
     "CommandStore",
     "Completed",
+    "CouponCaps",
     "HandlerContext",
     "Journal",
     "StoredCommand",
@@ -132,6 +135,27 @@ class Claim:
     record: StoredCommand
 
 
+@dataclass(frozen=True, slots=True)
+class CouponCaps:
+    """Rolling-window caps on face value issued, checked by ``reserve_coupons``."""
+
+    per_customer: Decimal | None = None
+    per_partner: Decimal | None = None
+    window: timedelta = timedelta(hours=24)
+
+
+@dataclass(frozen=True, slots=True)
+class CapExceeded:
+    """A reservation refused: ``used`` (issued or reserved within the window) plus ``asked``
+    would pass ``cap`` for ``subject`` (a customer id or a partner id)."""
+
+    scope: Literal["customer", "partner"]
+    subject: str
+    used: Decimal
+    asked: Decimal
+    cap: Decimal
+
+
 class CommandStore(Protocol):
     """Durable state of every ``command_id``; the idempotency and crash-safety ledger.
 
@@ -218,7 +242,44 @@ class CommandStore(Protocol):
     async def get(self, command_id: str) -> StoredCommand | None: ...
 
     async def prune(self, *, finished_before: datetime) -> int:
-        """Delete finished commands older than the retention; returns how many."""
+        """Delete finished commands older than the retention; returns how many. The renewal
+        ledger and coupon reservations older than the bound go too."""
+        ...
+
+    # --- money guardrails (service.guard) -------------------------------------------------
+    # Both ledgers are written by ``finish`` itself, from the event it stores, in the same
+    # transaction: a renewal that succeeded (or partly did) records each renewed resource
+    # (the command's resource_ids, from its stored body, minus result.failed_resources); a
+    # coupon command commits the reservations of the customers in result.coupons and drops
+    # the others (succeeded, partial, failed), or keeps them all counted (unknown).
+    # Window arithmetic uses the database server's clock (PostgreSQL), or the store's clock
+    # (SQLite: one host).
+
+    async def recent_renewals(
+        self, resource_ids: Collection[str], *, within: timedelta, excluding: str
+    ) -> dict[str, str]:
+        """Resources among ``resource_ids`` renewed successfully within ``within`` by a
+        command other than ``excluding``: resource id -> that command's id."""
+        ...
+
+    async def reserve_coupons(
+        self,
+        command_id: str,
+        *,
+        partner_id: str,
+        customer_ids: Sequence[str],
+        face_value: Decimal,
+        caps: CouponCaps,
+    ) -> CapExceeded | None:
+        """Atomically check the rolling sums (committed and live reservations alike) and
+        reserve ``face_value`` per customer for ``command_id``; None when reserved. A command
+        that already holds a reservation inside the window (a retry, a take-over after a
+        crash) keeps it and passes. Exact across replicas: reservations of one partner are
+        serialised in the database."""
+        ...
+
+    async def release_coupons(self, command_id: str) -> None:
+        """Drop the command's uncommitted reservations (it was rejected: nothing issued)."""
         ...
 
 

@@ -18,16 +18,25 @@ Times are ``timestamptz``; asyncpg returns them as UTC-aware datetimes.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from handlers.ports import Claim, ClaimOutcome, CommandStatus, StoredCommand
+from handlers.ports import (
+    CapExceeded,
+    Claim,
+    ClaimOutcome,
+    CommandStatus,
+    CouponCaps,
+    StoredCommand,
+)
 from service.store.clock import UtcClock, as_utc, system_clock
+from service.store.ledger import CouponSettlement, cap_exceeded, cents, ledger_update
 from service.store.records import CLAIM_TRIES, lease_end, lost_claim
 
 __all__ = ["PostgresCommandStore", "split_schema"]
@@ -84,6 +93,30 @@ _DDL = (
         created_at timestamptz NOT NULL
     )
     """,
+    # The money-guardrail ledgers: see service.store.ledger.
+    """
+    CREATE TABLE IF NOT EXISTS relay_renewals (
+        resource_id text NOT NULL,
+        command_id  text NOT NULL,
+        customer_id text,
+        renewed_at  timestamptz NOT NULL,
+        PRIMARY KEY (resource_id, command_id)
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS relay_coupon_spend (
+        command_id  text NOT NULL,
+        customer_id text NOT NULL,
+        partner_id  text NOT NULL,
+        cents       bigint NOT NULL CHECK (cents > 0),
+        committed   boolean NOT NULL DEFAULT false,
+        at          timestamptz NOT NULL,
+        PRIMARY KEY (command_id, customer_id)
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS relay_coupon_spend_partner ON relay_coupon_spend (partner_id, at)",
+    "CREATE INDEX IF NOT EXISTS relay_coupon_spend_customer ON relay_coupon_spend "
+    "(customer_id, at)",
 )
 
 _COLUMNS = """command_id, type, status, attempts, call_started_at, note, event, published_at,
@@ -161,6 +194,71 @@ _EFFECT_OWNERS = """
 _PRUNE_EFFECTS = "DELETE FROM relay_effects WHERE created_at < $1"
 
 _PRUNE = "DELETE FROM relay_commands WHERE status = 'finished' AND finished_at < $1"
+
+_PRUNE_LEDGERS = (
+    "DELETE FROM relay_renewals WHERE renewed_at < $1",
+    "DELETE FROM relay_coupon_spend WHERE at < $1",
+)
+
+# finish for a money-moving command: the event and the ledgers in one statement. $4: renewal
+# succeeded (record the body's resource_ids except $5); $6: coupon settlement ('commit',
+# 'release', or '' to keep); $7: customers issued. Times are the database server's.
+_FINISH_WITH_LEDGERS = """
+    WITH f AS (
+        UPDATE relay_commands
+        SET status = 'finished', event = $2, finished_at = $3, updated_at = $3
+        WHERE command_id = $1 AND status <> 'finished'
+        RETURNING event, convert_from(body, 'UTF8')::jsonb AS command
+    ), renewals AS (
+        INSERT INTO relay_renewals (resource_id, command_id, customer_id, renewed_at)
+        SELECT r.value, $1, f.command #>> '{payload,customer_id}', clock_timestamp()
+        FROM f, jsonb_array_elements_text(f.command #> '{payload,resource_ids}') AS r(value)
+        WHERE $4 AND NOT (r.value = ANY($5::text[]))
+        ON CONFLICT DO NOTHING
+    ), committed AS (
+        UPDATE relay_coupon_spend AS s SET committed = true, at = clock_timestamp()
+        FROM f
+        WHERE s.command_id = $1 AND NOT s.committed AND $6 = 'commit'
+          AND s.customer_id = ANY($7::text[])
+    ), released AS (
+        DELETE FROM relay_coupon_spend AS s USING f
+        WHERE s.command_id = $1 AND NOT s.committed AND $6 IN ('commit', 'release')
+          AND NOT (s.customer_id = ANY($7::text[]))
+    )
+    SELECT event FROM f
+"""
+
+_RECENT_RENEWALS = """
+    SELECT resource_id, command_id FROM relay_renewals
+    WHERE resource_id = ANY($1::text[]) AND command_id <> $2
+      AND renewed_at > clock_timestamp() - $3::interval
+    ORDER BY renewed_at
+"""
+
+_RELEASE_COUPONS = "DELETE FROM relay_coupon_spend WHERE command_id = $1 AND NOT committed"
+
+# Reservations of one partner are serialised by this transaction-level lock (customers belong
+# to one partner, so their caps are covered too); the check reads after taking it, so under
+# READ COMMITTED it sees every reservation committed before.
+_LOCK_PARTNER = "SELECT pg_advisory_xact_lock(hashtextextended('bss-relay:coupons:' || $1, 0))"
+
+_OWN_RESERVATION = """
+    SELECT count(*) FROM relay_coupon_spend WHERE command_id = $1 AND at > $2
+"""
+
+_PARTNER_SPENT = """
+    SELECT coalesce(sum(cents), 0) FROM relay_coupon_spend WHERE partner_id = $1 AND at > $2
+"""
+
+_CUSTOMERS_SPENT = """
+    SELECT customer_id, sum(cents) AS cents FROM relay_coupon_spend
+    WHERE customer_id = ANY($1::text[]) AND at > $2 GROUP BY customer_id
+"""
+
+_RESERVE = """
+    INSERT INTO relay_coupon_spend (command_id, customer_id, partner_id, cents, committed, at)
+    SELECT $1, unnest($2::text[]), $3, $4, false, $5
+"""
 
 
 def split_schema(url: str) -> tuple[str, str | None]:
@@ -315,7 +413,20 @@ class PostgresCommandStore:
     async def finish(self, command_id: str, *, owner: str, event: bytes) -> bytes:
         # Any caller may finish an unfinished command, even one whose lease was lost (see
         # the package docstring): its event records a call that really happened.
-        stored = await self._open_pool().fetchval(_FINISH, command_id, event, self._now())
+        update = ledger_update(event)
+        if update is None:
+            stored = await self._open_pool().fetchval(_FINISH, command_id, event, self._now())
+        else:
+            stored = await self._open_pool().fetchval(
+                _FINISH_WITH_LEDGERS,
+                command_id,
+                event,
+                self._now(),
+                update.renewal_failed is not None,
+                sorted(update.renewal_failed or ()),
+                "" if update.coupons in (None, CouponSettlement.KEEP) else update.coupons.value,
+                list(update.issued),
+            )
         if stored is not None:
             return bytes(stored)
         current = await self.get(command_id)
@@ -348,8 +459,46 @@ class PostgresCommandStore:
     async def prune(self, *, finished_before: datetime) -> int:
         bound = as_utc(finished_before, "finished_before")
         await self._open_pool().execute(_PRUNE_EFFECTS, bound)
+        for statement in _PRUNE_LEDGERS:
+            await self._open_pool().execute(statement, bound)
         status: str = await self._open_pool().execute(_PRUNE, bound)
         return int(status.rsplit(" ", 1)[-1])  # "DELETE <count>"
+
+    async def recent_renewals(
+        self, resource_ids: Collection[str], *, within: timedelta, excluding: str
+    ) -> dict[str, str]:
+        rows = await self._open_pool().fetch(
+            _RECENT_RENEWALS, list(resource_ids), excluding, within
+        )
+        return {row["resource_id"]: row["command_id"] for row in rows}
+
+    async def reserve_coupons(
+        self,
+        command_id: str,
+        *,
+        partner_id: str,
+        customer_ids: Sequence[str],
+        face_value: Decimal,
+        caps: CouponCaps,
+    ) -> CapExceeded | None:
+        asked = cents(face_value)
+        async with self._open_pool().acquire() as conn, conn.transaction():
+            await conn.execute(_LOCK_PARTNER, partner_id)
+            now = await conn.fetchval("SELECT clock_timestamp()")  # the server's, after the lock
+            bound = now - caps.window
+            if await conn.fetchval(_OWN_RESERVATION, command_id, bound):
+                return None  # ours already: a retry or a take-over re-uses it
+            await conn.execute("DELETE FROM relay_coupon_spend WHERE command_id = $1", command_id)
+            partner_used = int(await conn.fetchval(_PARTNER_SPENT, partner_id, bound))
+            rows = await conn.fetch(_CUSTOMERS_SPENT, list(customer_ids), bound)
+            used = {row["customer_id"]: int(row["cents"]) for row in rows}
+            exceeded = cap_exceeded(caps, partner_id, partner_used, used, customer_ids, asked)
+            if exceeded is None:
+                await conn.execute(_RESERVE, command_id, list(customer_ids), partner_id, asked, now)
+            return exceeded
+
+    async def release_coupons(self, command_id: str) -> None:
+        await self._open_pool().execute(_RELEASE_COUPONS, command_id)
 
     def _now(self) -> datetime:
         return as_utc(self._clock(), "the store clock's now")

@@ -27,14 +27,30 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from handlers.ports import Claim, ClaimOutcome, CommandStatus, StoredCommand
+from handlers.ports import (
+    CapExceeded,
+    Claim,
+    ClaimOutcome,
+    CommandStatus,
+    CouponCaps,
+    StoredCommand,
+)
 from service.store.clock import UtcClock, as_utc, system_clock
+from service.store.ledger import (
+    CouponSettlement,
+    LedgerUpdate,
+    cap_exceeded,
+    cents,
+    ledger_update,
+    renewed,
+)
 from service.store.records import lease_end, lost_claim
 from service.store.sqlite_writer import SqliteWriter
 
@@ -84,6 +100,30 @@ _SCHEMA = (
         created_at TEXT NOT NULL
     )
     """,
+    # The money-guardrail ledgers: see service.store.ledger.
+    """
+    CREATE TABLE IF NOT EXISTS relay_renewals (
+        resource_id TEXT NOT NULL,
+        command_id  TEXT NOT NULL,
+        customer_id TEXT,
+        renewed_at  TEXT NOT NULL,
+        PRIMARY KEY (resource_id, command_id)
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS relay_coupon_spend (
+        command_id  TEXT NOT NULL,
+        customer_id TEXT NOT NULL,
+        partner_id  TEXT NOT NULL,
+        cents       INTEGER NOT NULL CHECK (cents > 0),
+        committed   INTEGER NOT NULL DEFAULT 0,
+        at          TEXT NOT NULL,
+        PRIMARY KEY (command_id, customer_id)
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS relay_coupon_spend_partner ON relay_coupon_spend (partner_id, at)",
+    "CREATE INDEX IF NOT EXISTS relay_coupon_spend_customer ON relay_coupon_spend "
+    "(customer_id, at)",
 )
 
 _COLUMNS = """command_id, type, status, attempts, call_started_at, note, event, published_at,
@@ -174,6 +214,55 @@ _EFFECT_OWNERS = """
 _PRUNE_EFFECTS = "DELETE FROM relay_effects WHERE created_at < :bound"
 
 _PRUNE = "DELETE FROM relay_commands WHERE status = 'finished' AND finished_at < :bound"
+
+_PRUNE_LEDGERS = (
+    "DELETE FROM relay_renewals WHERE renewed_at < :bound",
+    "DELETE FROM relay_coupon_spend WHERE at < :bound",
+)
+
+_RECORD_RENEWAL = """
+    INSERT INTO relay_renewals (resource_id, command_id, customer_id, renewed_at)
+    VALUES (:resource_id, :command_id, :customer_id, :now) ON CONFLICT DO NOTHING
+"""
+
+_RECENT_RENEWALS = """
+    SELECT resource_id, command_id FROM relay_renewals
+    WHERE resource_id IN (SELECT value FROM json_each(:resource_ids))
+      AND command_id <> :excluding AND renewed_at > :bound
+    ORDER BY renewed_at
+"""
+
+_COMMIT_COUPONS = """
+    UPDATE relay_coupon_spend SET committed = 1, at = :now
+    WHERE command_id = :command_id AND committed = 0
+      AND customer_id IN (SELECT value FROM json_each(:issued))
+"""
+
+_RELEASE_COUPONS = """
+    DELETE FROM relay_coupon_spend
+    WHERE command_id = :command_id AND committed = 0
+      AND customer_id NOT IN (SELECT value FROM json_each(:issued))
+"""
+
+_OWN_RESERVATION = """
+    SELECT count(*) AS live FROM relay_coupon_spend WHERE command_id = :command_id AND at > :bound
+"""
+
+_PARTNER_SPENT = """
+    SELECT coalesce(sum(cents), 0) AS cents FROM relay_coupon_spend
+    WHERE partner_id = :partner_id AND at > :bound
+"""
+
+_CUSTOMERS_SPENT = """
+    SELECT customer_id, sum(cents) AS cents FROM relay_coupon_spend
+    WHERE customer_id IN (SELECT value FROM json_each(:customer_ids)) AND at > :bound
+    GROUP BY customer_id
+"""
+
+_RESERVE = """
+    INSERT INTO relay_coupon_spend (command_id, customer_id, partner_id, cents, committed, at)
+    VALUES (:command_id, :customer_id, :partner_id, :cents, 0, :now)
+"""
 
 
 def sqlite_path_from_url(url: str) -> str:
@@ -358,10 +447,14 @@ class SqliteCommandStore:
     async def finish(self, command_id: str, *, owner: str, event: bytes) -> bytes:
         # Any caller may finish an unfinished command, even one whose lease was lost (see
         # the package docstring): its event records a call that really happened.
-        params = {"command_id": command_id, "event": event, "now": _text(self._now())}
+        now = _text(self._now())
+        params = {"command_id": command_id, "event": event, "now": now}
+        update = ledger_update(event)
 
         def finish(conn: sqlite3.Connection) -> bytes:
             if conn.execute(_FINISH, params).fetchone() is not None:
+                if update is not None:  # same transaction: the ledgers follow the event
+                    _update_ledgers(conn, command_id, update, now)
                 return event  # ours is the event stored
             current = _get(conn, command_id)
             if current is None or current.event is None:
@@ -385,6 +478,8 @@ class SqliteCommandStore:
 
         def prune(conn: sqlite3.Connection) -> int:
             conn.execute(_PRUNE_EFFECTS, bound)
+            for statement in _PRUNE_LEDGERS:
+                conn.execute(statement, bound)
             return conn.execute(_PRUNE, bound).rowcount
 
         return await self._writer.run(prune)
@@ -409,11 +504,93 @@ class SqliteCommandStore:
         ids = {"effect_ids": json.dumps(list(effect_ids))}
         return await self._writer.run(lambda conn: _effect_owners(conn, ids))
 
+    async def recent_renewals(
+        self, resource_ids: Collection[str], *, within: timedelta, excluding: str
+    ) -> dict[str, str]:
+        params = {
+            "resource_ids": json.dumps(list(resource_ids)),
+            "excluding": excluding,
+            "bound": _text(self._now() - within),
+        }
+
+        def recent(conn: sqlite3.Connection) -> dict[str, str]:
+            rows = conn.execute(_RECENT_RENEWALS, params)
+            return {row["resource_id"]: row["command_id"] for row in rows}
+
+        return await self._writer.run(recent)
+
+    async def reserve_coupons(
+        self,
+        command_id: str,
+        *,
+        partner_id: str,
+        customer_ids: Sequence[str],
+        face_value: Decimal,
+        caps: CouponCaps,
+    ) -> CapExceeded | None:
+        now = self._now()
+        asked = cents(face_value)
+        params = {
+            "command_id": command_id,
+            "partner_id": partner_id,
+            "customer_ids": json.dumps(list(customer_ids)),
+            "bound": _text(now - caps.window),
+            "now": _text(now),
+        }
+
+        # One operation: the batch's write lock (BEGIN IMMEDIATE) makes the check and the
+        # reservation atomic against every other writer of the file.
+        def reserve(conn: sqlite3.Connection) -> CapExceeded | None:
+            if conn.execute(_OWN_RESERVATION, params).fetchone()["live"]:
+                return None  # ours already: a retry or a take-over re-uses it
+            conn.execute(
+                "DELETE FROM relay_coupon_spend WHERE command_id = :command_id", params
+            )  # leftovers that aged out of the window
+            partner_used = conn.execute(_PARTNER_SPENT, params).fetchone()["cents"]
+            used = {
+                row["customer_id"]: row["cents"] for row in conn.execute(_CUSTOMERS_SPENT, params)
+            }
+            exceeded = cap_exceeded(caps, partner_id, partner_used, used, customer_ids, asked)
+            if exceeded is None:
+                conn.executemany(
+                    _RESERVE, [{**params, "customer_id": c, "cents": asked} for c in customer_ids]
+                )
+            return exceeded
+
+        return await self._writer.run(reserve)
+
+    async def release_coupons(self, command_id: str) -> None:
+        await self._write(_RELEASE_COUPONS, {"command_id": command_id, "issued": "[]"})
+
     def _now(self) -> datetime:
         return as_utc(self._clock(), "the store clock's now")
 
     async def _write(self, sql: str, params: dict[str, Any]) -> int:
         return await self._writer.run(lambda conn: conn.execute(sql, params).rowcount)
+
+
+def _update_ledgers(
+    conn: sqlite3.Connection, command_id: str, update: LedgerUpdate, now: str
+) -> None:
+    if update.renewal_failed is not None:
+        row = conn.execute(
+            "SELECT body FROM relay_commands WHERE command_id = :command_id",
+            {"command_id": command_id},
+        ).fetchone()
+        customer, resources = renewed(row["body"], update.renewal_failed)
+        conn.executemany(
+            _RECORD_RENEWAL,
+            [
+                {"resource_id": r, "command_id": command_id, "customer_id": customer, "now": now}
+                for r in resources
+            ],
+        )
+    if update.coupons is CouponSettlement.COMMIT:
+        params = {"command_id": command_id, "issued": json.dumps(update.issued), "now": now}
+        conn.execute(_COMMIT_COUPONS, params)
+        conn.execute(_RELEASE_COUPONS, params)
+    elif update.coupons is CouponSettlement.RELEASE:
+        conn.execute(_RELEASE_COUPONS, {"command_id": command_id, "issued": "[]"})
 
 
 def _get(conn: sqlite3.Connection, command_id: str) -> StoredCommand | None:

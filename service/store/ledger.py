@@ -1,0 +1,140 @@
+"""The money-guardrail ledgers both backends keep, and what ``finish`` writes to them.
+
+Tables (column types differ per backend, meaning does not)::
+
+    relay_renewals      one row per resource a renewal command renewed successfully
+        resource_id, command_id   primary key (one command renews a resource once)
+        customer_id, renewed_at   renewed_at: when ``finish`` stored the success
+
+    relay_coupon_spend  face value reserved or issued, per command and customer
+        command_id, customer_id   primary key
+        partner_id                whose quota (per-partner cap)
+        cents                     face value in cents (at most 2 decimals: exact integers)
+        committed                 false: reserved (the call may still happen); true: issued
+        at                        reservation time, then issue time once committed
+
+A reservation counts against the caps while its ``at`` is inside the window, committed or not:
+a command whose outcome is unknown keeps it counted, and a crashed holder's reservation is
+re-used by the same command when it is delivered again, and otherwise ages out of the window.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+from handlers.ports import CapExceeded, CouponCaps
+
+__all__ = [
+    "CouponSettlement",
+    "LedgerUpdate",
+    "cap_exceeded",
+    "cents",
+    "ledger_update",
+    "money",
+    "renewed",
+]
+
+
+class CouponSettlement(StrEnum):
+    COMMIT = "commit"  # issued customers' reservations become spend, the others are dropped
+    RELEASE = "release"  # nothing issued: every uncommitted reservation is dropped
+    KEEP = "keep"  # outcome unknown: the reservations stay counted
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerUpdate:
+    """What storing one terminal event changes in the ledgers."""
+
+    renewal_failed: frozenset[str] | None = None  # renew that succeeded: resources NOT renewed
+    coupons: CouponSettlement | None = None
+    issued: tuple[str, ...] = ()  # customers that got a coupon
+
+
+def cents(amount: Decimal) -> int:
+    value = amount * 100
+    if value != value.to_integral_value():
+        raise ValueError(f"{amount} has more than 2 decimal places")
+    return int(value)
+
+
+def money(value: int) -> Decimal:
+    return (Decimal(value) / 100).quantize(Decimal("0.01"))
+
+
+def _items(result: Any, key: str, field: str) -> list[str]:
+    rows = result.get(key) if isinstance(result, dict) else None
+    if not isinstance(rows, list):
+        return []
+    return [str(row[field]) for row in rows if isinstance(row, dict) and field in row]
+
+
+def ledger_update(event: bytes) -> LedgerUpdate | None:  # noqa: PLR0911 - a table of cases
+    """From a terminal event body (CONTRACT §3): None when the ledgers are not concerned."""
+    try:
+        data = json.loads(event)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or data.get("duplicate"):
+        return None
+    kind, outcome, result = data.get("type"), data.get("outcome"), data.get("result")
+    success = outcome in ("succeeded", "partial")
+    if kind == "renew":
+        if not success:
+            return None
+        return LedgerUpdate(
+            renewal_failed=frozenset(_items(result, "failed_resources", "resource_id"))
+        )
+    if kind == "issue_coupon":
+        if success:
+            issued = tuple(_items(result, "coupons", "customer_id"))
+            return LedgerUpdate(coupons=CouponSettlement.COMMIT, issued=issued)
+        if outcome == "unknown":
+            return LedgerUpdate(coupons=CouponSettlement.KEEP)
+        return LedgerUpdate(coupons=CouponSettlement.RELEASE)
+    return None
+
+
+def renewed(body: bytes | None, failed: frozenset[str]) -> tuple[str | None, list[str]]:
+    """(customer id, resources renewed) from the command's stored body and the failures."""
+    if body is None:
+        return None, []
+    try:
+        payload = json.loads(body).get("payload") or {}
+    except (ValueError, AttributeError):
+        return None, []
+    resources = payload.get("resource_ids") or []
+    customer = payload.get("customer_id")
+    return (
+        customer if isinstance(customer, str) else None,
+        [str(r) for r in resources if str(r) not in failed],
+    )
+
+
+def cap_exceeded(  # noqa: PLR0917 - one call site per backend, all positional
+    caps: CouponCaps,
+    partner_id: str,
+    partner_used: int,
+    customers_used: dict[str, int],
+    customer_ids: Sequence[str],
+    asked: int,
+) -> CapExceeded | None:
+    """The first cap a reservation of ``asked`` cents per customer would pass, if any."""
+    if caps.per_partner is not None:
+        total = asked * len(customer_ids)
+        if partner_used + total > cents(caps.per_partner):
+            return CapExceeded(
+                "partner", partner_id, money(partner_used), money(total), caps.per_partner
+            )
+    if caps.per_customer is not None:
+        for customer in customer_ids:
+            used = customers_used.get(customer, 0)
+            if used + asked > cents(caps.per_customer):
+                return CapExceeded(
+                    "customer", customer, money(used), money(asked), caps.per_customer
+                )
+    return None
