@@ -23,6 +23,7 @@ bss.events). Configuration comes from the environment; see README.md."""
 
 def _serve(args: argparse.Namespace) -> int:
     from service.logging import configure_logging
+    from service.policy import PolicyError, PolicyHolder
     from service.runtime import ConfigurationError, start
     from service.settings import Settings
 
@@ -32,6 +33,11 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"bss-relay: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
     configure_logging(settings.relay_log_level)
+    try:  # validated before anything starts; SIGHUP re-reads it (an invalid file keeps this)
+        policy = PolicyHolder.load(settings.relay_policy_file)
+    except PolicyError as exc:
+        print(f"bss-relay: invalid policy file: {exc}", file=sys.stderr)
+        return 2
     from service.tracing import configure_tracing
 
     try:  # the OTEL_* variables: a no-op when they ask for nothing
@@ -41,12 +47,12 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
 
     async def body(stop: asyncio.Event) -> None:
-        async with start(settings):
+        async with start(settings, policy=policy):
             tune_gc()
             await stop.wait()
 
     try:
-        return run_until_signalled(body)
+        return run_until_signalled(body, on_hangup=policy.request_reload)
     except ConfigurationError as exc:
         print(f"bss-relay: {exc}", file=sys.stderr)
         return 2
@@ -81,8 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the service",
         description="Consume commands, call the BSS API, publish events. Stops cleanly on "
         "SIGTERM/SIGINT: intake stops, commands in progress drain within "
-        "RELAY_SHUTDOWN_GRACE_S, the rest is redelivered later. Traces go to an OTLP/HTTP "
-        "collector when OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_TRACES_EXPORTER) is set.",
+        "RELAY_SHUTDOWN_GRACE_S, the rest is redelivered later. SIGHUP re-reads "
+        "RELAY_POLICY_FILE without stopping work (an invalid file keeps the policy in force). "
+        "Traces go to an OTLP/HTTP collector when OTEL_EXPORTER_OTLP_ENDPOINT (or "
+        "OTEL_TRACES_EXPORTER) is set.",
     )
     serve.add_argument("--env-file", default=None, help="read settings from this file too")
     serve.set_defaults(func=_serve)

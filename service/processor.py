@@ -37,6 +37,7 @@ from schemas.commands import Command
 from schemas.events import Event, Outcome
 from service.admission import park_decision, ticket_from_headers, ticket_header
 from service.client import CallScope
+from service.guard import Guard
 from service.intake import Rejection, command_fingerprint, read_command
 from service.journal import StoreJournal
 from service.keyed_lock import KeyedLock
@@ -115,6 +116,7 @@ class Processor:
         max_body_bytes: int,
         metrics: Metrics | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        guard: Guard | None = None,
     ) -> None:
         self._store = store
         self._settler = settler
@@ -126,6 +128,7 @@ class Processor:
         self._max_body = max_body_bytes
         self._metrics = metrics or Metrics()
         self._clock = clock
+        self._guard = guard
         self.holding: set[str] = set()  # command ids this process holds a lease on
         self._renewals: KeyedLock[str] = KeyedLock()
 
@@ -213,7 +216,7 @@ class Processor:
                 found = _rejection(command, "RELAY.DEADLINE_PASSED", "deadline")
             if isinstance(found, Rejection):
                 return Reject(found, release=command.command_id)
-            return await self._run(delivery, command, found[1], claim.record)
+            return await self._run(delivery, command, found, claim.record)
         except Exception as exc:
             log.exception("processing_crashed")
             return self._crashed(delivery, exc)
@@ -254,8 +257,13 @@ class Processor:
         return command.partner_id, api
 
     async def _run(
-        self, delivery: Delivery, command: Command, api: ScopedApi, record: StoredCommand
+        self,
+        delivery: Delivery,
+        command: Command,
+        found: tuple[str, ScopedApi],
+        record: StoredCommand,
     ) -> Settlement:
+        partner_id, api = found
         scope = delivery.scope
         journal = StoreJournal.from_claim(
             self._store,
@@ -274,8 +282,20 @@ class Processor:
             journal=journal,
         )
         kind = KINDS[command.type]
+        # --- guard hook (issue 12): the policy's verdict and the money reservations, after the
+        # claim, inside the renewal lock, before the handler; raises PolicyDenied (a REJECT).
+        guarded = (
+            self._guard.admitted(
+                command,
+                requested_by=delivery.requested_by,
+                partner_id=partner_id,
+                uncertain=journal.uncertain_since is not None,
+            )
+            if self._guard is not None
+            else contextlib.nullcontext()
+        )
         try:
-            async with self._exclusive(command):
+            async with self._exclusive(command), guarded:
                 done: Completed = await kind.handler(command, context)
         except RelayError as exc:
             uncertain = kind.money_moving and journal.uncertain_since is not None

@@ -30,8 +30,10 @@ from service.bss import PartnerApi
 from service.client import BssHttp
 from service.consumer import Consumer
 from service.credentials import CredentialCache
+from service.guard import Guard
 from service.limiter import RateLimiter
 from service.metrics import Metrics, serve_metrics
+from service.policy import PolicyError, PolicyHolder
 from service.processor import Processor, RetryPolicy
 from service.publisher import Publisher
 from service.scheduler import FairScheduler
@@ -64,6 +66,7 @@ class RunningService:
     limiter: RateLimiter
     scheduler: FairScheduler
     metrics: Metrics
+    policy: PolicyHolder
 
     def problems(self) -> list[str]:
         """Why the service is not healthy now (empty: it is); ``/healthz`` shows them."""
@@ -124,7 +127,16 @@ async def _logged(name: str, loop: Awaitable[None]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def start(settings: Settings) -> AsyncIterator[RunningService]:
+async def start(
+    settings: Settings, *, policy: PolicyHolder | None = None
+) -> AsyncIterator[RunningService]:
+    """``policy``: the holder ``serve`` reloads on SIGHUP; read from RELAY_POLICY_FILE if None
+    (an invalid file raises ``ConfigurationError``)."""
+    if policy is None:
+        try:
+            policy = await asyncio.to_thread(PolicyHolder.load, settings.relay_policy_file)
+        except PolicyError as exc:
+            raise ConfigurationError(str(exc)) from None
     topology = Topology(settings.relay_queue_prefix)
     lease = timedelta(seconds=settings.relay_lease_s)
     owner = _owner_id()
@@ -186,6 +198,7 @@ async def start(settings: Settings) -> AsyncIterator[RunningService]:
             retry=retry,
             max_body_bytes=settings.relay_max_body_bytes,
             metrics=metrics,
+            guard=Guard(policy, store),
         )
         tasks = await stack.enter_async_context(asyncio.TaskGroup())
         consumer = Consumer(
@@ -228,6 +241,7 @@ async def start(settings: Settings) -> AsyncIterator[RunningService]:
             limiter=limiter,
             scheduler=scheduler,
             metrics=metrics,
+            policy=policy,
         )
         if settings.relay_metrics_port is not None:
             await stack.enter_async_context(

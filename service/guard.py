@@ -1,0 +1,127 @@
+"""The guard step: the policy's verdict on a command the processor has claimed, before any API
+call, and the coupon reservation that makes the caps exact.
+
+Order inside :meth:`Guard.admitted` (entered after the claim, inside the customer's renewal
+lock, right before the handler runs):
+
+1. ``Policy.admit``: producer permissions, ``renew.max_months``, ``issue_coupon.max_face_value``;
+2. renewals: ``renew.same_resource_within`` against the store's renewal ledger, unless the
+   payload sets ``allow_repeat``;
+3. coupons: ``store.reserve_coupons`` against ``per_customer_per_day``/``per_partner_per_day``.
+
+A refusal raises :class:`PolicyDenied` (a ``CommandRejected``: the command ends ``rejected``
+with ``RELAY.POLICY_DENIED``, dead-lettered, no API call). A command whose earlier API call may
+have taken effect (``uncertain``) is not judged again: it was admitted then, and must be
+reconciled, not rejected. If the handler then raises a rejection, the reservation is released;
+every other end settles it in ``store.finish`` (see ``service.store.ledger``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+
+import structlog
+
+from handlers.errors import CommandRejected, Disposition, RelayError
+from handlers.ports import CommandStore, CouponCaps
+from schemas.commands import Command, IssueCouponCommand, RenewCommand
+from service.policy import POLICY_DENIED, Denial, Policy, PolicyHolder
+
+__all__ = ["Guard", "PolicyDenied"]
+
+log = structlog.get_logger(__name__)
+
+MAX_NAMED = 5
+
+
+class PolicyDenied(CommandRejected):
+    def __init__(self, denial: Denial) -> None:
+        super().__init__(POLICY_DENIED, denial.text())
+        self.denial = denial
+
+
+class Guard:
+    def __init__(self, policy: PolicyHolder, store: CommandStore) -> None:
+        self.policy = policy
+        self._store = store
+
+    @asynccontextmanager
+    async def admitted(
+        self,
+        command: Command,
+        *,
+        requested_by: str | None,
+        partner_id: str,
+        uncertain: bool = False,
+    ) -> AsyncIterator[None]:
+        """Raise :class:`PolicyDenied`, or let the handler run inside."""
+        policy = self.policy.current  # one policy for the whole check, whatever a reload does
+        if policy is None or uncertain:
+            yield
+            return
+        denial = policy.admit(command, requested_by, partner_id=partner_id)
+        if denial is None and isinstance(command, RenewCommand):
+            denial = await self._renewal(policy, command)
+        reserved = False
+        if denial is None and isinstance(command, IssueCouponCommand):
+            denial = await self._reserve(policy, command, partner_id)
+            reserved = denial is None and policy.issue_coupon.has_caps
+        if denial is not None:
+            log.warning("policy_denied", rule=denial.rule, requested_by=requested_by)
+            raise PolicyDenied(denial)
+        try:
+            yield
+        except RelayError as exc:
+            if reserved and exc.disposition is Disposition.REJECT:
+                await self._store.release_coupons(command.command_id)
+            raise
+
+    async def _renewal(self, policy: Policy, command: RenewCommand) -> Denial | None:
+        within = policy.renew.same_resource_within
+        if within is None or command.payload.allow_repeat:
+            return None
+        recent = await self._store.recent_renewals(
+            command.payload.resource_ids, within=within, excluding=command.command_id
+        )
+        if not recent:
+            return None
+        named = ", ".join(f"{r} (by {c})" for r, c in list(recent.items())[:MAX_NAMED])
+        return Denial(
+            "renew.same_resource_within",
+            f"renewed successfully within the last {_duration(within)}: {named}; "
+            "set payload.allow_repeat to renew again",
+        )
+
+    async def _reserve(
+        self, policy: Policy, command: IssueCouponCommand, partner_id: str
+    ) -> Denial | None:
+        rules = policy.issue_coupon
+        if not rules.has_caps:
+            return None
+        exceeded = await self._store.reserve_coupons(
+            command.command_id,
+            partner_id=partner_id,
+            customer_ids=command.payload.customer_ids,
+            face_value=command.payload.face_value,
+            caps=CouponCaps(
+                per_customer=rules.per_customer_per_day, per_partner=rules.per_partner_per_day
+            ),
+        )
+        if exceeded is None:
+            return None
+        rule = f"issue_coupon.per_{exceeded.scope}_per_day"
+        return Denial(
+            rule,
+            f"{exceeded.scope} {exceeded.subject} has {exceeded.used} issued or reserved in "
+            f"the last 24h; {exceeded.asked} more would pass the cap of {exceeded.cap}",
+        )
+
+
+def _duration(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
