@@ -282,6 +282,20 @@ class CommandStore(Protocol):
         """Drop the command's uncommitted reservations (it was rejected: nothing issued)."""
         ...
 
+    async def list_commands(
+        self,
+        *,
+        types: Collection[str],
+        since: datetime | None = None,
+        until: datetime | None = None,
+        partner_ids: Collection[str] = (),
+        requested_by: Collection[str] = (),
+        limit: int | None = None,
+    ) -> list[StoredCommand]:
+        """Commands of ``types`` first claimed in ``[since, until)``, oldest first; empty
+        ``partner_ids``/``requested_by`` match any (the audit view)."""
+        ...
+
 
 class Journal(Protocol):
     """What a handler records about its own API calls, for reconciliation after a crash."""

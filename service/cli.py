@@ -121,9 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _register_optional(verbs: Any) -> None:
     """Verbs that live in their own modules."""
+    from service.audit import register_cli as register_audit
     from service.replay import register_cli as register_replay
 
     register_replay(verbs)
+    register_audit(verbs)
     _register_bench(verbs)
 
 

@@ -228,6 +228,17 @@ _FINISH_WITH_LEDGERS = """
     SELECT event FROM f
 """
 
+_LIST = f"""
+    SELECT {_COLUMNS} FROM relay_commands
+    WHERE type = ANY($1::text[])
+      AND ($2::timestamptz IS NULL OR created_at >= $2)
+      AND ($3::timestamptz IS NULL OR created_at < $3)
+      AND (cardinality($4::text[]) = 0 OR partner_id = ANY($4::text[]))
+      AND (cardinality($5::text[]) = 0 OR requested_by = ANY($5::text[]))
+    ORDER BY created_at, command_id
+    LIMIT $6
+"""  # noqa: S608 - a constant column list
+
 _RECENT_RENEWALS = """
     SELECT resource_id, command_id FROM relay_renewals
     WHERE resource_id = ANY($1::text[]) AND command_id <> $2
@@ -499,6 +510,27 @@ class PostgresCommandStore:
 
     async def release_coupons(self, command_id: str) -> None:
         await self._open_pool().execute(_RELEASE_COUPONS, command_id)
+
+    async def list_commands(
+        self,
+        *,
+        types: Collection[str],
+        since: datetime | None = None,
+        until: datetime | None = None,
+        partner_ids: Collection[str] = (),
+        requested_by: Collection[str] = (),
+        limit: int | None = None,
+    ) -> list[StoredCommand]:
+        rows = await self._open_pool().fetch(
+            _LIST,
+            list(types),
+            None if since is None else as_utc(since, "since"),
+            None if until is None else as_utc(until, "until"),
+            list(partner_ids),
+            list(requested_by),
+            limit,
+        )
+        return [_record(row) for row in rows]
 
     def _now(self) -> datetime:
         return as_utc(self._clock(), "the store clock's now")

@@ -220,6 +220,18 @@ _PRUNE_LEDGERS = (
     "DELETE FROM relay_coupon_spend WHERE at < :bound",
 )
 
+_LIST = f"""
+    SELECT {_COLUMNS} FROM relay_commands
+    WHERE type IN (SELECT value FROM json_each(:types))
+      AND (:since IS NULL OR created_at >= :since) AND (:until IS NULL OR created_at < :until)
+      AND (json_array_length(:partners) = 0
+           OR partner_id IN (SELECT value FROM json_each(:partners)))
+      AND (json_array_length(:users) = 0
+           OR requested_by IN (SELECT value FROM json_each(:users)))
+    ORDER BY created_at, command_id
+    LIMIT :limit
+"""  # noqa: S608 - a constant column list
+
 _RECORD_RENEWAL = """
     INSERT INTO relay_renewals (resource_id, command_id, customer_id, renewed_at)
     VALUES (:resource_id, :command_id, :customer_id, :now) ON CONFLICT DO NOTHING
@@ -561,6 +573,30 @@ class SqliteCommandStore:
 
     async def release_coupons(self, command_id: str) -> None:
         await self._write(_RELEASE_COUPONS, {"command_id": command_id, "issued": "[]"})
+
+    async def list_commands(
+        self,
+        *,
+        types: Collection[str],
+        since: datetime | None = None,
+        until: datetime | None = None,
+        partner_ids: Collection[str] = (),
+        requested_by: Collection[str] = (),
+        limit: int | None = None,
+    ) -> list[StoredCommand]:
+        params = {
+            "types": json.dumps(list(types)),
+            "since": None if since is None else _text(as_utc(since, "since")),
+            "until": None if until is None else _text(as_utc(until, "until")),
+            "partners": json.dumps(list(partner_ids)),
+            "users": json.dumps(list(requested_by)),
+            "limit": -1 if limit is None else limit,
+        }
+
+        def listing(conn: sqlite3.Connection) -> list[StoredCommand]:
+            return [_record(row) for row in conn.execute(_LIST, params)]
+
+        return await self._writer.run(listing)
 
     def _now(self) -> datetime:
         return as_utc(self._clock(), "the store clock's now")

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-VERBS = ["serve", "sandbox", "demo", "replay", "bench", "asyncapi"]
+VERBS = ["serve", "sandbox", "demo", "replay", "bench", "asyncapi", "audit"]
 
 
 def bss_relay(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
