@@ -37,7 +37,8 @@ from schemas.commands import Command
 from schemas.events import Event, Outcome
 from service.admission import park_decision, ticket_from_headers, ticket_header
 from service.client import CallScope
-from service.guard import Guard
+from service.fingerprint import claim_details
+from service.guard import Guard, requester
 from service.intake import Rejection, command_fingerprint, read_command
 from service.journal import StoreJournal
 from service.keyed_lock import KeyedLock
@@ -99,7 +100,8 @@ class Delivery:
 
     @property
     def requested_by(self) -> str | None:
-        return self.message.user_id
+        # the broker-validated user_id, also on the service's own delayed copies (issue 12)
+        return requester(self.message)
 
 
 class Processor:
@@ -202,7 +204,16 @@ class Processor:
         # second terminal event.
         claim = await store_call(
             self._store.claim(
-                command.command_id, command.type, owner=self._owner, lease=self._lease
+                command.command_id,
+                command.type,
+                owner=self._owner,
+                lease=self._lease,
+                # issue 12/9: fingerprint and audit details, stored by the creating claim
+                **claim_details(
+                    command,
+                    delivery.requested_by,
+                    partner_id=None if isinstance(found, Rejection) else found[0],
+                ),
             )
         )
         if claim.outcome is ClaimOutcome.FINISHED:
