@@ -247,3 +247,46 @@ async def test_coupon_caps_hold_when_twenty_commands_race_for_the_last_allowance
     ours = [c for c in state["coupons"] if c["coupon_id"] in coupon_ids]
     assert sum(Decimal(c["face_value"]) for c in ours) == Decimal("100.00")
     assert len(await bss.requests("create_partner_coupons")) == 10
+
+
+async def test_a_retried_command_keeps_its_requester_and_a_forged_header_is_ignored(
+    start_relay: RelayFactory, bss: Sandbox, broker_user: BrokerUsers, tmp_path: Path
+) -> None:
+    billing = await broker_user("billing", "^command\\.inquire_price$")
+    policy = {"producers": {billing.name: {"types": ["inquire_price"]}}}
+    relay = await start_relay(relay_policy_file=policy_file(tmp_path, policy))
+    # the first quote fails with a 503: the command goes round the delay queues, as a copy
+    # the service published, which cannot carry the producer's user_id
+    await bss.put(
+        "faults",
+        {
+            "rules": [
+                {
+                    "kind": "error",
+                    "operations": ["list_renew_rate_on_period"],
+                    "count": 1,
+                    "status": 503,
+                }
+            ]
+        },
+    )
+    quote: dict[str, Any] = {
+        "command_id": new_id("price"),
+        "type": "inquire_price",
+        "payload": {
+            "customer_id": ids.ACME,
+            "mode": "renewal",
+            "resource_ids": ["acme-ecs-01"],
+            "period_type": "month",
+            "period_num": 1,
+        },
+    }
+    await billing.publish(quote, user_id=billing.name)
+    [event] = await relay.events.wait_for(quote["command_id"])
+    assert event["outcome"] == "succeeded"
+    assert len(await bss.requests("list_renew_rate_on_period")) == 2
+
+    # a producer writing the service's header itself gains nothing
+    forged: dict[str, Any] = {**quote, "command_id": new_id("price")}
+    await relay.publish(forged, headers={"x-relay-requested-by": billing.name})
+    await denied(relay, forged["command_id"], "producers")
