@@ -247,11 +247,12 @@ class CommandStore(Protocol):
         ...
 
     # --- money guardrails (service.guard) -------------------------------------------------
-    # Both ledgers are written by ``finish`` itself, from the event it stores, in the same
+    # Both ledgers are settled by ``finish`` itself, from the event it stores, in the same
     # transaction: a renewal that succeeded (or partly did) records each renewed resource
-    # (the command's resource_ids, from its stored body, minus result.failed_resources); a
-    # coupon command commits the reservations of the customers in result.coupons and drops
-    # the others (succeeded, partial, failed), or keeps them all counted (unknown).
+    # (the command's resource_ids, from its stored body, minus result.failed_resources) and
+    # drops its other reservations; a coupon command commits the reservations of the
+    # customers in result.coupons and drops the others. ``failed`` drops every reservation,
+    # ``unknown`` keeps them all counted. See ``service.store.ledger``.
     # Window arithmetic uses the database server's clock (PostgreSQL), or the store's clock
     # (SQLite: one host).
 
@@ -259,7 +260,26 @@ class CommandStore(Protocol):
         self, resource_ids: Collection[str], *, within: timedelta, excluding: str
     ) -> dict[str, str]:
         """Resources among ``resource_ids`` renewed successfully within ``within`` by a
-        command other than ``excluding``: resource id -> that command's id."""
+        command other than ``excluding`` (reservations not counted): resource id -> command."""
+        ...
+
+    async def reserve_renewals(
+        self,
+        command_id: str,
+        *,
+        customer_id: str,
+        resource_ids: Collection[str],
+        within: timedelta,
+    ) -> dict[str, str]:
+        """Atomically: unless another command renewed or reserved one of ``resource_ids``
+        within ``within``, reserve them all for ``command_id`` and return ``{}``; else return
+        the conflicts (resource id -> that command's id) and reserve nothing. Reservations of
+        one customer are serialised in the database, so two renewals of one resource racing
+        on different replicas cannot both pass. ``command_id``'s own rows never conflict."""
+        ...
+
+    async def release_renewals(self, command_id: str) -> None:
+        """Drop the command's unfinished renewal reservations (it was rejected)."""
         ...
 
     async def reserve_coupons(

@@ -6,19 +6,20 @@ lock, right before the handler runs):
 
 1. ``Policy.admit``: producer permissions, ``renew.max_months``, ``issue_coupon.max_face_value``;
 2. renewals: ``renew.same_resource_within`` against the store's renewal ledger, unless the
-   payload sets ``allow_repeat``;
+   payload sets ``allow_repeat``; passing reserves the resources for this command (atomic with
+   the check), so a second command renewing one of them meanwhile is refused too;
 3. coupons: ``store.reserve_coupons`` against ``per_customer_per_day``/``per_partner_per_day``.
 
 A refusal raises :class:`PolicyDenied` (a ``CommandRejected``: the command ends ``rejected``
 with ``RELAY.POLICY_DENIED``, dead-lettered, no API call). A command whose earlier API call may
 have taken effect (``uncertain``) is not judged again: it was admitted then, and must be
-reconciled, not rejected. If the handler then raises a rejection, the reservation is released;
-every other end settles it in ``store.finish`` (see ``service.store.ledger``).
+reconciled, not rejected. If the handler then raises a rejection, the reservations are
+released; every other end settles them in ``store.finish`` (see ``service.store.ledger``).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
@@ -94,44 +95,53 @@ class Guard:
             yield
             return
         denial = policy.admit(command, requested_by, partner_id=partner_id)
+        release: Callable[[str], Awaitable[None]] | None = None
         if denial is None and isinstance(command, RenewCommand):
-            denial = await self._renewal(policy, command)
-        reserved = False
+            denial, reserved = await self._renewal(policy, command)
+            release = self._store.release_renewals if reserved else None
         if denial is None and isinstance(command, IssueCouponCommand):
-            denial = await self._reserve(policy, command, partner_id)
-            reserved = denial is None and policy.issue_coupon.has_caps
+            denial, reserved = await self._reserve(policy, command, partner_id)
+            release = self._store.release_coupons if reserved else None
         if denial is not None:
             log.warning("policy_denied", rule=denial.rule, requested_by=requested_by)
             raise PolicyDenied(denial)
         try:
             yield
         except RelayError as exc:
-            if reserved and exc.disposition is Disposition.REJECT:
-                await self._store.release_coupons(command.command_id)
+            # rejected: no call was made, so nothing the reservation held for happened.
+            # Every other end is settled by store.finish from the outcome.
+            if release is not None and exc.disposition is Disposition.REJECT:
+                await release(command.command_id)
             raise
 
-    async def _renewal(self, policy: Policy, command: RenewCommand) -> Denial | None:
+    async def _renewal(self, policy: Policy, command: RenewCommand) -> tuple[Denial | None, bool]:
+        """(denial, reserved): the renewed-recently check and, when it passes, the resources
+        reserved for this command in the same atomic step."""
         within = policy.renew.same_resource_within
         if within is None or command.payload.allow_repeat:
-            return None
-        recent = await self._store.recent_renewals(
-            command.payload.resource_ids, within=within, excluding=command.command_id
+            return None, False
+        taken = await self._store.reserve_renewals(
+            command.command_id,
+            customer_id=command.payload.customer_id,
+            resource_ids=command.payload.resource_ids,
+            within=within,
         )
-        if not recent:
-            return None
-        named = ", ".join(f"{r} (by {c})" for r, c in list(recent.items())[:MAX_NAMED])
-        return Denial(
+        if not taken:
+            return None, True
+        named = ", ".join(f"{r} (by {c})" for r, c in list(taken.items())[:MAX_NAMED])
+        denial = Denial(
             "renew.same_resource_within",
-            f"renewed successfully within the last {_duration(within)}: {named}; "
-            "set payload.allow_repeat to renew again",
+            f"renewed (or being renewed) by another command within the last "
+            f"{_duration(within)}: {named}; set payload.allow_repeat to renew again",
         )
+        return denial, False
 
     async def _reserve(
         self, policy: Policy, command: IssueCouponCommand, partner_id: str
-    ) -> Denial | None:
+    ) -> tuple[Denial | None, bool]:
         rules = policy.issue_coupon
         if not rules.has_caps:
-            return None
+            return None, False
         exceeded = await self._store.reserve_coupons(
             command.command_id,
             partner_id=partner_id,
@@ -142,13 +152,14 @@ class Guard:
             ),
         )
         if exceeded is None:
-            return None
+            return None, True
         rule = f"issue_coupon.per_{exceeded.scope}_per_day"
-        return Denial(
+        denial = Denial(
             rule,
             f"{exceeded.scope} {exceeded.subject} has {exceeded.used} issued or reserved in "
             f"the last 24h; {exceeded.asked} more would pass the cap of {exceeded.cap}",
         )
+        return denial, False
 
 
 def _duration(delta: timedelta) -> str:

@@ -2,9 +2,12 @@
 
 Tables (column types differ per backend, meaning does not)::
 
-    relay_renewals      one row per resource a renewal command renewed successfully
+    relay_renewals      one row per resource a renewal command reserved or renewed
         resource_id, command_id   primary key (one command renews a resource once)
-        customer_id, renewed_at   renewed_at: when ``finish`` stored the success
+        customer_id
+        done                      false: reserved by the guard (the call may still happen);
+                                  true: renewed (``finish`` stored a success)
+        renewed_at                reservation time, then the success's time
 
     relay_coupon_spend  face value reserved or issued, per command and customer
         command_id, customer_id   primary key
@@ -13,9 +16,12 @@ Tables (column types differ per backend, meaning does not)::
         committed                 false: reserved (the call may still happen); true: issued
         at                        reservation time, then issue time once committed
 
-A reservation counts against the caps while its ``at`` is inside the window, committed or not:
-a command whose outcome is unknown keeps it counted, and a crashed holder's reservation is
-re-used by the same command when it is delivered again, and otherwise ages out of the window.
+A reservation counts against the caps (or, for a renewal, against other commands renewing the
+same resource) while its time is inside the window, done or not: a command whose outcome is
+unknown keeps it counted, and a crashed holder's reservation is re-used by the same command when
+it is delivered again, and otherwise ages out of the window. ``finish`` settles both from the
+event it stores, in the same transaction: success (or partial) commits what the API did and
+drops the rest, ``failed`` drops everything, ``unknown`` keeps everything.
 """
 
 from __future__ import annotations
@@ -30,8 +36,8 @@ from typing import Any
 from handlers.ports import CapExceeded, CouponCaps
 
 __all__ = [
-    "CouponSettlement",
     "LedgerUpdate",
+    "Settlement",
     "cap_exceeded",
     "cents",
     "ledger_update",
@@ -40,9 +46,9 @@ __all__ = [
 ]
 
 
-class CouponSettlement(StrEnum):
-    COMMIT = "commit"  # issued customers' reservations become spend, the others are dropped
-    RELEASE = "release"  # nothing issued: every uncommitted reservation is dropped
+class Settlement(StrEnum):
+    COMMIT = "commit"  # what the API did becomes the ledger's; the other reservations dropped
+    RELEASE = "release"  # nothing happened: every uncommitted reservation is dropped
     KEEP = "keep"  # outcome unknown: the reservations stay counted
 
 
@@ -50,9 +56,16 @@ class CouponSettlement(StrEnum):
 class LedgerUpdate:
     """What storing one terminal event changes in the ledgers."""
 
-    renewal_failed: frozenset[str] | None = None  # renew that succeeded: resources NOT renewed
-    coupons: CouponSettlement | None = None
-    issued: tuple[str, ...] = ()  # customers that got a coupon
+    renewals: Settlement | None = None
+    renewal_failed: frozenset[str] = frozenset()  # on COMMIT: resources NOT renewed
+    coupons: Settlement | None = None
+    issued: tuple[str, ...] = ()  # on COMMIT: customers that got a coupon
+
+
+def _settlement(outcome: object) -> Settlement:
+    if outcome in ("succeeded", "partial"):
+        return Settlement.COMMIT
+    return Settlement.KEEP if outcome == "unknown" else Settlement.RELEASE
 
 
 def cents(amount: Decimal) -> int:
@@ -73,7 +86,7 @@ def _items(result: Any, key: str, field: str) -> list[str]:
     return [str(row[field]) for row in rows if isinstance(row, dict) and field in row]
 
 
-def ledger_update(event: bytes) -> LedgerUpdate | None:  # noqa: PLR0911 - a table of cases
+def ledger_update(event: bytes) -> LedgerUpdate | None:
     """From a terminal event body (CONTRACT §3): None when the ledgers are not concerned."""
     try:
         data = json.loads(event)
@@ -81,21 +94,14 @@ def ledger_update(event: bytes) -> LedgerUpdate | None:  # noqa: PLR0911 - a tab
         return None
     if not isinstance(data, dict) or data.get("duplicate"):
         return None
-    kind, outcome, result = data.get("type"), data.get("outcome"), data.get("result")
-    success = outcome in ("succeeded", "partial")
+    kind, result = data.get("type"), data.get("result")
+    settlement = _settlement(data.get("outcome"))
     if kind == "renew":
-        if not success:
-            return None
-        return LedgerUpdate(
-            renewal_failed=frozenset(_items(result, "failed_resources", "resource_id"))
-        )
+        failed = frozenset(_items(result, "failed_resources", "resource_id"))
+        return LedgerUpdate(renewals=settlement, renewal_failed=failed)
     if kind == "issue_coupon":
-        if success:
-            issued = tuple(_items(result, "coupons", "customer_id"))
-            return LedgerUpdate(coupons=CouponSettlement.COMMIT, issued=issued)
-        if outcome == "unknown":
-            return LedgerUpdate(coupons=CouponSettlement.KEEP)
-        return LedgerUpdate(coupons=CouponSettlement.RELEASE)
+        issued = tuple(_items(result, "coupons", "customer_id"))
+        return LedgerUpdate(coupons=settlement, issued=issued)
     return None
 
 

@@ -36,7 +36,7 @@ from handlers.ports import (
     StoredCommand,
 )
 from service.store.clock import UtcClock, as_utc, system_clock
-from service.store.ledger import CouponSettlement, cap_exceeded, cents, ledger_update
+from service.store.ledger import Settlement, cap_exceeded, cents, ledger_update
 from service.store.records import CLAIM_TRIES, lease_end, lost_claim
 
 __all__ = ["PostgresCommandStore", "split_schema"]
@@ -99,6 +99,7 @@ _DDL = (
         resource_id text NOT NULL,
         command_id  text NOT NULL,
         customer_id text,
+        done        boolean NOT NULL DEFAULT false,
         renewed_at  timestamptz NOT NULL,
         PRIMARY KEY (resource_id, command_id)
     )
@@ -201,20 +202,25 @@ _PRUNE_LEDGERS = (
 )
 
 # finish for a money-moving command: the event and the ledgers in one statement. $4: renewal
-# succeeded (record the body's resource_ids except $5); $6: coupon settlement ('commit',
-# 'release', or '' to keep); $7: customers issued. Times are the database server's.
+# settlement ('commit': record the body's resource_ids except $5; 'release'; '' to keep); $6:
+# coupon settlement (same words); $7: customers issued. Times are the database server's.
 _FINISH_WITH_LEDGERS = """
     WITH f AS (
         UPDATE relay_commands
         SET status = 'finished', event = $2, finished_at = $3, updated_at = $3
         WHERE command_id = $1 AND status <> 'finished'
         RETURNING event, convert_from(body, 'UTF8')::jsonb AS command
-    ), renewals AS (
-        INSERT INTO relay_renewals (resource_id, command_id, customer_id, renewed_at)
-        SELECT r.value, $1, f.command #>> '{payload,customer_id}', clock_timestamp()
+    ), renewed AS (
+        INSERT INTO relay_renewals (resource_id, command_id, customer_id, done, renewed_at)
+        SELECT r.value, $1, f.command #>> '{payload,customer_id}', true, clock_timestamp()
         FROM f, jsonb_array_elements_text(f.command #> '{payload,resource_ids}') AS r(value)
-        WHERE $4 AND NOT (r.value = ANY($5::text[]))
-        ON CONFLICT DO NOTHING
+        WHERE $4 = 'commit' AND NOT (r.value = ANY($5::text[]))
+        ON CONFLICT (resource_id, command_id) DO UPDATE
+            SET done = true, renewed_at = EXCLUDED.renewed_at
+    ), unrenewed AS (
+        DELETE FROM relay_renewals AS r USING f
+        WHERE r.command_id = $1 AND NOT r.done
+          AND ($4 = 'release' OR ($4 = 'commit' AND r.resource_id = ANY($5::text[])))
     ), committed AS (
         UPDATE relay_coupon_spend AS s SET committed = true, at = clock_timestamp()
         FROM f
@@ -228,6 +234,23 @@ _FINISH_WITH_LEDGERS = """
     SELECT event FROM f
 """
 
+_RECENT_RENEWALS = """
+    SELECT resource_id, command_id FROM relay_renewals
+    WHERE resource_id = ANY($1::text[]) AND command_id <> $2
+      AND renewed_at > clock_timestamp() - $3::interval AND (done OR $4)
+    ORDER BY renewed_at
+"""
+
+# Renewals of one customer are serialised by this lock while a reservation checks and inserts.
+_LOCK_CUSTOMER = "SELECT pg_advisory_xact_lock(hashtextextended('bss-relay:renew:' || $1, 0))"
+
+_RESERVE_RENEWALS = """
+    INSERT INTO relay_renewals (resource_id, command_id, customer_id, done, renewed_at)
+    SELECT unnest($1::text[]), $2, $3, false, clock_timestamp() ON CONFLICT DO NOTHING
+"""
+
+_RELEASE_RENEWALS = "DELETE FROM relay_renewals WHERE command_id = $1 AND NOT done"
+
 _LIST = f"""
     SELECT {_COLUMNS} FROM relay_commands
     WHERE type = ANY($1::text[])
@@ -238,13 +261,6 @@ _LIST = f"""
     ORDER BY created_at, command_id
     LIMIT $6
 """  # noqa: S608 - a constant column list
-
-_RECENT_RENEWALS = """
-    SELECT resource_id, command_id FROM relay_renewals
-    WHERE resource_id = ANY($1::text[]) AND command_id <> $2
-      AND renewed_at > clock_timestamp() - $3::interval
-    ORDER BY renewed_at
-"""
 
 _RELEASE_COUPONS = "DELETE FROM relay_coupon_spend WHERE command_id = $1 AND NOT committed"
 
@@ -309,6 +325,11 @@ def _record(row: Any) -> StoredCommand:
         created_at=_utc(row["created_at"]),
         finished_at=_utc(row["finished_at"]),
     )
+
+
+def _word(settlement: Settlement | None) -> str:
+    """A settlement as the finish statement reads it ('' = leave the ledger alone)."""
+    return "" if settlement in (None, Settlement.KEEP) else str(settlement)
 
 
 def _utc(moment: datetime | None) -> datetime | None:
@@ -433,9 +454,9 @@ class PostgresCommandStore:
                 command_id,
                 event,
                 self._now(),
-                update.renewal_failed is not None,
-                sorted(update.renewal_failed or ()),
-                "" if update.coupons in (None, CouponSettlement.KEEP) else update.coupons.value,
+                _word(update.renewals),
+                sorted(update.renewal_failed),
+                _word(update.coupons),
                 list(update.issued),
             )
         if stored is not None:
@@ -479,9 +500,30 @@ class PostgresCommandStore:
         self, resource_ids: Collection[str], *, within: timedelta, excluding: str
     ) -> dict[str, str]:
         rows = await self._open_pool().fetch(
-            _RECENT_RENEWALS, list(resource_ids), excluding, within
+            _RECENT_RENEWALS, list(resource_ids), excluding, within, False
         )
         return {row["resource_id"]: row["command_id"] for row in rows}
+
+    async def reserve_renewals(
+        self,
+        command_id: str,
+        *,
+        customer_id: str,
+        resource_ids: Collection[str],
+        within: timedelta,
+    ) -> dict[str, str]:
+        resources = list(resource_ids)
+        async with self._open_pool().acquire() as conn, conn.transaction():
+            await conn.execute(_LOCK_CUSTOMER, customer_id)
+            # after the lock: under READ COMMITTED this sees every reservation made before
+            rows = await conn.fetch(_RECENT_RENEWALS, resources, command_id, within, True)
+            if rows:
+                return {row["resource_id"]: row["command_id"] for row in rows}
+            await conn.execute(_RESERVE_RENEWALS, resources, command_id, customer_id)
+            return {}
+
+    async def release_renewals(self, command_id: str) -> None:
+        await self._open_pool().execute(_RELEASE_RENEWALS, command_id)
 
     async def reserve_coupons(
         self,

@@ -44,8 +44,8 @@ from handlers.ports import (
 )
 from service.store.clock import UtcClock, as_utc, system_clock
 from service.store.ledger import (
-    CouponSettlement,
     LedgerUpdate,
+    Settlement,
     cap_exceeded,
     cents,
     ledger_update,
@@ -106,6 +106,7 @@ _SCHEMA = (
         resource_id TEXT NOT NULL,
         command_id  TEXT NOT NULL,
         customer_id TEXT,
+        done        INTEGER NOT NULL DEFAULT 0,
         renewed_at  TEXT NOT NULL,
         PRIMARY KEY (resource_id, command_id)
     )
@@ -233,14 +234,23 @@ _LIST = f"""
 """  # noqa: S608 - a constant column list
 
 _RECORD_RENEWAL = """
-    INSERT INTO relay_renewals (resource_id, command_id, customer_id, renewed_at)
-    VALUES (:resource_id, :command_id, :customer_id, :now) ON CONFLICT DO NOTHING
+    INSERT INTO relay_renewals (resource_id, command_id, customer_id, done, renewed_at)
+    VALUES (:resource_id, :command_id, :customer_id, 1, :now)
+    ON CONFLICT (resource_id, command_id) DO UPDATE
+        SET done = 1, renewed_at = excluded.renewed_at
 """
+
+_RESERVE_RENEWAL = """
+    INSERT INTO relay_renewals (resource_id, command_id, customer_id, done, renewed_at)
+    VALUES (:resource_id, :command_id, :customer_id, 0, :now) ON CONFLICT DO NOTHING
+"""
+
+_RELEASE_RENEWALS = "DELETE FROM relay_renewals WHERE command_id = :command_id AND done = 0"
 
 _RECENT_RENEWALS = """
     SELECT resource_id, command_id FROM relay_renewals
     WHERE resource_id IN (SELECT value FROM json_each(:resource_ids))
-      AND command_id <> :excluding AND renewed_at > :bound
+      AND command_id <> :excluding AND renewed_at > :bound AND (done = 1 OR :pending)
     ORDER BY renewed_at
 """
 
@@ -523,6 +533,7 @@ class SqliteCommandStore:
             "resource_ids": json.dumps(list(resource_ids)),
             "excluding": excluding,
             "bound": _text(self._now() - within),
+            "pending": False,
         }
 
         def recent(conn: sqlite3.Connection) -> dict[str, str]:
@@ -530,6 +541,45 @@ class SqliteCommandStore:
             return {row["resource_id"]: row["command_id"] for row in rows}
 
         return await self._writer.run(recent)
+
+    async def reserve_renewals(
+        self,
+        command_id: str,
+        *,
+        customer_id: str,
+        resource_ids: Collection[str],
+        within: timedelta,
+    ) -> dict[str, str]:
+        now = self._now()
+        params = {
+            "resource_ids": json.dumps(list(resource_ids)),
+            "excluding": command_id,
+            "bound": _text(now - within),
+            "pending": True,
+        }
+        rows = [
+            {
+                "resource_id": r,
+                "command_id": command_id,
+                "customer_id": customer_id,
+                "now": _text(now),
+            }
+            for r in resource_ids
+        ]
+
+        # One operation under the batch's write lock: check and reserve are atomic.
+        def reserve(conn: sqlite3.Connection) -> dict[str, str]:
+            taken = {
+                r["resource_id"]: r["command_id"] for r in conn.execute(_RECENT_RENEWALS, params)
+            }
+            if not taken:
+                conn.executemany(_RESERVE_RENEWAL, rows)
+            return taken
+
+        return await self._writer.run(reserve)
+
+    async def release_renewals(self, command_id: str) -> None:
+        await self._write(_RELEASE_RENEWALS, {"command_id": command_id})
 
     async def reserve_coupons(
         self,
@@ -608,25 +658,22 @@ class SqliteCommandStore:
 def _update_ledgers(
     conn: sqlite3.Connection, command_id: str, update: LedgerUpdate, now: str
 ) -> None:
-    if update.renewal_failed is not None:
-        row = conn.execute(
-            "SELECT body FROM relay_commands WHERE command_id = :command_id",
-            {"command_id": command_id},
-        ).fetchone()
-        customer, resources = renewed(row["body"], update.renewal_failed)
+    key = {"command_id": command_id}
+    if update.renewals is Settlement.COMMIT:
+        row = conn.execute("SELECT body FROM relay_commands WHERE command_id = :command_id", key)
+        customer, resources = renewed(row.fetchone()["body"], update.renewal_failed)
         conn.executemany(
             _RECORD_RENEWAL,
-            [
-                {"resource_id": r, "command_id": command_id, "customer_id": customer, "now": now}
-                for r in resources
-            ],
+            [{**key, "resource_id": r, "customer_id": customer, "now": now} for r in resources],
         )
-    if update.coupons is CouponSettlement.COMMIT:
-        params = {"command_id": command_id, "issued": json.dumps(update.issued), "now": now}
+    if update.renewals in (Settlement.COMMIT, Settlement.RELEASE):
+        conn.execute(_RELEASE_RENEWALS, key)  # reserved, not renewed: the failed ones
+    if update.coupons is Settlement.COMMIT:
+        params = {**key, "issued": json.dumps(update.issued), "now": now}
         conn.execute(_COMMIT_COUPONS, params)
         conn.execute(_RELEASE_COUPONS, params)
-    elif update.coupons is CouponSettlement.RELEASE:
-        conn.execute(_RELEASE_COUPONS, {"command_id": command_id, "issued": "[]"})
+    elif update.coupons is Settlement.RELEASE:
+        conn.execute(_RELEASE_COUPONS, {**key, "issued": "[]"})
 
 
 def _get(conn: sqlite3.Connection, command_id: str) -> StoredCommand | None:

@@ -290,3 +290,23 @@ async def test_a_retried_command_keeps_its_requester_and_a_forged_header_is_igno
     forged: dict[str, Any] = {**quote, "command_id": new_id("price")}
     await relay.publish(forged, headers={"x-relay-requested-by": billing.name})
     await denied(relay, forged["command_id"], "producers")
+
+
+@BOTH_STORES
+async def test_a_renewal_resent_while_the_first_is_running_is_refused(
+    start_relay: RelayFactory, bss: Sandbox, tmp_path: Path
+) -> None:
+    path = policy_file(tmp_path, {"renew": {"same_resource_within": "24h"}})
+    replicas = [await start_relay(relay_policy_file=path) for _ in range(2)]
+    # the first renewal is slow: the ERP times out and re-sends it under new command_ids
+    await bss.put(
+        "faults",
+        {"rules": [{"kind": "latency", "operations": ["renewal_resources"], "ms": 1500}]},
+    )
+    sends = [renew(["acme-ecs-02"]) for _ in range(4)]
+    await asyncio.gather(*(replicas[0].publish(c) for c in sends))
+
+    events = [(await replicas[0].events.wait_for(c["command_id"]))[0] for c in sends]
+
+    assert sorted(e["outcome"] for e in events) == ["rejected"] * 3 + ["succeeded"]
+    assert len(await bss.requests("renewal_resources")) == 1

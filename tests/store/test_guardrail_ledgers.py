@@ -76,6 +76,84 @@ async def test_renewals_age_out_of_the_window(store: CommandStore, clock: FakeCl
     assert await store.recent_renewals(["res-1"], within=window, excluding="x") == {}
 
 
+async def reserve_renewal(
+    store: CommandStore, command_id: str, *resources: str, within: timedelta = DAY
+) -> dict[str, str]:
+    await store.claim(command_id, "renew", owner="a", lease=LEASE, body=renew_body(*resources))
+    return await store.reserve_renewals(
+        command_id, customer_id="cu-1", resource_ids=list(resources), within=within
+    )
+
+
+async def finish_renewal(
+    store: CommandStore, command_id: str, outcome: str, failed: tuple[str, ...] = ()
+) -> None:
+    result = {"order_ids": ["o"], "failed_resources": [{"resource_id": r} for r in failed]}
+    await store.finish(command_id, owner="a", event=event("renew", outcome, result))
+
+
+async def test_a_reserved_renewal_blocks_another_command_until_it_fails(
+    store: CommandStore,
+) -> None:
+    assert await reserve_renewal(store, "r-1", "res-1", "res-2") == {}
+    # while the first is running, a second command for one of its resources is refused
+    assert await reserve_renewal(store, "r-2", "res-2", "res-3") == {"res-2": "r-1"}
+    assert await reserve_renewal(store, "r-1", "res-1", "res-2") == {}  # its own: re-used
+    assert await store.recent_renewals(["res-1"], within=DAY, excluding="x") == {}  # not done
+
+    await finish_renewal(store, "r-1", "failed")
+
+    assert await reserve_renewal(store, "r-2", "res-2", "res-3") == {}
+
+
+async def test_a_partial_renewal_keeps_the_renewed_and_frees_the_failed(
+    store: CommandStore,
+) -> None:
+    assert await reserve_renewal(store, "r-1", "res-1", "res-2") == {}
+
+    await finish_renewal(store, "r-1", "partial", failed=("res-2",))
+
+    assert await store.recent_renewals(["res-1", "res-2"], within=DAY, excluding="x") == {
+        "res-1": "r-1"
+    }
+    assert await reserve_renewal(store, "r-2", "res-2") == {}
+    assert await reserve_renewal(store, "r-3", "res-1") == {"res-1": "r-1"}
+
+
+async def test_unknown_keeps_the_renewal_reserved_and_release_drops_it(
+    store: CommandStore,
+) -> None:
+    assert await reserve_renewal(store, "r-1", "res-1") == {}
+    await finish_renewal(store, "r-1", "unknown")
+    assert await reserve_renewal(store, "r-2", "res-1") == {"res-1": "r-1"}
+
+    assert await reserve_renewal(store, "r-3", "res-9") == {}
+    await store.release_renewals("r-3")  # rejected before any call
+    assert await reserve_renewal(store, "r-4", "res-9") == {}
+
+
+async def test_a_reservation_ages_out_of_the_window(store: CommandStore, clock: FakeClock) -> None:
+    window = timedelta(milliseconds=300)
+    assert await reserve_renewal(store, "r-1", "res-1", within=window) == {}
+    assert await reserve_renewal(store, "r-2", "res-1", within=window) == {"res-1": "r-1"}
+
+    await pause(clock, timedelta(milliseconds=400))
+
+    assert await reserve_renewal(store, "r-2", "res-1", within=window) == {}
+
+
+async def test_twenty_renewals_of_one_resource_racing_admit_exactly_one(
+    open_replica: OpenReplica,
+) -> None:
+    replicas = [await open_replica() for _ in range(4)]
+
+    results = await asyncio.gather(
+        *(reserve_renewal(replicas[i % 4], f"r-{i}", "res-1") for i in range(20))
+    )
+
+    assert sum(result == {} for result in results) == 1
+
+
 CAPS = CouponCaps(per_customer=Decimal("100.00"), per_partner=Decimal("150.00"))
 PER_CUSTOMER = CouponCaps(per_customer=Decimal("100.00"))
 
