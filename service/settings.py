@@ -79,7 +79,9 @@ class Settings(BaseSettings):
     """Configuration from the environment. Contract names (CONTRACT.md §5) keep their spelling;
     tuning knobs are prefixed ``RELAY_``."""
 
-    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+    # hide_input_in_errors: a model-level error would otherwise print the input (every setting,
+    # secret keys included) in its message, which serve writes to stderr.
+    model_config = SettingsConfigDict(extra="ignore", frozen=True, hide_input_in_errors=True)
 
     amqp_url: str = "amqp://guest:guest@localhost:5672/"
     bss_endpoint: str = "https://bss.myhuaweicloud.com"

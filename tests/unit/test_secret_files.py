@@ -41,8 +41,20 @@ def test_both_the_secret_and_its_file_is_an_error(
     monkeypatch.setenv("BSS_SECRET_KEY", "SK")
     monkeypatch.setenv("BSS_SECRET_KEY_FILE", str(secret))
 
-    with pytest.raises(ValidationError, match="not both"):
+    with pytest.raises(ValidationError, match="not both") as caught:
         Settings()
+    assert "SK" not in str(caught.value).replace("SECRET_KEY", "")  # no input echoed
+
+
+def test_configuration_errors_never_echo_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BSS_SECRET_KEY", "SUPERSECRETVALUE")  # without its partner id: an error
+    try:
+        Settings()
+    except ValidationError as exc:
+        text = str(exc)
+    else:
+        pytest.fail("BSS_SECRET_KEY without BSS_PARTNER_ID must be refused")
+    assert "SUPER" not in text
 
 
 def test_an_unreadable_secret_file_names_the_file_only(
