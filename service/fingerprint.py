@@ -1,38 +1,53 @@
 """What the store keeps about a command when it first claims it: a fingerprint and the details.
 
 The fingerprint is a SHA-256 over the canonical JSON of ``(type, partner_id, payload)`` of the
-*validated* command: defaults filled in, decimals as strings, keys sorted, no spaces. So two
-messages that mean the same command (``auto_pay`` omitted or ``true``, ``"10.5"`` or ``10.50``
-written differently but equal after validation) have the same fingerprint, and a ``command_id``
+*validated* command: fields left at their default omitted, decimals by value (``"10.5"`` and
+``10.50`` alike), instants in UTC, keys sorted, no spaces. So two messages that mean the same
+command (``auto_pay`` omitted or ``true``) have the same fingerprint, a field added later with a
+default does not change the fingerprint of commands stored before it, and a ``command_id``
 re-used for a different command has a different one (CONTRACT §3, ``RELAY.ID_CONFLICT``).
 ``command_id``, ``deadline`` and ``issued_at`` are left out: re-sending the same intent later
 is not a different command.
+
+The body kept for the audit view is the validated command as pydantic writes it (defaults
+included), which is deterministic for a given schema.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, TypedDict
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import TypedDict
 
 from schemas.commands import Command
 
 __all__ = ["ClaimDetails", "canonical_body", "claim_details", "fingerprint"]
 
 
-def _canonical(data: Any) -> bytes:
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+def _value(value: object) -> str:
+    if isinstance(value, Decimal):
+        return format(value.normalize(), "f")
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat()
+    raise TypeError(f"cannot fingerprint a {type(value).__name__}")
 
 
 def canonical_body(command: Command) -> bytes:
-    """The whole validated command as canonical JSON (what the audit view reads back)."""
-    return _canonical(command.model_dump(mode="json"))
+    """The whole validated command as JSON (what the audit view reads back)."""
+    return command.model_dump_json().encode()
 
 
 def fingerprint(command: Command) -> str:
     """``sha256:<hex>`` of the canonical (type, partner_id, payload)."""
-    data = command.model_dump(mode="json", include={"type", "partner_id", "payload"})
-    return "sha256:" + hashlib.sha256(_canonical(data)).hexdigest()
+    identity = {
+        "type": command.type,
+        "partner_id": command.partner_id,
+        "payload": command.payload.model_dump(exclude_defaults=True),
+    }
+    text = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=_value)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
 class ClaimDetails(TypedDict):
@@ -45,7 +60,7 @@ class ClaimDetails(TypedDict):
 
 def claim_details(command: Command, requested_by: str | None) -> ClaimDetails:
     """Keyword arguments for ``CommandStore.claim``:
-    ``store.claim(id, type, owner=…, lease=…, **claim_details(command, message.user_id))``."""
+    ``store.claim(id, type, owner=…, lease=…, **claim_details(command, requester(message)))``."""
     return ClaimDetails(
         fingerprint=fingerprint(command),
         requested_by=requested_by,

@@ -125,6 +125,23 @@ def test_the_fingerprint_ignores_spelling_and_ids_but_not_meaning() -> None:
     assert fingerprint(same) == fingerprint(parse_command(RENEW))
     assert fingerprint(other) != fingerprint(parse_command(RENEW))
     assert fingerprint(parse_command(RENEW.replace(b'"p-1"', b'"p-2"'))) != fingerprint(same)
+    repeat = parse_command(RENEW.replace(b'"period_num":1', b'"period_num":1,"allow_repeat":true'))
+    assert fingerprint(repeat) != fingerprint(same)
+
+
+def test_equal_amounts_and_instants_fingerprint_alike() -> None:
+    def coupon(face: bytes, expire: bytes) -> bytes:
+        return (
+            b'{"command_id":"c","type":"issue_coupon","payload":{"quota_id":"q",'
+            b'"customer_ids":["a"],"face_value":%s,"expire_time":"%s"}}' % (face, expire)
+        )
+
+    first = parse_command(coupon(b'"10.5"', b"2030-01-01T08:00:00+08:00"))
+    second = parse_command(coupon(b"10.50", b"2030-01-01T00:00:00Z"))
+    third = parse_command(coupon(b'"10.51"', b"2030-01-01T00:00:00Z"))
+
+    assert fingerprint(first) == fingerprint(second)
+    assert fingerprint(third) != fingerprint(second)
 
 
 async def test_an_sqlite_file_from_before_the_details_is_migrated(tmp_path: Path) -> None:
