@@ -47,6 +47,7 @@ from schemas.events import (
     RenewEvent,
     SetAutoRenewEvent,
 )
+from service.guard import REQUESTED_BY
 from service.publisher import H
 from service.topology import COMMANDS_EXCHANGE, DLQ, EVENTS_EXCHANGE
 
@@ -129,6 +130,19 @@ DEAD_LETTER_HEADERS: Mapping[str, dict[str, Any]] = {
         "type": "string",
         "description": "The routing key the producer published with (for replay).",
         "examples": ["command.renew"],
+    },
+}
+
+
+OPTIONAL_DEAD_LETTER_HEADERS: Mapping[str, dict[str, Any]] = {
+    REQUESTED_BY: {
+        "type": "string",
+        "description": "The broker-validated AMQP user_id of the original message, which a "
+        "copy published by the service cannot carry as its own user_id (the broker refuses "
+        "a user_id that is not the publisher's). Absent when the producer set none. Trusted "
+        "by the service only on its own delayed copies, never on a message arriving through "
+        "bss.commands (a replay included).",
+        "examples": ["erp-billing"],
     },
 }
 
@@ -230,12 +244,13 @@ def _dead_letter_message() -> dict[str, Any]:
         "summary": "A command the service gave up on or could not read, kept for inspection.",
         "description": (
             "The original message, body byte for byte and AMQP properties (`content_type`, "
-            "`message_id`, `correlation_id`, `reply_to`, ...) unchanged, with the `x-relay-*` "
-            "headers below added; the original's own headers are kept."
+            "`message_id`, `correlation_id`, `reply_to`, ...) unchanged except `user_id` "
+            "(carried in `x-relay-requested-by`), with the `x-relay-*` headers below added; "
+            "the original's own headers are kept."
         ),
         "headers": {
             "type": "object",
-            "properties": dict(DEAD_LETTER_HEADERS),
+            "properties": {**DEAD_LETTER_HEADERS, **OPTIONAL_DEAD_LETTER_HEADERS},
             "required": list(DEAD_LETTER_HEADERS),
         },
         "payload": {
