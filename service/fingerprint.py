@@ -58,13 +58,18 @@ class ClaimDetails(TypedDict):
     body: bytes
 
 
-def claim_details(command: Command, requested_by: str | None) -> ClaimDetails:
+def claim_details(
+    command: Command, requested_by: str | None, *, partner_id: str | None = None
+) -> ClaimDetails:
     """Keyword arguments for ``CommandStore.claim``:
-    ``store.claim(id, type, owner=…, lease=…, **claim_details(command, requester(message)))``."""
+    ``store.claim(id, type, owner=…, lease=…, **claim_details(command, requester(message),
+    partner_id=<the partner it will use>))``. ``partner_id``: the configured partner a command
+    without one resolves to (recorded for the audit and the per-partner coupon spend);
+    defaults to ``command.partner_id``. The fingerprint always uses the command's own."""
     return ClaimDetails(
         fingerprint=fingerprint(command),
         requested_by=requested_by,
-        partner_id=command.partner_id,
+        partner_id=partner_id if partner_id is not None else command.partner_id,
         customer_id=command.customer_id,
         body=canonical_body(command),
     )

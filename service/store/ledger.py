@@ -40,6 +40,7 @@ __all__ = [
     "Settlement",
     "cap_exceeded",
     "cents",
+    "face_value",
     "ledger_update",
     "money",
     "renewed",
@@ -144,3 +145,12 @@ def cap_exceeded(  # noqa: PLR0917 - one call site per backend, all positional
                     "customer", customer, money(used), money(asked), caps.per_customer
                 )
     return None
+
+
+def face_value(body: bytes | None) -> int | None:
+    """The coupon face value in cents from a command's stored body, if it can be read."""
+    try:
+        value = json.loads(body or b"null")["payload"]["face_value"]
+        return cents(Decimal(str(value)))
+    except (ValueError, TypeError, KeyError, ArithmeticError):
+        return None

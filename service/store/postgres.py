@@ -203,13 +203,14 @@ _PRUNE_LEDGERS = (
 
 # finish for a money-moving command: the event and the ledgers in one statement. $4: renewal
 # settlement ('commit': record the body's resource_ids except $5; 'release'; '' to keep); $6:
-# coupon settlement (same words); $7: customers issued. Times are the database server's.
+# coupon settlement (same words); $7: customers issued (recorded as spend even when nothing
+# was reserved: caps that come into force later count it). Times are the database server's.
 _FINISH_WITH_LEDGERS = """
     WITH f AS (
         UPDATE relay_commands
         SET status = 'finished', event = $2, finished_at = $3, updated_at = $3
         WHERE command_id = $1 AND status <> 'finished'
-        RETURNING event, convert_from(body, 'UTF8')::jsonb AS command
+        RETURNING event, partner_id, convert_from(body, 'UTF8')::jsonb AS command
     ), renewed AS (
         INSERT INTO relay_renewals (resource_id, command_id, customer_id, done, renewed_at)
         SELECT r.value, $1, f.command #>> '{payload,customer_id}', true, clock_timestamp()
@@ -226,6 +227,15 @@ _FINISH_WITH_LEDGERS = """
         FROM f
         WHERE s.command_id = $1 AND NOT s.committed AND $6 = 'commit'
           AND s.customer_id = ANY($7::text[])
+    ), unreserved AS (
+        INSERT INTO relay_coupon_spend (command_id, customer_id, partner_id, cents, committed, at)
+        SELECT $1, c.customer_id, f.partner_id,
+               round((f.command #>> '{payload,face_value}')::numeric * 100)::bigint, true,
+               clock_timestamp()
+        FROM f, unnest($7::text[]) AS c(customer_id)
+        WHERE $6 = 'commit' AND f.partner_id IS NOT NULL
+          AND f.command #>> '{payload,face_value}' IS NOT NULL
+        ON CONFLICT (command_id, customer_id) DO NOTHING
     ), released AS (
         DELETE FROM relay_coupon_spend AS s USING f
         WHERE s.command_id = $1 AND NOT s.committed AND $6 IN ('commit', 'release')

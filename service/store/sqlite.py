@@ -48,6 +48,7 @@ from service.store.ledger import (
     Settlement,
     cap_exceeded,
     cents,
+    face_value,
     ledger_update,
     renewed,
 )
@@ -258,6 +259,13 @@ _COMMIT_COUPONS = """
     UPDATE relay_coupon_spend SET committed = 1, at = :now
     WHERE command_id = :command_id AND committed = 0
       AND customer_id IN (SELECT value FROM json_each(:issued))
+"""
+
+# Issued without a reservation (no caps in force then): recorded all the same, so caps that
+# come into force later count the day's spend.
+_RECORD_COUPON = """
+    INSERT INTO relay_coupon_spend (command_id, customer_id, partner_id, cents, committed, at)
+    VALUES (:command_id, :customer_id, :partner_id, :cents, 1, :now) ON CONFLICT DO NOTHING
 """
 
 _RELEASE_COUPONS = """
@@ -672,6 +680,18 @@ def _update_ledgers(
         params = {**key, "issued": json.dumps(update.issued), "now": now}
         conn.execute(_COMMIT_COUPONS, params)
         conn.execute(_RELEASE_COUPONS, params)
+        row = conn.execute(
+            "SELECT body, partner_id FROM relay_commands WHERE command_id = :command_id", key
+        ).fetchone()
+        face = face_value(row["body"])
+        if face is not None and row["partner_id"] is not None:
+            conn.executemany(
+                _RECORD_COUPON,
+                [
+                    {**params, "customer_id": c, "partner_id": row["partner_id"], "cents": face}
+                    for c in update.issued
+                ],
+            )
     elif update.coupons is Settlement.RELEASE:
         conn.execute(_RELEASE_COUPONS, {**key, "issued": "[]"})
 

@@ -279,3 +279,25 @@ async def test_twenty_commands_racing_for_the_last_allowance_get_exactly_it(
     assert sum(result is None for result in results) == 3  # 70 + 3 x 10 = the cap, exactly
     refused = [result for result in results if result is not None]
     assert all(r.scope == "partner" and r.used == Decimal("100.00") for r in refused)
+
+
+async def test_coupons_issued_without_a_reservation_still_count(store: CommandStore) -> None:
+    # issued while no caps were in force: the spend is recorded from the stored command
+    body = json.dumps(
+        {
+            "type": "issue_coupon",
+            "payload": {"customer_ids": ["cu-1", "cu-2"], "face_value": "60.00"},
+        }
+    ).encode()
+    await store.claim("c-0", "issue_coupon", owner="a", lease=LEASE, partner_id="p-1", body=body)
+    await coupons_finished(store, "c-0", "partial", issued=("cu-1",))
+
+    refused = await reserve(store, "c-1", ["cu-1"], "40.01", PER_CUSTOMER)
+
+    assert refused is not None
+    assert (refused.subject, refused.used) == ("cu-1", Decimal("60.00"))
+    assert await reserve(store, "c-2", ["cu-2"], "100.00", PER_CUSTOMER, partner="p-2") is None
+    partner = await reserve(store, "c-3", ["cu-3"], "90.01", CAPS)  # 60 + 90.01 > 150
+    assert partner is not None
+    assert (partner.scope, partner.used) == ("partner", Decimal("60.00"))
+    assert await reserve(store, "c-4", ["cu-3"], "90.00", CAPS) is None
