@@ -52,8 +52,8 @@ def requester(message: AbstractIncomingMessage) -> str | None:
     ``bss.commands`` the header is never trusted: a producer could write anything in it."""
     if message.user_id:
         return str(message.user_id)
-    if message.exchange == COMMANDS_EXCHANGE:
-        return None
+    if getattr(message, "exchange", COMMANDS_EXCHANGE) == COMMANDS_EXCHANGE:
+        return None  # (a stand-in message without an exchange is not trusted either)
     value = (message.headers or {}).get(REQUESTED_BY)
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")

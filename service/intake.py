@@ -6,8 +6,6 @@ customer) is kept on the rejection so the ``rejected`` event is as useful as pos
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from schemas.commands import COMMAND_ADAPTER, Command, CommandType, load_json
+from service.fingerprint import fingerprint
 
 __all__ = ["Rejection", "command_fingerprint", "read_command", "valid_command_id"]
 
@@ -41,17 +40,10 @@ def command_fingerprint(command: Command) -> str:
     """What makes two commands the same intent: type, partner and payload, canonically.
 
     Stored with the command when it is first claimed; a later message with the same
-    ``command_id`` and another fingerprint re-used the id for a different command."""
-    canonical = json.dumps(
-        {
-            "type": command.type,
-            "partner_id": command.partner_id,
-            "payload": command.payload.model_dump(mode="json"),
-        },
-        sort_keys=True,
-        separators=(",", ":"),
-    )
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    ``command_id`` and another fingerprint re-used the id for a different command. One
+    definition, in ``service.fingerprint`` (defaults left out, decimals and instants by value),
+    so the claim that stores it and the check that compares it cannot drift apart."""
+    return fingerprint(command)
 
 
 def _text(value: Any) -> str | None:

@@ -48,6 +48,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from handlers.errors import StoreUnavailable
 from handlers.ports import CommandStore, StoredCommand
 from schemas.events import EVENT_ADAPTER, Event, routing_key
+from service.guard import requester
 from service.intake import Rejection, valid_command_id
 from service.metrics import Metrics, age_s
 from service.outcomes import announce_again, rejection_event
@@ -224,7 +225,7 @@ class Settler:
             rejection.code, rejection.message, failed_deliveries(message), now
         )
         await self._dead_letter(message, reason)
-        event = rejection_event(rejection, now=now, requested_by=message.user_id)
+        event = rejection_event(rejection, now=now, requested_by=requester(message))
         await self._send_event(message, event)
         await self._ack(message)
 
@@ -331,7 +332,7 @@ class Settler:
             await self._dead_letter(message, reason)
             try:
                 rejection = Rejection("RELAY.INTERNAL", text, command_id=_safe_id(message))
-                event = rejection_event(rejection, now=reason.at, requested_by=message.user_id)
+                event = rejection_event(rejection, now=reason.at, requested_by=requester(message))
                 await self._send_event(message, event)
             except (DeliveryLost, SettlementFailed):
                 raise

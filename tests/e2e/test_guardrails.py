@@ -134,20 +134,23 @@ async def test_producer_permissions_with_real_broker_users(
     # a permitted user succeeds
     allowed = renew(["acme-ecs-01"])
     await billing.publish(allowed, user_id=billing.name)
-    [event] = await relay.events.wait_for(allowed["command_id"])
-    assert event["outcome"] == "succeeded"
+    [succeeded] = await relay.events.wait_for(allowed["command_id"])
+    assert succeeded["outcome"] == "succeeded"
+    assert succeeded["requested_by"] == billing.name
     calls = len(await bss.requests())
     assert calls > 0
 
     # outside its rights (by the policy; the broker let it through)
     outside = renew(["acme-ecs-01"])
     await wide.publish(outside, user_id=wide.name)
-    await denied(relay, outside["command_id"], f"producers.{wide.name}.types")
+    event = await denied(relay, outside["command_id"], f"producers.{wide.name}.types")
+    assert event["requested_by"] == wide.name
 
     # no user_id at all
     anonymous = renew(["acme-ecs-01"])
     await relay.publish(anonymous)
-    await denied(relay, anonymous["command_id"], "producers")
+    event = await denied(relay, anonymous["command_id"], "producers")
+    assert event["requested_by"] is None
 
     # a spoofed user_id: the broker itself refuses the publish (406 PRECONDITION_FAILED)
     spoofed = renew(["acme-ecs-01"])
@@ -173,7 +176,7 @@ async def test_producer_permissions_with_real_broker_users(
         entries = {e.command_id: e for e in await read_audit(store, AuditFilter())}
     assert entries[allowed["command_id"]].requested_by == billing.name
     assert entries[allowed["command_id"]].outcome == "succeeded"
-    assert entries[allowed["command_id"]].order_ids == event["result"]["order_ids"]
+    assert entries[allowed["command_id"]].order_ids == succeeded["result"]["order_ids"]
     assert entries[outside["command_id"]].requested_by == wide.name
     assert spoofed["command_id"] not in entries
 
@@ -284,6 +287,7 @@ async def test_a_retried_command_keeps_its_requester_and_a_forged_header_is_igno
     await billing.publish(quote, user_id=billing.name)
     [event] = await relay.events.wait_for(quote["command_id"])
     assert event["outcome"] == "succeeded"
+    assert event["requested_by"] == billing.name  # from the copy's header
     assert len(await bss.requests("list_renew_rate_on_period")) == 2
 
     # a producer writing the service's header itself gains nothing
