@@ -10,7 +10,8 @@ lock, right before the handler runs):
    the check), so a second command renewing one of them meanwhile is refused too;
 3. coupons: ``store.reserve_coupons`` against ``per_customer_per_day``/``per_partner_per_day``.
 
-A refusal raises :class:`PolicyDenied` (a ``CommandRejected``: the command ends ``rejected``
+An unreachable store raises ``StoreUnavailable`` (the command waits, no attempt spent). A
+refusal raises :class:`PolicyDenied` (a ``CommandRejected``: the command ends ``rejected``
 with ``RELAY.POLICY_DENIED``, dead-lettered, no API call). A command whose earlier API call may
 have taken effect (``uncertain``) is not judged again: it was admitted then, and must be
 reconciled, not rejected. If the handler then raises a rejection, the reservations are
@@ -31,6 +32,7 @@ from handlers.errors import CommandRejected, Disposition, RelayError
 from handlers.ports import CommandStore, CouponCaps
 from schemas.commands import Command, IssueCouponCommand, RenewCommand
 from service.policy import POLICY_DENIED, Denial, Policy, PolicyHolder
+from service.store.errors import store_call
 from service.topology import COMMANDS_EXCHANGE
 
 __all__ = ["REQUESTED_BY", "Guard", "PolicyDenied", "carry_requester", "requester"]
@@ -111,7 +113,7 @@ class Guard:
             # rejected: no call was made, so nothing the reservation held for happened.
             # Every other end is settled by store.finish from the outcome.
             if release is not None and exc.disposition is Disposition.REJECT:
-                await release(command.command_id)
+                await store_call(release(command.command_id))
             raise
 
     async def _renewal(self, policy: Policy, command: RenewCommand) -> tuple[Denial | None, bool]:
@@ -120,11 +122,13 @@ class Guard:
         within = policy.renew.same_resource_within
         if within is None or command.payload.allow_repeat:
             return None, False
-        taken = await self._store.reserve_renewals(
-            command.command_id,
-            customer_id=command.payload.customer_id,
-            resource_ids=command.payload.resource_ids,
-            within=within,
+        taken = await store_call(
+            self._store.reserve_renewals(
+                command.command_id,
+                customer_id=command.payload.customer_id,
+                resource_ids=command.payload.resource_ids,
+                within=within,
+            )
         )
         if not taken:
             return None, True
@@ -142,14 +146,17 @@ class Guard:
         rules = policy.issue_coupon
         if not rules.has_caps:
             return None, False
-        exceeded = await self._store.reserve_coupons(
-            command.command_id,
-            partner_id=partner_id,
-            customer_ids=command.payload.customer_ids,
-            face_value=command.payload.face_value,
-            caps=CouponCaps(
-                per_customer=rules.per_customer_per_day, per_partner=rules.per_partner_per_day
-            ),
+        exceeded = await store_call(
+            self._store.reserve_coupons(
+                command.command_id,
+                partner_id=partner_id,
+                customer_ids=command.payload.customer_ids,
+                face_value=command.payload.face_value,
+                caps=CouponCaps(
+                    per_customer=rules.per_customer_per_day,
+                    per_partner=rules.per_partner_per_day,
+                ),
+            )
         )
         if exceeded is None:
             return None, True

@@ -16,7 +16,7 @@ from typing import Any
 import aio_pika
 import pytest
 
-from service.topology import COMMANDS_EXCHANGE, DELAY_LEVELS_MS, EVENTS_EXCHANGE, Topology
+from service.topology import COMMANDS_EXCHANGE, DELAY_LEVELS_MS, DLQ, EVENTS_EXCHANGE, Topology
 from tests.e2e.conftest import Sandbox, new_id
 from tests.sandbox import demo_ids as ids
 
@@ -103,6 +103,7 @@ async def broker(amqp_url: str) -> AsyncIterator[tuple[aio_pika.abc.AbstractChan
     topology = Topology(prefix)
     for name in [topology.work_queue, *(topology.delay_queue(ms) for ms in DELAY_LEVELS_MS)]:
         await channel.queue_delete(name)
+    await channel.queue_delete(DLQ)  # shared by the session's vhost: leave it empty
     await connection.close()
 
 
