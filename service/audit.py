@@ -52,11 +52,15 @@ class AuditEntry:
     what: str  # "2 month(s) of r-1, r-2" / "3 x 10.00"
     amount: Decimal | None  # coupons: total face value asked for
     period_months: int | None  # renewals: months bought per resource
-    outcome: str  # the event's outcome, else where the command stands (received, in_flight)
+    outcome: str | None  # the stored terminal event's outcome; None when none is stored
     error_code: str | None
     order_ids: list[str] = field(default_factory=list)
     coupon_ids: list[str] = field(default_factory=list)
     finished_at: datetime | None = None
+    # where the store's row stands: received, in_flight or finished. A row without an outcome
+    # is a command still running, waiting for a retry, or rejected after its claim (the store
+    # keeps no rejection events yet: those are on the broker and in bss.commands.dlq).
+    status: str = "finished"
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -112,11 +116,12 @@ def entry_from(record: StoredCommand) -> AuditEntry:
         what=what if command else "-",
         amount=amount,
         period_months=months,
-        outcome=str(event.get("outcome") or record.status.value),
+        outcome=str(event["outcome"]) if event.get("outcome") else None,
         error_code=error.get("code"),
         order_ids=[str(o) for o in result.get("order_ids") or []],
         coupon_ids=[str(c.get("coupon_id")) for c in result.get("coupons") or []],
         finished_at=record.finished_at,
+        status=record.status.value,
     )
 
 
@@ -153,8 +158,10 @@ examples:
   bss-relay audit --user erp-marketing --customer cu-42
 
 Filters combine with AND; a filter given twice matches either value. The outcome column is
-the terminal event's outcome and error code; a command still running shows received or
-in_flight. Commands older than RELAY_RETENTION_DAYS have been pruned from the store.
+the terminal event's outcome and error code. "none stored (received|in_flight)" is a command
+still running or waiting for a retry, or one rejected after it was claimed (a policy refusal,
+say): the store keeps no rejection events yet; those are on bss.events and in the DLQ.
+Commands older than RELAY_RETENTION_DAYS have been pruned from the store.
 
 exit status: 0 listed (possibly nothing); 2 bad arguments, configuration or store."""
 
@@ -224,7 +231,8 @@ def _cell(value: object) -> str:
 
 
 def _row(entry: AuditEntry) -> tuple[str, ...]:
-    outcome = entry.outcome + (f" {entry.error_code}" if entry.error_code else "")
+    outcome = entry.outcome or f"none stored ({entry.status})"
+    outcome += f" {entry.error_code}" if entry.error_code else ""
     what = entry.what + (f" = {entry.amount}" if entry.amount is not None else "")
     return tuple(
         _cell(v)

@@ -178,6 +178,7 @@ async def test_producer_permissions_with_real_broker_users(
     assert entries[allowed["command_id"]].outcome == "succeeded"
     assert entries[allowed["command_id"]].order_ids == succeeded["result"]["order_ids"]
     assert entries[outside["command_id"]].requested_by == wide.name
+    assert entries[outside["command_id"]].outcome is None  # rejections are not stored yet
     assert spoofed["command_id"] not in entries
 
 

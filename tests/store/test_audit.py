@@ -108,11 +108,12 @@ async def test_the_audit_lists_who_asked_what_and_what_happened(
     assert str(coupons.amount) == "25.00"
     assert (coupons.outcome, coupons.coupon_ids) == ("partial", ["cp-1"])
     assert coupons.customer_ids == ["cu-1", "cu-2"]
-    assert open_one.outcome == "received"
+    assert (open_one.outcome, open_one.status) == (None, "received")
     table = render_table(entries)
     assert "erp-marketing" in table
     assert "2 x 12.50 = 25.00" in table
     assert "1 year(s) of r-1, r-2" in table
+    assert "none stored (received)" in table
 
 
 @pytest.mark.parametrize(
