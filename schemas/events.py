@@ -43,9 +43,13 @@ class Outcome(StrEnum):
     FAILED = "failed"  # the API refused, or retries of a transient error ran out
     REJECTED = "rejected"  # the command itself was unusable; nothing was sent to the API
     UNKNOWN = "unknown"  # a money-moving call may or may not have taken effect; a person must look
+    # Not terminal: the command waits for quota longer than RELAY_DEFERRED_AFTER_S; its call is
+    # expected to start at ``expected_start_at``. At most one per command, before its terminal one.
+    DEFERRED = "deferred"
 
 
 _WITH_RESULT = frozenset({Outcome.SUCCEEDED, Outcome.PARTIAL})
+_WITH_NEITHER = frozenset({Outcome.DEFERRED})
 
 
 class ErrorInfo(StrictModel):
@@ -92,9 +96,23 @@ class EventBase(StrictModel, json_schema_serialization_defaults_required=True):
     """The type's result; present exactly for ``succeeded`` and ``partial``."""
     error: ErrorInfo | None = None
     """Present exactly for ``failed``, ``rejected`` and ``unknown``."""
+    expected_start_at: UtcDateTime | None = None
+    """Only on ``deferred``: when the command's API call is expected to start."""
 
     @model_validator(mode="after")
     def _result_or_error(self) -> Self:
+        if self.outcome in _WITH_NEITHER:
+            if self.result is not None or self.error is not None:
+                raise _mismatch("a {outcome} event carries no result and no error", self.outcome)
+            if self.expected_start_at is None:
+                raise _mismatch(
+                    "expected_start_at is required when outcome is {outcome}", self.outcome
+                )
+            return self
+        if self.expected_start_at is not None:
+            raise _mismatch(
+                "expected_start_at is only for deferred events, not {outcome}", self.outcome
+            )
         expects_result = self.outcome in _WITH_RESULT
         if expects_result and self.result is None:
             raise _mismatch("result is required when outcome is {outcome}", self.outcome)

@@ -253,12 +253,16 @@ class Consumer:
     async def verify(self, *_: Any) -> None:
         """After a reconnect: check the broker really has our consumer again (aio-pika#231),
         else consume on a new channel."""
-        channel = await self._connection.channel()
         try:
-            queue = await channel.declare_queue(self._queue_name, passive=True)
-            count = queue.declaration_result.consumer_count
-        finally:
-            await channel.close()
+            channel = await self._connection.channel()
+            try:
+                queue = await channel.declare_queue(self._queue_name, passive=True)
+                count = queue.declaration_result.consumer_count
+            finally:
+                await channel.close()
+        except BROKER_ERRORS as exc:  # lost again meanwhile: the next reconnect checks again
+            log.info("reconnect_check_skipped", error=repr(exc))
+            return
         log.info("reconnected", queue=self._queue_name, consumers=count)
         if count == 0 and not self._stopping:
             log.warning("consumer_missing_after_reconnect")

@@ -13,7 +13,14 @@ from schemas.commands import Command
 from schemas.events import EVENT_ADAPTER, Event, Outcome
 from service.intake import Rejection
 
-__all__ = ["announce_again", "error_info", "event_for", "new_event_id", "rejection_event"]
+__all__ = [
+    "announce_again",
+    "deferred_event",
+    "error_info",
+    "event_for",
+    "new_event_id",
+    "rejection_event",
+]
 
 
 def new_event_id() -> str:
@@ -81,6 +88,31 @@ def rejection_event(
                 "http_status": None,
                 "request_id": None,
             },
+        }
+    )
+
+
+def deferred_event(
+    command: Command, *, now: datetime, expected_start_at: datetime, requested_by: str | None
+) -> Event:
+    """The one progress event of a command that waits long for quota. Its ``event_id`` is
+    derived from the ``command_id``: if a crash made the service send it twice, subscribers
+    see the same ``message_id`` and can drop the second."""
+    return EVENT_ADAPTER.validate_python(
+        {
+            "event_id": f"evt-deferred-{command.command_id}",
+            "command_id": command.command_id,
+            "type": command.type,
+            "outcome": Outcome.DEFERRED,
+            "occurred_at": now,
+            "attempts": 0,
+            "duplicate": False,
+            "partner_id": command.partner_id,
+            "customer_id": command.customer_id,
+            "requested_by": requested_by,
+            "result": None,
+            "error": None,
+            "expected_start_at": expected_start_at,
         }
     )
 

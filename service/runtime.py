@@ -67,12 +67,14 @@ class RunningService:
     scheduler: FairScheduler
     metrics: Metrics
     policy: PolicyHolder
+    background: _Background
 
     def problems(self) -> list[str]:
         """Why the service is not healthy now (empty: it is); ``/healthz`` shows them."""
         found = list(self.consumer.problems())
         if self.connection.is_closed:
             found.append("broker connection closed; reconnecting")
+        found.extend(f"background loop {name!r} stopped" for name in self.background.failed)
         return found
 
 
@@ -115,15 +117,34 @@ async def _prune_forever(store: CommandStore, retention: timedelta) -> None:
         await asyncio.sleep(PRUNE_EVERY_S)
 
 
-async def _logged(name: str, loop: Awaitable[None]) -> None:
-    """A background loop of the service: its end is never silent."""
-    try:
-        await loop
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("background_loop_failed", loop=name)
-        raise
+class _Background:
+    """The service's background work. A failure is logged and, for a loop that should run for
+    ever, reported by ``/healthz`` -- it never takes the consuming task down with it."""
+
+    def __init__(self, tasks: asyncio.TaskGroup) -> None:
+        self._tasks = tasks
+        self.failed: list[str] = []
+        self.loops: list[asyncio.Task[None]] = []
+
+    def loop(self, name: str, body: Awaitable[None]) -> None:
+        self.loops.append(self._tasks.create_task(self._run(name, body, forever=True)))
+
+    def once(self, name: str, body: Awaitable[None]) -> None:
+        self._tasks.create_task(self._run(name, body, forever=False))
+
+    async def _run(self, name: str, body: Awaitable[None], *, forever: bool) -> None:
+        try:
+            await body
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background_task_failed", task=name)
+            if forever:
+                self.failed.append(name)
+
+    def cancel(self) -> None:
+        for task in self.loops:
+            task.cancel()
 
 
 @contextlib.asynccontextmanager
@@ -215,19 +236,12 @@ async def start(
             delay_queues=[topology.delay_queue(ms) for ms in DELAY_LEVELS_MS],
             stall_s=settings.relay_stall_s,
         )
-        connection.reconnect_callbacks.add(
-            lambda *_: tasks.create_task(_logged("verify", consumer.verify()))
-        )
-        background = [
-            tasks.create_task(_logged("heartbeat", consumer.heartbeat())),
-            tasks.create_task(_logged("watch", consumer.watch())),
-            tasks.create_task(
-                _logged(
-                    "prune",
-                    _prune_forever(store, timedelta(days=settings.relay_retention_days)),
-                )
-            ),
-        ]
+        background = _Background(tasks)
+        connection.reconnect_callbacks.add(lambda *_: background.once("verify", consumer.verify()))
+        background.loop("heartbeat", consumer.heartbeat())
+        background.loop("watch", consumer.watch())
+        retention = timedelta(days=settings.relay_retention_days)
+        background.loop("prune", _prune_forever(store, retention))
         await consumer.start()
         metrics.inflight.set_function(lambda: consumer.tasks_running)
         metrics.set_parked(lambda: consumer.waiting_in_delay_queues)
@@ -241,6 +255,7 @@ async def start(
             limiter=limiter,
             scheduler=scheduler,
             metrics=metrics,
+            background=background,
             policy=policy,
         )
         if settings.relay_metrics_port is not None:
@@ -259,8 +274,7 @@ async def start(
             log.info("service_stopping")
             await consumer.stop_intake()
             await consumer.drain(settings.relay_shutdown_grace_s)
-            for task in background:
-                task.cancel()
+            background.cancel()
     log.info("service_stopped")
 
 

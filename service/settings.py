@@ -126,6 +126,8 @@ class Settings(BaseSettings):
     # Messages stuck unsettled this long: /healthz answers 503 and the consumer re-establishes
     # its channel, so the broker redelivers them.
     relay_stall_s: float = Field(default=60.0, gt=0)
+    # A command expected to wait longer than this for quota gets one `<type>.deferred` event.
+    relay_deferred_after_s: float = Field(default=10.0, gt=0)
     # How long a command waits before it is tried again while the store is unreachable.
     relay_store_retry_s: float = Field(default=2.0, gt=0, le=60)
     relay_retention_days: float = Field(default=30.0, gt=0)
