@@ -14,7 +14,8 @@ Backends, chosen by :func:`open_store` from the URL:
 missing and use it as every pooled connection's ``search_path``; other query parameters go to
 asyncpg unchanged. Both backends create their table and index idempotently when opened.
 
-Semantics both backends keep, on top of the ``CommandStore`` invariants in ``handlers.ports``:
+Semantics both backends keep, on top of the ``CommandStore`` invariants in
+:mod:`service.store.types` (the store's interface and values, exported here too):
 
 * **Claim** succeeds iff the command is not finished and no lease on it is live
   (``lease_until <= now`` is expired). It is not re-entrant: an owner claiming a command it
@@ -41,15 +42,30 @@ from __future__ import annotations
 from contextlib import AbstractAsyncContextManager
 from urllib.parse import urlsplit
 
-from handlers.ports import CommandStore
 from service.store.clock import UtcClock
 from service.store.postgres import PostgresCommandStore, split_schema
 from service.store.sqlite import SqliteCommandStore, sqlite_path_from_url
+from service.store.types import (
+    CapExceeded,
+    Claim,
+    ClaimOutcome,
+    CommandStatus,
+    CommandStore,
+    CouponCaps,
+    StoredCommand,
+)
 
 __all__ = [
     "DEFAULT_STORE_URL",
+    "CapExceeded",
+    "Claim",
+    "ClaimOutcome",
+    "CommandStatus",
+    "CommandStore",
+    "CouponCaps",
     "PostgresCommandStore",
     "SqliteCommandStore",
+    "StoredCommand",
     "UtcClock",
     "open_store",
 ]

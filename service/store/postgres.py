@@ -27,7 +27,10 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from handlers.ports import (
+from service.store.clock import UtcClock, as_utc, system_clock
+from service.store.ledger import Settlement, cap_exceeded, cents, ledger_update
+from service.store.records import CLAIM_TRIES, lease_end, lost_claim
+from service.store.types import (
     CapExceeded,
     Claim,
     ClaimOutcome,
@@ -35,9 +38,6 @@ from handlers.ports import (
     CouponCaps,
     StoredCommand,
 )
-from service.store.clock import UtcClock, as_utc, system_clock
-from service.store.ledger import Settlement, cap_exceeded, cents, ledger_update
-from service.store.records import CLAIM_TRIES, lease_end, lost_claim
 
 __all__ = ["PostgresCommandStore", "split_schema"]
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from handlers.ports import Claim, ClaimOutcome, CommandStatus, StoredCommand
+from service.store.types import Claim, ClaimOutcome, CommandStatus, StoredCommand
 
 __all__ = ["CLAIM_TRIES", "lease_end", "lost_claim"]
 

@@ -34,14 +34,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from handlers.ports import (
-    CapExceeded,
-    Claim,
-    ClaimOutcome,
-    CommandStatus,
-    CouponCaps,
-    StoredCommand,
-)
 from service.store.clock import UtcClock, as_utc, system_clock
 from service.store.ledger import (
     LedgerUpdate,
@@ -54,6 +46,14 @@ from service.store.ledger import (
 )
 from service.store.records import lease_end, lost_claim
 from service.store.sqlite_writer import SqliteWriter
+from service.store.types import (
+    CapExceeded,
+    Claim,
+    ClaimOutcome,
+    CommandStatus,
+    CouponCaps,
+    StoredCommand,
+)
 
 __all__ = ["BUSY_TIMEOUT_MS", "MEMORY", "SqliteCommandStore", "sqlite_path_from_url"]
 
