@@ -12,7 +12,8 @@ Backends, chosen by :func:`open_store` from the URL:
 
 ``?schema=NAME`` (lower-case identifier) makes the PostgreSQL store create schema NAME if
 missing and use it as every pooled connection's ``search_path``; other query parameters go to
-asyncpg unchanged. Both backends create their table and index idempotently when opened.
+asyncpg unchanged. Both backends create their tables and indexes idempotently when opened,
+from the one definition in :mod:`service.store.schema`.
 
 Semantics both backends keep, on top of the ``CommandStore`` invariants in
 :mod:`service.store.types` (the store's interface and values, exported here too):

@@ -30,6 +30,7 @@ import asyncpg
 from service.store.clock import UtcClock, as_utc, system_clock
 from service.store.ledger import Settlement, cap_exceeded, cents, ledger_update
 from service.store.records import CLAIM_TRIES, lease_end, lost_claim
+from service.store.schema import postgres_ddl
 from service.store.types import (
     CapExceeded,
     Claim,
@@ -43,82 +44,6 @@ __all__ = ["PostgresCommandStore", "split_schema"]
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _DDL_LOCK_KEY = int.from_bytes(b"bssrelay", "big")
-
-_DDL = (
-    """
-    CREATE TABLE IF NOT EXISTS relay_commands (
-        command_id      text PRIMARY KEY,
-        type            text NOT NULL,
-        status          text NOT NULL CHECK (status IN ('received', 'in_flight', 'finished')),
-        attempts        integer NOT NULL DEFAULT 0 CHECK (attempts >= 0),
-        call_started_at timestamptz,
-        note            bytea,
-        event           bytea,
-        published_at    timestamptz,
-        owner           text,
-        lease_until     timestamptz,
-        created_at      timestamptz NOT NULL,
-        updated_at      timestamptz NOT NULL,
-        finished_at     timestamptz,
-        fingerprint     text,
-        requested_by    text,
-        partner_id      text,
-        customer_id     text,
-        body            bytea,
-        CHECK ((owner IS NULL) = (lease_until IS NULL)),
-        CHECK ((status = 'finished') = (finished_at IS NOT NULL AND event IS NOT NULL))
-    )
-    """,
-    # columns added after the first release, for a table created before them
-    """
-    ALTER TABLE relay_commands
-        ADD COLUMN IF NOT EXISTS fingerprint text,
-        ADD COLUMN IF NOT EXISTS requested_by text,
-        ADD COLUMN IF NOT EXISTS partner_id text,
-        ADD COLUMN IF NOT EXISTS customer_id text,
-        ADD COLUMN IF NOT EXISTS body bytea
-    """,
-    """
-    CREATE INDEX IF NOT EXISTS relay_commands_finished_at
-        ON relay_commands (finished_at) WHERE status = 'finished'
-    """,
-    """
-    CREATE INDEX IF NOT EXISTS relay_commands_money_created_at
-        ON relay_commands (created_at) WHERE type IN ('renew', 'issue_coupon')
-    """,
-    """
-    CREATE TABLE IF NOT EXISTS relay_effects (
-        effect_id  text PRIMARY KEY,
-        command_id text NOT NULL,
-        created_at timestamptz NOT NULL
-    )
-    """,
-    # The money-guardrail ledgers: see service.store.ledger.
-    """
-    CREATE TABLE IF NOT EXISTS relay_renewals (
-        resource_id text NOT NULL,
-        command_id  text NOT NULL,
-        customer_id text,
-        done        boolean NOT NULL DEFAULT false,
-        renewed_at  timestamptz NOT NULL,
-        PRIMARY KEY (resource_id, command_id)
-    )
-    """,
-    """
-    CREATE TABLE IF NOT EXISTS relay_coupon_spend (
-        command_id  text NOT NULL,
-        customer_id text NOT NULL,
-        partner_id  text NOT NULL,
-        cents       bigint NOT NULL CHECK (cents > 0),
-        committed   boolean NOT NULL DEFAULT false,
-        at          timestamptz NOT NULL,
-        PRIMARY KEY (command_id, customer_id)
-    )
-    """,
-    "CREATE INDEX IF NOT EXISTS relay_coupon_spend_partner ON relay_coupon_spend (partner_id, at)",
-    "CREATE INDEX IF NOT EXISTS relay_coupon_spend_customer ON relay_coupon_spend "
-    "(customer_id, at)",
-)
 
 _COLUMNS = """command_id, type, status, attempts, call_started_at, note, event, published_at,
            lease_until, updated_at, fingerprint, requested_by, partner_id, customer_id, body,
@@ -403,7 +328,7 @@ class PostgresCommandStore:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _DDL_LOCK_KEY)
             if self._schema is not None:
                 await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self._schema}")
-            for statement in _DDL:
+            for statement in postgres_ddl():
                 await conn.execute(statement)
 
     async def claim(

@@ -1,6 +1,7 @@
 """Rules both store backends share, so SQLite and PostgreSQL cannot drift apart.
 
-The table ``relay_commands`` both create (column types differ, meaning does not)::
+The table ``relay_commands`` both create from :mod:`service.store.schema` (column types
+differ, meaning does not)::
 
     command_id       primary key, the producer's idempotency key
     type             command type as first claimed (a later claim never changes it)
