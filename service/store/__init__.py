@@ -35,7 +35,8 @@ Semantics both backends keep, on top of the ``CommandStore`` invariants in
   else they are no-ops. A lease that expired but was not taken over is revived by renewal.
 * **prune** deletes only finished commands with ``finished_at`` before the bound.
 * Times are timezone-aware UTC; naive datetimes are refused with ``ValueError``. Lease checks
-  use the injected clock (see :mod:`service.store.clock`).
+  use the PostgreSQL server's clock, or the injected one (SQLite, tests): see
+  :mod:`service.store.clock`.
 """
 
 from __future__ import annotations

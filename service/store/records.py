@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 
 from service.store.types import Claim, ClaimOutcome, CommandStatus, StoredCommand
 
-__all__ = ["CLAIM_TRIES", "lease_end", "lost_claim"]
+__all__ = ["CLAIM_TRIES", "lease_end", "lost_claim", "positive"]
 
 CLAIM_TRIES = 3
 """PostgreSQL: a claim that loses finds the row and reads it; if ``prune`` deleted it in between,
@@ -35,10 +35,14 @@ the claim is tried again. Two consecutive such races are practically impossible.
 no retry: a claim and its read run in one transaction under the write lock.)"""
 
 
-def lease_end(now: datetime, lease: timedelta) -> datetime:
+def positive(lease: timedelta) -> timedelta:
     if lease <= timedelta(0):
         raise ValueError(f"lease must be positive, got {lease}")
-    return now + lease
+    return lease
+
+
+def lease_end(now: datetime, lease: timedelta) -> datetime:
+    return now + positive(lease)
 
 
 def lost_claim(current: StoredCommand, now: datetime) -> Claim:
