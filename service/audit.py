@@ -20,10 +20,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from handlers.ports import CommandStore, StoredCommand
 from service.arguments import positive_int
 from service.settings import Settings
 from service.store import open_store
+from service.store.types import CommandStore, StoredCommand
 
 __all__ = ["MONEY_TYPES", "AuditEntry", "AuditFilter", "entry_from", "read_audit", "register_cli"]
 

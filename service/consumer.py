@@ -31,11 +31,11 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
-from handlers.ports import CommandStore
 from service.metrics import Metrics
 from service.processor import Processor
 from service.publisher import BROKER_ERRORS
 from service.settlement import Redeliver, Settled, Settler
+from service.store.types import CommandStore
 
 __all__ = ["Consumer", "Inflight", "Phase"]
 

@@ -29,10 +29,10 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
 from handlers.errors import CommandRejected, Disposition, RelayError
-from handlers.ports import CommandStore, CouponCaps
 from schemas.commands import Command, IssueCouponCommand, RenewCommand
 from service.policy import POLICY_DENIED, Denial, Policy, PolicyHolder
 from service.store.errors import store_call
+from service.store.types import CommandStore, CouponCaps
 from service.topology import COMMANDS_EXCHANGE
 
 __all__ = ["REQUESTED_BY", "Guard", "PolicyDenied", "carry_requester", "requester"]

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from handlers.errors import LeaseLost
-from handlers.ports import CommandStatus, CommandStore, StoredCommand
 from service.client import CallScope
 from service.store.errors import store_call
+from service.store.types import CommandStatus, CommandStore, StoredCommand
 
 __all__ = ["StoreJournal"]
 

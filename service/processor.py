@@ -25,14 +25,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from structlog.contextvars import bind_contextvars
 
 from handlers.errors import Disposition, LeaseLost, RelayError, Retryable, StoreUnavailable
-from handlers.ports import (
-    BssApi,
-    ClaimOutcome,
-    CommandStore,
-    Completed,
-    HandlerContext,
-    StoredCommand,
-)
+from handlers.ports import BssApi, Completed, HandlerContext
 from schemas.commands import Command
 from schemas.events import Event, Outcome
 from service.admission import park_decision, ticket_from_headers, ticket_header
@@ -57,6 +50,7 @@ from service.settlement import (
     Settler,
 )
 from service.store.errors import store_call
+from service.store.types import ClaimOutcome, CommandStore, StoredCommand
 from service.tracing import consume_span
 
 __all__ = ["Processor", "RetryPolicy", "ScopedApi"]

@@ -25,7 +25,6 @@ import aiohttp
 import structlog
 from aio_pika.abc import AbstractRobustConnection
 
-from handlers.ports import CommandStore
 from service.bss import PartnerApi
 from service.client import BssHttp
 from service.consumer import Consumer
@@ -40,6 +39,7 @@ from service.scheduler import FairScheduler
 from service.settings import Settings
 from service.settlement import Settler
 from service.store import open_store
+from service.store.types import CommandStore
 from service.topology import DELAY_LEVELS_MS, Topology, declare
 
 __all__ = ["ConfigurationError", "RunningService", "run", "start"]

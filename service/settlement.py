@@ -46,7 +46,6 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
 from handlers.errors import StoreUnavailable
-from handlers.ports import CommandStore, StoredCommand
 from schemas.events import EVENT_ADAPTER, Event, routing_key
 from service.guard import requester
 from service.intake import Rejection, valid_command_id
@@ -54,6 +53,7 @@ from service.metrics import Metrics, age_s
 from service.outcomes import announce_again, rejection_event
 from service.publisher import BROKER_ERRORS, DeadLetterReason, Publisher, failed_deliveries
 from service.store.errors import store_call
+from service.store.types import CommandStore, StoredCommand
 
 __all__ = [
     "Delay",

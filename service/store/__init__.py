@@ -12,9 +12,11 @@ Backends, chosen by :func:`open_store` from the URL:
 
 ``?schema=NAME`` (lower-case identifier) makes the PostgreSQL store create schema NAME if
 missing and use it as every pooled connection's ``search_path``; other query parameters go to
-asyncpg unchanged. Both backends create their table and index idempotently when opened.
+asyncpg unchanged. Both backends create their tables and indexes idempotently when opened,
+from the one definition in :mod:`service.store.schema`.
 
-Semantics both backends keep, on top of the ``CommandStore`` invariants in ``handlers.ports``:
+Semantics both backends keep, on top of the ``CommandStore`` invariants in
+:mod:`service.store.types` (the store's interface and values, exported here too):
 
 * **Claim** succeeds iff the command is not finished and no lease on it is live
   (``lease_until <= now`` is expired). It is not re-entrant: an owner claiming a command it
@@ -33,7 +35,8 @@ Semantics both backends keep, on top of the ``CommandStore`` invariants in ``han
   else they are no-ops. A lease that expired but was not taken over is revived by renewal.
 * **prune** deletes only finished commands with ``finished_at`` before the bound.
 * Times are timezone-aware UTC; naive datetimes are refused with ``ValueError``. Lease checks
-  use the injected clock (see :mod:`service.store.clock`).
+  use the PostgreSQL server's clock, or the injected one (SQLite, tests): see
+  :mod:`service.store.clock`.
 """
 
 from __future__ import annotations
@@ -41,15 +44,30 @@ from __future__ import annotations
 from contextlib import AbstractAsyncContextManager
 from urllib.parse import urlsplit
 
-from handlers.ports import CommandStore
 from service.store.clock import UtcClock
 from service.store.postgres import PostgresCommandStore, split_schema
 from service.store.sqlite import SqliteCommandStore, sqlite_path_from_url
+from service.store.types import (
+    CapExceeded,
+    Claim,
+    ClaimOutcome,
+    CommandStatus,
+    CommandStore,
+    CouponCaps,
+    StoredCommand,
+)
 
 __all__ = [
     "DEFAULT_STORE_URL",
+    "CapExceeded",
+    "Claim",
+    "ClaimOutcome",
+    "CommandStatus",
+    "CommandStore",
+    "CouponCaps",
     "PostgresCommandStore",
     "SqliteCommandStore",
+    "StoredCommand",
     "UtcClock",
     "open_store",
 ]

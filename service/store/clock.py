@@ -1,8 +1,13 @@
 """The store's notion of now, and the one check every datetime crossing the store passes.
 
-Leases are compared against the injected clock of the process that writes, never the
-database's: tests control time without sleeping, and replicas sharing a PostgreSQL store must
-keep their clocks synchronised (NTP) to well within a lease.
+Whose clock decides leases and windows:
+
+* PostgreSQL (replicas share it, and compare each other's leases): the database server's,
+  read in the very statement that checks or sets a lease, so one clock decides and a replica
+  whose own clock drifts neither steals a live lease nor keeps one too long. A clock injected
+  into the store (tests: time moves without sleeping) replaces it for leases and command times;
+  the guardrail windows always use the server's.
+* SQLite (one host): the injected clock, by default :func:`system_clock`.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from handlers.ports import CapExceeded, CouponCaps
+from service.store.types import CapExceeded, CouponCaps
 
 __all__ = [
     "LedgerUpdate",

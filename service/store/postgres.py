@@ -12,7 +12,13 @@ schema and tests get a throw-away one. Schema creation at open runs under a tran
 advisory lock, because concurrent ``CREATE … IF NOT EXISTS`` from replicas starting at once can
 still collide on PostgreSQL's catalogs.
 
-Times are ``timestamptz``; asyncpg returns them as UTC-aware datetimes.
+Times are ``timestamptz``; asyncpg returns them as UTC-aware datetimes. Without an injected
+clock, now is the server's ``statement_timestamp()``, taken in the statement that checks or sets
+the lease (no extra round trip): one instant for the whole statement, so ``lease_until`` is
+exactly ``updated_at`` plus the lease, and unlike ``now()`` it moves on between statements of a
+transaction. Each statement takes it as ``coalesce($n::timestamptz, statement_timestamp())``:
+``$n`` is the injected clock's now, or NULL. The guardrail windows read ``clock_timestamp()``
+after taking their lock, whatever the clock.
 """
 
 from __future__ import annotations
@@ -27,7 +33,11 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from handlers.ports import (
+from service.store.clock import UtcClock, as_utc
+from service.store.ledger import Settlement, cap_exceeded, cents, ledger_update
+from service.store.records import CLAIM_TRIES, lost_claim, positive
+from service.store.schema import postgres_ddl
+from service.store.types import (
     CapExceeded,
     Claim,
     ClaimOutcome,
@@ -35,90 +45,11 @@ from handlers.ports import (
     CouponCaps,
     StoredCommand,
 )
-from service.store.clock import UtcClock, as_utc, system_clock
-from service.store.ledger import Settlement, cap_exceeded, cents, ledger_update
-from service.store.records import CLAIM_TRIES, lease_end, lost_claim
 
 __all__ = ["PostgresCommandStore", "split_schema"]
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _DDL_LOCK_KEY = int.from_bytes(b"bssrelay", "big")
-
-_DDL = (
-    """
-    CREATE TABLE IF NOT EXISTS relay_commands (
-        command_id      text PRIMARY KEY,
-        type            text NOT NULL,
-        status          text NOT NULL CHECK (status IN ('received', 'in_flight', 'finished')),
-        attempts        integer NOT NULL DEFAULT 0 CHECK (attempts >= 0),
-        call_started_at timestamptz,
-        note            bytea,
-        event           bytea,
-        published_at    timestamptz,
-        owner           text,
-        lease_until     timestamptz,
-        created_at      timestamptz NOT NULL,
-        updated_at      timestamptz NOT NULL,
-        finished_at     timestamptz,
-        fingerprint     text,
-        requested_by    text,
-        partner_id      text,
-        customer_id     text,
-        body            bytea,
-        CHECK ((owner IS NULL) = (lease_until IS NULL)),
-        CHECK ((status = 'finished') = (finished_at IS NOT NULL AND event IS NOT NULL))
-    )
-    """,
-    # columns added after the first release, for a table created before them
-    """
-    ALTER TABLE relay_commands
-        ADD COLUMN IF NOT EXISTS fingerprint text,
-        ADD COLUMN IF NOT EXISTS requested_by text,
-        ADD COLUMN IF NOT EXISTS partner_id text,
-        ADD COLUMN IF NOT EXISTS customer_id text,
-        ADD COLUMN IF NOT EXISTS body bytea
-    """,
-    """
-    CREATE INDEX IF NOT EXISTS relay_commands_finished_at
-        ON relay_commands (finished_at) WHERE status = 'finished'
-    """,
-    """
-    CREATE INDEX IF NOT EXISTS relay_commands_money_created_at
-        ON relay_commands (created_at) WHERE type IN ('renew', 'issue_coupon')
-    """,
-    """
-    CREATE TABLE IF NOT EXISTS relay_effects (
-        effect_id  text PRIMARY KEY,
-        command_id text NOT NULL,
-        created_at timestamptz NOT NULL
-    )
-    """,
-    # The money-guardrail ledgers: see service.store.ledger.
-    """
-    CREATE TABLE IF NOT EXISTS relay_renewals (
-        resource_id text NOT NULL,
-        command_id  text NOT NULL,
-        customer_id text,
-        done        boolean NOT NULL DEFAULT false,
-        renewed_at  timestamptz NOT NULL,
-        PRIMARY KEY (resource_id, command_id)
-    )
-    """,
-    """
-    CREATE TABLE IF NOT EXISTS relay_coupon_spend (
-        command_id  text NOT NULL,
-        customer_id text NOT NULL,
-        partner_id  text NOT NULL,
-        cents       bigint NOT NULL CHECK (cents > 0),
-        committed   boolean NOT NULL DEFAULT false,
-        at          timestamptz NOT NULL,
-        PRIMARY KEY (command_id, customer_id)
-    )
-    """,
-    "CREATE INDEX IF NOT EXISTS relay_coupon_spend_partner ON relay_coupon_spend (partner_id, at)",
-    "CREATE INDEX IF NOT EXISTS relay_coupon_spend_customer ON relay_coupon_spend "
-    "(customer_id, at)",
-)
 
 _COLUMNS = """command_id, type, status, attempts, call_started_at, note, event, published_at,
            lease_until, updated_at, fingerprint, requested_by, partner_id, customer_id, body,
@@ -131,7 +62,9 @@ _CLAIM = f"""
     INSERT INTO relay_commands AS c (command_id, type, status, attempts, owner, lease_until,
                               created_at, updated_at, fingerprint, requested_by, partner_id,
                               customer_id, body)
-    VALUES ($1, $2, 'received', 0, $3, $4, $5, $5, $6, $7, $8, $9, $10)
+    SELECT $1::text, $2::text, 'received', 0, $3::text, t.now + $4::interval, t.now, t.now,
+           $6::text, $7::text, $8::text, $9::text, $10::bytea
+    FROM (SELECT coalesce($5::timestamptz, statement_timestamp()) AS now) AS t
     ON CONFLICT (command_id) DO UPDATE
         SET owner = EXCLUDED.owner,
             lease_until = EXCLUDED.lease_until,
@@ -146,46 +79,61 @@ _GET = f"""
     FROM relay_commands WHERE command_id = $1
 """  # noqa: S608 - a constant column list
 
+# A lost claim's read, with the now its lease is compared with (lost_claim).
+_GET_AT = f"""
+    SELECT {_COLUMNS}, coalesce($2::timestamptz, statement_timestamp()) AS now
+    FROM relay_commands WHERE command_id = $1
+"""  # noqa: S608 - a constant column list
+
 # An expired lease still recorded for this owner is revived: nobody took the command over.
 _RENEW = """
-    UPDATE relay_commands SET lease_until = $2, updated_at = $3
+    UPDATE relay_commands SET lease_until = t.now + $2::interval, updated_at = t.now
+    FROM (SELECT coalesce($3::timestamptz, statement_timestamp()) AS now) AS t
     WHERE owner = $1 AND status <> 'finished' AND command_id = ANY($4::text[])
 """
 
 _MARK_CALL_STARTED = """
     UPDATE relay_commands
-    SET status = 'in_flight', attempts = attempts + 1, call_started_at = $3, updated_at = $4,
+    SET status = 'in_flight', attempts = attempts + 1, call_started_at = $3, updated_at = t.now,
         note = $5
-    WHERE command_id = $1 AND owner = $2 AND lease_until > $4 AND status <> 'finished'
+    FROM (SELECT coalesce($4::timestamptz, statement_timestamp()) AS now) AS t
+    WHERE command_id = $1 AND owner = $2 AND lease_until > t.now AND status <> 'finished'
     RETURNING attempts
 """
 
 _FINISH = """
     UPDATE relay_commands
     SET status = 'finished', event = $2,
-        finished_at = $3, updated_at = $3
+        finished_at = t.now, updated_at = t.now
+    FROM (SELECT coalesce($3::timestamptz, statement_timestamp()) AS now) AS t
     WHERE command_id = $1 AND status <> 'finished'
     RETURNING event
 """
 
 _RELEASE = """
-    UPDATE relay_commands SET owner = NULL, lease_until = NULL, updated_at = $3
+    UPDATE relay_commands SET owner = NULL, lease_until = NULL,
+        updated_at = coalesce($3::timestamptz, statement_timestamp())
     WHERE command_id = $1 AND owner = $2 AND status <> 'finished'
 """
 
 _MARK_PUBLISHED = """
-    UPDATE relay_commands SET published_at = $2, owner = NULL, lease_until = NULL
+    UPDATE relay_commands
+    SET published_at = coalesce($2::timestamptz, statement_timestamp()), owner = NULL,
+        lease_until = NULL
     WHERE command_id = $1 AND status = 'finished' AND published_at IS NULL
 """
 
 _CLEAR_IN_FLIGHT = """
-    UPDATE relay_commands SET status = 'received', note = NULL, updated_at = $3
+    UPDATE relay_commands
+    SET status = 'received', note = NULL,
+        updated_at = coalesce($3::timestamptz, statement_timestamp())
     WHERE command_id = $1 AND owner = $2 AND status = 'in_flight'
 """
 
 _CLAIM_EFFECTS = """
     INSERT INTO relay_effects (effect_id, command_id, created_at)
-    SELECT unnest($1::text[]), $2, $3 ON CONFLICT (effect_id) DO NOTHING
+    SELECT unnest($1::text[]), $2, coalesce($3::timestamptz, statement_timestamp())
+    ON CONFLICT (effect_id) DO NOTHING
 """
 
 _EFFECT_OWNERS = """
@@ -208,7 +156,8 @@ _PRUNE_LEDGERS = (
 _FINISH_WITH_LEDGERS = """
     WITH f AS (
         UPDATE relay_commands
-        SET status = 'finished', event = $2, finished_at = $3, updated_at = $3
+        SET status = 'finished', event = $2, finished_at = t.now, updated_at = t.now
+        FROM (SELECT coalesce($3::timestamptz, statement_timestamp()) AS now) AS t
         WHERE command_id = $1 AND status <> 'finished'
         RETURNING event, partner_id, convert_from(body, 'UTF8')::jsonb AS command
     ), renewed AS (
@@ -363,7 +312,7 @@ class PostgresCommandStore:
             raise ValueError("schema must be a lower-case SQL identifier")
         self._dsn = dsn
         self._schema = schema
-        self._clock = clock or system_clock
+        self._clock = clock  # None: the database server's clock decides (see the docstring)
         self._pool_options = {"min_size": min_size, "max_size": max_size}
         self._connect_timeout = connect_timeout
         self._pool: Any = None
@@ -403,7 +352,7 @@ class PostgresCommandStore:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _DDL_LOCK_KEY)
             if self._schema is not None:
                 await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self._schema}")
-            for statement in _DDL:
+            for statement in postgres_ddl():
                 await conn.execute(statement)
 
     async def claim(
@@ -420,17 +369,16 @@ class PostgresCommandStore:
         body: bytes | None = None,
     ) -> Claim:
         now = self._now()
-        until = lease_end(now, lease)
         details = (fingerprint, requested_by, partner_id, customer_id, body)
         for _ in range(CLAIM_TRIES):
             row = await self._open_pool().fetchrow(
-                _CLAIM, command_id, command_type, owner, until, now, *details
+                _CLAIM, command_id, command_type, owner, positive(lease), now, *details
             )
             if row is not None:
                 return Claim(ClaimOutcome.CLAIMED, _record(row))
-            current = await self.get(command_id)
-            if current is not None:
-                return lost_claim(current, now)
+            row = await self._open_pool().fetchrow(_GET_AT, command_id, now)
+            if row is not None:
+                return lost_claim(_record(row), row["now"].astimezone(UTC))
         raise RuntimeError(f"claim of {command_id!r} kept racing with prune")
 
     async def renew_leases(
@@ -438,9 +386,9 @@ class PostgresCommandStore:
     ) -> None:
         if not command_ids:
             return
-        now = self._now()
-        until = lease_end(now, lease)
-        await self._open_pool().execute(_RENEW, owner, until, now, list(command_ids))
+        await self._open_pool().execute(
+            _RENEW, owner, positive(lease), self._now(), list(command_ids)
+        )
 
     async def mark_call_started(
         self, command_id: str, *, owner: str, at: datetime, note: bytes | None = None
@@ -584,8 +532,9 @@ class PostgresCommandStore:
         )
         return [_record(row) for row in rows]
 
-    def _now(self) -> datetime:
-        return as_utc(self._clock(), "the store clock's now")
+    def _now(self) -> datetime | None:
+        """The injected clock's now; None (the database server's clock) without one."""
+        return None if self._clock is None else as_utc(self._clock(), "the store clock's now")
 
     def _open_pool(self) -> Any:
         if self._pool is None:

@@ -1,6 +1,7 @@
 """Rules both store backends share, so SQLite and PostgreSQL cannot drift apart.
 
-The table ``relay_commands`` both create (column types differ, meaning does not)::
+The table ``relay_commands`` both create from :mod:`service.store.schema` (column types
+differ, meaning does not)::
 
     command_id       primary key, the producer's idempotency key
     type             command type as first claimed (a later claim never changes it)
@@ -24,9 +25,9 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from handlers.ports import Claim, ClaimOutcome, CommandStatus, StoredCommand
+from service.store.types import Claim, ClaimOutcome, CommandStatus, StoredCommand
 
-__all__ = ["CLAIM_TRIES", "lease_end", "lost_claim"]
+__all__ = ["CLAIM_TRIES", "lease_end", "lost_claim", "positive"]
 
 CLAIM_TRIES = 3
 """PostgreSQL: a claim that loses finds the row and reads it; if ``prune`` deleted it in between,
@@ -34,10 +35,14 @@ the claim is tried again. Two consecutive such races are practically impossible.
 no retry: a claim and its read run in one transaction under the write lock.)"""
 
 
-def lease_end(now: datetime, lease: timedelta) -> datetime:
+def positive(lease: timedelta) -> timedelta:
     if lease <= timedelta(0):
         raise ValueError(f"lease must be positive, got {lease}")
-    return now + lease
+    return lease
+
+
+def lease_end(now: datetime, lease: timedelta) -> datetime:
+    return now + positive(lease)
 
 
 def lost_claim(current: StoredCommand, now: datetime) -> Claim:

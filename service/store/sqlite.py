@@ -34,14 +34,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from handlers.ports import (
-    CapExceeded,
-    Claim,
-    ClaimOutcome,
-    CommandStatus,
-    CouponCaps,
-    StoredCommand,
-)
 from service.store.clock import UtcClock, as_utc, system_clock
 from service.store.ledger import (
     LedgerUpdate,
@@ -53,7 +45,16 @@ from service.store.ledger import (
     renewed,
 )
 from service.store.records import lease_end, lost_claim
+from service.store.schema import SQLITE, TABLES, add_column, create_indexes, create_table
 from service.store.sqlite_writer import SqliteWriter
+from service.store.types import (
+    CapExceeded,
+    Claim,
+    ClaimOutcome,
+    CommandStatus,
+    CouponCaps,
+    StoredCommand,
+)
 
 __all__ = ["BUSY_TIMEOUT_MS", "MEMORY", "SqliteCommandStore", "sqlite_path_from_url"]
 
@@ -61,85 +62,9 @@ BUSY_TIMEOUT_MS = 5_000
 MEMORY = ":memory:"
 _MIN_VERSION = (3, 35, 0)  # RETURNING
 
-_SCHEMA = (
-    """
-    CREATE TABLE IF NOT EXISTS relay_commands (
-        command_id      TEXT PRIMARY KEY NOT NULL,
-        type            TEXT NOT NULL,
-        status          TEXT NOT NULL CHECK (status IN ('received', 'in_flight', 'finished')),
-        attempts        INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
-        call_started_at TEXT,
-        note            BLOB,
-        event           BLOB,
-        published_at    TEXT,
-        owner           TEXT,
-        lease_until     TEXT,
-        created_at      TEXT NOT NULL,
-        updated_at      TEXT NOT NULL,
-        finished_at     TEXT,
-        fingerprint     TEXT,
-        requested_by    TEXT,
-        partner_id      TEXT,
-        customer_id     TEXT,
-        body            BLOB,
-        CHECK ((owner IS NULL) = (lease_until IS NULL)),
-        CHECK ((status = 'finished') = (finished_at IS NOT NULL AND event IS NOT NULL))
-    )
-    """,
-    """
-    CREATE INDEX IF NOT EXISTS relay_commands_finished_at
-        ON relay_commands (finished_at) WHERE status = 'finished'
-    """,
-    """
-    CREATE INDEX IF NOT EXISTS relay_commands_money_created_at
-        ON relay_commands (created_at) WHERE type IN ('renew', 'issue_coupon')
-    """,
-    """
-    CREATE TABLE IF NOT EXISTS relay_effects (
-        effect_id  TEXT PRIMARY KEY NOT NULL,
-        command_id TEXT NOT NULL,
-        created_at TEXT NOT NULL
-    )
-    """,
-    # The money-guardrail ledgers: see service.store.ledger.
-    """
-    CREATE TABLE IF NOT EXISTS relay_renewals (
-        resource_id TEXT NOT NULL,
-        command_id  TEXT NOT NULL,
-        customer_id TEXT,
-        done        INTEGER NOT NULL DEFAULT 0,
-        renewed_at  TEXT NOT NULL,
-        PRIMARY KEY (resource_id, command_id)
-    )
-    """,
-    """
-    CREATE TABLE IF NOT EXISTS relay_coupon_spend (
-        command_id  TEXT NOT NULL,
-        customer_id TEXT NOT NULL,
-        partner_id  TEXT NOT NULL,
-        cents       INTEGER NOT NULL CHECK (cents > 0),
-        committed   INTEGER NOT NULL DEFAULT 0,
-        at          TEXT NOT NULL,
-        PRIMARY KEY (command_id, customer_id)
-    )
-    """,
-    "CREATE INDEX IF NOT EXISTS relay_coupon_spend_partner ON relay_coupon_spend (partner_id, at)",
-    "CREATE INDEX IF NOT EXISTS relay_coupon_spend_customer ON relay_coupon_spend "
-    "(customer_id, at)",
-)
-
 _COLUMNS = """command_id, type, status, attempts, call_started_at, note, event, published_at,
            lease_until, updated_at, fingerprint, requested_by, partner_id, customer_id, body,
            created_at, finished_at"""
-
-# Columns added after the first release: ADDed to a table created before them.
-_ADDED_COLUMNS = (
-    ("fingerprint", "TEXT"),
-    ("requested_by", "TEXT"),
-    ("partner_id", "TEXT"),
-    ("customer_id", "TEXT"),
-    ("body", "BLOB"),
-)
 
 # Claimable: not finished, and nobody holds a live lease. Not re-entrant on purpose: an owner
 # is typically a replica (renew_leases heartbeats all its commands), and two deliveries of one
@@ -392,13 +317,16 @@ class SqliteCommandStore:
         conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute(_SCHEMA[0])
-        present = {row["name"] for row in conn.execute("PRAGMA table_info(relay_commands)")}
-        for name, kind in _ADDED_COLUMNS:
-            if name not in present:
-                conn.execute(f"ALTER TABLE relay_commands ADD COLUMN {name} {kind}")
-        for statement in _SCHEMA[1:]:
-            conn.execute(statement)
+        for table in TABLES:  # see service.store.schema
+            conn.execute(create_table(table, SQLITE))
+            if table.added_columns:
+                info = conn.execute(f"PRAGMA table_info({table.name})")
+                present = {row["name"] for row in info}
+                for column in table.added_columns:
+                    if column.name not in present:
+                        conn.execute(add_column(table, column, SQLITE))
+            for statement in create_indexes(table):
+                conn.execute(statement)
 
     async def claim(
         self,

@@ -18,8 +18,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from handlers.ports import CommandStore
 from service.store import open_store
+from service.store.types import CommandStore
 
 POSTGRES_URL = os.environ.get(
     "BSS_RELAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"

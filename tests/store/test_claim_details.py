@@ -8,10 +8,10 @@ from pathlib import Path
 
 import asyncpg
 
-from handlers.ports import ClaimOutcome, CommandStore
 from schemas.commands import parse_command
 from service.fingerprint import canonical_body, claim_details, fingerprint
 from service.store import open_store
+from service.store.types import ClaimOutcome, CommandStore
 from tests.store.conftest import POSTGRES_URL, START, FakeClock, OpenReplica, drop_schema
 
 LEASE = timedelta(seconds=30)

@@ -7,8 +7,8 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from handlers.ports import ClaimOutcome, CommandStatus
 from service.store import open_store
+from service.store.types import ClaimOutcome, CommandStatus
 from tests.store.conftest import FakeClock
 
 REPO = Path(__file__).resolve().parents[2]

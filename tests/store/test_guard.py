@@ -8,10 +8,10 @@ from decimal import Decimal
 import pytest
 
 from handlers.errors import ApiRefused, CommandRejected
-from handlers.ports import CommandStore, CouponCaps
 from schemas.commands import Command, parse_command
 from service.guard import Guard, PolicyDenied
 from service.policy import Policy, PolicyHolder
+from service.store.types import CommandStore, CouponCaps
 
 LEASE = timedelta(seconds=30)
 POLICY = Policy.model_validate(

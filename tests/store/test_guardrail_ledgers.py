@@ -7,7 +7,7 @@ import json
 from datetime import timedelta
 from decimal import Decimal
 
-from handlers.ports import CapExceeded, CommandStore, CouponCaps
+from service.store.types import CapExceeded, CommandStore, CouponCaps
 from tests.store.conftest import FakeClock, OpenReplica
 
 LEASE = timedelta(seconds=30)

@@ -8,7 +8,6 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from handlers.ports import ClaimOutcome
 from service.store import (
     DEFAULT_STORE_URL,
     PostgresCommandStore,
@@ -17,6 +16,7 @@ from service.store import (
 )
 from service.store.postgres import split_schema
 from service.store.sqlite import sqlite_path_from_url
+from service.store.types import ClaimOutcome
 from tests.store.conftest import POSTGRES_URL, FakeClock, drop_schema, postgres_schema
 
 LEASE = timedelta(seconds=30)

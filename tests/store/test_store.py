@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from handlers.ports import ClaimOutcome, CommandStatus, CommandStore
+from service.store.types import ClaimOutcome, CommandStatus, CommandStore
 from tests.store.conftest import START, FakeClock, OpenReplica
 
 LEASE = timedelta(seconds=30)
@@ -327,8 +327,8 @@ async def test_finished_but_unpublished_is_busy_until_published_or_lease_expiry(
 ) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from handlers.ports import ClaimOutcome
     from service.store import open_store as _open
+    from service.store.types import ClaimOutcome
 
     now = [datetime(2026, 11, 24, 8, tzinfo=UTC)]
     async with _open(store_url, clock=lambda: now[0]) as store:
@@ -363,8 +363,8 @@ async def test_effects_belong_to_the_first_command_that_claims_them(store_url: s
 async def test_clear_in_flight_returns_the_command_to_received(store_url: str) -> None:
     from datetime import timedelta as _td
 
-    from handlers.ports import CommandStatus
     from service.store import open_store as _open
+    from service.store.types import CommandStatus
 
     async with _open(store_url) as store:
         claim = await store.claim("cmd-c", "renew", owner="a", lease=_td(seconds=30))

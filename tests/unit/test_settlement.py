@@ -18,7 +18,7 @@ import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
 from handlers.errors import ApiRefused, ApiUnavailable, RelayError, StoreUnavailable
-from handlers.ports import BssApi, CommandStore
+from handlers.ports import BssApi
 from schemas.bss import AutoRenewalResourcesReq
 from service.client import CallScope
 from service.limiter import RateLimiter
@@ -28,6 +28,7 @@ from service.publisher import DeadLetterReason, H
 from service.scheduler import FairScheduler
 from service.settlement import Settled, Settler
 from service.store import open_store
+from service.store.types import CommandStore
 
 OWNER = "test-owner"
 LEASE = timedelta(seconds=10)
