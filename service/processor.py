@@ -18,7 +18,7 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
@@ -28,7 +28,7 @@ from handlers.errors import Disposition, LeaseLost, RelayError, Retryable, Store
 from handlers.ports import BssApi, Completed, HandlerContext
 from schemas.commands import Command
 from schemas.events import Event, Outcome
-from service.admission import park_decision, ticket_from_headers, ticket_header
+from service.admission import Park, park_decision, ticket_from_headers, ticket_header
 from service.client import CallScope
 from service.fingerprint import claim_details
 from service.guard import Guard, requester
@@ -37,7 +37,7 @@ from service.journal import StoreJournal
 from service.keyed_lock import KeyedLock
 from service.kinds import KINDS, primary_call
 from service.metrics import Metrics
-from service.outcomes import event_for
+from service.outcomes import deferred_event, event_for
 from service.publisher import DeadLetterReason, H, failed_deliveries
 from service.scheduler import FairScheduler
 from service.settlement import (
@@ -113,6 +113,7 @@ class Processor:
         metrics: Metrics | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         guard: Guard | None = None,
+        deferred_after_s: float = 10.0,
     ) -> None:
         self._store = store
         self._settler = settler
@@ -124,6 +125,7 @@ class Processor:
         self._max_body = max_body_bytes
         self._metrics = metrics or Metrics()
         self._clock = clock
+        self._deferred_after_s = deferred_after_s
         self._guard = guard
         self.holding: set[str] = set()  # command ids this process holds a lease on
         self._renewals: KeyedLock[str] = KeyedLock()
@@ -181,7 +183,7 @@ class Processor:
             if park is not None:
                 self._metrics.inc(self._metrics.parked, key[0])
                 log.debug("command_parked", api=key[0], wait_s=round(park.seconds, 2))
-                return Delay(park.seconds, "park", headers=ticket_header(park.ticket))
+                return self._park(delivery, command, park)
         # Counted as held in the same step as the decision not to park (no await between),
         # so a burst cannot slip more than the hold window past it.
         with self._scheduler.holding(*key) if key is not None else contextlib.nullcontext():
@@ -189,6 +191,23 @@ class Processor:
                 return await self._claim_and_run(delivery, command, found)
             except RelayError as exc:  # the store could not be reached for the claim
                 return self._after_error(delivery, command, exc, attempts=0, uncertain=False)
+
+    def _park(self, delivery: Delivery, command: Command, park: Park) -> Delay:
+        """Park on the broker; a command expected to wait longer than ``deferred_after_s``
+        for its turn tells its producer once (the header keeps it from saying so again)."""
+        headers: dict[str, Any] = dict(ticket_header(park.ticket))
+        progress = None
+        expected = datetime.fromtimestamp(park.ticket, UTC)
+        told = H.DEFERRED in (delivery.message.headers or {})
+        if not told and (expected - self.now()).total_seconds() > self._deferred_after_s:
+            progress = deferred_event(
+                command,
+                now=self.now(),
+                expected_start_at=expected,
+                requested_by=delivery.requested_by,
+            )
+            headers[H.DEFERRED] = "1"
+        return Delay(park.seconds, "park", headers=headers, progress=progress)
 
     async def _claim_and_run(
         self, delivery: Delivery, command: Command, found: tuple[str, ScopedApi] | Rejection

@@ -70,6 +70,8 @@ class H:
     # API requests sent for the command by earlier deliveries (the event's `attempts` goes on
     # from there; requests of calls safe to repeat are not in the store)
     REQUESTS = "x-relay-requests"
+    # the command's one `deferred` progress event went out (it is not sent again)
+    DEFERRED = "x-relay-deferred"
 
 
 @dataclass(frozen=True, slots=True)

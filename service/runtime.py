@@ -220,6 +220,7 @@ async def start(
             max_body_bytes=settings.relay_max_body_bytes,
             metrics=metrics,
             guard=Guard(policy, store),
+            deferred_after_s=settings.relay_deferred_after_s,
         )
         tasks = await stack.enter_async_context(asyncio.TaskGroup())
         consumer = Consumer(

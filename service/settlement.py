@@ -46,7 +46,7 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
 from handlers.errors import StoreUnavailable
-from schemas.events import EVENT_ADAPTER, Event, routing_key
+from schemas.events import EVENT_ADAPTER, Event, Outcome, routing_key
 from service.guard import requester
 from service.intake import Rejection, valid_command_id
 from service.metrics import Metrics, age_s
@@ -99,6 +99,7 @@ class Delay:
     headers: Mapping[str, Any] = field(default_factory=dict)
     at_least: bool = False  # never sooner than ``seconds`` (else: the step not above it)
     release: str | None = None
+    progress: Event | None = None  # a `deferred` event to publish once the copy is stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +243,8 @@ class Settler:
             ),
         )
         self._metrics.inc(self._metrics.delayed, decision.why)
+        if decision.progress is not None:
+            await self._send_event(message, decision.progress)
         await self._ack(message)
 
     # -- steps -------------------------------------------------------------------------------
@@ -288,7 +291,7 @@ class Settler:
                 reply_to=message.reply_to,
             ),
         )
-        if not event.duplicate:
+        if not event.duplicate and event.outcome is not Outcome.DEFERRED:
             self._metrics.inc(self._metrics.commands, event.type, event.outcome)
             start = _utc(message.timestamp) or issued_at
             if start is not None:

@@ -330,3 +330,39 @@ async def test_a_command_id_reused_for_another_command_is_a_conflict(
     third = (await relay.events.wait_for(first["command_id"], count=3))[2]
     assert (third["duplicate"], third["conflict"]) == (True, False)
     assert len(await relay.dead_letters()) == 1
+
+
+async def test_a_long_wait_for_quota_gets_exactly_one_deferred_event_first(
+    start_relay: RelayFactory, bss: Sandbox
+) -> None:
+    """CONTRACT §8: one `<type>.deferred` progress event for a command expected to wait
+    longer than RELAY_DEFERRED_AFTER_S, however often it is parked again; then its result."""
+    relay = await start_relay(
+        relay_rate_limits={"auto_renewal_resources": 1},
+        relay_deferred_after_s=1.5,
+        relay_hold_s=0.5,
+    )
+    commands = [auto_renew("acme-eip-01", True) for _ in range(8)]
+    for command in commands:
+        await relay.publish(command)
+    deferred = 0
+    for command in commands:
+        await relay.events.wait_for(command["command_id"], within=60)
+
+        async def terminal(cid: str = command["command_id"]) -> bool:
+            return any(e["outcome"] != "deferred" for e in relay.events.by_command[cid])
+
+        await eventually(terminal, within=60)
+        events = relay.events.by_command[command["command_id"]]
+        progress = [e for e in events if e["outcome"] == "deferred"]
+        assert len(progress) <= 1, events
+        if progress:
+            deferred += 1
+            assert events[0]["outcome"] == "deferred"  # before the terminal event
+            key = relay.events.routing_keys[progress[0]["event_id"]]
+            assert key == "set_auto_renew.deferred"
+            assert progress[0]["expected_start_at"] is not None
+            assert progress[0]["result"] is None
+            assert progress[0]["error"] is None
+        assert [e["outcome"] for e in events if e["outcome"] != "deferred"] == ["succeeded"]
+    assert deferred >= 4  # the tail of 8 commands at 1/s waits several seconds

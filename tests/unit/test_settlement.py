@@ -402,3 +402,19 @@ async def test_a_deadline_that_passed_is_rejected_and_the_claim_given_back(rig: 
     record = await rig.store.get("c-1")
     assert record is not None
     assert record.lease_until is None
+
+
+async def test_a_long_park_sends_one_deferred_event_and_marks_the_copy(rig: Rig) -> None:
+    rig.processor._scheduler = FairScheduler(RateLimiter({"*": 0.1}), hold_s=1.0)
+    rig.processor._deferred_after_s = 5.0
+    with rig.processor._scheduler.holding("auto_renewal_resources", "cust"):
+        await rig.process(FakeMessage(auto_renew("c-far")))
+        [(kind, (_s, _r, headers)), (progress, event)] = rig.publisher.log
+        assert (kind, progress) == ("delay", "event")
+        assert headers[H.DEFERRED] == "1"
+        assert event["outcome"] == "deferred"
+        assert event["expected_start_at"] is not None
+        rig.publisher.log.clear()
+        # parked again later (its copy carries the header): no second progress event
+        await rig.process(FakeMessage(auto_renew("c-far"), headers={H.DEFERRED: "1"}))
+        assert rig.publisher.kinds() == ["delay"]
