@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from service.arguments import positive_int
+from service.arguments import positive_int, rfc3339
 from service.settings import Settings
 from service.store import open_store
 from service.store.types import CommandStore, StoredCommand
@@ -178,16 +178,6 @@ COLUMNS = (
 )
 
 
-def _rfc3339(text: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an RFC 3339 timestamp: {text!r}") from None
-    if moment.tzinfo is None:
-        raise argparse.ArgumentTypeError(f"{text!r} needs a UTC offset, e.g. Z or +08:00")
-    return moment
-
-
 def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``audit`` verb to ``bss-relay``."""
     parser = subparsers.add_parser(
@@ -201,9 +191,9 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     parser.add_argument("--env-file", default=None, help="read settings from this file too")
     group = parser.add_argument_group("filters (repeat one to match any of its values)")
     group.add_argument(
-        "--since", type=_rfc3339, metavar="TIME", help="first received at or after (RFC 3339)"
+        "--since", type=rfc3339, metavar="TIME", help="first received at or after (RFC 3339)"
     )
-    group.add_argument("--until", type=_rfc3339, metavar="TIME", help="first received before")
+    group.add_argument("--until", type=rfc3339, metavar="TIME", help="first received before")
     group.add_argument(
         "--type", dest="types", action="append", default=[], choices=MONEY_TYPES, metavar="TYPE"
     )

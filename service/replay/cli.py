@@ -11,7 +11,7 @@ from datetime import datetime
 import aio_pika
 from aio_pika.exceptions import AMQPError
 
-from service.arguments import positive_int
+from service.arguments import positive_int, rfc3339
 from service.replay.letter import INVALID_TYPE, TYPES, DeadLetter, Filter
 from service.replay.scanner import Progress, Report, Result, replay, scan
 from service.settings import Settings
@@ -52,16 +52,6 @@ LIST_COLUMNS = (
     "last_failure",
     "routing_key",
 )
-
-
-def _rfc3339(text: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an RFC 3339 timestamp: {text!r}") from None
-    if moment.tzinfo is None:
-        raise argparse.ArgumentTypeError(f"{text!r} needs a UTC offset, e.g. Z or +08:00")
-    return moment
 
 
 def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -130,10 +120,10 @@ def _add_filters(parser: argparse.ArgumentParser) -> None:
         "--command-id", dest="command_ids", action="append", default=[], metavar="ID"
     )
     group.add_argument(
-        "--since", type=_rfc3339, metavar="TIME", help="last failure at or after (RFC 3339)"
+        "--since", type=rfc3339, metavar="TIME", help="last failure at or after (RFC 3339)"
     )
     group.add_argument(
-        "--until", type=_rfc3339, metavar="TIME", help="last failure before (RFC 3339)"
+        "--until", type=rfc3339, metavar="TIME", help="last failure before (RFC 3339)"
     )
 
 
