@@ -34,6 +34,7 @@ from service.limiter import RateLimiter
 from service.metrics import Metrics
 from service.operations import Operation
 from service.scheduler import FairScheduler
+from service.settings import Settings
 from service.signer import QueryValue, Signer, canonical_query
 
 __all__ = [
@@ -41,8 +42,10 @@ __all__ = [
     "THROTTLE_CODES",
     "BssHttp",
     "Response",
+    "connector_from",
     "map_error",
     "parse_error_body",
+    "session_from",
 ]
 
 log = structlog.get_logger(__name__)
@@ -122,6 +125,26 @@ def _check_start_deadline() -> None:
             f"deadline {deadline.isoformat()} passed while the command waited for its turn",
         )
     START_DEADLINE.set(None)  # started now
+
+
+def connector_from(settings: Settings) -> aiohttp.TCPConnector:
+    """The API connection pool: ``RELAY_HTTP_CONNECTIONS`` connections, each opened from
+    ``RELAY_SOURCE_ADDRESS`` when set (any local port), so the API sees that source address."""
+    source = settings.relay_source_address
+    return aiohttp.TCPConnector(
+        limit=settings.relay_http_connections,
+        local_addr=(source, 0) if source is not None else None,
+    )
+
+
+def session_from(settings: Settings) -> aiohttp.ClientSession:
+    """The one HTTP session of a replica (an async context manager), built from settings."""
+    return aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(
+            total=settings.relay_http_timeout_s, sock_connect=settings.relay_connect_timeout_s
+        ),
+        connector=connector_from(settings),
+    )
 
 
 class BssHttp:
