@@ -184,6 +184,7 @@ class BssHttp:
         query_string = canonical_query(query)
         for attempt in range(self._throttle_retries + 1):
             await self._scheduler.turn(op.name, parent_uid)
+            sent_at = self._limiter.now()
             _check_start_deadline()
             try:
                 response = await self._send(
@@ -194,7 +195,7 @@ class BssHttp:
                 self._metrics.inc(self._metrics.api_requests, op.name, status)
                 if not isinstance(exc, Throttled):
                     raise
-                self._limiter.throttled(op.name, parent_uid)
+                self._limiter.throttled(op.name, parent_uid, sent_at=sent_at)
                 log.warning("api_throttled", api=op.name, parent_uid=parent_uid, attempt=attempt)
                 if attempt == self._throttle_retries:
                     raise

@@ -69,8 +69,10 @@ class Settings(BaseSettings):
     # Per-operation rate limits in requests/second, overriding reference/bss-api.md §7.
     relay_rate_limits: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
     # Spacing safety: each bucket's slots are this much further apart per second of quota, so
-    # clock jitter between us and the gateway never puts limit+1 requests in one second.
-    relay_rate_guard_ms: float = Field(default=30.0, ge=0, le=500)
+    # clock jitter between us and the gateway never puts limit+1 requests in one second. It
+    # starts at RELAY_RATE_GUARD_MS and widens (up to the maximum) only when the API throttles.
+    relay_rate_guard_ms: float = Field(default=2.0, ge=0, le=500)
+    relay_rate_guard_max_ms: float = Field(default=50.0, ge=0, le=500)
     # The local address API connections leave from (one per replica or pod on a host with
     # several addresses); unset: the operating system picks.
     relay_source_address: str | None = None
