@@ -9,7 +9,9 @@
     │   ├── ApiUnavailable                      5xx / CBC.0999 on a read-only call
     │   │   └── Throttled                       429 / APIG.0308: wait it out, never a failure
     │   ├── NotSent                             connection failed before the request left
-    │   └── CredentialsUnavailable              IAM could not give temporary credentials now
+    │   ├── CredentialsUnavailable              IAM could not give temporary credentials now
+    │   └── StoreUnavailable                    the shared store (quota, lock) is unreachable:
+    │                                           no API call, since the quota cannot be checked
     ├── OutcomeUnknown               RECONCILE  a mutating call may or may not have taken effect
     │   └── CallTimeout (also TimeoutError)     no answer in time after sending
     └── OutcomeUndecidable           UNKNOWN    reconciliation could not tell: a person must look
@@ -36,6 +38,7 @@ __all__ = [
     "OutcomeUnknown",
     "RelayError",
     "Retryable",
+    "StoreUnavailable",
     "Throttled",
 ]
 
@@ -101,6 +104,16 @@ class NotSent(Retryable):
 
 class CredentialsUnavailable(Retryable):
     pass
+
+
+class StoreUnavailable(Retryable):
+    """RELAY.STORE_UNAVAILABLE: the shared store could not grant a rate-limit slot or its
+    renewal lock is void; nothing was sent."""
+
+    CODE: ClassVar[str] = "RELAY.STORE_UNAVAILABLE"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(self.CODE, message)
 
 
 class OutcomeUnknown(RelayError):
