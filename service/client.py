@@ -30,7 +30,7 @@ from handlers.errors import (
     RelayError,
     Throttled,
 )
-from service.limiter import RateLimiter
+from service.limiter import Limiter
 from service.metrics import Metrics
 from service.operations import Operation
 from service.scheduler import FairScheduler
@@ -156,7 +156,7 @@ class BssHttp:
         session: aiohttp.ClientSession,
         bss_endpoint: str,
         iam_endpoint: str,
-        limiter: RateLimiter,
+        limiter: Limiter,
         scheduler: FairScheduler | None = None,
         throttle_retries: int = 5,
         metrics: Metrics | None = None,
@@ -195,7 +195,7 @@ class BssHttp:
                 self._metrics.inc(self._metrics.api_requests, op.name, status)
                 if not isinstance(exc, Throttled):
                     raise
-                self._limiter.throttled(op.name, parent_uid, sent_at=sent_at)
+                await self._limiter.report_throttled(op.name, parent_uid, sent_at=sent_at)
                 log.warning("api_throttled", api=op.name, parent_uid=parent_uid, attempt=attempt)
                 if attempt == self._throttle_retries:
                     raise

@@ -28,18 +28,61 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import TracebackType
+from typing import NamedTuple, Protocol, Self
 
 import structlog
 
 from service.operations import OPERATIONS
 
-__all__ = ["Bucket", "Guard", "RateLimiter"]
+__all__ = ["Bucket", "Grant", "Guard", "Limiter", "RateLimiter"]
 
 log = structlog.get_logger(__name__)
 
 SWEEP_EVERY = 4096  # reservations between sweeps of idle buckets
 GUARD_STEP_S = 0.005  # the least a lone throttling answer widens an API's guard by
 LONE_S = 2.0  # a throttling answer is lone when its API saw none for this long
+
+
+class Grant(NamedTuple):
+    """The answer to ``acquire``: a joint slot ``wait`` seconds away, reserved if ``granted``;
+    else nothing reserved and how long each bucket is still busy."""
+
+    granted: bool
+    wait: float
+    uid_wait: float
+    egress_wait: float
+    at: float = 0.0  # the slot's instant in the limiter's clock
+
+
+class Limiter(Protocol):
+    """What the scheduler and the client use: :class:`RateLimiter` in process, or
+    ``service.store.buckets.SharedBuckets`` on rows every replica shares."""
+
+    @property
+    def shared(self) -> bool: ...
+
+    def limit(self, api: str) -> float | None: ...
+
+    def now(self) -> float:
+        """The limiter's clock (``sent_at`` instants are of it)."""
+        ...
+
+    def delay(self, api: str, parent_uid: str) -> float:
+        """Seconds until a call could be sent, as far as known without I/O."""
+        ...
+
+    def egress_delay(self, api: str) -> float: ...
+
+    def current_rate(self, api: str, parent_uid: str) -> float: ...
+
+    def rates(self) -> dict[str, float]: ...
+
+    async def acquire(self, api: str, parent_uid: str, *, within: float) -> Grant: ...
+
+    async def report_throttled(
+        self, api: str, parent_uid: str, *, pause_s: float = 1.0, sent_at: float | None = None
+    ) -> bool: ...
 
 
 @dataclass(slots=True)
@@ -80,7 +123,12 @@ class Bucket:
 
 
 class RateLimiter:
-    """Registry of buckets keyed by (api, "uid", parent_uid) and (api, "egress", egress)."""
+    """Registry of buckets keyed by (api, "uid", parent_uid) and (api, "egress", egress).
+
+    The in-process limiter (one process, or an SQLite store). ``service.store.buckets``
+    offers the same interface on rows shared by replicas (``shared`` tells them apart)."""
+
+    shared = False
 
     def __init__(
         self,
@@ -160,6 +208,43 @@ class RateLimiter:
             bucket.tat = slot + bucket.interval
         self._maybe_sweep(now)
         return slot - now
+
+    def egress_delay(self, api: str) -> float:
+        """Seconds until the API's egress bucket has a slot."""
+        bucket = self._buckets.get((api, "egress", self._egress))
+        return 0.0 if bucket is None else max(0.0, bucket.tat - self._clock())
+
+    async def acquire(self, api: str, parent_uid: str, *, within: float) -> Grant:
+        """Reserve the joint slot if it is due within ``within`` seconds (the shared
+        limiter's interface; here without I/O)."""
+        now = self._clock()
+        if self.limit(api) is None:
+            return Grant(True, 0.0, 0.0, 0.0, now)
+        uid = self._buckets.get((api, "uid", parent_uid))
+        egress = self._buckets.get((api, "egress", self._egress))
+        uid_wait = max(0.0, uid.tat - now) if uid else 0.0
+        egress_wait = max(0.0, egress.tat - now) if egress else 0.0
+        wait = max(uid_wait, egress_wait)
+        if wait > within:
+            return Grant(False, wait, uid_wait, egress_wait, now + wait)
+        wait = self.reserve(api, parent_uid)
+        return Grant(True, wait, uid_wait, egress_wait, now + wait)
+
+    async def report_throttled(
+        self, api: str, parent_uid: str, *, pause_s: float = 1.0, sent_at: float | None = None
+    ) -> bool:
+        return self.throttled(api, parent_uid, pause_s=pause_s, sent_at=sent_at)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
 
     def current_rate(self, api: str, parent_uid: str) -> float:
         """The (API, ParentUid) bucket's rate now: the ceiling unless throttling lowered it."""

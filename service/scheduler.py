@@ -30,13 +30,15 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from service.limiter import RateLimiter
+from handlers.errors import RelayError
+from service.limiter import Limiter, RateLimiter
 
 __all__ = ["FairScheduler", "Turn"]
 
 log = structlog.get_logger(__name__)
 
 SWEEP_EVERY = 4096  # tickets issued between sweeps of past tickets
+NEARLY_DUE_S = 0.02  # a shared slot is asked for when it is at most this far away
 
 
 @dataclass(slots=True)
@@ -62,7 +64,7 @@ class Turn:
 class FairScheduler:
     def __init__(
         self,
-        limiter: RateLimiter,
+        limiter: Limiter,
         *,
         hold_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
@@ -187,6 +189,61 @@ class FairScheduler:
         return best_uid
 
     async def _dispatch(self, api: str, queue: _ApiQueue) -> None:
+        if isinstance(self._limiter, RateLimiter):
+            await self._dispatch_local(api, queue, self._limiter)
+        else:
+            await self._dispatch_shared(api, queue)
+
+    async def _dispatch_shared(self, api: str, queue: _ApiQueue) -> None:
+        """Serve one API's waiters on buckets shared with other replicas (one store round
+        trip per attempt). Round-robin over ParentUids: a slot is asked for only when it is
+        nearly due; a ParentUid whose own bucket is busy is skipped until it is ready (the
+        next customer is served meanwhile); when the egress bucket is busy, wait for it.
+        If the store cannot grant slots, every waiter of the API gets the error."""
+        near = NEARLY_DUE_S
+        busy: dict[str, float] = {}  # ParentUid -> local instant its own bucket is ready
+        limiter = self._limiter
+        try:
+            while queue.waiters:
+                egress_wait = limiter.egress_delay(api)
+                if egress_wait > near:
+                    await self._idle(queue, egress_wait - near / 2)
+                    continue
+                now = self._clock()
+                uid = next((u for u in queue.waiters if busy.get(u, 0.0) <= now + near), None)
+                if uid is None:
+                    soonest = min(busy.get(u, now) for u in queue.waiters)
+                    await self._idle(queue, max(0.0, soonest - now - near / 2))
+                    continue
+                try:
+                    grant = await limiter.acquire(api, uid, within=near)
+                except RelayError as exc:
+                    self._fail_all(queue, exc)
+                    return
+                if not grant.granted:
+                    if grant.uid_wait >= grant.wait - 1e-9 and grant.uid_wait > near:
+                        busy[uid] = self._clock() + grant.uid_wait  # serve the next customer
+                    continue  # the egress is busy: the next pass waits for it
+                busy.pop(uid, None)
+                if grant.wait > 0:
+                    await self._sleep(grant.wait)  # the slot is ours: keep it in order
+                if uid in queue.waiters:
+                    self._serve(queue, uid)
+                for gone in [u for u in busy if u not in queue.waiters]:
+                    del busy[gone]
+        finally:
+            if self._apis.get(api) is queue and not queue.waiters:
+                del self._apis[api]
+
+    @staticmethod
+    def _fail_all(queue: _ApiQueue, exc: BaseException) -> None:
+        for waiting in queue.waiters.values():
+            for future in waiting:
+                if not future.done():
+                    future.set_exception(exc)
+        queue.waiters.clear()
+
+    async def _dispatch_local(self, api: str, queue: _ApiQueue, limiter: RateLimiter) -> None:
         """Serve one API's waiters until none is left. Owned by ``turn``; ends by itself.
 
         It never reserves a slot ahead of time: it waits until the best candidate's slot is
@@ -199,7 +256,7 @@ class FairScheduler:
                 if delay > 0:
                     await self._idle(queue, delay)
                     continue
-                self._limiter.reserve(api, uid)
+                limiter.reserve(api, uid)
                 self._serve(queue, uid)
         finally:
             if self._apis.get(api) is queue and not queue.waiters:

@@ -1,0 +1,398 @@
+"""Rate-limit buckets shared by every replica, in the PostgreSQL store (CONTRACT guarantee 4).
+
+With ``STORE_URL=postgresql://…`` each (API, ParentUid) bucket is one row of ``relay_buckets``
+shared by all replicas, and each (API, egress) bucket one row shared by the replicas with the
+same ``RELAY_EGRESS``. The invariants are those of :mod:`service.limiter` -- evenly spaced
+slots (GCRA, zero burst tolerance), the adaptive guard (one row per API), AIMD -- with ONE
+clock, the database server's (``clock_timestamp()``, epoch seconds). A 429 seen by any replica
+lowers the key's shared rate for all of them (``relay_throttled``).
+
+One atomic statement per reservation: ``SELECT * FROM relay_reserve(…)``, a PL/pgSQL function
+that locks the egress row, then the ParentUid row (always in that order: no deadlock), and
+reserves the joint slot only when it is *nearly due* (``within`` seconds of the server's now).
+Otherwise it reserves nothing and answers how long each bucket is busy, so the caller serves
+another customer (its own bucket busy) or waits (the egress busy). Nothing is ever reserved far
+ahead: a replica holding slots seconds ahead starves customers served by the others.
+
+The caller keeps a local view (ready instants and rates, learnt from every answer) for the
+scheduler's estimates, which need no round trip. ``round_trips`` counts statements sent.
+
+If the store cannot be reached, no slot is granted (the quota cannot be checked, so it is not
+spent blind): :class:`~handlers.errors.StoreUnavailable` (``RELAY.STORE_UNAVAILABLE``).
+
+With SQLite the buckets stay in process (:class:`service.limiter.RateLimiter`);
+:func:`open_limiter` picks one from the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+import asyncpg
+import structlog
+
+from handlers.errors import StoreUnavailable
+from service.limiter import GUARD_STEP_S, LONE_S, Grant, RateLimiter
+from service.store.postgres import PostgresCommandStore
+
+__all__ = ["SharedBuckets", "open_limiter"]
+
+log = structlog.get_logger(__name__)
+
+_DDL_LOCK_KEY = int.from_bytes(b"relaybkt", "big")
+PRUNE_EVERY = 4096  # reservations between prunes of idle rows
+IDLE_ROW_S = 3600.0  # a row unused this long, at full rate, is deleted (as a fresh one would be)
+LOST = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+
+_DDL = (
+    """
+    CREATE TABLE IF NOT EXISTS relay_buckets (
+        api          text NOT NULL,
+        kind         text NOT NULL CHECK (kind IN ('uid', 'egress', 'guard')),
+        name         text NOT NULL,
+        rate         double precision NOT NULL,  -- requests/s now (AIMD)
+        tat          double precision NOT NULL,  -- next slot, epoch s of the server's clock
+        adjusted_at  double precision NOT NULL,  -- rate recovery counts from here
+        guard        double precision NOT NULL DEFAULT 0,  -- kind 'guard': the API's guard, s
+        throttled_at double precision NOT NULL DEFAULT 0,  -- kind 'guard': last 429
+        widened_at   double precision NOT NULL DEFAULT 0,  -- kind 'guard': last widening
+        used_at      double precision NOT NULL,
+        PRIMARY KEY (api, kind, name)
+    )
+    """,
+    """
+    CREATE OR REPLACE FUNCTION relay_reserve(
+        p_api text, p_uid text, p_egress text, p_ceiling double precision,
+        p_guard double precision, p_recovery double precision, p_within double precision)
+    RETURNS TABLE (granted boolean, wait double precision, uid_wait double precision,
+                   egress_wait double precision, uid_rate double precision,
+                   server_now double precision)
+    LANGUAGE plpgsql AS $$
+    DECLARE
+        now_ double precision := extract(epoch FROM clock_timestamp());
+        g double precision;
+        e relay_buckets;
+        u relay_buckets;
+        slot double precision;
+    BEGIN
+        SELECT b.guard INTO g FROM relay_buckets b
+            WHERE b.api = p_api AND b.kind = 'guard' AND b.name = '';
+        IF NOT FOUND THEN
+            INSERT INTO relay_buckets (api, kind, name, rate, tat, adjusted_at, guard, used_at)
+                VALUES (p_api, 'guard', '', p_ceiling, 0, now_, p_guard, now_)
+                ON CONFLICT DO NOTHING;
+            g := p_guard;
+        END IF;
+        SELECT * INTO e FROM relay_buckets b
+            WHERE b.api = p_api AND b.kind = 'egress' AND b.name = p_egress FOR UPDATE;
+        IF NOT FOUND THEN
+            INSERT INTO relay_buckets (api, kind, name, rate, tat, adjusted_at, used_at)
+                VALUES (p_api, 'egress', p_egress, p_ceiling, 0, now_, now_)
+                ON CONFLICT DO NOTHING;
+            SELECT * INTO e FROM relay_buckets b
+                WHERE b.api = p_api AND b.kind = 'egress' AND b.name = p_egress FOR UPDATE;
+        END IF;
+        SELECT * INTO u FROM relay_buckets b
+            WHERE b.api = p_api AND b.kind = 'uid' AND b.name = p_uid FOR UPDATE;
+        IF NOT FOUND THEN
+            INSERT INTO relay_buckets (api, kind, name, rate, tat, adjusted_at, used_at)
+                VALUES (p_api, 'uid', p_uid, p_ceiling, 0, now_, now_)
+                ON CONFLICT DO NOTHING;
+            SELECT * INTO u FROM relay_buckets b
+                WHERE b.api = p_api AND b.kind = 'uid' AND b.name = p_uid FOR UPDATE;
+        END IF;
+        -- AIMD, additive part: recover since the last adjustment, up to the ceiling
+        IF u.rate < p_ceiling AND now_ > u.adjusted_at THEN
+            u.rate := least(p_ceiling, u.rate + (now_ - u.adjusted_at) * p_ceiling * p_recovery);
+            u.adjusted_at := now_;
+        END IF;
+        u.rate := least(u.rate, p_ceiling);  -- a lowered RELAY_RATE_LIMITS applies at once
+        e.rate := p_ceiling;
+        slot := greatest(now_, e.tat, u.tat);
+        IF slot - now_ > p_within THEN
+            RETURN QUERY SELECT false, slot - now_, greatest(0, u.tat - now_),
+                                greatest(0, e.tat - now_), u.rate, now_;
+            RETURN;
+        END IF;
+        UPDATE relay_buckets b SET tat = slot + (1 + g) / e.rate, rate = e.rate, used_at = now_
+            WHERE b.api = p_api AND b.kind = 'egress' AND b.name = p_egress;
+        UPDATE relay_buckets b SET tat = slot + (1 + g) / u.rate, rate = u.rate,
+                                   adjusted_at = u.adjusted_at, used_at = now_
+            WHERE b.api = p_api AND b.kind = 'uid' AND b.name = p_uid;
+        RETURN QUERY SELECT true, slot - now_, slot + (1 + g) / u.rate - now_,
+                            slot + (1 + g) / e.rate - now_, u.rate, now_;
+    END $$
+    """,
+    """
+    CREATE OR REPLACE FUNCTION relay_throttled(
+        p_api text, p_uid text, p_ceiling double precision, p_guard double precision,
+        p_guard_max double precision, p_step double precision, p_lone double precision,
+        p_pause double precision, p_floor double precision, p_sent_at double precision)
+    RETURNS TABLE (halved boolean, uid_rate double precision, uid_wait double precision,
+                   guard double precision, server_now double precision)
+    LANGUAGE plpgsql AS $$
+    DECLARE
+        now_ double precision := extract(epoch FROM clock_timestamp());
+        gr relay_buckets;
+        u relay_buckets;
+        explained boolean;
+    BEGIN
+        INSERT INTO relay_buckets (api, kind, name, rate, tat, adjusted_at, guard, used_at)
+            VALUES (p_api, 'guard', '', p_ceiling, 0, now_, p_guard, now_),
+                   (p_api, 'uid', p_uid, p_ceiling, 0, now_, 0, now_)
+            ON CONFLICT DO NOTHING;
+        SELECT * INTO gr FROM relay_buckets b
+            WHERE b.api = p_api AND b.kind = 'guard' AND b.name = '' FOR UPDATE;
+        SELECT * INTO u FROM relay_buckets b
+            WHERE b.api = p_api AND b.kind = 'uid' AND b.name = p_uid FOR UPDATE;
+        IF p_sent_at IS NOT NULL AND p_sent_at <= gr.widened_at THEN
+            explained := true;  -- sent before the last widening: the same episode
+        ELSIF now_ - gr.throttled_at >= p_lone AND gr.guard < p_guard_max THEN
+            explained := true;  -- a lone 429: widen the API's guard, keep the rate
+            gr.guard := least(p_guard_max, greatest(2 * gr.guard, gr.guard + p_step));
+            UPDATE relay_buckets b SET guard = gr.guard, widened_at = now_, throttled_at = now_
+                WHERE b.api = p_api AND b.kind = 'guard' AND b.name = '';
+        ELSE
+            explained := false;
+            UPDATE relay_buckets b SET throttled_at = now_
+                WHERE b.api = p_api AND b.kind = 'guard' AND b.name = '';
+        END IF;
+        IF explained THEN
+            u.tat := greatest(u.tat, now_ + (1 + gr.guard) / u.rate);
+        ELSE  -- AIMD, multiplicative part: halve, pause
+            u.rate := greatest(p_floor, u.rate / 2);
+            u.adjusted_at := now_ + p_pause;
+            u.tat := greatest(u.tat, now_ + p_pause);
+        END IF;
+        UPDATE relay_buckets b SET rate = u.rate, tat = u.tat, adjusted_at = u.adjusted_at,
+                                   used_at = now_
+            WHERE b.api = p_api AND b.kind = 'uid' AND b.name = p_uid;
+        RETURN QUERY SELECT NOT explained, u.rate, u.tat - now_, gr.guard, now_;
+    END $$
+    """,
+)
+
+_RESERVE = "SELECT * FROM relay_reserve($1, $2, $3, $4, $5, $6, $7)"
+_THROTTLED = "SELECT * FROM relay_throttled($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+_PRUNE = """
+    DELETE FROM relay_buckets
+    WHERE kind <> 'guard' AND used_at < extract(epoch FROM clock_timestamp()) - $1
+      AND tat < extract(epoch FROM clock_timestamp())
+"""
+
+
+@dataclass(slots=True)
+class _Seen:
+    """What the last answer said about a bucket, in the local clock."""
+
+    ready_at: float = 0.0
+    rate: float = 0.0
+
+
+class SharedBuckets:
+    """The limiter's interface (see :class:`service.limiter.RateLimiter`) on shared rows.
+
+    ``async with`` creates the table and functions (idempotent, under an advisory lock, as
+    replicas may start together). ``pool`` is an open asyncpg pool whose connections'
+    ``search_path`` is the store's schema (``PostgresCommandStore.pool``)."""
+
+    shared = True
+
+    def __init__(
+        self,
+        pool: Any,
+        overrides: Mapping[str, float] | None = None,
+        *,
+        egress: str = "default",
+        guard_s: float = 0.002,
+        guard_max_s: float = 0.05,
+        recovery: float = 0.1,
+        floor: float = 0.5,
+        timeout_s: float = 2.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._pool = pool
+        self._table = RateLimiter(overrides)  # the limits table only
+        self._egress = egress
+        self._guard_s = guard_s
+        self._guard_max_s = max(guard_s, guard_max_s)
+        self._recovery = recovery
+        self._floor = floor
+        self._timeout_s = timeout_s
+        self._clock = clock
+        self._offset = 0.0  # server epoch - local clock, from the last answer
+        self._seen: dict[tuple[str, str, str], _Seen] = {}
+        self.round_trips = 0
+        self.grants = 0
+
+    async def __aenter__(self) -> Self:
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _DDL_LOCK_KEY)
+                for statement in _DDL:
+                    await conn.execute(statement)
+        except LOST as exc:
+            raise StoreUnavailable("could not prepare the shared rate-limit buckets") from exc
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+    # -- the limiter interface -----------------------------------------------------------------
+
+    def limit(self, api: str) -> float | None:
+        return self._table.limit(api)
+
+    def now(self) -> float:
+        """The server's clock, estimated from the last answer (epoch seconds)."""
+        return self._clock() + self._offset
+
+    def delay(self, api: str, parent_uid: str) -> float:
+        """Seconds until a call could be sent, as far as the last answers tell (no I/O)."""
+        if self.limit(api) is None:
+            return 0.0
+        now = self._clock()
+        keys = ((api, "uid", parent_uid), (api, "egress", self._egress))
+        return max([0.0, *(self._seen[k].ready_at - now for k in keys if k in self._seen)])
+
+    def egress_delay(self, api: str) -> float:
+        seen = self._seen.get((api, "egress", self._egress))
+        return 0.0 if seen is None else max(0.0, seen.ready_at - self._clock())
+
+    def current_rate(self, api: str, parent_uid: str) -> float:
+        seen = self._seen.get((api, "uid", parent_uid))
+        if seen is not None and seen.rate > 0:
+            return seen.rate
+        return self.limit(api) or float("inf")
+
+    def rates(self) -> dict[str, float]:
+        return {
+            "/".join(key): seen.rate
+            for key, seen in self._seen.items()
+            if key[1] == "uid" and 0 < seen.rate < (self.limit(key[0]) or float("inf"))
+        }
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    async def acquire(self, api: str, parent_uid: str, *, within: float) -> Grant:
+        """Reserve the joint slot if it is due within ``within`` seconds (one statement)."""
+        ceiling = self.limit(api)
+        if ceiling is None:
+            return Grant(True, 0.0, 0.0, 0.0, self.now())
+        row = await self._fetch(
+            _RESERVE,
+            api,
+            parent_uid,
+            self._egress,
+            ceiling,
+            self._guard_s,
+            self._recovery,
+            within,
+        )
+        local = self._learn(row["server_now"])
+        self._note((api, "uid", parent_uid), local + row["uid_wait"], row["uid_rate"])
+        self._note((api, "egress", self._egress), local + row["egress_wait"], ceiling)
+        grant = Grant(
+            row["granted"],
+            row["wait"],
+            row["uid_wait"],
+            row["egress_wait"],
+            row["server_now"] + row["wait"],
+        )
+        if grant.granted:
+            self.grants += 1
+            if self.grants % PRUNE_EVERY == 0:
+                await self.prune()
+        return grant
+
+    async def report_throttled(
+        self, api: str, parent_uid: str, *, pause_s: float = 1.0, sent_at: float | None = None
+    ) -> bool:
+        """A 429 for this key, seen by this replica: lowers the shared rate for every replica
+        (or widens the API's shared guard when lone). True when the rate was halved."""
+        ceiling = self.limit(api)
+        if ceiling is None:
+            return False
+        row = await self._fetch(
+            _THROTTLED,
+            api,
+            parent_uid,
+            ceiling,
+            self._guard_s,
+            self._guard_max_s,
+            GUARD_STEP_S,
+            LONE_S,
+            pause_s,
+            self._floor,
+            sent_at,
+        )
+        local = self._learn(row["server_now"])
+        self._note((api, "uid", parent_uid), local + row["uid_wait"], row["uid_rate"])
+        if row["halved"]:
+            log.warning("rate_lowered", api=api, parent_uid=parent_uid, rate=row["uid_rate"])
+        else:
+            log.warning("rate_guard_widened", api=api, guard_ms=row["guard"] * 1000)
+        return bool(row["halved"])
+
+    async def prune(self) -> int:
+        """Delete rows idle for an hour whose next slot has passed (a fresh row is the same)."""
+        with contextlib.suppress(*LOST):
+            self.round_trips += 1
+            status = await self._pool.execute(_PRUNE, IDLE_ROW_S, timeout=self._timeout_s)
+            now = self._clock()
+            for key in [k for k, s in self._seen.items() if s.ready_at < now - IDLE_ROW_S]:
+                del self._seen[key]
+            return int(status.split()[-1])
+        return 0
+
+    # -- internals -----------------------------------------------------------------------------
+
+    async def _fetch(self, query: str, *args: Any) -> Any:
+        self.round_trips += 1
+        try:
+            row = await self._pool.fetchrow(query, *args, timeout=self._timeout_s)
+        except LOST as exc:
+            raise StoreUnavailable(
+                "the store is unreachable: no rate-limit slot can be granted"
+            ) from exc
+        assert row is not None
+        return row
+
+    def _learn(self, server_now: float) -> float:
+        """Update the clock offset from an answer; returns the local instant it stands for."""
+        local = self._clock()
+        self._offset = server_now - local
+        return local
+
+    def _note(self, key: tuple[str, str, str], ready_at: float, rate: float) -> None:
+        seen = self._seen.get(key)
+        if seen is None:
+            seen = self._seen[key] = _Seen()
+        seen.ready_at, seen.rate = ready_at, rate
+
+
+def open_limiter(
+    store: object,
+    overrides: Mapping[str, float] | None = None,
+    *,
+    egress: str = "default",
+    guard_s: float = 0.002,
+    guard_max_s: float = 0.05,
+) -> contextlib.AbstractAsyncContextManager[RateLimiter | SharedBuckets]:
+    """The limiter for ``store``: shared rows with a PostgreSQL store, in process otherwise."""
+    if isinstance(store, PostgresCommandStore):
+        return SharedBuckets(
+            store.pool, overrides, egress=egress, guard_s=guard_s, guard_max_s=guard_max_s
+        )
+    return RateLimiter(overrides, egress=egress, guard_s=guard_s, guard_max_s=guard_max_s)
