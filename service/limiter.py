@@ -84,6 +84,10 @@ class Limiter(Protocol):
         self, api: str, parent_uid: str, *, pause_s: float = 1.0, sent_at: float | None = None
     ) -> bool: ...
 
+    async def ticket(self, api: str, parent_uid: str, *, earliest: float, interval: float) -> float:
+        """The key's next parking ticket: ``max(earliest, last ticket + interval)``."""
+        ...
+
 
 @dataclass(slots=True)
 class Guard:
@@ -234,6 +238,10 @@ class RateLimiter:
         self, api: str, parent_uid: str, *, pause_s: float = 1.0, sent_at: float | None = None
     ) -> bool:
         return self.throttled(api, parent_uid, pause_s=pause_s, sent_at=sent_at)
+
+    async def ticket(self, api: str, parent_uid: str, *, earliest: float, interval: float) -> float:
+        """In process the scheduler keeps the tickets (``FairScheduler.estimate``)."""
+        return earliest
 
     async def __aenter__(self) -> Self:
         return self

@@ -115,6 +115,10 @@ class FairScheduler:
             active += 1
         return max(1.0 / self._limiter.current_rate(api, uid), active / limit)
 
+    def fair_interval(self, api: str, uid: str) -> float:
+        """Seconds between the key's turns now: its own rate, or its share of the API's."""
+        return self._fair_interval(api, uid, self._apis.get(api))
+
     def estimate(self, api: str, uid: str) -> Turn:
         """Seconds until a new call of ``uid`` would be served; a ticket when beyond hold."""
         interval = self._fair_interval(api, uid, self._apis.get(api))
@@ -133,6 +137,31 @@ class FairScheduler:
             self._since_sweep = 0
             self.forget_idle()
         return Turn(ticket - now, ticket)
+
+    async def ticket(self, api: str, uid: str) -> Turn:
+        """``estimate``, except that with a shared limiter a ticket is taken from the key's
+        horizon shared by every replica (spaced by the key's fair interval across replicas)."""
+        limiter = self._limiter
+        if isinstance(limiter, RateLimiter) or not limiter.shared:
+            return self.estimate(api, uid)
+        interval = self._fair_interval(api, uid, self._apis.get(api))
+        if interval == 0.0:
+            return Turn(0.0, None)
+        wait = limiter.delay(api, uid) + self._held.get((api, uid), 0) * interval
+        now = self._wall()
+        horizon = self._horizons.get((api, uid), 0.0)  # the last shared ticket seen here
+        if wait <= self._hold_s and horizon <= now + wait:
+            return Turn(wait, None)
+        shared = await limiter.ticket(api, uid, earliest=limiter.now() + wait, interval=interval)
+        ticket = shared - limiter.now() + now  # the server's clock -> this host's wall clock
+        self._horizons[(api, uid)] = ticket
+        return Turn(ticket - now, ticket)
+
+    def starving(self, api: str, uid: str) -> bool:
+        """The key's work in memory does not fill the hold window: a parked command of it may
+        come in before its ticket (work-conserving when fewer keys wait than when its ticket
+        was issued; the round-robin, not the ticket, keeps the shares fair)."""
+        return self.backlog_s(api, uid) <= self._hold_s
 
     def ticket_due(self, ticket: float) -> bool:
         """A parked call is let in once its ticket is within the hold window."""

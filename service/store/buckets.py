@@ -53,10 +53,11 @@ _DDL = (
     """
     CREATE TABLE IF NOT EXISTS relay_buckets (
         api          text NOT NULL,
-        kind         text NOT NULL CHECK (kind IN ('uid', 'egress', 'guard')),
+        kind         text NOT NULL CHECK (kind IN ('uid', 'egress', 'guard', 'ticket')),
         name         text NOT NULL,
         rate         double precision NOT NULL,  -- requests/s now (AIMD)
-        tat          double precision NOT NULL,  -- next slot, epoch s of the server's clock
+        tat          double precision NOT NULL,  -- next slot (kind 'ticket': last parking
+                                                 -- ticket), epoch s of the server's clock
         adjusted_at  double precision NOT NULL,  -- rate recovery counts from here
         guard        double precision NOT NULL DEFAULT 0,  -- kind 'guard': the API's guard, s
         throttled_at double precision NOT NULL DEFAULT 0,  -- kind 'guard': last 429
@@ -179,6 +180,13 @@ _DDL = (
 
 _RESERVE = "SELECT * FROM relay_reserve($1, $2, $3, $4, $5, $6, $7)"
 _THROTTLED = "SELECT * FROM relay_throttled($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+_TICKET = """
+    INSERT INTO relay_buckets AS b (api, kind, name, rate, tat, adjusted_at, used_at)
+    VALUES ($1, 'ticket', $2, 0, $3, 0, extract(epoch FROM clock_timestamp()))
+    ON CONFLICT (api, kind, name) DO UPDATE
+        SET tat = greatest(EXCLUDED.tat, b.tat + $4), used_at = EXCLUDED.used_at
+    RETURNING tat, used_at AS server_now
+"""
 _PRUNE = """
     DELETE FROM relay_buckets
     WHERE kind <> 'guard' AND used_at < extract(epoch FROM clock_timestamp()) - $1
@@ -344,6 +352,13 @@ class SharedBuckets:
         else:
             log.warning("rate_guard_widened", api=api, guard_ms=row["guard"] * 1000)
         return bool(row["halved"])
+
+    async def ticket(self, api: str, parent_uid: str, *, earliest: float, interval: float) -> float:
+        """The key's next parking ticket from its horizon shared by every replica (server
+        clock): ``max(earliest, last ticket + interval)``, one statement."""
+        row = await self._fetch(_TICKET, api, parent_uid, earliest, interval)
+        self._learn(row["server_now"])
+        return float(row["tat"])
 
     async def prune(self) -> int:
         """Delete rows idle for an hour whose next slot has passed (a fresh row is the same)."""
