@@ -27,6 +27,7 @@ async def test_hot_customers_take_the_freed_capacity_within_seconds() -> None:
     limiter = RateLimiter({"op": LIMIT}, guard_s=0.001)
     scheduler = FairScheduler(limiter, hold_s=2.0 / SCALE)
     served: list[tuple[float, str]] = []
+    light_finished = asyncio.Event()
     start = time.monotonic()
 
     async def deliver(uid: str, ticket: float | None = None) -> None:
@@ -39,14 +40,15 @@ async def test_hot_customers_take_the_freed_capacity_within_seconds() -> None:
         with scheduler.holding("op", uid):
             await scheduler.turn("op", uid)
             served.append((time.monotonic() - start, uid))
+            if sum(u.startswith("light") for _, u in served) == 60:
+                light_finished.set()
 
     light = [f"light{i}" for i in range(5)]
     hot = [f"hot{i}" for i in range(3)]
     backlog = [uid for _ in range(12) for uid in light] + [uid for _ in range(150) for uid in hot]
     tasks = [asyncio.create_task(deliver(uid)) for uid in backlog]
     try:
-        while Counter(u for _, u in served if u.startswith("light")).total() < 60:
-            await asyncio.sleep(0.05)
+        await asyncio.wait_for(light_finished.wait(), 30)
         light_done = time.monotonic() - start
         await asyncio.sleep(2.0 + 3.0)  # a few seconds to adapt, then three measured
     finally:
