@@ -41,7 +41,7 @@ from schemas.commands import (
     RenewCommand,
 )
 from schemas.events import EVENT_ADAPTER, Event, Outcome, routing_key
-from service.admission import park_decision, primary_call, ticket_from_headers, ticket_header
+from service.admission import parking, primary_call, ticket_from_headers, ticket_header
 from service.client import START_DEADLINE
 from service.intake import Rejection, read_command
 from service.journal import StoreJournal
@@ -184,7 +184,7 @@ class Processor:
     async def _parked(self, message: AbstractIncomingMessage, key: tuple[str, str]) -> bool:
         """Park the command on the broker when admission says so, so it does not sit in the
         prefetch window ahead of other keys' commands."""
-        park = park_decision(self._scheduler, key, ticket_from_headers(message.headers or {}))
+        park = await parking(self._scheduler, key, ticket_from_headers(message.headers or {}))
         if park is None:
             return False
         await self._publisher.delay(

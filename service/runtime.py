@@ -18,22 +18,21 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aio_pika
-import aiohttp
 import structlog
 from aio_pika.abc import AbstractRobustConnection
 
 from handlers.ports import BssApi, CommandStore
 from service.bss import PartnerApi
-from service.client import BssHttp
+from service.client import BssHttp, session_from
 from service.consumer import Consumer
 from service.credentials import CredentialCache
-from service.limiter import RateLimiter
 from service.metrics import Metrics, serve_metrics
 from service.processor import Processor, RetryPolicy
 from service.publisher import Publisher
 from service.scheduler import FairScheduler
 from service.settings import Settings
 from service.store import open_store
+from service.store.buckets import open_limiter
 from service.topology import Topology, declare
 
 __all__ = ["ConfigurationError", "run"]
@@ -111,15 +110,7 @@ async def run(
     owner = _owner_id()
     async with AsyncExitStack() as stack:
         store = await stack.enter_async_context(open_store(settings.store_url))
-        session = await stack.enter_async_context(
-            aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(
-                    total=settings.relay_http_timeout_s,
-                    sock_connect=settings.relay_connect_timeout_s,
-                ),
-                connector=aiohttp.TCPConnector(limit=settings.relay_http_connections),
-            )
-        )
+        session = await stack.enter_async_context(session_from(settings))
         connection = await aio_pika.connect_robust(settings.amqp_url)
         stack.push_async_callback(connection.close)
         publish_channel = await connection.channel(publisher_confirms=True)
@@ -128,10 +119,14 @@ async def run(
         await consume_channel.set_qos(prefetch_count=settings.relay_prefetch)
         work = await consume_channel.declare_queue(topology.work_queue, durable=True)
 
-        limiter = RateLimiter(
-            settings.relay_rate_limits,
-            egress=settings.relay_egress,
-            guard_s=settings.relay_rate_guard_ms / 1000,
+        limiter = await stack.enter_async_context(
+            open_limiter(
+                store,
+                settings.relay_rate_limits,
+                egress=settings.relay_egress,
+                guard_s=settings.relay_rate_guard_ms / 1000,
+                guard_max_s=settings.relay_rate_guard_max_ms / 1000,
+            )
         )
         metrics = Metrics()
         metrics.watch_rates(limiter.rates)
