@@ -46,6 +46,7 @@ log = structlog.get_logger(__name__)
 
 _DDL_LOCK_KEY = int.from_bytes(b"relaybkt", "big")
 PRUNE_EVERY = 4096  # reservations between prunes of idle rows
+STATS_EVERY_S = 5.0  # how often the round-trip counters are logged (info: shared_buckets_stats)
 IDLE_ROW_S = 3600.0  # a row unused this long, at full rate, is deleted (as a fresh one would be)
 LOST = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
@@ -180,18 +181,32 @@ _DDL = (
 
 _RESERVE = "SELECT * FROM relay_reserve($1, $2, $3, $4, $5, $6, $7)"
 _THROTTLED = "SELECT * FROM relay_throttled($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+# A block of $5 tickets spaced $4 apart, the first no sooner than $3 and one interval after the
+# key's last ticket; returns the block's last ticket (the key's new horizon).
 _TICKET = """
     INSERT INTO relay_buckets AS b (api, kind, name, rate, tat, adjusted_at, used_at)
-    VALUES ($1, 'ticket', $2, 0, $3, 0, extract(epoch FROM clock_timestamp()))
+    VALUES ($1, 'ticket', $2, 0, $3::float8 + ($5::int - 1) * $4::float8, 0,
+            extract(epoch FROM clock_timestamp()))
     ON CONFLICT (api, kind, name) DO UPDATE
-        SET tat = greatest(EXCLUDED.tat, b.tat + $4), used_at = EXCLUDED.used_at
+        SET tat = greatest($3::float8, b.tat + $4::float8) + ($5::int - 1) * $4::float8,
+            used_at = EXCLUDED.used_at
     RETURNING tat, used_at AS server_now
 """
+TICKET_BLOCK = 16  # parking tickets of a key taken per round trip
 _PRUNE = """
     DELETE FROM relay_buckets
-    WHERE kind <> 'guard' AND used_at < extract(epoch FROM clock_timestamp()) - $1
+    WHERE kind <> 'guard' AND used_at < extract(epoch FROM clock_timestamp()) - $1::float8
       AND tat < extract(epoch FROM clock_timestamp())
 """
+
+
+@dataclass(slots=True)
+class _Block:
+    """Parking tickets of one key taken from the shared horizon and not handed out yet."""
+
+    next: float  # server clock
+    interval: float
+    left: int
 
 
 @dataclass(slots=True)
@@ -235,8 +250,10 @@ class SharedBuckets:
         self._clock = clock
         self._offset = 0.0  # server epoch - local clock, from the last answer
         self._seen: dict[tuple[str, str, str], _Seen] = {}
+        self._blocks: dict[tuple[str, str], _Block] = {}
         self.round_trips = 0
         self.grants = 0
+        self._stats_at = 0.0
 
     async def __aenter__(self) -> Self:
         try:
@@ -254,7 +271,17 @@ class SharedBuckets:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        return None
+        self._log_stats()
+
+    def _log_stats(self) -> None:
+        self._stats_at = self._clock()
+        log.info(
+            "shared_buckets_stats",
+            egress=self._egress,
+            round_trips=self.round_trips,
+            grants=self.grants,
+            keys=len(self._seen),
+        )
 
     # -- the limiter interface -----------------------------------------------------------------
 
@@ -322,6 +349,8 @@ class SharedBuckets:
             self.grants += 1
             if self.grants % PRUNE_EVERY == 0:
                 await self.prune()
+        if local - self._stats_at >= STATS_EVERY_S:
+            self._log_stats()
         return grant
 
     async def report_throttled(
@@ -355,10 +384,25 @@ class SharedBuckets:
 
     async def ticket(self, api: str, parent_uid: str, *, earliest: float, interval: float) -> float:
         """The key's next parking ticket from its horizon shared by every replica (server
-        clock): ``max(earliest, last ticket + interval)``, one statement."""
-        row = await self._fetch(_TICKET, api, parent_uid, earliest, interval)
+        clock): ``max(earliest, last ticket + interval)``. Tickets are taken in blocks of
+        ``TICKET_BLOCK`` (one statement) and handed out here while they still fit: a block
+        only says when parked commands come back, never grants a slot."""
+        key = (api, parent_uid)
+        block = self._blocks.get(key)
+        if (
+            block is not None
+            and block.left > 0
+            and earliest <= block.next + interval
+            and abs(block.interval - interval) <= 0.1 * interval
+        ):
+            ticket = max(earliest, block.next)
+            block.next, block.left = ticket + block.interval, block.left - 1
+            return ticket
+        row = await self._fetch(_TICKET, api, parent_uid, earliest, interval, TICKET_BLOCK)
         self._learn(row["server_now"])
-        return float(row["tat"])
+        first = float(row["tat"]) - (TICKET_BLOCK - 1) * interval
+        self._blocks[key] = _Block(first + interval, interval, TICKET_BLOCK - 1)
+        return first
 
     async def prune(self) -> int:
         """Delete rows idle for an hour whose next slot has passed (a fresh row is the same)."""
@@ -368,6 +412,9 @@ class SharedBuckets:
             now = self._clock()
             for key in [k for k, s in self._seen.items() if s.ready_at < now - IDLE_ROW_S]:
                 del self._seen[key]
+            server = self.now()
+            for gone in [k for k, b in self._blocks.items() if b.next < server - IDLE_ROW_S]:
+                del self._blocks[gone]
             return int(status.split()[-1])
         return 0
 

@@ -152,3 +152,28 @@ async def test_schedulers_of_three_replicas_keep_every_window(open_buckets: Open
     assert first["hot"] <= 8  # the burst does not take every early slot
     trips = sum(r.round_trips for r in replicas)
     assert trips <= 3 * len(sent)
+
+
+async def test_parking_tickets_follow_the_key_across_replicas(open_buckets: OpenBuckets) -> None:
+    """Two replicas park commands of one key: their tickets never land closer than the
+    interval, so the key's parked commands come back at its rate, not twice it."""
+    one = await open_buckets(egress="a")
+    two = await open_buckets(egress="b")
+    now = one.now()
+    tickets = []
+    for _ in range(20):
+        tickets.append(await one.ticket("op", "c1", earliest=now + 5, interval=0.1))
+        tickets.append(await two.ticket("op", "c1", earliest=now + 5, interval=0.1))
+    ordered = sorted(tickets)
+    assert min(b - a for a, b in itertools.pairwise(ordered)) >= 0.1 - 1e-6
+    assert len(set(tickets)) == 40
+    assert one.round_trips + two.round_trips <= 4  # taken in blocks, not one trip each
+
+
+async def test_idle_rows_are_pruned(open_buckets: OpenBuckets) -> None:
+    buckets = await open_buckets()
+    await buckets.acquire("op", "c1", within=1.0)
+    assert await buckets.prune() == 0  # used just now
+    async with buckets._pool.acquire() as conn:
+        await conn.execute("UPDATE relay_buckets SET used_at = used_at - 7200, tat = 0")
+    assert await buckets.prune() == 2  # the customer's and the egress's rows; the guard stays
