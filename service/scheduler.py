@@ -14,6 +14,13 @@ parked commands come back in order and at the rate they can be served, instead o
 (which would only park them again). Memory per key is therefore about ``hold_s`` of its quota,
 whatever the backlog.
 
+With buckets shared by replicas (``service.store.buckets``, a PostgreSQL store) the dispatcher
+asks the store for a slot only when it is nearly due (one round trip per attempt): a ParentUid
+whose own bucket is busy is skipped until it is ready, a busy egress is waited for, and a store
+that cannot grant slots fails the waiters with ``StoreUnavailable`` (no call is sent blind).
+Estimates then use what the store's last answers said, and new tickets come from the key's
+horizon shared by every replica (``ticket``).
+
 Invariants: the dispatcher of an API exists only while someone waits on it; a ParentUid queue
 exists only while non-empty; tickets of idle keys are dropped, so memory follows the keys
 that are active now, not every key ever seen.
