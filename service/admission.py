@@ -168,5 +168,5 @@ async def parking(
     turn = await scheduler.ticket(*key)
     if turn.ticket is None:
         return None
-    issued = Ticket(turn.ticket, scheduler.fair_interval(*key))
+    issued = Ticket(turn.ticket, turn.interval or scheduler.fair_interval(*key))
     return Park(_halfway(issued - wall(), scheduler.hold_s), issued)

@@ -84,8 +84,10 @@ class Limiter(Protocol):
         self, api: str, parent_uid: str, *, pause_s: float = 1.0, sent_at: float | None = None
     ) -> bool: ...
 
-    async def ticket(self, api: str, parent_uid: str, *, earliest: float, interval: float) -> float:
-        """The key's next parking ticket: ``max(earliest, last ticket + interval)``."""
+    async def ticket(
+        self, api: str, parent_uid: str, *, earliest: float, interval: float
+    ) -> tuple[float, float]:
+        """The key's next parking ticket (after its last one) and the spacing used."""
         ...
 
 
@@ -239,9 +241,11 @@ class RateLimiter:
     ) -> bool:
         return self.throttled(api, parent_uid, pause_s=pause_s, sent_at=sent_at)
 
-    async def ticket(self, api: str, parent_uid: str, *, earliest: float, interval: float) -> float:
+    async def ticket(
+        self, api: str, parent_uid: str, *, earliest: float, interval: float
+    ) -> tuple[float, float]:
         """In process the scheduler keeps the tickets (``FairScheduler.estimate``)."""
-        return earliest
+        return earliest, interval
 
     async def __aenter__(self) -> Self:
         return self

@@ -66,6 +66,7 @@ class Turn:
 
     wait_s: float
     ticket: float | None  # clock instant of the expected turn, set when it should be parked
+    interval: float | None = None  # the key's ticket spacing, when a shared horizon set it
 
 
 class FairScheduler:
@@ -159,10 +160,12 @@ class FairScheduler:
         horizon = self._horizons.get((api, uid), 0.0)  # the last shared ticket seen here
         if wait <= self._hold_s and horizon <= now + wait:
             return Turn(wait, None)
-        shared = await limiter.ticket(api, uid, earliest=limiter.now() + wait, interval=interval)
+        shared, spacing = await limiter.ticket(
+            api, uid, earliest=limiter.now() + wait, interval=interval
+        )
         ticket = shared - limiter.now() + now  # the server's clock -> this host's wall clock
         self._horizons[(api, uid)] = ticket
-        return Turn(ticket - now, ticket)
+        return Turn(ticket - now, ticket, spacing)
 
     def starving(self, api: str, uid: str) -> bool:
         """The key's work in memory does not fill the hold window: a parked command of it may

@@ -181,17 +181,35 @@ _DDL = (
 
 _RESERVE = "SELECT * FROM relay_reserve($1, $2, $3, $4, $5, $6, $7)"
 _THROTTLED = "SELECT * FROM relay_throttled($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-# A block of $5 tickets spaced $4 apart, the first no sooner than $3 and one interval after the
-# key's last ticket; returns the block's last ticket (the key's new horizon).
+# A block of $5 parking tickets for one key, no sooner than $3 and one spacing after the key's
+# last ticket; returns the block's last ticket (the key's new horizon) and the spacing. The
+# spacing is the key's share of the deployment: the ParentUids that reserved a slot of the API
+# in the last $8 s over the egresses that did, times the limit $7 -- at least the key's own
+# interval $6, at most the replica's local estimate $4 (which sees only its own waiters).
 _TICKET = """
+    WITH clock AS (SELECT extract(epoch FROM clock_timestamp()) AS t),
+    active AS (
+        SELECT count(*) FILTER (WHERE b.kind = 'uid') AS uids,
+               count(*) FILTER (WHERE b.kind = 'egress') AS egresses
+        FROM relay_buckets b, clock
+        WHERE b.api = $1 AND b.kind IN ('uid', 'egress') AND b.used_at > clock.t - $8::float8
+    ),
+    spacing AS (
+        SELECT greatest($6::float8, least($4::float8,
+               greatest(active.uids, 1)::float8 / (greatest(active.egresses, 1) * $7::float8)))
+               AS i
+        FROM active
+    )
     INSERT INTO relay_buckets AS b (api, kind, name, rate, tat, adjusted_at, used_at)
-    VALUES ($1, 'ticket', $2, 0, $3::float8 + ($5::int - 1) * $4::float8, 0,
-            extract(epoch FROM clock_timestamp()))
+    SELECT $1, 'ticket', $2, spacing.i, $3::float8 + ($5::int - 1) * spacing.i, 0, clock.t
+    FROM spacing, clock
     ON CONFLICT (api, kind, name) DO UPDATE
-        SET tat = greatest($3::float8, b.tat + $4::float8) + ($5::int - 1) * $4::float8,
+        SET tat = greatest($3::float8, b.tat + EXCLUDED.rate) + ($5::int - 1) * EXCLUDED.rate,
+            rate = EXCLUDED.rate,
             used_at = EXCLUDED.used_at
-    RETURNING tat, used_at AS server_now
+    RETURNING tat, rate AS spacing, used_at AS server_now
 """
+ACTIVE_S = 2.0  # a ParentUid or egress that reserved a slot this recently counts as active
 TICKET_BLOCK = 16  # parking tickets of a key taken per round trip
 _PRUNE = """
     DELETE FROM relay_buckets
@@ -205,8 +223,8 @@ class _Block:
     """Parking tickets of one key taken from the shared horizon and not handed out yet."""
 
     next: float  # server clock
+    end: float  # the block's last ticket: the key's shared horizon when it was taken
     interval: float
-    left: int
 
 
 @dataclass(slots=True)
@@ -382,27 +400,38 @@ class SharedBuckets:
             log.warning("rate_guard_widened", api=api, guard_ms=row["guard"] * 1000)
         return bool(row["halved"])
 
-    async def ticket(self, api: str, parent_uid: str, *, earliest: float, interval: float) -> float:
+    async def ticket(
+        self, api: str, parent_uid: str, *, earliest: float, interval: float
+    ) -> tuple[float, float]:
         """The key's next parking ticket from its horizon shared by every replica (server
-        clock): ``max(earliest, last ticket + interval)``. Tickets are taken in blocks of
-        ``TICKET_BLOCK`` (one statement) and handed out here while they still fit: a block
+        clock) and its spacing: the key's share of every replica's egresses (``interval`` is
+        this replica's local estimate, an upper bound). Tickets are taken in blocks of
+        ``TICKET_BLOCK`` (one statement) and handed out here until the block's end: a block
         only says when parked commands come back, never grants a slot."""
         key = (api, parent_uid)
         block = self._blocks.get(key)
-        if (
-            block is not None
-            and block.left > 0
-            and earliest <= block.next + interval
-            and abs(block.interval - interval) <= 0.1 * interval
-        ):
+        if block is not None:
             ticket = max(earliest, block.next)
-            block.next, block.left = ticket + block.interval, block.left - 1
-            return ticket
-        row = await self._fetch(_TICKET, api, parent_uid, earliest, interval, TICKET_BLOCK)
+            if ticket <= block.end + 1e-6:
+                block.next = ticket + block.interval
+                return ticket, block.interval
+        ceiling = self.limit(api) or 1.0
+        row = await self._fetch(
+            _TICKET,
+            api,
+            parent_uid,
+            earliest,
+            interval,
+            TICKET_BLOCK,
+            1.0 / self.current_rate(api, parent_uid),
+            ceiling,
+            ACTIVE_S,
+        )
         self._learn(row["server_now"])
-        first = float(row["tat"]) - (TICKET_BLOCK - 1) * interval
-        self._blocks[key] = _Block(first + interval, interval, TICKET_BLOCK - 1)
-        return first
+        spacing, end = float(row["spacing"]), float(row["tat"])
+        first = end - (TICKET_BLOCK - 1) * spacing
+        self._blocks[key] = _Block(first + spacing, end, spacing)
+        return first, spacing
 
     async def prune(self) -> int:
         """Delete rows idle for an hour whose next slot has passed (a fresh row is the same)."""

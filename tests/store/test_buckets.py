@@ -162,8 +162,8 @@ async def test_parking_tickets_follow_the_key_across_replicas(open_buckets: Open
     now = one.now()
     tickets = []
     for _ in range(20):
-        tickets.append(await one.ticket("op", "c1", earliest=now + 5, interval=0.1))
-        tickets.append(await two.ticket("op", "c1", earliest=now + 5, interval=0.1))
+        tickets.append((await one.ticket("op", "c1", earliest=now + 5, interval=0.1))[0])
+        tickets.append((await two.ticket("op", "c1", earliest=now + 5, interval=0.1))[0])
     ordered = sorted(tickets)
     assert min(b - a for a, b in itertools.pairwise(ordered)) >= 0.1 - 1e-6
     assert len(set(tickets)) == 40
@@ -177,3 +177,15 @@ async def test_idle_rows_are_pruned(open_buckets: OpenBuckets) -> None:
     async with buckets._pool.acquire() as conn:
         await conn.execute("UPDATE relay_buckets SET used_at = used_at - 7200, tat = 0")
     assert await buckets.prune() == 2  # the customer's and the egress's rows; the guard stays
+
+
+async def test_ticket_spacing_is_the_keys_share_of_every_egress(open_buckets: OpenBuckets) -> None:
+    """Six customers active over four egresses at 10/s: a key's parked commands come back
+    every 6 / 40 s, not at the spacing one replica sees (6 keys on its one egress: 0.6 s)."""
+    replicas = [await open_buckets(egress=f"e{i}") for i in range(4)]
+    for n in range(6):
+        assert (await replicas[n % 4].acquire("op", f"c{n}", within=5.0)).granted
+    for r in replicas[:2]:
+        assert (await r.acquire("op", "c0", within=5.0)).granted
+    _, spacing = await replicas[0].ticket("op", "c0", earliest=replicas[0].now(), interval=0.6)
+    assert spacing == pytest.approx(6 / 40)
