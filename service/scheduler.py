@@ -45,7 +45,7 @@ __all__ = ["FairScheduler", "Turn"]
 log = structlog.get_logger(__name__)
 
 SWEEP_EVERY = 4096  # tickets issued between sweeps of past tickets
-NEARLY_DUE_S = 0.02  # a shared slot is asked for when it is at most this far away
+NEARLY_DUE_S = 0.02  # a shared slot is asked for when it is at most this far away (at least)
 
 
 @dataclass(slots=True)
@@ -239,9 +239,11 @@ class FairScheduler:
         nearly due; a ParentUid whose own bucket is busy is skipped until it is ready (the
         next customer is served meanwhile); when the egress bucket is busy, wait for it.
         If the store cannot grant slots, every waiter of the API gets the error."""
-        near = NEARLY_DUE_S
-        busy: dict[str, float] = {}  # ParentUid -> local instant its own bucket is ready
         limiter = self._limiter
+        # Nearly due: within 20 ms, or half an egress interval (a customer whose own bucket
+        # frees a little after the egress slot still takes it rather than skipping its turn).
+        near = max(NEARLY_DUE_S, 0.5 / (limiter.limit(api) or 1.0))
+        busy: dict[str, float] = {}  # ParentUid -> local instant its own bucket is ready
         try:
             while queue.waiters:
                 egress_wait = limiter.egress_delay(api)

@@ -3,9 +3,11 @@
 With ``STORE_URL=postgresql://…`` each (API, ParentUid) bucket is one row of ``relay_buckets``
 shared by all replicas, and each (API, egress) bucket one row shared by the replicas with the
 same ``RELAY_EGRESS``. The invariants are those of :mod:`service.limiter` -- evenly spaced
-slots (GCRA, zero burst tolerance), the adaptive guard (one row per API), AIMD -- with ONE
-clock, the database server's (``clock_timestamp()``, epoch seconds). A 429 seen by any replica
-lowers the key's shared rate for all of them (``relay_throttled``).
+slots (GCRA, zero burst tolerance), the adaptive guard, AIMD -- with ONE clock, the database
+server's (``clock_timestamp()``, epoch seconds). A 429 seen by any replica lowers the key's
+shared rate for all of them (``relay_throttled``). The guard is one row per (API, egress): the
+jitter it absorbs is that of one egress's path, and the lone 429s of k replicas do not add up
+to a halving.
 
 One atomic statement per reservation: ``SELECT * FROM relay_reserve(…)``, a PL/pgSQL function
 that locks the egress row, then the ParentUid row (always in that order: no deadlock), and
@@ -83,10 +85,10 @@ _DDL = (
         slot double precision;
     BEGIN
         SELECT b.guard INTO g FROM relay_buckets b
-            WHERE b.api = p_api AND b.kind = 'guard' AND b.name = '';
+            WHERE b.api = p_api AND b.kind = 'guard' AND b.name = p_egress;
         IF NOT FOUND THEN
             INSERT INTO relay_buckets (api, kind, name, rate, tat, adjusted_at, guard, used_at)
-                VALUES (p_api, 'guard', '', p_ceiling, 0, now_, p_guard, now_)
+                VALUES (p_api, 'guard', p_egress, p_ceiling, 0, now_, p_guard, now_)
                 ON CONFLICT DO NOTHING;
             g := p_guard;
         END IF;
@@ -132,7 +134,8 @@ _DDL = (
     """,
     """
     CREATE OR REPLACE FUNCTION relay_throttled(
-        p_api text, p_uid text, p_ceiling double precision, p_guard double precision,
+        p_api text, p_uid text, p_egress text, p_ceiling double precision,
+        p_guard double precision,
         p_guard_max double precision, p_step double precision, p_lone double precision,
         p_pause double precision, p_floor double precision, p_sent_at double precision)
     RETURNS TABLE (halved boolean, uid_rate double precision, uid_wait double precision,
@@ -145,11 +148,11 @@ _DDL = (
         explained boolean;
     BEGIN
         INSERT INTO relay_buckets (api, kind, name, rate, tat, adjusted_at, guard, used_at)
-            VALUES (p_api, 'guard', '', p_ceiling, 0, now_, p_guard, now_),
+            VALUES (p_api, 'guard', p_egress, p_ceiling, 0, now_, p_guard, now_),
                    (p_api, 'uid', p_uid, p_ceiling, 0, now_, 0, now_)
             ON CONFLICT DO NOTHING;
         SELECT * INTO gr FROM relay_buckets b
-            WHERE b.api = p_api AND b.kind = 'guard' AND b.name = '' FOR UPDATE;
+            WHERE b.api = p_api AND b.kind = 'guard' AND b.name = p_egress FOR UPDATE;
         SELECT * INTO u FROM relay_buckets b
             WHERE b.api = p_api AND b.kind = 'uid' AND b.name = p_uid FOR UPDATE;
         IF p_sent_at IS NOT NULL AND p_sent_at <= gr.widened_at THEN
@@ -158,11 +161,11 @@ _DDL = (
             explained := true;  -- a lone 429: widen the API's guard, keep the rate
             gr.guard := least(p_guard_max, greatest(2 * gr.guard, gr.guard + p_step));
             UPDATE relay_buckets b SET guard = gr.guard, widened_at = now_, throttled_at = now_
-                WHERE b.api = p_api AND b.kind = 'guard' AND b.name = '';
+                WHERE b.api = p_api AND b.kind = 'guard' AND b.name = p_egress;
         ELSE
             explained := false;
             UPDATE relay_buckets b SET throttled_at = now_
-                WHERE b.api = p_api AND b.kind = 'guard' AND b.name = '';
+                WHERE b.api = p_api AND b.kind = 'guard' AND b.name = p_egress;
         END IF;
         IF explained THEN
             u.tat := greatest(u.tat, now_ + (1 + gr.guard) / u.rate);
@@ -180,7 +183,7 @@ _DDL = (
 )
 
 _RESERVE = "SELECT * FROM relay_reserve($1, $2, $3, $4, $5, $6, $7)"
-_THROTTLED = "SELECT * FROM relay_throttled($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+_THROTTLED = "SELECT * FROM relay_throttled($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 # A block of $5 parking tickets for one key, no sooner than $3 and one spacing after the key's
 # last ticket; returns the block's last ticket (the key's new horizon) and the spacing. The
 # spacing is the key's share of the deployment: the ParentUids that reserved a slot of the API
@@ -383,6 +386,7 @@ class SharedBuckets:
             _THROTTLED,
             api,
             parent_uid,
+            self._egress,
             ceiling,
             self._guard_s,
             self._guard_max_s,
