@@ -7,7 +7,8 @@ slots (GCRA, zero burst tolerance), the adaptive guard, AIMD -- with ONE clock, 
 server's (``clock_timestamp()``, epoch seconds). A 429 seen by any replica lowers the key's
 shared rate for all of them (``relay_throttled``). The guard is one row per (API, egress): the
 jitter it absorbs is that of one egress's path, and the lone 429s of k replicas do not add up
-to a halving.
+to a halving; a customer's bucket, which replicas on every egress share, is spaced by the
+widest guard of the API.
 
 One atomic statement per reservation: ``SELECT * FROM relay_reserve(…)``, a PL/pgSQL function
 that locks the egress row, then the ParentUid row (always in that order: no deadlock), and
@@ -80,6 +81,7 @@ _DDL = (
     DECLARE
         now_ double precision := extract(epoch FROM clock_timestamp());
         g double precision;
+        gu double precision;
         e relay_buckets;
         u relay_buckets;
         slot double precision;
@@ -92,6 +94,10 @@ _DDL = (
                 ON CONFLICT DO NOTHING;
             g := p_guard;
         END IF;
+        -- a customer's bucket is shared by replicas on every egress: its slots are spaced by
+        -- the widest guard of the API (the jitter between replicas), the egress's by its own
+        SELECT greatest(g, coalesce(max(b.guard), g)) INTO gu FROM relay_buckets b
+            WHERE b.api = p_api AND b.kind = 'guard';
         SELECT * INTO e FROM relay_buckets b
             WHERE b.api = p_api AND b.kind = 'egress' AND b.name = p_egress FOR UPDATE;
         IF NOT FOUND THEN
@@ -125,10 +131,10 @@ _DDL = (
         END IF;
         UPDATE relay_buckets b SET tat = slot + (1 + g) / e.rate, rate = e.rate, used_at = now_
             WHERE b.api = p_api AND b.kind = 'egress' AND b.name = p_egress;
-        UPDATE relay_buckets b SET tat = slot + (1 + g) / u.rate, rate = u.rate,
+        UPDATE relay_buckets b SET tat = slot + (1 + gu) / u.rate, rate = u.rate,
                                    adjusted_at = u.adjusted_at, used_at = now_
             WHERE b.api = p_api AND b.kind = 'uid' AND b.name = p_uid;
-        RETURN QUERY SELECT true, slot - now_, slot + (1 + g) / u.rate - now_,
+        RETURN QUERY SELECT true, slot - now_, slot + (1 + gu) / u.rate - now_,
                             slot + (1 + g) / e.rate - now_, u.rate, now_;
     END $$
     """,
