@@ -196,11 +196,11 @@ async def test_ticket_spacing_is_the_keys_share_of_every_egress(open_buckets: Op
 
 
 async def test_a_customer_bucket_is_spaced_by_the_widest_guard(open_buckets: OpenBuckets) -> None:
-    one = await open_buckets(egress="a", guard_s=0.002)
-    two = await open_buckets(egress="b", guard_s=0.002)
-    assert await one.report_throttled("op", "c0", pause_s=0.0) is False  # a's guard: 7 ms
+    one = await open_buckets(egress="a")  # shared buckets: the guard starts at 30 ms
+    two = await open_buckets(egress="b")
+    assert await one.report_throttled("op", "c0", pause_s=0.0) is False  # a's: 50 ms, the widest
     first = await two.acquire("op", "c1", within=5.0)
     second = await two.acquire("op", "c1", within=5.0)
-    assert second.at - first.at == pytest.approx(0.1007, abs=1e-6)  # c1: the widest guard
+    assert second.at - first.at == pytest.approx(0.105, abs=1e-6)  # c1: the widest guard
     third = await two.acquire("op", "c2", within=5.0)
-    assert third.at - second.at == pytest.approx(0.1002, abs=1e-6)  # egress b: its own
+    assert third.at - second.at == pytest.approx(0.103, abs=1e-6)  # egress b: its own
