@@ -24,8 +24,12 @@ SCENARIO_NAMES = (
     "light-key",
     "overhead",
     "light-load",
+    "parking",
     "memory",
+    "replicas",
 )
+# Run only when named: it needs PostgreSQL (BSS_RELAY_BENCH_POSTGRES_URL) and takes minutes.
+ON_REQUEST = frozenset({"replicas"})
 DEFAULT_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
 INTERRUPTED = 130
 
@@ -43,7 +47,13 @@ scenarios:
   light-key    a customer's command latency while another's 5,000 commands drain
   overhead     commands/s with limits lifted, service vs a minimal relay loop
   light-load   publish -> event latency at 5 commands/s, service vs the minimal loop
+  parking      one process, 8 customers at 5/s: the 3 hot ones' rate once 5 light finish
   memory       peak RSS after 100,000 distinct customers (--keys)
+  replicas     1, 2 and 4 serve processes on one PostgreSQL store, each its own source
+               address (127.0.0.2...), and 2 sharing one egress: per-window maxima per
+               (API, ParentUid) and (API, source), 429s, shares, store round trips per
+               call, failover after SIGKILL (only when named; needs PostgreSQL at
+               BSS_RELAY_BENCH_POSTGRES_URL, default postgresql://postgres@127.0.0.1:5432/test)
 
 The full run takes several minutes (memory alone a few); --quick is a smoke run with small
 sizes. Progress goes to stderr, the table to stdout (--json: the raw figures instead).
@@ -107,7 +117,7 @@ def _command(args: argparse.Namespace) -> int:
     from bench.stage import QUICK, Sizes  # noqa: PLC0415
     from service.lifecycle import run_until_signalled  # noqa: PLC0415
 
-    chosen = args.scenario or list(SCENARIO_NAMES)
+    chosen = args.scenario or [name for name in SCENARIO_NAMES if name not in ON_REQUEST]
     options = Options(
         scenarios=[name for name in SCENARIO_NAMES if name in chosen],
         sizes=(QUICK if args.quick else Sizes()).with_keys(args.keys),

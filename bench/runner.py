@@ -30,6 +30,7 @@ from bench.memory import memory
 from bench.overhead import overhead
 from bench.processes import ProcessFailed, sandbox_process, vhost
 from bench.quota import fair_share, hot_key, many_keys
+from bench.replicas import parking, replicas
 from bench.report import Report, Row
 from bench.stage import Sizes, Stage
 
@@ -44,7 +45,9 @@ SCENARIOS: dict[str, Scenario] = {
     "light-key": light_key,
     "overhead": overhead,
     "light-load": light_load,
+    "parking": parking,
     "memory": memory,
+    "replicas": replicas,
 }
 OWN_SANDBOX = frozenset({"memory"})
 SHARED_LOG_SIZE = 100_000  # sandbox request log entries: enough for every shared scenario

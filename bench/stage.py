@@ -51,6 +51,12 @@ class Sizes:
     light_load_rate: float = 5.0
     light_load_customers: int = 20
     memory_keys: int = 100_000
+    replicas_burst: int = 1_000  # the bursting customer's commands (replicas)
+    replicas_light: int = 5  # light customers beside it (few: a share is then many requests)
+    replicas_each: int = 150  # commands per light customer
+    parking_light: int = 10  # commands per light customer (parking: 5 of them)
+    parking_hot: int = 150  # commands per hot customer (parking: 3 of them)
+    parking_adapt_s: float = 3.0  # from the light ones' last request to the window
 
     @property
     def small_customers(self) -> int:
@@ -82,6 +88,11 @@ QUICK = Sizes(
     overhead_rounds=1,
     light_load_commands=30,
     memory_keys=2_000,
+    replicas_burst=150,
+    replicas_each=30,
+    parking_light=4,
+    parking_hot=40,
+    parking_adapt_s=2.0,
 )
 
 

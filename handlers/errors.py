@@ -43,6 +43,7 @@ __all__ = [
     "StoreUnavailable",
     "Throttled",
     "Waiting",
+    "store_unavailable",
 ]
 
 
@@ -120,6 +121,10 @@ class Waiting(RelayError):
 class StoreUnavailable(Waiting):
     """The command store cannot be reached: no API call is made without it (the journal, the
     lease and the shared quota all live there)."""
+
+
+def store_unavailable(message: str) -> StoreUnavailable:
+    return StoreUnavailable("RELAY.STORE_UNAVAILABLE", message)
 
 
 class LeaseLost(Waiting):

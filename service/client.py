@@ -30,10 +30,11 @@ from handlers.errors import (
     RelayError,
     Throttled,
 )
-from service.limiter import RateLimiter
+from service.limiter import Limiter
 from service.metrics import Metrics
 from service.operations import Operation
 from service.scheduler import FairScheduler
+from service.settings import Settings
 from service.signer import QueryValue, Signer, canonical_query
 from service.tracing import client_span
 
@@ -42,8 +43,10 @@ __all__ = [
     "BssHttp",
     "CallScope",
     "Response",
+    "connector_from",
     "map_error",
     "parse_error_body",
+    "session_from",
 ]
 
 log = structlog.get_logger(__name__)
@@ -139,6 +142,26 @@ class CallScope:
         self.sent += 1
 
 
+def connector_from(settings: Settings) -> aiohttp.TCPConnector:
+    """The API connection pool: ``RELAY_HTTP_CONNECTIONS`` connections, each opened from
+    ``RELAY_SOURCE_ADDRESS`` when set (any local port), so the API sees that source address."""
+    source = settings.relay_source_address
+    return aiohttp.TCPConnector(
+        limit=settings.relay_http_connections,
+        local_addr=(source, 0) if source is not None else None,
+    )
+
+
+def session_from(settings: Settings) -> aiohttp.ClientSession:
+    """The one HTTP session of a replica (an async context manager), built from settings."""
+    return aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(
+            total=settings.relay_http_timeout_s, sock_connect=settings.relay_connect_timeout_s
+        ),
+        connector=connector_from(settings),
+    )
+
+
 class BssHttp:
     """One aiohttp session, two base URLs (BSS and IAM); every call waits for its fair turn."""
 
@@ -148,7 +171,7 @@ class BssHttp:
         session: aiohttp.ClientSession,
         bss_endpoint: str,
         iam_endpoint: str,
-        limiter: RateLimiter,
+        limiter: Limiter,
         scheduler: FairScheduler | None = None,
         throttle_retries: int = 5,
         metrics: Metrics | None = None,
@@ -182,6 +205,7 @@ class BssHttp:
             await self._scheduler.turn(op.name, parent_uid)
             quota_wait_s = time.perf_counter() - waited
             metrics.observe_quota_wait(op.name, quota_wait_s)
+            sent_at = self._limiter.now()
             if scope is not None:
                 await scope.sending(op)
             sent = time.perf_counter()
@@ -201,7 +225,7 @@ class BssHttp:
                 metrics.inc(metrics.api_requests, op.name, status)
                 if not isinstance(exc, Throttled):
                     raise
-                self._limiter.throttled(op.name, parent_uid)
+                await self._limiter.report_throttled(op.name, parent_uid, sent_at=sent_at)
                 log.warning("api_throttled", api=op.name, parent_uid=parent_uid, attempt=attempt)
                 if attempt == self._throttle_retries:
                     raise

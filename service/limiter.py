@@ -12,8 +12,15 @@ right after start and after an idle period too: that is why this is not aiolimit
 bucket starts full and admits ``max_rate`` at once followed by steady flow (up to 2*rate-1 in
 one sliding second).
 
-Rates adapt (AIMD): a throttling answer halves the key's rate (never below ``floor``), and each
-second of use after that adds back ``ceiling * recovery`` until the configured limit.
+The guard adapts per API: it starts small (``guard_s``, a few milliseconds: 0.2 % of the quota)
+and widens only when the API actually throttles. A *lone* throttling answer -- the first of an
+API for ``lone_s`` seconds while its guard can still widen -- is explained by jitter that a wider
+guard absorbs: the guard doubles (at least +5 ms, at most ``guard_max_s``) and the rate stays.
+
+Rates adapt (AIMD) otherwise: a throttling answer that a wider guard does not explain (another
+one soon after, or the guard already at its widest) halves the key's rate (never below
+``floor``), and each second of use after that adds back ``ceiling * recovery`` until the
+configured limit.
 """
 
 from __future__ import annotations
@@ -21,40 +28,121 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import TracebackType
+from typing import NamedTuple, Protocol, Self
 
 import structlog
 
 from service.operations import OPERATIONS
 
-__all__ = ["Bucket", "RateLimiter"]
+__all__ = ["Bucket", "Grant", "Guard", "Limiter", "RateLimiter"]
 
 log = structlog.get_logger(__name__)
 
 SWEEP_EVERY = 4096  # reservations between sweeps of idle buckets
+GUARD_STEP_S = 0.005  # the least a lone throttling answer widens an API's guard by
+LONE_S = 2.0  # a throttling answer is lone when its API saw none for this long
+
+
+class Grant(NamedTuple):
+    """The answer to ``acquire``: a joint slot ``wait`` seconds away, reserved if ``granted``;
+    else nothing reserved and how long each bucket is still busy."""
+
+    granted: bool
+    wait: float
+    uid_wait: float
+    egress_wait: float
+    at: float = 0.0  # the slot's instant in the limiter's clock
+
+
+class Limiter(Protocol):
+    """What the scheduler and the client use: :class:`RateLimiter` in process, or
+    ``service.store.buckets.SharedBuckets`` on rows every replica shares."""
+
+    @property
+    def shared(self) -> bool: ...
+
+    def limit(self, api: str) -> float | None: ...
+
+    def now(self) -> float:
+        """The limiter's clock (``sent_at`` instants are of it)."""
+        ...
+
+    def delay(self, api: str, parent_uid: str) -> float:
+        """Seconds until a call could be sent, as far as known without I/O."""
+        ...
+
+    def egress_delay(self, api: str) -> float: ...
+
+    def current_rate(self, api: str, parent_uid: str) -> float: ...
+
+    def rates(self) -> dict[str, float]: ...
+
+    async def acquire(self, api: str, parent_uid: str, *, within: float) -> Grant: ...
+
+    async def report_throttled(
+        self, api: str, parent_uid: str, *, pause_s: float = 1.0, sent_at: float | None = None
+    ) -> bool: ...
+
+    async def ticket(
+        self, api: str, parent_uid: str, *, earliest: float, interval: float
+    ) -> tuple[float, float]:
+        """The key's next parking ticket (after its last one) and the spacing used."""
+        ...
+
+
+@dataclass(slots=True)
+class Guard:
+    """One API's guard: widened on lone throttling answers, up to a maximum."""
+
+    seconds: float
+    widest: float
+    widened_at: float = float("-inf")
+    throttled_at: float = float("-inf")
+
+    def explains(self, now: float, sent_at: float | None = None) -> bool:
+        """A throttling answer now is lone and the guard can still widen (widening it if so).
+        An answer to a request sent before the last widening belongs to that episode: the
+        wider guard already explains it."""
+        if sent_at is not None and sent_at <= self.widened_at:
+            return True
+        lone = now - self.throttled_at >= LONE_S
+        self.throttled_at = now
+        if not lone or self.seconds >= self.widest:
+            return False
+        self.seconds = min(self.widest, max(2 * self.seconds, self.seconds + GUARD_STEP_S))
+        self.widened_at = now
+        return True
 
 
 @dataclass(slots=True)
 class Bucket:
     ceiling: float  # configured limit, requests/second
     rate: float  # current rate: lowered on throttling, probing back to ceiling
-    guard: float
+    guard: Guard  # its API's guard (shared by every bucket of the API)
     tat: float = 0.0  # theoretical arrival time of the next request (clock seconds)
     adjusted_at: float = 0.0
 
     @property
     def interval(self) -> float:
-        return (1.0 + self.guard) / self.rate
+        return (1.0 + self.guard.seconds) / self.rate
 
 
 class RateLimiter:
-    """Registry of buckets keyed by (api, "uid", parent_uid) and (api, "egress", egress)."""
+    """Registry of buckets keyed by (api, "uid", parent_uid) and (api, "egress", egress).
+
+    The in-process limiter (one process, or an SQLite store). ``service.store.buckets``
+    offers the same interface on rows shared by replicas (``shared`` tells them apart)."""
+
+    shared = False
 
     def __init__(
         self,
         overrides: Mapping[str, float] | None = None,
         *,
         egress: str = "default",
-        guard_s: float = 0.03,
+        guard_s: float = 0.002,
+        guard_max_s: float = 0.05,
         clock: Callable[[], float] = time.monotonic,
         recovery: float = 0.1,
         floor: float = 0.5,
@@ -68,7 +156,9 @@ class RateLimiter:
         }
         self._limits.update(overrides)
         self._egress = egress
-        self._guard = guard_s
+        self._guard_s = guard_s
+        self._guard_max_s = max(guard_s, guard_max_s)
+        self._guards: dict[str, Guard] = {}
         self._clock = clock
         self._recovery = recovery
         self._floor = floor
@@ -82,10 +172,18 @@ class RateLimiter:
     def _keys(self, api: str, parent_uid: str) -> tuple[tuple[str, str, str], ...]:
         return ((api, "uid", parent_uid), (api, "egress", self._egress))
 
+    def guard(self, api: str) -> Guard:
+        """The API's guard (every bucket of the API spaces its slots with it)."""
+        guard = self._guards.get(api)
+        if guard is None:
+            guard = self._guards[api] = Guard(self._guard_s, self._guard_max_s)
+        return guard
+
     def _bucket(self, key: tuple[str, str, str], ceiling: float, now: float) -> Bucket:
         bucket = self._buckets.get(key)
         if bucket is None:
-            bucket = Bucket(ceiling=ceiling, rate=ceiling, guard=self._guard, adjusted_at=now)
+            guard = self.guard(key[0])
+            bucket = Bucket(ceiling=ceiling, rate=ceiling, guard=guard, adjusted_at=now)
             self._buckets[key] = bucket
         elif bucket.rate < bucket.ceiling and now > bucket.adjusted_at:
             gained = (now - bucket.adjusted_at) * bucket.ceiling * self._recovery
@@ -117,6 +215,49 @@ class RateLimiter:
         self._maybe_sweep(now)
         return slot - now
 
+    def egress_delay(self, api: str) -> float:
+        """Seconds until the API's egress bucket has a slot."""
+        bucket = self._buckets.get((api, "egress", self._egress))
+        return 0.0 if bucket is None else max(0.0, bucket.tat - self._clock())
+
+    async def acquire(self, api: str, parent_uid: str, *, within: float) -> Grant:
+        """Reserve the joint slot if it is due within ``within`` seconds (the shared
+        limiter's interface; here without I/O)."""
+        now = self._clock()
+        if self.limit(api) is None:
+            return Grant(True, 0.0, 0.0, 0.0, now)
+        uid = self._buckets.get((api, "uid", parent_uid))
+        egress = self._buckets.get((api, "egress", self._egress))
+        uid_wait = max(0.0, uid.tat - now) if uid else 0.0
+        egress_wait = max(0.0, egress.tat - now) if egress else 0.0
+        wait = max(uid_wait, egress_wait)
+        if wait > within:
+            return Grant(False, wait, uid_wait, egress_wait, now + wait)
+        wait = self.reserve(api, parent_uid)
+        return Grant(True, wait, uid_wait, egress_wait, now + wait)
+
+    async def report_throttled(
+        self, api: str, parent_uid: str, *, pause_s: float = 1.0, sent_at: float | None = None
+    ) -> bool:
+        return self.throttled(api, parent_uid, pause_s=pause_s, sent_at=sent_at)
+
+    async def ticket(
+        self, api: str, parent_uid: str, *, earliest: float, interval: float
+    ) -> tuple[float, float]:
+        """In process the scheduler keeps the tickets (``FairScheduler.estimate``)."""
+        return earliest, interval
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
     def current_rate(self, api: str, parent_uid: str) -> float:
         """The (API, ParentUid) bucket's rate now: the ceiling unless throttling lowered it."""
         bucket = self._buckets.get((api, "uid", parent_uid))
@@ -124,20 +265,34 @@ class RateLimiter:
             return bucket.rate
         return self.limit(api) or float("inf")
 
-    def throttled(self, api: str, parent_uid: str, *, pause_s: float = 1.0) -> None:
-        """The API answered 429 for this key: halve its rate and pause it (multiplicative
-        decrease). Slots already reserved keep their place; new ones start after the pause."""
+    def now(self) -> float:
+        """The limiter's clock (callers pass instants of it back, as ``sent_at``)."""
+        return self._clock()
+
+    def throttled(
+        self, api: str, parent_uid: str, *, pause_s: float = 1.0, sent_at: float | None = None
+    ) -> bool:
+        """The API answered 429 for this key. A lone answer widens the API's guard and the next
+        slot waits one (wider) interval; otherwise halve the key's rate and pause it
+        (multiplicative decrease). Slots already reserved keep their place; new ones start
+        after the pause. ``sent_at`` (the limiter's clock) is when the refused request was
+        sent, if known. True when the rate was halved."""
         now = self._clock()
         ceiling = self.limit(api)
         if ceiling is None:
-            return
+            return False
         bucket = self._bucket((api, "uid", parent_uid), ceiling, now)
+        if bucket.guard.explains(now, sent_at):
+            bucket.tat = max(bucket.tat, now + bucket.interval)
+            log.warning("rate_guard_widened", api=api, guard_ms=bucket.guard.seconds * 1000)
+            return False
         bucket.rate = max(self._floor, bucket.rate / 2)
         bucket.adjusted_at = now + pause_s
         bucket.tat = max(bucket.tat, now + pause_s)
         log.warning(
             "rate_lowered", api=api, parent_uid=parent_uid, rate=bucket.rate, ceiling=ceiling
         )
+        return True
 
     def rates(self) -> dict[str, float]:
         """Current rate of every key below its ceiling (for logs and metrics)."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -28,13 +28,12 @@ from handlers.errors import Disposition, LeaseLost, RelayError, Retryable, Store
 from handlers.ports import BssApi, Completed, HandlerContext
 from schemas.commands import Command
 from schemas.events import Event, Outcome
-from service.admission import Park, park_decision, ticket_from_headers, ticket_header
+from service.admission import Park, parking, ticket_from_headers, ticket_header
 from service.client import CallScope
 from service.fingerprint import claim_details
 from service.guard import Guard, requester
 from service.intake import Rejection, command_fingerprint, read_command
 from service.journal import StoreJournal
-from service.keyed_lock import KeyedLock
 from service.kinds import KINDS, primary_call
 from service.metrics import Metrics
 from service.outcomes import deferred_event, event_for
@@ -50,6 +49,7 @@ from service.settlement import (
     Settler,
 )
 from service.store.errors import store_call
+from service.store.locks import LocalLocks, RenewalLocks
 from service.store.types import ClaimOutcome, CommandStore, StoredCommand
 from service.tracing import consume_span
 
@@ -114,6 +114,7 @@ class Processor:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         guard: Guard | None = None,
         deferred_after_s: float = 10.0,
+        renewals: RenewalLocks | None = None,
     ) -> None:
         self._store = store
         self._settler = settler
@@ -128,7 +129,7 @@ class Processor:
         self._deferred_after_s = deferred_after_s
         self._guard = guard
         self.holding: set[str] = set()  # command ids this process holds a lease on
-        self._renewals: KeyedLock[str] = KeyedLock()
+        self._renewals = renewals or LocalLocks()
 
     def now(self) -> datetime:
         return self._clock()
@@ -177,9 +178,11 @@ class Processor:
         key = None if isinstance(found, Rejection) else primary_call(command, found[0])
         # Parking needs no claim: a backlog is read and parked without touching the store.
         if key is not None:
-            park = park_decision(
-                self._scheduler, key, ticket_from_headers(delivery.message.headers or {})
-            )
+            ticket = ticket_from_headers(delivery.message.headers or {})
+            try:
+                park = await parking(self._scheduler, key, ticket)
+            except RelayError as exc:  # a shared ticket needs the store, which is away
+                return self._after_error(delivery, command, exc, attempts=0, uncertain=False)
             if park is not None:
                 self._metrics.inc(self._metrics.parked, key[0])
                 log.debug("command_parked", api=key[0], wait_s=round(park.seconds, 2))
@@ -319,7 +322,7 @@ class Processor:
             else contextlib.nullcontext()
         )
         try:
-            async with self._exclusive(command), guarded:
+            async with self._exclusive(command, scope), guarded:
                 done: Completed = await kind.handler(command, context)
         except RelayError as exc:
             uncertain = kind.money_moving and journal.uncertain_since is not None
@@ -341,13 +344,26 @@ class Processor:
             issued_at=command.issued_at,
         )
 
-    def _exclusive(self, command: Command) -> contextlib.AbstractAsyncContextManager[None]:
-        """Renewals of one customer run one at a time: an uncertain renewal is reconciled by
-        the customer's renewal orders since its call, which only stays decidable when no
-        other renewal of ours for that customer ran in the same window."""
+    @contextlib.asynccontextmanager
+    async def _exclusive(self, command: Command, scope: CallScope) -> AsyncIterator[None]:
+        """Renewals of one customer run one at a time, across every replica that shares the
+        store (guarantee 7): an uncertain renewal is reconciled by the customer's renewal
+        orders since its call, which only stays decidable when no other renewal of that
+        customer ran in the same window. The lock is checked again right before each
+        money-moving request: one lost with its connection is not relied on."""
         if command.type != "renew" or command.customer_id is None:
-            return contextlib.nullcontext()
-        return self._renewals.hold(command.customer_id)
+            yield
+            return
+        async with self._renewals.hold(command.customer_id) as held:
+            record_call = scope.before_mutation
+
+            async def checked() -> None:
+                held.check()
+                if record_call is not None:
+                    await record_call()
+
+            scope.before_mutation = checked
+            yield
 
     # -- the one table: what an error does to the command ---------------------------------
 

@@ -16,21 +16,20 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable
-from contextlib import AsyncExitStack
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import aio_pika
-import aiohttp
 import structlog
 from aio_pika.abc import AbstractRobustConnection
 
 from service.bss import PartnerApi
-from service.client import BssHttp
+from service.client import BssHttp, session_from
 from service.consumer import Consumer
 from service.credentials import CredentialCache
 from service.guard import Guard
-from service.limiter import RateLimiter
+from service.limiter import Limiter
 from service.metrics import Metrics, serve_metrics
 from service.policy import PolicyError, PolicyHolder
 from service.processor import Processor, RetryPolicy
@@ -38,7 +37,9 @@ from service.publisher import Publisher
 from service.scheduler import FairScheduler
 from service.settings import Settings
 from service.settlement import Settler
-from service.store import open_store
+from service.store import PostgresCommandStore, open_store
+from service.store.buckets import open_limiter
+from service.store.locks import LocalLocks, PostgresLocks, RenewalLocks
 from service.store.types import CommandStore
 from service.topology import DELAY_LEVELS_MS, Topology, declare
 
@@ -63,7 +64,7 @@ class RunningService:
     store: CommandStore
     connection: AbstractRobustConnection
     consumer: Consumer
-    limiter: RateLimiter
+    limiter: Limiter
     scheduler: FairScheduler
     metrics: Metrics
     policy: PolicyHolder
@@ -147,6 +148,14 @@ class _Background:
             task.cancel()
 
 
+def _renewal_locks(store: CommandStore) -> AbstractAsyncContextManager[RenewalLocks]:
+    """One renewal per customer at a time: across replicas on PostgreSQL (advisory locks on
+    a connection of their own), within the process on SQLite (one process per file)."""
+    if isinstance(store, PostgresCommandStore):
+        return PostgresLocks(store.connect, namespace=f"{store.schema or 'public'}:renew")
+    return LocalLocks()
+
+
 @contextlib.asynccontextmanager
 async def start(
     settings: Settings, *, policy: PolicyHolder | None = None
@@ -163,24 +172,20 @@ async def start(
     owner = _owner_id()
     async with AsyncExitStack() as stack:
         store = await stack.enter_async_context(open_store(settings.store_url))
-        session = await stack.enter_async_context(
-            aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(
-                    total=settings.relay_http_timeout_s,
-                    sock_connect=settings.relay_connect_timeout_s,
-                ),
-                connector=aiohttp.TCPConnector(limit=settings.relay_http_connections),
-            )
-        )
+        session = await stack.enter_async_context(session_from(settings))
         connection = await aio_pika.connect_robust(settings.amqp_url)
         stack.push_async_callback(connection.close)
         publish_channel = await connection.channel(publisher_confirms=True)
         declared = await declare(publish_channel, topology)
 
-        limiter = RateLimiter(
-            settings.relay_rate_limits,
-            egress=settings.relay_egress,
-            guard_s=settings.relay_rate_guard_ms / 1000,
+        limiter = await stack.enter_async_context(
+            open_limiter(
+                store,
+                settings.relay_rate_limits,
+                egress=settings.relay_egress,
+                guard_s=settings.relay_rate_guard_ms / 1000,
+                guard_max_s=settings.relay_rate_guard_max_ms / 1000,
+            )
         )
         metrics = Metrics()
         metrics.watch_rates(limiter.rates)
@@ -221,6 +226,7 @@ async def start(
             metrics=metrics,
             guard=Guard(policy, store),
             deferred_after_s=settings.relay_deferred_after_s,
+            renewals=await stack.enter_async_context(_renewal_locks(store)),
         )
         tasks = await stack.enter_async_context(asyncio.TaskGroup())
         consumer = Consumer(

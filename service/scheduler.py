@@ -14,6 +14,13 @@ parked commands come back in order and at the rate they can be served, instead o
 (which would only park them again). Memory per key is therefore about ``hold_s`` of its quota,
 whatever the backlog.
 
+With buckets shared by replicas (``service.store.buckets``, a PostgreSQL store) the dispatcher
+asks the store for a slot only when it is nearly due (one round trip per attempt): a ParentUid
+whose own bucket is busy is skipped until it is ready, a busy egress is waited for, and a store
+that cannot grant slots fails the waiters with ``StoreUnavailable`` (no call is sent blind).
+Estimates then use what the store's last answers said, and new tickets come from the key's
+horizon shared by every replica (``ticket``).
+
 Invariants: the dispatcher of an API exists only while someone waits on it; a ParentUid queue
 exists only while non-empty; tickets of idle keys are dropped, so memory follows the keys
 that are active now, not every key ever seen.
@@ -30,13 +37,15 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from service.limiter import RateLimiter
+from handlers.errors import RelayError
+from service.limiter import Limiter, RateLimiter
 
 __all__ = ["FairScheduler", "Turn"]
 
 log = structlog.get_logger(__name__)
 
 SWEEP_EVERY = 4096  # tickets issued between sweeps of past tickets
+NEARLY_DUE_S = 0.02  # a shared slot is asked for when it is at most this far away (at least)
 
 
 @dataclass(slots=True)
@@ -57,12 +66,13 @@ class Turn:
 
     wait_s: float
     ticket: float | None  # clock instant of the expected turn, set when it should be parked
+    interval: float | None = None  # the key's ticket spacing, when a shared horizon set it
 
 
 class FairScheduler:
     def __init__(
         self,
-        limiter: RateLimiter,
+        limiter: Limiter,
         *,
         hold_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
@@ -113,6 +123,10 @@ class FairScheduler:
             active += 1
         return max(1.0 / self._limiter.current_rate(api, uid), active / limit)
 
+    def fair_interval(self, api: str, uid: str) -> float:
+        """Seconds between the key's turns now: its own rate, or its share of the API's."""
+        return self._fair_interval(api, uid, self._apis.get(api))
+
     def estimate(self, api: str, uid: str) -> Turn:
         """Seconds until a new call of ``uid`` would be served; a ticket when beyond hold."""
         interval = self._fair_interval(api, uid, self._apis.get(api))
@@ -131,6 +145,33 @@ class FairScheduler:
             self._since_sweep = 0
             self.forget_idle()
         return Turn(ticket - now, ticket)
+
+    async def ticket(self, api: str, uid: str) -> Turn:
+        """``estimate``, except that with a shared limiter a ticket is taken from the key's
+        horizon shared by every replica (spaced by the key's fair interval across replicas)."""
+        limiter = self._limiter
+        if isinstance(limiter, RateLimiter) or not limiter.shared:
+            return self.estimate(api, uid)
+        interval = self._fair_interval(api, uid, self._apis.get(api))
+        if interval == 0.0:
+            return Turn(0.0, None)
+        wait = limiter.delay(api, uid) + self._held.get((api, uid), 0) * interval
+        now = self._wall()
+        horizon = self._horizons.get((api, uid), 0.0)  # the last shared ticket seen here
+        if wait <= self._hold_s and horizon <= now + wait:
+            return Turn(wait, None)
+        shared, spacing = await limiter.ticket(
+            api, uid, earliest=limiter.now() + wait, interval=interval
+        )
+        ticket = shared - limiter.now() + now  # the server's clock -> this host's wall clock
+        self._horizons[(api, uid)] = ticket
+        return Turn(ticket - now, ticket, spacing)
+
+    def starving(self, api: str, uid: str) -> bool:
+        """The key's work in memory does not fill the hold window: a parked command of it may
+        come in before its ticket (work-conserving when fewer keys wait than when its ticket
+        was issued; the round-robin, not the ticket, keeps the shares fair)."""
+        return self.backlog_s(api, uid) <= self._hold_s
 
     def ticket_due(self, ticket: float) -> bool:
         """A parked call is let in once its ticket is within the hold window."""
@@ -187,6 +228,63 @@ class FairScheduler:
         return best_uid
 
     async def _dispatch(self, api: str, queue: _ApiQueue) -> None:
+        if isinstance(self._limiter, RateLimiter):
+            await self._dispatch_local(api, queue, self._limiter)
+        else:
+            await self._dispatch_shared(api, queue)
+
+    async def _dispatch_shared(self, api: str, queue: _ApiQueue) -> None:
+        """Serve one API's waiters on buckets shared with other replicas (one store round
+        trip per attempt). Round-robin over ParentUids: a slot is asked for only when it is
+        nearly due; a ParentUid whose own bucket is busy is skipped until it is ready (the
+        next customer is served meanwhile); when the egress bucket is busy, wait for it.
+        If the store cannot grant slots, every waiter of the API gets the error."""
+        limiter = self._limiter
+        # Nearly due: within 20 ms, or half an egress interval (a customer whose own bucket
+        # frees a little after the egress slot still takes it rather than skipping its turn).
+        near = max(NEARLY_DUE_S, 0.5 / (limiter.limit(api) or 1.0))
+        busy: dict[str, float] = {}  # ParentUid -> local instant its own bucket is ready
+        try:
+            while queue.waiters:
+                egress_wait = limiter.egress_delay(api)
+                if egress_wait > near:
+                    await self._idle(queue, egress_wait - near / 2)
+                    continue
+                now = self._clock()
+                uid = next((u for u in queue.waiters if busy.get(u, 0.0) <= now + near), None)
+                if uid is None:
+                    soonest = min(busy.get(u, now) for u in queue.waiters)
+                    await self._idle(queue, max(0.0, soonest - now - near / 2))
+                    continue
+                try:
+                    grant = await limiter.acquire(api, uid, within=near)
+                except RelayError as exc:
+                    self._fail_all(queue, exc)
+                    return
+                if not grant.granted:
+                    if grant.uid_wait >= grant.wait - 1e-9 and grant.uid_wait > near:
+                        busy[uid] = self._clock() + grant.uid_wait  # serve the next customer
+                    continue  # the egress is busy: the next pass waits for it
+                busy.pop(uid, None)
+                if grant.wait > 0:
+                    await self._sleep(grant.wait)  # the slot is ours: keep it in order
+                if uid in queue.waiters:
+                    self._serve(queue, uid)
+                for gone in [u for u in busy if u not in queue.waiters]:
+                    del busy[gone]
+        finally:
+            if self._apis.get(api) is queue and not queue.waiters:
+                del self._apis[api]
+
+    @staticmethod
+    def _fail_all(queue: _ApiQueue, exc: BaseException) -> None:
+        for waiting in queue.waiters.values():
+            for future in waiting:
+                if not future.done():
+                    future.set_exception(exc)
+        queue.waiters.clear()
+
+    async def _dispatch_local(self, api: str, queue: _ApiQueue, limiter: RateLimiter) -> None:
         """Serve one API's waiters until none is left. Owned by ``turn``; ends by itself.
 
         It never reserves a slot ahead of time: it waits until the best candidate's slot is
@@ -199,7 +297,7 @@ class FairScheduler:
                 if delay > 0:
                     await self._idle(queue, delay)
                     continue
-                self._limiter.reserve(api, uid)
+                limiter.reserve(api, uid)
                 self._serve(queue, uid)
         finally:
             if self._apis.get(api) is queue and not queue.waiters:

@@ -6,6 +6,7 @@ it it needs) through its constructor.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -104,9 +105,16 @@ class Settings(BaseSettings):
     # Per-operation rate limits in requests/second, overriding reference/bss-api.md §7.
     relay_rate_limits: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
     # Spacing safety: each bucket's slots are this much further apart per second of quota, so
-    # clock jitter between us and the gateway never puts limit+1 requests in one second.
-    relay_rate_guard_ms: float = Field(default=30.0, ge=0, le=500)
-    relay_egress: str = "default"
+    # clock jitter between us and the gateway never puts limit+1 requests in one second. It
+    # starts at RELAY_RATE_GUARD_MS and widens (up to the maximum) only when the API throttles.
+    relay_rate_guard_ms: float = Field(default=2.0, ge=0, le=500)
+    relay_rate_guard_max_ms: float = Field(default=50.0, ge=0, le=500)
+    # The local address API connections leave from (one per replica or pod on a host with
+    # several addresses); unset: the operating system picks.
+    relay_source_address: str | None = None
+    # Names this replica's egress: replicas with the same name share its (API, egress) buckets.
+    # Default: the source address when one is set, else "default".
+    relay_egress: str = ""
     # Commands whose API turn is further away than this are parked on the broker instead of
     # being held in memory (and in the prefetch window) ahead of other customers' commands.
     relay_hold_s: float = Field(default=2.0, gt=0, le=60)
@@ -145,6 +153,20 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return json.loads(value) if value.strip() else {}
         return value
+
+    @field_validator("relay_source_address", mode="after")
+    @classmethod
+    def _an_ip_address(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        return str(ipaddress.ip_address(value.strip()))  # ValueError names a bad address
+
+    @model_validator(mode="after")
+    def _egress_defaults_to_the_source(self) -> Settings:
+        if not self.relay_egress.strip():
+            # frozen model: set once, while validating
+            object.__setattr__(self, "relay_egress", self.relay_source_address or "default")
+        return self
 
     @model_validator(mode="after")
     def _secret_key_from_file(self) -> Settings:

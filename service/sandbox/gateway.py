@@ -2,7 +2,7 @@
 
 1. route (``service.operations.match``) — unknown: 404 ``APIGW.0101``;
 2. signature (``auth``) — refused: 401 ``APIGW.0301``;
-3. throttle per (source IP, API, ParentUid) — exceeded: 429 ``APIG.0308``;
+3. throttle per (API, ParentUid) and per (API, source IP) — either full: 429 ``APIG.0308``;
 4. faults (latency; then error / hang / drop_after_apply);
 5. caller type — wrong: 403 ``CBC.0151`` (``IAM.0003`` for IAM);
 6. the business rule, then the answer (or, for drop_after_apply, a cut connection).

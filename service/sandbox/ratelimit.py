@@ -1,7 +1,9 @@
-"""The gateway's throttle: a sliding window per (source IP, API, ParentUid).
+"""The gateway's throttle: a sliding window per (API, ParentUid) and one per (API, source IP).
 
-The strictest reading of "N requests / 1 s": a request is refused when N requests were already
-*accepted* for its key in the preceding 1.0 s (refused requests do not count). With a limit
+The strictest reading of the published limits (CONTRACT §6): a request is refused when either
+its (API, ParentUid) window -- across all source addresses -- or its (API, source address)
+window -- across all callers -- is full. A window is full when N requests were already
+*accepted* for its key in the preceding 1.0 s (refused requests count in neither). With a limit
 ``r >= 1`` the window is 1 s and holds ``floor(r)`` requests; with ``0 < r < 1`` it holds one
 request per ``1/r`` seconds. ``None`` or ``0`` means unlimited.
 
@@ -64,6 +66,7 @@ class RateLimiter:
         self._clock = clock
         self._windows: dict[str, Window | None] = {}
         self._overrides: dict[str, float | None] = {}
+        # ("uid", api, parent_uid) and ("source", api, address): accepted instants, oldest first
         self._seen: dict[tuple[str, str, str | None], deque[float]] = {}
         self.configure(overrides or {})
 
@@ -97,15 +100,20 @@ class RateLimiter:
         window = self._windows.get(api)
         if window is None:
             return None
-        key = (source, api, parent_uid)
+        now = self._clock()
+        cutoff = now - window.seconds
+        windows = [self._recent(("uid", api, parent_uid), cutoff)]
+        windows.append(self._recent(("source", api, source), cutoff))
+        if any(len(seen) >= window.size for seen in windows):
+            return window
+        for seen in windows:
+            seen.append(now)
+        return None
+
+    def _recent(self, key: tuple[str, str, str | None], cutoff: float) -> deque[float]:
         seen = self._seen.get(key)
         if seen is None:
             seen = self._seen[key] = deque()
-        now = self._clock()
-        cutoff = now - window.seconds
         while seen and seen[0] <= cutoff:
             seen.popleft()
-        if len(seen) >= window.size:
-            return window
-        seen.append(now)
-        return None
+        return seen

@@ -147,7 +147,8 @@ Unsigned inspection and control routes live under /_sandbox/: state, requests (?
 reset (POST), faults (GET/PUT), limits (GET/PUT), counters, health."""
 
 EPILOG = """\
---limits JSON:  {"renewal_resources": 2, "*": 100}  requests/s per (source IP, API, ParentUid);
+--limits JSON:  {"renewal_resources": 2, "*": 100}  requests/s per (API, ParentUid) and per
+                (API, source IP), each window counted on its own;
                 "*" applies to every operation, named ones win; null or 0 = unlimited.
 --faults JSON:  {"seed": 1, "token_ttl_seconds": null, "rules": [
                   {"kind": "latency", "ms": 50},

@@ -347,6 +347,27 @@ class PostgresCommandStore:
         if pool is not None:
             await pool.close()
 
+    # -- for the shared rate-limit buckets and renewal locks (service.store.buckets, .locks) --
+
+    @property
+    def pool(self) -> Any:
+        """The open asyncpg pool (every connection's ``search_path`` is the store's schema)."""
+        return self._open_pool()
+
+    @property
+    def schema(self) -> str | None:
+        return self._schema
+
+    async def connect(self) -> Any:
+        """A new dedicated connection (not pooled) to the same database and schema; the caller
+        closes it. For session state such as advisory locks, which pooled connections drop."""
+        settings = {"application_name": "bss-relay"}
+        if self._schema is not None:
+            settings["search_path"] = self._schema
+        return await asyncpg.connect(
+            self._dsn, server_settings=settings, timeout=self._connect_timeout
+        )
+
     async def _create_schema(self, pool: Any) -> None:
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _DDL_LOCK_KEY)

@@ -1,11 +1,17 @@
-"""Throttling per (source IP, API, ParentUid): the published limits answer 429 APIG.0308."""
+"""Throttling per (API, ParentUid) and per (API, source address): the published limits answer 429
+APIG.0308."""
 
 from __future__ import annotations
 
 import asyncio
 
+import aiohttp
+
 from service.sandbox.ratelimit import RateLimiter
+from service.sandbox.server import SandboxServer
 from service.sandbox.signed_client import Answer, SignedClient
+from service.signer import Signer
+from tests.sandbox import demo_ids as ids
 from tests.sandbox.conftest import Control
 
 
@@ -26,15 +32,14 @@ async def test_eleventh_request_in_a_second_is_throttled(
     assert refused.body["error_code"] == "APIG.0308"
     assert "limit:10,time:1 second" in refused.body["error_msg"]
     assert refused.body["request_id"] == refused.headers["X-Request-Id"]
-    assert (
-        await other_partner.op("list_quota_coupons", body={})
-    ).status == 200  # another ParentUid
+    # another ParentUid, but the same source address: its (API, source) window is full too
+    assert (await other_partner.op("list_quota_coupons", body={})).status == 429
     counters = await control.get("counters")
-    assert (counters["throttled"], counters["per_api"]["list_quota_coupons"]["throttled"]) == (1, 1)
+    assert (counters["throttled"], counters["per_api"]["list_quota_coupons"]["throttled"]) == (2, 2)
     logged = [
         e["status"] for e in await control.get("requests") if e["api"] == "list_quota_coupons"
     ]
-    assert sorted(logged) == [200] * 11 + [429]
+    assert sorted(logged) == [200] * 10 + [429] * 2
 
 
 async def test_limits_are_configurable_at_run_time(partner: SignedClient, control: Control) -> None:
@@ -71,7 +76,8 @@ def test_window_counts_accepted_requests_of_the_preceding_second() -> None:
     clock.now = 101.0
     assert limiter.admit(*key) is None  # the one at 100.0 left the window (100.0, 101.0]
     assert limiter.admit(*key) is not None
-    assert limiter.admit("10.0.0.2", "list_quota_coupons", "p") is None  # another source IP
+    assert limiter.admit("10.0.0.2", "list_quota_coupons", "p") is not None  # p is full
+    assert limiter.admit("10.0.0.2", "list_quota_coupons", "q") is None  # another source and uid
 
 
 def test_fractional_limits() -> None:
@@ -93,3 +99,43 @@ def test_unthrottled_operations() -> None:
         limiter.admit("ip", "create_temporary_access_key_by_agency", "p") is None
         for _ in range(100)
     )
+
+
+async def test_two_sources_cannot_each_send_one_customer_the_full_limit(
+    sandbox: SandboxServer, control: Control
+) -> None:
+    """Strict reading (CONTRACT §6): the (API, ParentUid) window counts every source address."""
+    await control.put("limits", {"list_quota_coupons": 10})
+    answers: list[Answer] = []
+    for source in ("127.0.0.2", "127.0.0.3"):
+        connector = aiohttp.TCPConnector(local_addr=(source, 0))
+        async with aiohttp.ClientSession(connector=connector) as session:
+            client = SignedClient(session, sandbox.url, Signer(ids.PARTNER_AK, ids.PARTNER_SK))
+            answers += await burst(client, 10)
+    assert sorted(a.status for a in answers) == [200] * 10 + [429] * 10
+    logged = [e for e in await control.get("requests") if e["api"] == "list_quota_coupons"]
+    assert {e["source"] for e in logged} == {"127.0.0.2", "127.0.0.3"}
+
+
+async def test_one_source_cannot_send_two_customers_more_than_the_limit(
+    acme: SignedClient, globex: SignedClient, control: Control
+) -> None:
+    """The (API, source address) window counts every caller from that address."""
+    api = "list_pay_per_use_customer_resources"
+    await control.put("limits", {api: 10})
+    answers = await asyncio.gather(
+        *(client.op(api, body={}) for client in (acme, globex) for _ in range(6))
+    )
+    assert sorted(a.status for a in answers) == [200] * 10 + [429] * 2
+
+
+def test_either_window_full_refuses_and_a_refusal_counts_in_neither() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter({"list_quota_coupons": 2}, clock=clock)
+    api = "list_quota_coupons"
+    assert limiter.admit("a", api, "p") is None
+    assert limiter.admit("b", api, "p") is None
+    assert limiter.admit("c", api, "p") is not None  # p's window is full, whatever the source
+    assert limiter.admit("a", api, "q") is None
+    assert limiter.admit("a", api, "r") is not None  # a's window is full, whatever the caller
+    assert limiter.admit("c", api, "q") is None  # refusals above were not counted for c or q

@@ -87,7 +87,8 @@ def test_throttled_halves_rate_pauses_then_recovers() -> None:
     clock = FakeClock()
     limiter = RateLimiter({"op": 10}, guard_s=0.0, clock=clock, recovery=0.1)
     limiter.reserve("op", "c1")
-    limiter.throttled("op", "c1", pause_s=1.0)
+    assert not limiter.throttled("op", "c1", pause_s=1.0)  # lone: the guard widens
+    assert limiter.throttled("op", "c1", pause_s=1.0)  # and another: halved
     assert limiter.rates() == {"op/uid/c1": 5.0}
     assert limiter.delay("op", "c1") >= 1.0  # paused
     clock.t += 3.0  # two seconds of recovery after the pause: +1/s per second
@@ -145,6 +146,7 @@ def test_pending_and_throttled_buckets_are_not_swept() -> None:
     for _ in range(5):
         limiter.reserve("op", "busy")  # slots reserved half a second ahead
     limiter.throttled("op", "slowed")
+    limiter.throttled("op", "slowed")
     clock.t += 0.2
     limiter.sweep()
     assert limiter.delay("op", "busy") > 0
@@ -160,3 +162,55 @@ def test_star_overrides_every_published_limit() -> None:
         RateLimiter({"*": 50}, clock=FakeClock()).limit("create_temporary_access_key_by_agency")
         is None
     )  # IAM is not a throttled BSS API
+
+
+def test_the_guard_starts_small_enough_for_98_percent_of_the_limit() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter({"op": 10}, clock=clock)  # default guard
+    instants = admitted_instants(limiter, clock, "op", "c1", 101)
+    assert max_in_any_window(instants) == 10
+    assert 100 / (instants[-1] - instants[0]) >= 0.98 * 10
+
+
+def test_a_lone_429_widens_the_guard_and_keeps_the_rate() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter({"op": 10}, guard_s=0.002, guard_max_s=0.05, clock=clock)
+    admitted_instants(limiter, clock, "op", "c1", 5)
+    assert limiter.throttled("op", "c1") is False
+    assert limiter.rates() == {}  # not halved
+    assert abs(limiter.guard("op").seconds - 0.007) < 1e-9  # 2 ms + the 5 ms step
+    clock.t += 2.0  # the queue drained
+    instants = admitted_instants(limiter, clock, "op", "other", 3)
+    gaps = [b - a for a, b in itertools.pairwise(instants)]
+    assert all(abs(g - 0.1007) < 1e-9 for g in gaps)  # every bucket of the API, wider
+    clock.t += 3.0  # another lone one later: wider again, still no halving
+    assert limiter.throttled("op", "c1") is False
+    assert abs(limiter.guard("op").seconds - 0.014) < 1e-9
+    assert limiter.rates() == {}
+
+
+def test_429s_a_wider_guard_does_not_explain_halve_the_rate() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter({"op": 10}, guard_s=0.002, guard_max_s=0.05, clock=clock)
+    assert limiter.throttled("op", "c1") is False
+    clock.t += 1.0
+    assert limiter.throttled("op", "c1") is True  # not lone: someone else spends the quota
+    assert limiter.rates() == {"op/uid/c1": 5.0}
+    widest = RateLimiter({"op": 10}, guard_s=0.05, guard_max_s=0.05, clock=clock)
+    assert widest.throttled("op", "c1") is True  # the guard cannot widen any more
+    assert widest.rates() == {"op/uid/c1": 5.0}
+
+
+def test_429s_to_requests_sent_before_the_guard_widened_are_the_same_episode() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter({"op": 10}, guard_s=0.002, guard_max_s=0.05, clock=clock)
+    in_flight = [clock.t + limiter.reserve("op", "c1") for _ in range(3)]
+    clock.t = in_flight[-1] + 0.05
+    assert limiter.throttled("op", "c1", sent_at=in_flight[0]) is False  # widens
+    # the others were sent with the narrower guard too: explained, neither halved nor wider
+    assert limiter.throttled("op", "c1", sent_at=in_flight[1]) is False
+    assert limiter.throttled("op", "c1", sent_at=in_flight[2]) is False
+    assert limiter.rates() == {}
+    assert abs(limiter.guard("op").seconds - 0.007) < 1e-9
+    clock.t += 0.5  # one sent after the widening and refused again: halved
+    assert limiter.throttled("op", "c1", sent_at=clock.t - 0.1) is True

@@ -168,4 +168,22 @@ async def test_park_decision_keeps_a_due_ticket_in_its_place() -> None:
     assert abs(due.seconds - (3.0 - 1.0)) < 1e-9  # waits until the held work fits the window
     later = park_decision(scheduler, ("op", "c1"), clock.t + 10, wall=clock)
     assert later is not None
-    assert abs(later.seconds - 9.0) < 1e-9  # not due: back to the broker until shortly before
+    assert abs(later.seconds - 5.0) < 1e-9  # not due: back to the broker, looked at half-way
+    soon = park_decision(scheduler, ("op", "c1"), clock.t + 3.5, wall=clock)
+    assert soon is not None
+    assert abs(soon.seconds - 2.5) < 1e-9  # within twice the window: until shortly before
+
+
+async def test_a_starving_key_takes_a_parked_command_before_its_ticket() -> None:
+    from service.admission import Ticket, park_decision
+
+    scheduler, _, clock = make({"op": 10}, hold_s=2.0)
+    early = park_decision(scheduler, ("op", "c1"), clock.t + 30, wall=clock)
+    assert early is None  # nothing of c1 in memory: its turn is now, whatever the ticket said
+    for _ in range(30):
+        scheduler._held[("op", "c1")] += 1
+    # issued at 1.6 s apart (8 keys); c1 alone now (0.1 s): the remaining wait shrinks 16-fold
+    parked = park_decision(scheduler, ("op", "c1"), Ticket(clock.t + 32, 1.6), wall=clock)
+    assert parked is not None
+    assert abs(parked.ticket - (clock.t + 2.0)) < 1e-9
+    assert parked.ticket.interval == 0.1

@@ -38,6 +38,19 @@ def test_one_partner_from_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.relay_rate_limits == {"renewal_resources": 5}
 
 
+def test_egress_defaults_to_the_source_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RELAY_EGRESS", raising=False)
+    monkeypatch.delenv("RELAY_SOURCE_ADDRESS", raising=False)
+    assert (Settings().relay_egress, Settings().relay_source_address) == ("default", None)
+    monkeypatch.setenv("RELAY_SOURCE_ADDRESS", "127.0.0.2")
+    assert (Settings().relay_egress, Settings().relay_source_address) == ("127.0.0.2", "127.0.0.2")
+    monkeypatch.setenv("RELAY_EGRESS", "nat-a")
+    assert (Settings().relay_egress, Settings().relay_source_address) == ("nat-a", "127.0.0.2")
+    monkeypatch.setenv("RELAY_SOURCE_ADDRESS", "not-an-address")
+    with pytest.raises(ValidationError, match="does not appear to be an IPv4 or IPv6 address"):
+        Settings()
+
+
 def test_partial_partner_variables_are_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BSS_PARTNER_ID", "p1")
     monkeypatch.delenv("BSS_ACCESS_KEY", raising=False)

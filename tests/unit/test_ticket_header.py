@@ -34,3 +34,16 @@ def test_a_float_header_would_not() -> None:
 def test_missing_or_garbled_ticket_is_none() -> None:
     assert ticket_from_headers({}) is None
     assert ticket_from_headers({"x-relay-ticket": "soon"}) is None
+
+
+def test_the_issuing_interval_travels_with_the_ticket() -> None:
+    from service.admission import Ticket
+
+    headers = roundtrip(ticket_header(Ticket(TICKET, 0.4)))
+    ticket = ticket_from_headers(headers)
+    assert ticket is not None
+    assert abs(ticket - TICKET) < 0.001
+    assert ticket.interval == 0.4
+    plain = ticket_from_headers(roundtrip(ticket_header(TICKET)))  # an older header
+    assert plain is not None
+    assert plain.interval is None

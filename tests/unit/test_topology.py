@@ -43,13 +43,23 @@ def test_delay_for_at_least_rounds_up_to_a_step() -> None:
     assert Topology.delay_for(10_000, at_least=True) == 300_000
 
 
-def test_compose_file_wires_the_three_services() -> None:
+def test_compose_file_runs_two_replicas_on_postgresql() -> None:
     import yaml
+
+    from service.settings import Settings
 
     compose = yaml.safe_load((DEFINITIONS.parent / "compose.yaml").read_text())
     services = compose["services"]
-    assert set(services) == {"rabbitmq", "sandbox", "relay"}
-    env = services["relay"]["environment"]
-    assert env["BSS_ENDPOINT"] == env["IAM_ENDPOINT"] == "http://sandbox:18080"
-    assert services["relay"]["command"] == ["serve"]
+    assert set(services) == {"rabbitmq", "sandbox", "postgres", "relay-a", "relay-b"}
+    egresses = set()
+    for name in ("relay-a", "relay-b"):
+        env = services[name]["environment"]
+        assert env["BSS_ENDPOINT"] == env["IAM_ENDPOINT"] == "http://sandbox:18080"
+        assert env["STORE_URL"].startswith("postgresql://")
+        assert "@postgres:5432/" in env["STORE_URL"]
+        assert services[name]["command"] == ["serve"]
+        assert services[name]["depends_on"]["postgres"]["condition"] == "service_healthy"
+        settings = Settings(**{k.lower(): v for k, v in env.items()})
+        egresses.add(settings.relay_egress)
+    assert egresses == {"relay-a", "relay-b"}  # each container leaves from its own address
     assert "rabbitmq-definitions.json" in services["rabbitmq"]["volumes"][0]

@@ -1,0 +1,400 @@
+"""Several replicas on one PostgreSQL store (``replicas``), and parking that follows a shrinking
+set of customers in one process (``parking``). Every figure comes from the sandbox's request
+log (strict limits: per (API, ParentUid) across sources, per (API, source) across callers),
+except store round trips, which the replicas log (``shared_buckets_stats``).
+
+``replicas``: setups of 1, 2 and 4 ``bss-relay serve`` processes, each with its own source
+address (127.0.0.2, .3, ...: its own egress), plus 2 replicas sharing one egress name and one
+source address; one PostgreSQL schema and one set of queues per setup; the sandbox's limit for
+the API lowered (``REPLICAS_LIMIT``) so that CPU never binds. One customer bursts (1,000
+commands) among light ones. The binding summed quota is ``limit x min(egresses, customers)``.
+With two replicas or more, one is SIGKILLed after the window, and the time until the last
+command it had claimed is finished by the others is measured from the store.
+
+``parking``: one process, 5 light and 3 hot customers on one egress limited to 5/s: the hot
+customers' requests/s once the light ones are done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import os
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from bench.dataset import API, BenchCustomer
+from bench.measures import busiest_window, shares
+from bench.processes import Child, service_process
+from bench.quota import FIRST_REQUEST_TIMEOUT_S, LOG_SETTLE_S, _backlog, _interleave
+from bench.report import Figure, Row, ratio
+from bench.stage import Stage
+from service.topology import Topology
+
+__all__ = ["parking", "replicas"]
+
+POSTGRES_URL = os.environ.get(
+    "BSS_RELAY_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+REPLICAS_LIMIT = 5.0  # requests/s for the API, per ParentUid and per source (sandbox + service)
+LEASE_S = 10.0
+FAILOVER_TIMEOUT_S = 120.0
+UTILISATION_ONE = 0.98
+UTILISATION_MANY = 0.93
+SHARE_TOLERANCE = 0.10
+PARKING_TARGET = 0.95
+
+
+@dataclass(frozen=True, slots=True)
+class Setup:
+    label: str
+    sources: tuple[str, ...]  # one per replica
+    egress: str | None = None  # RELAY_EGRESS shared by all replicas, if set
+
+    @property
+    def egresses(self) -> int:
+        return 1 if self.egress else len(set(self.sources))
+
+
+SETUPS = (
+    Setup("1 replica", ("127.0.0.2",)),
+    Setup("2 replicas", ("127.0.0.2", "127.0.0.3")),
+    Setup("4 replicas", ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5")),
+    Setup("2 replicas, one egress", ("127.0.0.2", "127.0.0.2"), egress="shared-nat"),
+)
+
+
+async def _drop_schema(schema: str) -> None:
+    conn = await asyncpg.connect(POSTGRES_URL)
+    try:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    finally:
+        await conn.close()
+
+
+@asynccontextmanager
+async def _replicas(
+    stage: Stage, setup: Setup, schema: str, prefix: str
+) -> AsyncIterator[list[Child]]:
+    store_url = f"{POSTGRES_URL}?schema={schema}"
+    async with AsyncExitStack() as stack:
+        procs: list[Child] = []
+        for n, source in enumerate(setup.sources):
+            env = stage.settings(prefix, {API: REPLICAS_LIMIT}, store_url)
+            env.update(
+                RELAY_SOURCE_ADDRESS=source,
+                RELAY_LEASE_S=str(LEASE_S),
+                RELAY_LOG_LEVEL="INFO",  # shared_buckets_stats: store round trips
+            )
+            if setup.egress:
+                env["RELAY_EGRESS"] = setup.egress
+            log = stage.workdir / f"{prefix}-{n}.log"
+            procs.append(
+                await stack.enter_async_context(service_process(env, log=log, name=f"replica-{n}"))
+            )
+        queue = Topology(prefix).work_queue
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while await stage.driver.consumers(queue) < len(procs):
+            dead = [p for p in procs if not p.alive]
+            if dead:
+                raise dead[0].failed("exited at start")
+            if loop.time() > deadline:
+                raise procs[0].failed("replicas did not all consume within 60 s")
+            await asyncio.sleep(0.1)
+        yield procs
+
+
+def _round_trips(procs: Sequence[Child], start: float, end: float) -> tuple[int, int]:
+    """(store round trips, slots granted) between ``start`` and ``end`` (epoch seconds),
+    summed over the replicas' ``shared_buckets_stats`` lines (logged every 5 s): the counts
+    of the last line before ``end`` minus those of the last line before ``start``."""
+    trips = grants = 0
+    for proc in procs:
+        before: tuple[int, int] = (0, 0)
+        until: tuple[int, int] = (0, 0)
+        with contextlib.suppress(OSError):
+            for line in proc.log.read_text(errors="replace").splitlines():
+                if "shared_buckets_stats" not in line:
+                    continue
+                try:
+                    stats = json.loads(line)
+                    at = datetime.fromisoformat(stats["timestamp"]).timestamp()
+                except (ValueError, KeyError):
+                    continue
+                counts = (int(stats.get("round_trips", 0)), int(stats.get("grants", 0)))
+                if at < start:
+                    before = counts
+                if at < end:
+                    until = counts
+        trips += until[0] - before[0]
+        grants += until[1] - before[1]
+    return trips, grants
+
+
+async def _failover(stage: Stage, victim: Child, schema: str) -> tuple[float, float]:
+    """SIGKILL ``victim``; seconds until every command it had claimed was taken over by
+    another replica (claimed again, or finished), and until every one of them finished."""
+    os.kill(victim.pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    await victim.process.wait()
+    conn = await asyncpg.connect(POSTGRES_URL, server_settings={"search_path": schema})
+    taken = done = float("nan")
+    try:
+        owner = f"%:{victim.pid}:%"
+        owned = [
+            r["command_id"]
+            for r in await conn.fetch(
+                "SELECT command_id FROM relay_commands WHERE owner LIKE $1 "
+                "AND status <> 'finished'",
+                owner,
+            )
+        ]
+        stage.say(f"SIGKILLed replica pid {victim.pid}: {len(owned)} of its commands unfinished")
+        if not owned:
+            return 0.0, 0.0
+        while time.monotonic() - killed_at < FAILOVER_TIMEOUT_S:
+            row = await conn.fetchrow(
+                "SELECT count(*) FILTER (WHERE status <> 'finished') AS open, "
+                "count(*) FILTER (WHERE status <> 'finished' AND owner LIKE $2) AS stuck "
+                "FROM relay_commands WHERE command_id = ANY($1::text[])",
+                owned,
+                owner,
+            )
+            elapsed = time.monotonic() - killed_at
+            if row["stuck"] == 0 and math.isnan(taken):
+                taken = elapsed
+            if row["open"] == 0:
+                done = elapsed
+                break
+            await asyncio.sleep(0.2)
+    finally:
+        await conn.close()
+    return (
+        float("inf") if math.isnan(taken) else taken,
+        float("inf") if math.isnan(done) else done,
+    )
+
+
+async def _steady(
+    stage: Stage, since: float, uids: set[str]
+) -> tuple[list[dict[str, Any]], float, float]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + FIRST_REQUEST_TIMEOUT_S
+    while True:
+        rows = [r for r in await stage.sandbox.requests(since) if r["api"] == API]
+        first: dict[str, float] = {}
+        for r in rows:
+            if r["parent_uid"] in uids and 200 <= (r["status"] or 0) < 300:
+                first.setdefault(r["parent_uid"], r["at"])
+        if len(first) == len(uids):
+            break
+        if loop.time() > deadline:
+            raise TimeoutError(f"only {len(first)} of {len(uids)} customers reached the API")
+        await asyncio.sleep(0.25)
+    start = max(first.values()) + stage.sizes.warmup_s
+    end = start + stage.sizes.window_s
+    stage.say(f"measuring {stage.sizes.window_s:g} s of steady traffic")
+    await asyncio.sleep(max(0.0, end - time.time()) + LOG_SETTLE_S)
+    rows = [r for r in await stage.sandbox.requests(since) if r["api"] == API]
+    return rows, start, end
+
+
+async def _one_setup(
+    stage: Stage, setup: Setup, hot: BenchCustomer, light: Sequence[BenchCustomer]
+) -> list[Row]:
+    sizes = stage.sizes
+    customers = [hot, *light]
+    uids = {c.customer_id for c in customers}
+    prefix = f"bench-replicas-{uuid.uuid4().hex[:6]}"
+    schema = f"bench_replicas_{uuid.uuid4().hex[:10]}"
+    await stage.sandbox.reset()
+    await stage.sandbox.set_limits({API: REPLICAS_LIMIT})
+    await stage.driver.declare_service_queues(prefix)
+    label = setup.label
+    try:
+        backlog = _backlog(f"rep{prefix[-6:]}", hot, sizes.replicas_burst)
+        backlog += _interleave(
+            [_backlog(f"rep{prefix[-6:]}", c, sizes.replicas_each) for c in light]
+        )
+        since = time.time()
+        async with _replicas(stage, setup, schema, prefix) as procs:
+            stage.say(f"{label}: {len(backlog)} commands, {len(customers)} customers")
+            await stage.driver.publish_many(backlog)
+            rows, start, end = await _steady(stage, since, uids)
+            taken = failover = float("nan")
+            trips, grants = _round_trips(procs, start, end)  # the steady window's
+            if len(procs) > 1:
+                taken, failover = await _failover(stage, procs[0], schema)
+    finally:
+        await asyncio.shield(stage.driver.delete_service_queues(prefix))
+        await asyncio.shield(_drop_schema(schema))
+    ours = [r for r in rows if r["parent_uid"] in uids]
+    accepted = [r for r in ours if 200 <= (r["status"] or 0) < 300]
+    window = [r for r in accepted if start <= r["at"] < end]
+    binding = REPLICAS_LIMIT * min(setup.egresses, len(customers))
+    achieved = len(window) / sizes.window_s
+    per_uid = max(busiest_window([r["at"] for r in ours if r["parent_uid"] == u]) for u in uids)
+    sources = {r["source"] for r in ours}
+    per_source = max(busiest_window([r["at"] for r in ours if r["source"] == s]) for s in sources)
+    throttled = sum(1 for r in ours if r["status"] == 429)
+    split = shares([r["parent_uid"] for r in window], [c.customer_id for c in customers])
+    equal = 1 / len(customers)
+    worst = max(abs(s / equal - 1) for s in split.values())
+    target = UTILISATION_ONE if len(setup.sources) == 1 else UTILISATION_MANY
+    per_call = trips / grants if grants else float("nan")
+    share_detail = {
+        ("hot" if uid == hot.customer_id else uid[-6:]): round(s * 100, 1)
+        for uid, s in split.items()
+    }
+    return [
+        Row(
+            label,
+            f"accepted requests/s vs binding summed quota ({setup.egresses} egress)",
+            Figure(achieved, "req/s", 2),
+            Figure(binding, "req/s", 0),
+            ratio(achieved, binding, 3),
+            f"≥ {target}",
+            achieved / binding >= target,
+            {"window_s": sizes.window_s, "replicas": len(setup.sources)},
+        ),
+        Row(
+            label,
+            "busiest 1-s window, any (API, ParentUid)",
+            Figure(per_uid, "req"),
+            Figure(REPLICAS_LIMIT, "req"),
+            ratio(per_uid, REPLICAS_LIMIT),
+            "≤ 1",
+            per_uid <= REPLICAS_LIMIT,
+        ),
+        Row(
+            label,
+            "busiest 1-s window, any (API, source)",
+            Figure(per_source, "req"),
+            Figure(REPLICAS_LIMIT, "req"),
+            ratio(per_source, REPLICAS_LIMIT),
+            "≤ 1",
+            per_source <= REPLICAS_LIMIT,
+            {"sources": sorted(sources)},
+        ),
+        Row(label, "HTTP 429 answers", Figure(throttled), Figure(0), "—", "0", throttled == 0),
+        Row(
+            label,
+            "worst customer share vs equal share (hot + light)",
+            Figure(worst * 100, "%", 1),
+            Figure(0, "%"),
+            "—",
+            f"within ±{SHARE_TOLERANCE:.0%}",
+            worst <= SHARE_TOLERANCE,
+            {"shares_percent": share_detail},
+        ),
+        Row(
+            label,
+            "store round trips per API call (slot granted), steady window",
+            Figure(per_call, "", 2),
+            Figure(1, ""),
+            ratio(per_call, 1),
+            "about 1",
+            None,
+            {"round_trips": trips, "grants": grants},
+        ),
+        Row(
+            label,
+            "SIGKILL of one replica -> all its claimed commands taken over",
+            Figure(taken, "s", 1),
+            Figure(LEASE_S + 2, "s", 0),
+            ratio(taken, LEASE_S + 2),
+            f"≤ lease ({LEASE_S:g} s) + 2 s",
+            None if math.isnan(taken) else taken <= LEASE_S + 2,
+        ),
+        Row(
+            label,
+            "SIGKILL of one replica -> last of its commands finished",
+            Figure(failover, "s", 1),
+            Figure(LEASE_S + 2, "s", 0),
+            ratio(failover, LEASE_S + 2),
+            f"≤ lease ({LEASE_S:g} s) + 2 s",
+            None if math.isnan(failover) else failover <= LEASE_S + 2,
+        ),
+    ]
+
+
+async def replicas(stage: Stage) -> list[Row]:
+    customers = stage.customers
+    hot, light = customers[0], customers[1 : 1 + stage.sizes.replicas_light]
+    rows: list[Row] = []
+    for setup in SETUPS:
+        stage.say(f"replicas: {setup.label}")
+        rows += await _one_setup(stage, setup, hot, light)
+    return rows
+
+
+async def parking(stage: Stage) -> list[Row]:
+    """One process, 8 customers on one egress at 5/s; the 3 hot ones once 5 light are done."""
+    sizes = stage.sizes
+    light = list(stage.customers[:5])
+    hot = list(stage.customers[5:8])
+    limit = REPLICAS_LIMIT
+    await stage.sandbox.set_limits({API: limit})
+    backlog = _interleave(
+        [_backlog("park", c, sizes.parking_light) for c in light]
+        + [_backlog("park", c, sizes.parking_hot) for c in hot]
+    )
+    light_uids = {c.customer_id for c in light}
+    hot_uids = {c.customer_id for c in hot}
+    since = time.time()
+    async with stage.service("parking", limits={API: limit}):
+        stage.say(f"parking: {len(backlog)} commands, 5 light and 3 hot customers at {limit:g}/s")
+        await stage.driver.publish_many(backlog)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + FIRST_REQUEST_TIMEOUT_S * 2
+        while True:
+            rows = [r for r in await stage.sandbox.requests(since) if r["api"] == API]
+            done = [
+                r["at"]
+                for r in rows
+                if r["parent_uid"] in light_uids and 200 <= (r["status"] or 0) < 300
+            ]
+            if len(done) >= len(light) * sizes.parking_light:
+                break
+            if loop.time() > deadline:
+                raise TimeoutError("the light customers did not finish")
+            await asyncio.sleep(0.5)
+        light_done = max(done)
+        start = light_done + sizes.parking_adapt_s
+        end = start + sizes.window_s
+        stage.say(f"light customers done; measuring the hot ones for {sizes.window_s:g} s")
+        await asyncio.sleep(max(0.0, end - time.time()) + LOG_SETTLE_S)
+        rows = [r for r in await stage.sandbox.requests(since) if r["api"] == API]
+    window = [
+        r
+        for r in rows
+        if r["parent_uid"] in hot_uids
+        and start <= r["at"] < end
+        and 200 <= (r["status"] or 0) < 300
+    ]
+    achieved = len(window) / sizes.window_s
+    throttled = sum(1 for r in rows if r["status"] == 429)
+    return [
+        Row(
+            "parking",
+            f"3 hot customers' requests/s from {sizes.parking_adapt_s:g} s after 5 light ones "
+            "finished",
+            Figure(achieved, "req/s", 2),
+            Figure(limit, "req/s", 0),
+            ratio(achieved, limit, 3),
+            f"≥ {PARKING_TARGET}",
+            achieved / limit >= PARKING_TARGET,
+        ),
+        Row("parking", "HTTP 429 answers", Figure(throttled), Figure(0), "—", "0", throttled == 0),
+    ]

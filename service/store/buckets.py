@@ -1,0 +1,504 @@
+"""Rate-limit buckets shared by every replica, in the PostgreSQL store (CONTRACT guarantee 4).
+
+With ``STORE_URL=postgresql://…`` each (API, ParentUid) bucket is one row of ``relay_buckets``
+shared by all replicas, and each (API, egress) bucket one row shared by the replicas with the
+same ``RELAY_EGRESS``. The invariants are those of :mod:`service.limiter` -- evenly spaced
+slots (GCRA, zero burst tolerance), the adaptive guard, AIMD -- with ONE clock, the database
+server's (``clock_timestamp()``, epoch seconds). A 429 seen by any replica lowers the key's
+shared rate for all of them (``relay_throttled``). The guard is one row per (API, egress): the
+jitter it absorbs is that of one egress's path, and the lone 429s of k replicas do not add up
+to a halving; a customer's bucket, which replicas on every egress share, is spaced by the
+widest guard of the API.
+
+One atomic statement per reservation: ``SELECT * FROM relay_reserve(…)``, a PL/pgSQL function
+that locks the egress row, then the ParentUid row (always in that order: no deadlock), and
+reserves the joint slot only when it is *nearly due* (``within`` seconds of the server's now).
+Otherwise it reserves nothing and answers how long each bucket is busy, so the caller serves
+another customer (its own bucket busy) or waits (the egress busy). Nothing is ever reserved far
+ahead: a replica holding slots seconds ahead starves customers served by the others.
+
+The caller keeps a local view (ready instants and rates, learnt from every answer) for the
+scheduler's estimates, which need no round trip. ``round_trips`` counts statements sent.
+
+If the store cannot be reached, no slot is granted (the quota cannot be checked, so it is not
+spent blind): :class:`~handlers.errors.StoreUnavailable` (``RELAY.STORE_UNAVAILABLE``).
+
+With SQLite the buckets stay in process (:class:`service.limiter.RateLimiter`);
+:func:`open_limiter` picks one from the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+import asyncpg
+import structlog
+
+from handlers.errors import store_unavailable
+from service.limiter import GUARD_STEP_S, LONE_S, Grant, RateLimiter
+from service.store.postgres import PostgresCommandStore
+
+__all__ = ["SharedBuckets", "open_limiter"]
+
+log = structlog.get_logger(__name__)
+
+_DDL_LOCK_KEY = int.from_bytes(b"relaybkt", "big")
+PRUNE_EVERY = 4096  # reservations between prunes of idle rows
+STATS_EVERY_S = 5.0  # how often the round-trip counters are logged (info: shared_buckets_stats)
+# With shared buckets a slot is on the database's clock and the request leaves after the answer
+# comes back: the store round trip's jitter adds to the path's, so the guard starts wider. On
+# the 2-core test machine 10 and 20 ms still let an e2e run (relay, sandbox and store client in
+# one event loop) send an eleventh request into a second; 30 ms (the former fixed guard) did not.
+SHARED_GUARD_MIN_S = 0.030
+IDLE_ROW_S = 3600.0  # a row unused this long, at full rate, is deleted (as a fresh one would be)
+LOST = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+
+_DDL = (
+    """
+    CREATE TABLE IF NOT EXISTS relay_buckets (
+        api          text NOT NULL,
+        kind         text NOT NULL CHECK (kind IN ('uid', 'egress', 'guard', 'ticket')),
+        name         text NOT NULL,
+        rate         double precision NOT NULL,  -- requests/s now (AIMD)
+        tat          double precision NOT NULL,  -- next slot (kind 'ticket': last parking
+                                                 -- ticket), epoch s of the server's clock
+        adjusted_at  double precision NOT NULL,  -- rate recovery counts from here
+        guard        double precision NOT NULL DEFAULT 0,  -- kind 'guard': the API's guard, s
+        throttled_at double precision NOT NULL DEFAULT 0,  -- kind 'guard': last 429
+        widened_at   double precision NOT NULL DEFAULT 0,  -- kind 'guard': last widening
+        used_at      double precision NOT NULL,
+        PRIMARY KEY (api, kind, name)
+    )
+    """,
+    """
+    CREATE OR REPLACE FUNCTION relay_reserve(
+        p_api text, p_uid text, p_egress text, p_ceiling double precision,
+        p_guard double precision, p_recovery double precision, p_within double precision)
+    RETURNS TABLE (granted boolean, wait double precision, uid_wait double precision,
+                   egress_wait double precision, uid_rate double precision,
+                   server_now double precision)
+    LANGUAGE plpgsql AS $$
+    DECLARE
+        now_ double precision := extract(epoch FROM clock_timestamp());
+        g double precision;
+        gu double precision;
+        e relay_buckets;
+        u relay_buckets;
+        slot double precision;
+    BEGIN
+        SELECT b.guard INTO g FROM relay_buckets b
+            WHERE b.api = p_api AND b.kind = 'guard' AND b.name = p_egress;
+        IF NOT FOUND THEN
+            INSERT INTO relay_buckets (api, kind, name, rate, tat, adjusted_at, guard, used_at)
+                VALUES (p_api, 'guard', p_egress, p_ceiling, 0, now_, p_guard, now_)
+                ON CONFLICT DO NOTHING;
+            g := p_guard;
+        END IF;
+        -- a customer's bucket is shared by replicas on every egress: its slots are spaced by
+        -- the widest guard of the API (the jitter between replicas), the egress's by its own
+        SELECT greatest(g, coalesce(max(b.guard), g)) INTO gu FROM relay_buckets b
+            WHERE b.api = p_api AND b.kind = 'guard';
+        SELECT * INTO e FROM relay_buckets b
+            WHERE b.api = p_api AND b.kind = 'egress' AND b.name = p_egress FOR UPDATE;
+        IF NOT FOUND THEN
+            INSERT INTO relay_buckets (api, kind, name, rate, tat, adjusted_at, used_at)
+                VALUES (p_api, 'egress', p_egress, p_ceiling, 0, now_, now_)
+                ON CONFLICT DO NOTHING;
+            SELECT * INTO e FROM relay_buckets b
+                WHERE b.api = p_api AND b.kind = 'egress' AND b.name = p_egress FOR UPDATE;
+        END IF;
+        SELECT * INTO u FROM relay_buckets b
+            WHERE b.api = p_api AND b.kind = 'uid' AND b.name = p_uid FOR UPDATE;
+        IF NOT FOUND THEN
+            INSERT INTO relay_buckets (api, kind, name, rate, tat, adjusted_at, used_at)
+                VALUES (p_api, 'uid', p_uid, p_ceiling, 0, now_, now_)
+                ON CONFLICT DO NOTHING;
+            SELECT * INTO u FROM relay_buckets b
+                WHERE b.api = p_api AND b.kind = 'uid' AND b.name = p_uid FOR UPDATE;
+        END IF;
+        -- AIMD, additive part: recover since the last adjustment, up to the ceiling
+        IF u.rate < p_ceiling AND now_ > u.adjusted_at THEN
+            u.rate := least(p_ceiling, u.rate + (now_ - u.adjusted_at) * p_ceiling * p_recovery);
+            u.adjusted_at := now_;
+        END IF;
+        u.rate := least(u.rate, p_ceiling);  -- a lowered RELAY_RATE_LIMITS applies at once
+        e.rate := p_ceiling;
+        slot := greatest(now_, e.tat, u.tat);
+        IF slot - now_ > p_within THEN
+            RETURN QUERY SELECT false, slot - now_, greatest(0, u.tat - now_),
+                                greatest(0, e.tat - now_), u.rate, now_;
+            RETURN;
+        END IF;
+        UPDATE relay_buckets b SET tat = slot + (1 + g) / e.rate, rate = e.rate, used_at = now_
+            WHERE b.api = p_api AND b.kind = 'egress' AND b.name = p_egress;
+        UPDATE relay_buckets b SET tat = slot + (1 + gu) / u.rate, rate = u.rate,
+                                   adjusted_at = u.adjusted_at, used_at = now_
+            WHERE b.api = p_api AND b.kind = 'uid' AND b.name = p_uid;
+        RETURN QUERY SELECT true, slot - now_, slot + (1 + gu) / u.rate - now_,
+                            slot + (1 + g) / e.rate - now_, u.rate, now_;
+    END $$
+    """,
+    """
+    CREATE OR REPLACE FUNCTION relay_throttled(
+        p_api text, p_uid text, p_egress text, p_ceiling double precision,
+        p_guard double precision,
+        p_guard_max double precision, p_step double precision, p_lone double precision,
+        p_pause double precision, p_floor double precision, p_sent_at double precision)
+    RETURNS TABLE (halved boolean, uid_rate double precision, uid_wait double precision,
+                   guard double precision, server_now double precision)
+    LANGUAGE plpgsql AS $$
+    DECLARE
+        now_ double precision := extract(epoch FROM clock_timestamp());
+        gr relay_buckets;
+        u relay_buckets;
+        explained boolean;
+    BEGIN
+        INSERT INTO relay_buckets (api, kind, name, rate, tat, adjusted_at, guard, used_at)
+            VALUES (p_api, 'guard', p_egress, p_ceiling, 0, now_, p_guard, now_),
+                   (p_api, 'uid', p_uid, p_ceiling, 0, now_, 0, now_)
+            ON CONFLICT DO NOTHING;
+        SELECT * INTO gr FROM relay_buckets b
+            WHERE b.api = p_api AND b.kind = 'guard' AND b.name = p_egress FOR UPDATE;
+        SELECT * INTO u FROM relay_buckets b
+            WHERE b.api = p_api AND b.kind = 'uid' AND b.name = p_uid FOR UPDATE;
+        IF p_sent_at IS NOT NULL AND p_sent_at <= gr.widened_at THEN
+            explained := true;  -- sent before the last widening: the same episode
+        ELSIF now_ - gr.throttled_at >= p_lone AND gr.guard < p_guard_max THEN
+            explained := true;  -- a lone 429: widen the API's guard, keep the rate
+            gr.guard := least(p_guard_max, greatest(2 * gr.guard, gr.guard + p_step));
+            UPDATE relay_buckets b SET guard = gr.guard, widened_at = now_, throttled_at = now_
+                WHERE b.api = p_api AND b.kind = 'guard' AND b.name = p_egress;
+        ELSE
+            explained := false;
+            UPDATE relay_buckets b SET throttled_at = now_
+                WHERE b.api = p_api AND b.kind = 'guard' AND b.name = p_egress;
+        END IF;
+        IF explained THEN
+            u.tat := greatest(u.tat, now_ + (1 + gr.guard) / u.rate);
+        ELSE  -- AIMD, multiplicative part: halve, pause
+            u.rate := greatest(p_floor, u.rate / 2);
+            u.adjusted_at := now_ + p_pause;
+            u.tat := greatest(u.tat, now_ + p_pause);
+        END IF;
+        UPDATE relay_buckets b SET rate = u.rate, tat = u.tat, adjusted_at = u.adjusted_at,
+                                   used_at = now_
+            WHERE b.api = p_api AND b.kind = 'uid' AND b.name = p_uid;
+        RETURN QUERY SELECT NOT explained, u.rate, u.tat - now_, gr.guard, now_;
+    END $$
+    """,
+)
+
+_RESERVE = "SELECT * FROM relay_reserve($1, $2, $3, $4, $5, $6, $7)"
+_THROTTLED = "SELECT * FROM relay_throttled($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+# A block of $5 parking tickets for one key, no sooner than $3 and one spacing after the key's
+# last ticket; returns the block's last ticket (the key's new horizon) and the spacing. The
+# spacing is the key's share of the deployment: the ParentUids that reserved a slot of the API
+# in the last $8 s over the egresses that did, times the limit $7 -- at least the key's own
+# interval $6, at most the replica's local estimate $4 (which sees only its own waiters).
+_TICKET = """
+    WITH clock AS (SELECT extract(epoch FROM clock_timestamp()) AS t),
+    active AS (
+        SELECT count(*) FILTER (WHERE b.kind = 'uid') AS uids,
+               count(*) FILTER (WHERE b.kind = 'egress') AS egresses
+        FROM relay_buckets b, clock
+        WHERE b.api = $1 AND b.kind IN ('uid', 'egress') AND b.used_at > clock.t - $8::float8
+    ),
+    spacing AS (
+        SELECT greatest($6::float8, least($4::float8,
+               greatest(active.uids, 1)::float8 / (greatest(active.egresses, 1) * $7::float8)))
+               AS i
+        FROM active
+    )
+    INSERT INTO relay_buckets AS b (api, kind, name, rate, tat, adjusted_at, used_at)
+    SELECT $1, 'ticket', $2, spacing.i, $3::float8 + ($5::int - 1) * spacing.i, 0, clock.t
+    FROM spacing, clock
+    ON CONFLICT (api, kind, name) DO UPDATE
+        SET tat = greatest($3::float8, b.tat + EXCLUDED.rate) + ($5::int - 1) * EXCLUDED.rate,
+            rate = EXCLUDED.rate,
+            used_at = EXCLUDED.used_at
+    RETURNING tat, rate AS spacing, used_at AS server_now
+"""
+ACTIVE_S = 2.0  # a ParentUid or egress that reserved a slot this recently counts as active
+TICKET_BLOCK = 16  # parking tickets of a key taken per round trip
+_PRUNE = """
+    DELETE FROM relay_buckets
+    WHERE kind <> 'guard' AND used_at < extract(epoch FROM clock_timestamp()) - $1::float8
+      AND tat < extract(epoch FROM clock_timestamp())
+"""
+
+
+@dataclass(slots=True)
+class _Block:
+    """Parking tickets of one key taken from the shared horizon and not handed out yet."""
+
+    next: float  # server clock
+    end: float  # the block's last ticket: the key's shared horizon when it was taken
+    interval: float
+
+
+@dataclass(slots=True)
+class _Seen:
+    """What the last answer said about a bucket, in the local clock."""
+
+    ready_at: float = 0.0
+    rate: float = 0.0
+
+
+class SharedBuckets:
+    """The limiter's interface (see :class:`service.limiter.RateLimiter`) on shared rows.
+
+    ``async with`` creates the table and functions (idempotent, under an advisory lock, as
+    replicas may start together). ``pool`` is an open asyncpg pool whose connections'
+    ``search_path`` is the store's schema (``PostgresCommandStore.pool``)."""
+
+    shared = True
+
+    def __init__(
+        self,
+        pool: Any,
+        overrides: Mapping[str, float] | None = None,
+        *,
+        egress: str = "default",
+        guard_s: float = 0.002,
+        guard_max_s: float = 0.05,
+        recovery: float = 0.1,
+        floor: float = 0.5,
+        timeout_s: float = 2.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._pool = pool
+        self._table = RateLimiter(overrides)  # the limits table only
+        self._egress = egress
+        self._guard_s = max(guard_s, min(SHARED_GUARD_MIN_S, guard_max_s))
+        self._guard_max_s = max(self._guard_s, guard_max_s)
+        self._recovery = recovery
+        self._floor = floor
+        self._timeout_s = timeout_s
+        self._clock = clock
+        self._offset = 0.0  # server epoch - local clock, from the last answer
+        self._seen: dict[tuple[str, str, str], _Seen] = {}
+        self._blocks: dict[tuple[str, str], _Block] = {}
+        self.round_trips = 0
+        self.grants = 0
+        self._stats_at = 0.0
+
+    async def __aenter__(self) -> Self:
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _DDL_LOCK_KEY)
+                for statement in _DDL:
+                    await conn.execute(statement)
+        except LOST as exc:
+            raise store_unavailable("could not prepare the shared rate-limit buckets") from exc
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._log_stats()
+
+    def _log_stats(self) -> None:
+        self._stats_at = self._clock()
+        log.info(
+            "shared_buckets_stats",
+            egress=self._egress,
+            round_trips=self.round_trips,
+            grants=self.grants,
+            keys=len(self._seen),
+        )
+
+    # -- the limiter interface -----------------------------------------------------------------
+
+    def limit(self, api: str) -> float | None:
+        return self._table.limit(api)
+
+    def now(self) -> float:
+        """The server's clock, estimated from the last answer (epoch seconds)."""
+        return self._clock() + self._offset
+
+    def delay(self, api: str, parent_uid: str) -> float:
+        """Seconds until a call could be sent, as far as the last answers tell (no I/O)."""
+        if self.limit(api) is None:
+            return 0.0
+        now = self._clock()
+        keys = ((api, "uid", parent_uid), (api, "egress", self._egress))
+        return max([0.0, *(self._seen[k].ready_at - now for k in keys if k in self._seen)])
+
+    def egress_delay(self, api: str) -> float:
+        seen = self._seen.get((api, "egress", self._egress))
+        return 0.0 if seen is None else max(0.0, seen.ready_at - self._clock())
+
+    def current_rate(self, api: str, parent_uid: str) -> float:
+        seen = self._seen.get((api, "uid", parent_uid))
+        if seen is not None and seen.rate > 0:
+            return seen.rate
+        return self.limit(api) or float("inf")
+
+    def rates(self) -> dict[str, float]:
+        return {
+            "/".join(key): seen.rate
+            for key, seen in self._seen.items()
+            if key[1] == "uid" and 0 < seen.rate < (self.limit(key[0]) or float("inf"))
+        }
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    async def acquire(self, api: str, parent_uid: str, *, within: float) -> Grant:
+        """Reserve the joint slot if it is due within ``within`` seconds (one statement)."""
+        ceiling = self.limit(api)
+        if ceiling is None:
+            return Grant(True, 0.0, 0.0, 0.0, self.now())
+        row = await self._fetch(
+            _RESERVE,
+            api,
+            parent_uid,
+            self._egress,
+            ceiling,
+            self._guard_s,
+            self._recovery,
+            within,
+        )
+        local = self._learn(row["server_now"])
+        self._note((api, "uid", parent_uid), local + row["uid_wait"], row["uid_rate"])
+        self._note((api, "egress", self._egress), local + row["egress_wait"], ceiling)
+        grant = Grant(
+            row["granted"],
+            row["wait"],
+            row["uid_wait"],
+            row["egress_wait"],
+            row["server_now"] + row["wait"],
+        )
+        if grant.granted:
+            self.grants += 1
+            if self.grants % PRUNE_EVERY == 0:
+                await self.prune()
+        if local - self._stats_at >= STATS_EVERY_S:
+            self._log_stats()
+        return grant
+
+    async def report_throttled(
+        self, api: str, parent_uid: str, *, pause_s: float = 1.0, sent_at: float | None = None
+    ) -> bool:
+        """A 429 for this key, seen by this replica: lowers the shared rate for every replica
+        (or widens the API's shared guard when lone). True when the rate was halved."""
+        ceiling = self.limit(api)
+        if ceiling is None:
+            return False
+        row = await self._fetch(
+            _THROTTLED,
+            api,
+            parent_uid,
+            self._egress,
+            ceiling,
+            self._guard_s,
+            self._guard_max_s,
+            GUARD_STEP_S,
+            LONE_S,
+            pause_s,
+            self._floor,
+            sent_at,
+        )
+        local = self._learn(row["server_now"])
+        self._note((api, "uid", parent_uid), local + row["uid_wait"], row["uid_rate"])
+        if row["halved"]:
+            log.warning("rate_lowered", api=api, parent_uid=parent_uid, rate=row["uid_rate"])
+        else:
+            log.warning("rate_guard_widened", api=api, guard_ms=row["guard"] * 1000)
+        return bool(row["halved"])
+
+    async def ticket(
+        self, api: str, parent_uid: str, *, earliest: float, interval: float
+    ) -> tuple[float, float]:
+        """The key's next parking ticket from its horizon shared by every replica (server
+        clock) and its spacing: the key's share of every replica's egresses (``interval`` is
+        this replica's local estimate, an upper bound). Tickets are taken in blocks of
+        ``TICKET_BLOCK`` (one statement) and handed out here until the block's end: a block
+        only says when parked commands come back, never grants a slot."""
+        key = (api, parent_uid)
+        block = self._blocks.get(key)
+        if block is not None:
+            ticket = max(earliest, block.next)
+            if ticket <= block.end + 1e-6:
+                block.next = ticket + block.interval
+                return ticket, block.interval
+        ceiling = self.limit(api) or 1.0
+        row = await self._fetch(
+            _TICKET,
+            api,
+            parent_uid,
+            earliest,
+            interval,
+            TICKET_BLOCK,
+            1.0 / self.current_rate(api, parent_uid),
+            ceiling,
+            ACTIVE_S,
+        )
+        self._learn(row["server_now"])
+        spacing, end = float(row["spacing"]), float(row["tat"])
+        first = end - (TICKET_BLOCK - 1) * spacing
+        self._blocks[key] = _Block(first + spacing, end, spacing)
+        return first, spacing
+
+    async def prune(self) -> int:
+        """Delete rows idle for an hour whose next slot has passed (a fresh row is the same)."""
+        with contextlib.suppress(*LOST):
+            self.round_trips += 1
+            status = await self._pool.execute(_PRUNE, IDLE_ROW_S, timeout=self._timeout_s)
+            now = self._clock()
+            for key in [k for k, s in self._seen.items() if s.ready_at < now - IDLE_ROW_S]:
+                del self._seen[key]
+            server = self.now()
+            for gone in [k for k, b in self._blocks.items() if b.next < server - IDLE_ROW_S]:
+                del self._blocks[gone]
+            return int(status.split()[-1])
+        return 0
+
+    # -- internals -----------------------------------------------------------------------------
+
+    async def _fetch(self, query: str, *args: Any) -> Any:
+        self.round_trips += 1
+        try:
+            row = await self._pool.fetchrow(query, *args, timeout=self._timeout_s)
+        except LOST as exc:
+            raise store_unavailable(
+                "the store is unreachable: no rate-limit slot can be granted",
+            ) from exc
+        assert row is not None
+        return row
+
+    def _learn(self, server_now: float) -> float:
+        """Update the clock offset from an answer; returns the local instant it stands for."""
+        local = self._clock()
+        self._offset = server_now - local
+        return local
+
+    def _note(self, key: tuple[str, str, str], ready_at: float, rate: float) -> None:
+        seen = self._seen.get(key)
+        if seen is None:
+            seen = self._seen[key] = _Seen()
+        seen.ready_at, seen.rate = ready_at, rate
+
+
+def open_limiter(
+    store: object,
+    overrides: Mapping[str, float] | None = None,
+    *,
+    egress: str = "default",
+    guard_s: float = 0.002,
+    guard_max_s: float = 0.05,
+) -> contextlib.AbstractAsyncContextManager[RateLimiter | SharedBuckets]:
+    """The limiter for ``store``: shared rows with a PostgreSQL store, in process otherwise."""
+    if isinstance(store, PostgresCommandStore):
+        return SharedBuckets(
+            store.pool, overrides, egress=egress, guard_s=guard_s, guard_max_s=guard_max_s
+        )
+    return RateLimiter(overrides, egress=egress, guard_s=guard_s, guard_max_s=guard_max_s)

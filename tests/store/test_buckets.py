@@ -1,0 +1,206 @@
+"""Shared rate-limit buckets on real PostgreSQL: several replicas (each its own store, pool and
+limiter on one schema) keep one quota per (API, ParentUid) and per (API, egress)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+
+import pytest
+
+from handlers.errors import StoreUnavailable
+from service.limiter import RateLimiter
+from service.scheduler import FairScheduler
+from service.store.buckets import SharedBuckets, open_limiter
+from service.store.postgres import PostgresCommandStore
+from tests.store.conftest import POSTGRES_URL, drop_schema, postgres_schema
+
+OpenBuckets = Callable[..., Awaitable[SharedBuckets]]
+
+
+@pytest.fixture
+async def open_buckets() -> AsyncIterator[OpenBuckets]:
+    """A replica's limiter: its own store (pool) on one schema shared by the test's replicas."""
+    schema = postgres_schema()
+    try:
+        async with AsyncExitStack() as stack:
+
+            async def open_one(**options: object) -> SharedBuckets:
+                store = await stack.enter_async_context(
+                    PostgresCommandStore(POSTGRES_URL, schema=schema)
+                )
+                limiter = open_limiter(store, {"op": 10}, **options)  # type: ignore[arg-type]
+                entered = await stack.enter_async_context(limiter)
+                assert isinstance(entered, SharedBuckets)
+                return entered
+
+            yield open_one
+    finally:
+        await drop_schema(schema)
+
+
+def max_in_any_window(instants: list[float], window: float = 1.0) -> int:
+    instants = sorted(instants)
+    best, lo = 0, 0
+    for hi, t in enumerate(instants):
+        while t - instants[lo] >= window:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
+
+
+async def grab(buckets: SharedBuckets, uid: str, count: int) -> list[float]:
+    """Take ``count`` slots for ``uid`` the way the dispatcher does; their server instants."""
+    slots: list[float] = []
+    while len(slots) < count:
+        grant = await buckets.acquire("op", uid, within=0.02)
+        if grant.granted:
+            slots.append(grant.at)
+            await asyncio.sleep(grant.wait)
+        else:
+            await asyncio.sleep(max(0.0, grant.wait - 0.01))
+    return slots
+
+
+async def test_two_replicas_share_one_customer_bucket(open_buckets: OpenBuckets) -> None:
+    one = await open_buckets(egress="a", guard_s=0.001)
+    two = await open_buckets(egress="b", guard_s=0.001)  # distinct egresses: the uid binds
+    slots = list(itertools.chain(*await asyncio.gather(grab(one, "c1", 12), grab(two, "c1", 12))))
+    assert max_in_any_window(slots) <= 10
+    gaps = [b - a for a, b in itertools.pairwise(sorted(slots))]
+    assert min(gaps) >= 0.1001 - 1e-6  # evenly spaced across replicas, no burst at start
+    assert 24 / (max(slots) - min(slots) + 0.1) > 9.5  # and the quota used, not halved
+
+
+async def test_replicas_with_one_egress_name_share_its_bucket(open_buckets: OpenBuckets) -> None:
+    one = await open_buckets(egress="nat", guard_s=0.001)
+    two = await open_buckets(egress="nat", guard_s=0.001)
+    results = await asyncio.gather(grab(one, "c1", 8), grab(two, "c2", 8))
+    slots = list(itertools.chain(*results))
+    assert max_in_any_window(slots) <= 10  # two customers, one egress: 10/s in total
+
+
+async def test_a_429_seen_by_one_replica_lowers_the_rate_for_all(
+    open_buckets: OpenBuckets,
+) -> None:
+    one = await open_buckets(egress="a")
+    two = await open_buckets(egress="b")
+    assert await one.report_throttled("op", "c1", pause_s=0.0) is False  # lone: guard widens
+    assert await one.report_throttled("op", "c1", pause_s=0.0) is True  # another: halved
+    grant = await two.acquire("op", "c1", within=5.0)  # the other replica
+    assert grant.granted
+    assert two.current_rate("op", "c1") == pytest.approx(5.0, abs=0.1)
+    assert "op/uid/c1" in two.rates()
+    # the guard is per egress: a lone 429 on the other egress widens its guard, no halving
+    assert await two.report_throttled("op", "c2", pause_s=0.0) is False
+
+
+async def test_far_slots_are_not_reserved(open_buckets: OpenBuckets) -> None:
+    buckets = await open_buckets()
+    assert (await buckets.acquire("op", "c1", within=0.0)).granted
+    refused = await buckets.acquire("op", "c1", within=0.0)
+    assert not refused.granted  # the next one is 0.1 s away: nothing reserved
+    assert refused.uid_wait == pytest.approx(0.1, abs=0.02)
+    assert buckets.delay("op", "c1") == pytest.approx(0.1, abs=0.02)  # known without I/O
+    granted = await buckets.acquire("op", "c1", within=0.2)
+    assert granted.granted
+    assert granted.wait == pytest.approx(0.1, abs=0.02)
+
+
+async def test_store_unreachable_grants_nothing(open_buckets: OpenBuckets) -> None:
+    buckets = await open_buckets()
+    await buckets._pool.close()  # the store is gone
+    with pytest.raises(StoreUnavailable) as raised:
+        await buckets.acquire("op", "c1", within=1.0)
+    assert raised.value.code == "RELAY.STORE_UNAVAILABLE"
+    scheduler = FairScheduler(buckets)
+    with pytest.raises(StoreUnavailable):  # waiters learn it, nothing is sent
+        await asyncio.wait_for(scheduler.turn("op", "c1"), 5)
+
+
+async def test_sqlite_keeps_buckets_in_process(tmp_path: object) -> None:
+    from service.store import open_store
+
+    async with open_store("sqlite://:memory:") as store, open_limiter(store, {"op": 10}) as lim:
+        assert isinstance(lim, RateLimiter)
+
+
+async def test_schedulers_of_three_replicas_keep_every_window(open_buckets: OpenBuckets) -> None:
+    """Three replicas (two on one egress), four customers, one bursting: per window, per
+    customer and per egress, never above the limit; customers served round-robin."""
+    replicas = [
+        await open_buckets(egress="nat-a"),
+        await open_buckets(egress="nat-a"),
+        await open_buckets(egress="nat-b"),
+    ]
+    schedulers = [FairScheduler(r) for r in replicas]
+    sent: list[tuple[float, str, str]] = []
+
+    async def call(i: int, uid: str) -> None:
+        await schedulers[i].turn("op", uid)
+        sent.append((replicas[i].now(), uid, "nat-a" if i < 2 else "nat-b"))
+
+    calls = [call(i % 3, "hot") for i in range(24)]
+    calls += [call(i % 3, f"light{i % 3}") for i in range(12)]
+    await asyncio.wait_for(asyncio.gather(*calls), 30)
+    # instants recorded here are local estimates of the server's clock, a few ms noisy; the
+    # slots themselves are checked exactly above (grant.at)
+    for uid in ("hot", "light0", "light1", "light2"):
+        assert max_in_any_window([t for t, u, _ in sent if u == uid], 0.99) <= 10
+    for egress in ("nat-a", "nat-b"):
+        assert max_in_any_window([t for t, _, e in sent if e == egress], 0.99) <= 10
+    first = Counter(u for _, u, _ in sorted(sent)[:12])
+    assert first["hot"] <= 8  # the burst does not take every early slot
+    trips = sum(r.round_trips for r in replicas)
+    assert trips <= 3 * len(sent)
+
+
+async def test_parking_tickets_follow_the_key_across_replicas(open_buckets: OpenBuckets) -> None:
+    """Two replicas park commands of one key: their tickets never land closer than the
+    interval, so the key's parked commands come back at its rate, not twice it."""
+    one = await open_buckets(egress="a")
+    two = await open_buckets(egress="b")
+    now = one.now()
+    tickets = []
+    for _ in range(20):
+        tickets.append((await one.ticket("op", "c1", earliest=now + 5, interval=0.1))[0])
+        tickets.append((await two.ticket("op", "c1", earliest=now + 5, interval=0.1))[0])
+    ordered = sorted(tickets)
+    assert min(b - a for a, b in itertools.pairwise(ordered)) >= 0.1 - 1e-6
+    assert len(set(tickets)) == 40
+    assert one.round_trips + two.round_trips <= 4  # taken in blocks, not one trip each
+
+
+async def test_idle_rows_are_pruned(open_buckets: OpenBuckets) -> None:
+    buckets = await open_buckets()
+    await buckets.acquire("op", "c1", within=1.0)
+    assert await buckets.prune() == 0  # used just now
+    async with buckets._pool.acquire() as conn:
+        await conn.execute("UPDATE relay_buckets SET used_at = used_at - 7200, tat = 0")
+    assert await buckets.prune() == 2  # the customer's and the egress's rows; the guard stays
+
+
+async def test_ticket_spacing_is_the_keys_share_of_every_egress(open_buckets: OpenBuckets) -> None:
+    """Six customers active over four egresses at 10/s: a key's parked commands come back
+    every 6 / 40 s, not at the spacing one replica sees (6 keys on its one egress: 0.6 s)."""
+    replicas = [await open_buckets(egress=f"e{i}") for i in range(4)]
+    for n in range(6):
+        assert (await replicas[n % 4].acquire("op", f"c{n}", within=5.0)).granted
+    for r in replicas[:2]:
+        assert (await r.acquire("op", "c0", within=5.0)).granted
+    _, spacing = await replicas[0].ticket("op", "c0", earliest=replicas[0].now(), interval=0.6)
+    assert spacing == pytest.approx(6 / 40)
+
+
+async def test_a_customer_bucket_is_spaced_by_the_widest_guard(open_buckets: OpenBuckets) -> None:
+    one = await open_buckets(egress="a")  # shared buckets: the guard starts at 30 ms
+    two = await open_buckets(egress="b")
+    assert await one.report_throttled("op", "c0", pause_s=0.0) is False  # a's: 50 ms, the widest
+    first = await two.acquire("op", "c1", within=5.0)
+    second = await two.acquire("op", "c1", within=5.0)
+    assert second.at - first.at == pytest.approx(0.105, abs=1e-6)  # c1: the widest guard
+    third = await two.acquire("op", "c2", within=5.0)
+    assert third.at - second.at == pytest.approx(0.103, abs=1e-6)  # egress b: its own
