@@ -146,7 +146,8 @@ class Publisher:
     async def ready(self) -> None:
         """Wait (bounded) until the publishing channel is open again after a reconnect.
         Raises ``TimeoutError`` if it is not back in time."""
-        if isinstance(self._channel, AbstractRobustChannel):
+        if self._channel.is_closed and isinstance(self._channel, AbstractRobustChannel):
+            # only while it is being restored: wait_for costs a task per call
             await asyncio.wait_for(self._channel.ready(), self._ready_timeout_s)
 
     async def event(

@@ -89,6 +89,8 @@ def _items(result: Any, key: str, field: str) -> list[str]:
 
 def ledger_update(event: bytes) -> LedgerUpdate | None:
     """From a terminal event body (CONTRACT §3): None when the ledgers are not concerned."""
+    if b'"renew"' not in event and b'"issue_coupon"' not in event:
+        return None  # neither type can be in it: no need to read it (every finish asks)
     try:
         data = json.loads(event)
     except ValueError:
