@@ -26,6 +26,7 @@ def _serve(args: argparse.Namespace) -> int:
     from service.policy import PolicyError, PolicyHolder
     from service.runtime import ConfigurationError, start
     from service.settings import Settings
+    from service.topology import TopologyMismatch
 
     try:
         settings = Settings(_env_file=args.env_file)
@@ -53,7 +54,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         return run_until_signalled(body, on_hangup=policy.request_reload)
-    except ConfigurationError as exc:
+    except (ConfigurationError, TopologyMismatch) as exc:
         print(f"bss-relay: {exc}", file=sys.stderr)
         return 2
     finally:
