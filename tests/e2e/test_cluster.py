@@ -20,8 +20,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import aio_pika
 import pytest
+from aio_pika.abc import AbstractIncomingMessage
+from pamqp.commands import Basic
 
+from service.broker import open_broker
 from service.topology import DLQ
 from tests.conftest import rabbitmqctl
 from tests.e2e.conftest import Relay, RelayFactory, Sandbox, eventually
@@ -192,3 +196,39 @@ async def test_losing_the_connected_node_loses_nothing_and_spends_once(
     ]
     assert sorted(reported_coupons) == sorted(coupons)
     assert await dlq_depth(relay) == 0
+
+
+async def test_cluster_connection_skips_dead_nodes_and_follows_the_cluster(
+    cluster: Cluster,
+) -> None:
+    """service.broker on its own: a node that is down is skipped at connect; losing the node
+    connected to moves the connection, its consumer and its confirms to the next node."""
+    dead = "amqp://guest:guest@127.0.0.1:5999/" + cluster.vhost
+    async with open_broker(f"{dead},{cluster.urls(5683, 5682)}", node_timeout_s=2) as connection:
+        assert connection.url.port == 5683
+        channel = await connection.channel(publisher_confirms=True)
+        queue = await channel.declare_queue(
+            "follow", durable=True, arguments={"x-queue-type": "quorum"}
+        )
+        received: list[bytes] = []
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            async with message.process():
+                received.append(message.body)
+
+        await queue.consume(on_message)
+        reconnected = asyncio.Event()
+        connection.reconnect_callbacks.add(lambda *_: reconnected.set())
+        await channel.default_exchange.publish(aio_pika.Message(b"before"), routing_key="follow")
+        await rabbitmqctl("-n", NODES[5683], "stop_app")
+        try:
+            await asyncio.wait_for(reconnected.wait(), 30)
+            assert connection.url.port == 5682  # the next node that answers, not the dead one
+            confirmation = await channel.default_exchange.publish(
+                aio_pika.Message(b"after"), routing_key="follow"
+            )
+            assert isinstance(confirmation, Basic.Ack)
+            await eventually(lambda: received == [b"before", b"after"], within=10)
+            await channel.queue_delete("follow")
+        finally:
+            await rabbitmqctl("-n", NODES[5683], "start_app")
