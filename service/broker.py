@@ -29,12 +29,21 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import aio_pika
 import structlog
 from aio_pika import RobustConnection
+from aio_pika.abc import AbstractConnection
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from yarl import URL
 
-__all__ = ["ClusterConnection", "connect_broker", "mask_url", "open_broker", "parse_urls"]
+__all__ = [
+    "ClusterConnection",
+    "connect_broker",
+    "connect_once",
+    "mask_url",
+    "open_broker",
+    "parse_urls",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -155,3 +164,20 @@ async def open_broker(
         yield connection
     finally:
         await connection.close()
+
+
+async def connect_once(
+    amqp_url: str, *, node_timeout_s: float = DEFAULT_NODE_TIMEOUT_S
+) -> AbstractConnection:
+    """A plain (not robust) connection to the first node of ``amqp_url`` that answers, for
+    tools that would rather stop than carry on over a reconnect (``bss-relay replay``). Nodes
+    that do not answer are passed over silently (a tool's stdout may be JSON lines); the last
+    error is raised if none answers."""
+    last: BaseException | None = None
+    for node in parse_urls(amqp_url):
+        try:
+            return await aio_pika.connect(node, timeout=node_timeout_s)
+        except CONNECTION_EXCEPTIONS as exc:
+            last = exc
+    assert last is not None
+    raise last
