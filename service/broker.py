@@ -18,6 +18,12 @@ aio-pika has no public hook for the address of an attempt: ``RobustConnection`` 
 ``self.url`` to each node in turn. :data:`_ATTEMPT` is looked up at import, so an aio-pika
 release that renames it fails at start (and in the unit tests), never silently at failover.
 
+Channels are restored in the order they were opened (aio-pika keeps them in a ``WeakSet``, in
+no order): the runtime opens its publishing channel before its consuming one, so after a
+failover no redelivered command reaches the service before the channel it publishes its event
+on is back. Seen on the cluster: restored the other way round, a redelivery arrived first, its
+publish failed on the closed channel, and the message stayed unacknowledged on the live one.
+
 A password never reaches a log: :func:`mask_url` masks every node's, aio-pika masks the one
 it prints.
 """
@@ -25,9 +31,10 @@ it prints.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import aio_pika
 import structlog
@@ -58,6 +65,7 @@ DEFAULT_RETRY_INTERVAL_S = 1.0
 _ATTEMPT: Callable[[RobustConnection], Awaitable[None]] = getattr(  # noqa: B009
     RobustConnection, "_RobustConnection__connect_transport"
 )
+_CHANNELS = "_RobustConnection__channels"
 _USERINFO = re.compile(r"^(?P<scheme>[^:/]*://)(?P<user>[^:@/]*):(?P<password>[^@/]*)@")
 
 
@@ -90,6 +98,34 @@ def mask_url(amqp_url: str) -> str:
     )
 
 
+T = TypeVar("T")
+
+
+class OpeningOrder(Generic[T]):
+    """A weak set that iterates in the order items were added (what ``RobustConnection``
+    needs of its channel set: ``add``, iteration, ``len``)."""
+
+    def __init__(self) -> None:
+        self._refs: dict[int, weakref.ref[T]] = {}
+
+    def add(self, item: T) -> None:
+        key = id(item)
+        known = self._refs.get(key)
+        if known is not None and known() is item:
+            return
+
+        def forget(_: weakref.ref[T]) -> None:
+            self._refs.pop(key, None)
+
+        self._refs[key] = weakref.ref(item, forget)
+
+    def __iter__(self) -> Iterator[T]:
+        return iter([item for ref in list(self._refs.values()) if (item := ref()) is not None])
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
 class ClusterConnection(RobustConnection):
     """A robust connection that reconnects to the next node of a cluster that answers."""
 
@@ -100,6 +136,9 @@ class ClusterConnection(RobustConnection):
         self._current = 0  # index of the node connected to, or last tried
         self._attempts = 0
         super().__init__(self.nodes[0], **kwargs)
+        if not hasattr(self, _CHANNELS):
+            raise RuntimeError("aio-pika's RobustConnection changed: no channel set to order")
+        setattr(self, _CHANNELS, OpeningOrder())  # restore channels in the order opened
 
     @property
     def node(self) -> str:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 from aio_pika import RobustConnection
 from pydantic import ValidationError
 
-from service.broker import ClusterConnection, mask_url, parse_urls
+from service.broker import ClusterConnection, OpeningOrder, mask_url, parse_urls
 from service.settings import Settings
 
 THREE = (
@@ -81,6 +83,28 @@ def test_the_aio_pika_attempt_hook_exists() -> None:
     renames it must fail here, not at the first failover in production."""
     assert callable(getattr(RobustConnection, "_RobustConnection__connect_transport", None))
     assert "_RobustConnection__connect_transport" in vars(ClusterConnection)
+
+
+async def test_channels_are_kept_in_the_order_they_were_opened() -> None:
+    connection = ClusterConnection(parse_urls(THREE))
+    channels = vars(connection)["_RobustConnection__channels"]
+    assert isinstance(channels, OpeningOrder)
+
+
+def test_opening_order_is_insertion_order_and_weak() -> None:
+    class Item:
+        pass
+
+    order: OpeningOrder[Item] = OpeningOrder()
+    items = [Item() for _ in range(50)]
+    for each in items:
+        order.add(each)
+    del each
+    order.add(items[0])  # again: no duplicate, no move
+    assert list(order) == items
+    del items[10:]
+    gc.collect()
+    assert len(order) == 10
 
 
 async def test_attempts_start_at_the_first_node_then_after_the_one_lost() -> None:
