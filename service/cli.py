@@ -92,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
         "RELAY_POLICY_FILE without stopping work (an invalid file keeps the policy in force). "
         "Traces go to an OTLP/HTTP collector when OTEL_EXPORTER_OTLP_ENDPOINT (or "
         "OTEL_TRACES_EXPORTER) is set.",
+        epilog="AMQP_URL may list several broker nodes of a cluster, comma-separated; the "
+        "service moves to the next that answers when it loses one. Exit code 2: invalid "
+        "configuration, or queues on the broker of another type than RELAY_QUEUE_TYPE "
+        "(classic|quorum) declares.",
     )
     serve.add_argument("--env-file", default=None, help="read settings from this file too")
     serve.set_defaults(func=_serve)

@@ -115,3 +115,27 @@ def test_compose_file_runs_two_replicas_on_postgresql() -> None:
         egresses.add(settings.relay_egress)
     assert egresses == {"relay-a", "relay-b"}  # each container leaves from its own address
     assert "rabbitmq-definitions.json" in services["rabbitmq"]["volumes"][0]
+
+
+def test_cluster_compose_file_runs_quorum_queues_on_three_nodes() -> None:
+    import yaml
+
+    from service.broker import parse_urls
+
+    compose = yaml.safe_load((DEFINITIONS.parent / "compose-cluster.yaml").read_text())
+    services = compose["services"]
+    nodes = {name for name in services if name.startswith("rmq-")}
+    assert nodes == {"rmq-1", "rmq-2", "rmq-3"}
+    env = services["relay"]["environment"]
+    assert env["RELAY_QUEUE_TYPE"] == "quorum"
+    assert {url.host for url in parse_urls(env["AMQP_URL"])} == nodes
+    assert set(services["relay"]["depends_on"]) == {*nodes, "sandbox"}
+    cookies = {services[n]["environment"]["RABBITMQ_ERLANG_COOKIE"] for n in nodes}
+    assert len(cookies) == 1
+    for name in nodes:
+        mounts = " ".join(services[name]["volumes"])
+        assert "rabbitmq-definitions-quorum.json" in mounts
+        assert "rabbitmq-cluster.conf" in mounts
+    conf = (DEFINITIONS.parent / "rabbitmq-cluster.conf").read_text()
+    for name in nodes:
+        assert f"rabbit@{name}" in conf
