@@ -78,7 +78,8 @@ async def serve(
 ) -> tuple[int, str]:
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("BSS_", "RELAY_"))},
-        "AMQP_URL": f"{vhost_url},amqp://guest:other-secret@127.0.0.1:5999/x",
+        # A node list whose first node is down: skipped, and its password never printed.
+        "AMQP_URL": f"amqp://guest:other-secret@127.0.0.1:5999/x,{vhost_url}",
         "BSS_ENDPOINT": bss.url,
         "IAM_ENDPOINT": bss.url,
         "STORE_URL": f"sqlite:///{store}",
@@ -118,6 +119,7 @@ async def test_queues_of_the_other_type_stop_serve_with_what_to_do(
     assert f"RELAY_QUEUE_TYPE={existing}" in output  # what to do: keep the type ...
     assert "Moving between classic and quorum queues" in output  # ... or migrate
     assert "other-secret" not in output
+    assert "broker_node_unavailable" in output  # the dead node was tried, masked
     assert "service_started" not in output
     work = await channel.declare_queue(Topology(prefix).work_queue, passive=True)
     assert work.declaration_result.message_count == 1  # nothing was touched
