@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from service.arguments import positive_int
+from service.broker import mask_url
 
 __all__ = ["register_cli"]
 
@@ -107,7 +108,7 @@ def command_line(args: argparse.Namespace) -> str:
     if args.keys is not None:
         words += ["--keys", str(args.keys)]
     if args.amqp_url != DEFAULT_AMQP:
-        words += ["--amqp-url", args.amqp_url]
+        words += ["--amqp-url", mask_url(args.amqp_url)]  # printed in reports: no password
     return shlex.join(words)
 
 

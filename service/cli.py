@@ -26,6 +26,7 @@ def _serve(args: argparse.Namespace) -> int:
     from service.policy import PolicyError, PolicyHolder
     from service.runtime import ConfigurationError, start
     from service.settings import Settings
+    from service.topology import TopologyMismatch
 
     try:
         settings = Settings(_env_file=args.env_file)
@@ -53,7 +54,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         return run_until_signalled(body, on_hangup=policy.request_reload)
-    except ConfigurationError as exc:
+    except (ConfigurationError, TopologyMismatch) as exc:
         print(f"bss-relay: {exc}", file=sys.stderr)
         return 2
     finally:
@@ -91,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
         "RELAY_POLICY_FILE without stopping work (an invalid file keeps the policy in force). "
         "Traces go to an OTLP/HTTP collector when OTEL_EXPORTER_OTLP_ENDPOINT (or "
         "OTEL_TRACES_EXPORTER) is set.",
+        epilog="AMQP_URL may list several broker nodes of a cluster, comma-separated; the "
+        "service moves to the next that answers when it loses one. Exit code 2: invalid "
+        "configuration, or queues on the broker of another type than RELAY_QUEUE_TYPE "
+        "(classic|quorum) declares.",
     )
     serve.add_argument("--env-file", default=None, help="read settings from this file too")
     serve.set_defaults(func=_serve)

@@ -23,6 +23,7 @@ import aio_pika
 import aiohttp
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
+from service.broker import connect_broker, mask_url
 from service.logging import configure_logging
 from service.runtime import start
 from service.sandbox.server import SandboxServer
@@ -215,7 +216,8 @@ async def run_demo(stop: asyncio.Event, *, amqp_url: str, timeout_s: float = 60.
                 store_url=f"sqlite:///{tmp}/demo.db",
                 relay_queue_prefix=f"bss-relay-demo-{run_id}",
             )
-            print(f"sandbox: {sandbox.url}   broker: {amqp_url}   partner: {partner['partner_id']}")
+            broker = mask_url(amqp_url)
+            print(f"sandbox: {sandbox.url}   broker: {broker}   partner: {partner['partner_id']}")
             ok = await _drive(settings, targets, run_id, stop, timeout_s)
             _print_effects(before, await _sandbox_state(http, sandbox.url), targets)
     return 0 if ok else 1
@@ -224,7 +226,7 @@ async def run_demo(stop: asyncio.Event, *, amqp_url: str, timeout_s: float = 60.
 async def _drive(
     settings: Settings, targets: DemoTargets, run_id: str, stop: asyncio.Event, timeout_s: float
 ) -> bool:
-    connection = await aio_pika.connect_robust(settings.amqp_url)
+    connection = await connect_broker(settings.amqp_url)
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
         events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()

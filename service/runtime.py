@@ -20,10 +20,10 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-import aio_pika
 import structlog
 from aio_pika.abc import AbstractRobustConnection
 
+from service.broker import connect_broker
 from service.bss import PartnerApi
 from service.client import BssHttp, session_from
 from service.consumer import Consumer
@@ -167,13 +167,13 @@ async def start(
             policy = await asyncio.to_thread(PolicyHolder.load, settings.relay_policy_file)
         except PolicyError as exc:
             raise ConfigurationError(str(exc)) from None
-    topology = Topology(settings.relay_queue_prefix)
+    topology = Topology(settings.relay_queue_prefix, settings.relay_queue_type)
     lease = timedelta(seconds=settings.relay_lease_s)
     owner = _owner_id()
     async with AsyncExitStack() as stack:
         store = await stack.enter_async_context(open_store(settings.store_url))
         session = await stack.enter_async_context(session_from(settings))
-        connection = await aio_pika.connect_robust(settings.amqp_url)
+        connection = await connect_broker(settings.amqp_url)
         stack.push_async_callback(connection.close)
         publish_channel = await connection.channel(publisher_confirms=True)
         declared = await declare(publish_channel, topology)

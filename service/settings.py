@@ -9,12 +9,13 @@ from __future__ import annotations
 import ipaddress
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.broker import parse_urls
 from service.store import DEFAULT_STORE_URL
 
 __all__ = ["PartnerAccount", "Settings", "load_partners_file", "read_secret_file"]
@@ -84,6 +85,7 @@ class Settings(BaseSettings):
     # secret keys included) in its message, which serve writes to stderr.
     model_config = SettingsConfigDict(extra="ignore", frozen=True, hide_input_in_errors=True)
 
+    # One broker node, or several nodes of a cluster separated by commas (service/broker.py).
     amqp_url: str = "amqp://guest:guest@localhost:5672/"
     bss_endpoint: str = "https://bss.myhuaweicloud.com"
     iam_endpoint: str = "https://iam.myhuaweicloud.com"
@@ -142,6 +144,8 @@ class Settings(BaseSettings):
     relay_shutdown_grace_s: float = Field(default=30.0, ge=0)
     relay_max_body_bytes: int = Field(default=256 * 1024, ge=1024)
     relay_queue_prefix: str = "bss-relay"
+    # quorum: the work, delay and dead-letter queues are quorum queues (a clustered broker).
+    relay_queue_type: Literal["classic", "quorum"] = "classic"
     relay_log_level: str = "INFO"
     # Prometheus /metrics and /healthz on this port when set (not served when unset).
     relay_metrics_port: int | None = Field(default=None, ge=0, le=65535)
@@ -152,6 +156,12 @@ class Settings(BaseSettings):
     def _parse_limits(cls, value: object) -> object:
         if isinstance(value, str):
             return json.loads(value) if value.strip() else {}
+        return value
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _parse_amqp_url(cls, value: str) -> str:
+        parse_urls(value)  # every node a well-formed AMQP URL; the error masks passwords
         return value
 
     @field_validator("relay_source_address", mode="after")

@@ -8,10 +8,10 @@ import json
 import sys
 from datetime import datetime
 
-import aio_pika
 from aio_pika.exceptions import AMQPError
 
 from service.arguments import positive_int, rfc3339
+from service.broker import connect_once
 from service.replay.letter import INVALID_TYPE, TYPES, DeadLetter, Filter
 from service.replay.scanner import Progress, Report, Result, replay, scan
 from service.settings import Settings
@@ -190,7 +190,7 @@ def _summary(report: Report) -> str:
 async def _execute(args: argparse.Namespace, mode: str, settings: Settings) -> Report:
     # A plain connection, not a robust one: after a reconnect the held delivery tags would
     # belong to a dead channel; better to stop and let the broker requeue everything.
-    connection = await aio_pika.connect(args.amqp_url or settings.amqp_url)
+    connection = await connect_once(args.amqp_url or settings.amqp_url)
     async with connection:
         where, progress = _filter_from(args), _printer(args, mode)
         if mode == LIST:

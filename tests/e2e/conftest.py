@@ -187,7 +187,10 @@ async def start_relay(amqp_url: str, bss: Sandbox, e2e_store: str) -> AsyncItera
     channel = await connection.channel(publisher_confirms=True)
     prefix = f"relay-{uuid.uuid4().hex[:8]}"
     events = EventLog()
-    events_queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+    # A named queue that outlives the test's own connection: events the service publishes
+    # while that connection is kicked (test_settlement, test_crash) wait there, not lost with
+    # an exclusive queue. Deleted at teardown.
+    events_queue = await channel.declare_queue(f"{prefix}.test-events", durable=False)
     events_exchange = await channel.declare_exchange(
         EVENTS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
     )
@@ -228,6 +231,7 @@ async def start_relay(amqp_url: str, bss: Sandbox, e2e_store: str) -> AsyncItera
     for name in [topology.work_queue, *(topology.delay_queue(ms) for ms in DELAY_LEVELS_MS)]:
         await channel.queue_delete(name)
     await channel.queue_delete(DLQ)
+    await channel.queue_delete(f"{prefix}.test-events")
     await connection.close()
 
 

@@ -44,6 +44,20 @@ async def test_list_json(broker: Broker, amqp_url: str, capsys: pytest.CaptureFi
     assert len(await broker.dlq(2)) == 2
 
 
+async def test_list_from_a_node_list_skips_a_dead_node(
+    broker: Broker, amqp_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await broker.dead_letter(command("a"))
+    dead = "amqp://guest:dead-secret@127.0.0.1:5999/x"
+
+    code = await cli(["--amqp-url", f"{dead},{amqp_url}", "--json"])
+
+    out, err = capsys.readouterr()
+    assert code == 0
+    assert [json.loads(line)["command_id"] for line in out.splitlines()] == ["a"]
+    assert "dead-secret" not in out + err
+
+
 async def test_list_text(broker: Broker, amqp_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     await broker.dead_letter(command("a", customer="c-7"), attempts=4)
 
