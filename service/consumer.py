@@ -42,6 +42,8 @@ __all__ = ["Consumer", "Inflight", "Phase"]
 log = structlog.get_logger(__name__)
 
 DELAY_POLL_S = 5.0
+# Opening a channel on a connection being restored raises a plain RuntimeError in aio-pika.
+CHANNEL_ERRORS: tuple[type[BaseException], ...] = (*BROKER_ERRORS, RuntimeError)
 
 
 class Phase(StrEnum):
@@ -245,7 +247,8 @@ class Consumer:
                     total += queue.declaration_result.message_count or 0
             finally:
                 await channel.close()
-        except BROKER_ERRORS as exc:  # the broker is away: the gauge keeps its last value
+        except CHANNEL_ERRORS as exc:  # the broker is away (aio-pika raises a
+            # plain RuntimeError for a channel on a closed connection): tried next round
             log.info("delay_count_skipped", error=repr(exc))
             return
         self.waiting_in_delay_queues = total
@@ -260,7 +263,8 @@ class Consumer:
                 count = queue.declaration_result.consumer_count
             finally:
                 await channel.close()
-        except BROKER_ERRORS as exc:  # lost again meanwhile: the next reconnect checks again
+        except CHANNEL_ERRORS as exc:  # lost again meanwhile (aio-pika raises
+            # a plain RuntimeError for a channel on a closed connection): checked next time
             log.info("reconnect_check_skipped", error=repr(exc))
             return
         log.info("reconnected", queue=self._queue_name, consumers=count)

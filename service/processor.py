@@ -143,15 +143,21 @@ class Processor:
 
     async def _process(self, message: AbstractIncomingMessage) -> Settled:
         delivery = Delivery(message)
+        how = Settled.ABANDONED
         try:
             decision = await self.decide(delivery)
-            return await self._settler.settle(message, decision)
+            how = await self._settler.settle(message, decision)
         except Exception as exc:  # settling itself failed: the last resort, never silent
             log.exception("settlement_crashed")
-            return await self._settler.last_resort(message, exc)
+            how = await self._settler.last_resort(message, exc)
         finally:
             if delivery.claimed is not None:  # the lease is kept alive until settled
                 self.holding.discard(delivery.claimed)
+                if how is Settled.ABANDONED:
+                    # Its channel closed: the redelivery (to this process or another) should
+                    # not wait out our lease. A finished command keeps it until published.
+                    await self._settler.give_back(delivery.claimed)
+        return how
 
     async def decide(self, delivery: Delivery) -> Settlement:
         """What to do with the message. Never raises for a message (only when cancelled)."""

@@ -249,6 +249,10 @@ class Settler:
 
     # -- steps -------------------------------------------------------------------------------
 
+    async def give_back(self, command_id: str) -> None:
+        """Release a claim whose message was abandoned to redelivery (best effort)."""
+        await self._release(command_id)
+
     async def _release(self, command_id: str | None) -> None:
         if command_id is None:
             return

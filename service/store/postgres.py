@@ -113,7 +113,7 @@ _FINISH = """
 _RELEASE = """
     UPDATE relay_commands SET owner = NULL, lease_until = NULL,
         updated_at = coalesce($3::timestamptz, statement_timestamp())
-    WHERE command_id = $1 AND owner = $2 AND status <> 'finished'
+    WHERE command_id = $1 AND owner = $2
 """
 
 _MARK_PUBLISHED = """

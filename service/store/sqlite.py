@@ -115,7 +115,7 @@ _FINISH = """
 
 _RELEASE = """
     UPDATE relay_commands SET owner = NULL, lease_until = NULL, updated_at = :now
-    WHERE command_id = :command_id AND owner = :owner AND status <> 'finished'
+    WHERE command_id = :command_id AND owner = :owner
 """
 
 _MARK_PUBLISHED = """

@@ -167,7 +167,10 @@ class CommandStore(Protocol):
         ...
 
     async def release(self, command_id: str, *, owner: str) -> None:
-        """Give up ownership (e.g. before a delayed retry); status and attempts stay."""
+        """Give up ownership (e.g. before a delayed retry); status and attempts stay. Also for
+        a finished command whose event did not go out (its message was abandoned when its
+        channel closed): a redelivery then publishes the stored event at once, as itself,
+        instead of waiting for the lease to run out."""
         ...
 
     async def get(self, command_id: str) -> StoredCommand | None: ...

@@ -237,6 +237,22 @@ async def test_release_lets_another_owner_claim_at_once(
     assert (claim.record.status, claim.record.attempts) == (CommandStatus.IN_FLIGHT, 1)
 
 
+async def test_release_of_a_finished_unpublished_command_lets_a_copy_publish_it_now(
+    store: CommandStore,
+) -> None:
+    """Its owner stored the event but lost the message's channel before publishing: giving the
+    claim back turns a copy's BUSY (wait out the lease) into FINISHED (publish it as itself)."""
+    await claimed(store, owner="a")
+    await store.finish("cmd-1", owner="a", event=b"the event")
+    assert await outcome(store, "b") is ClaimOutcome.BUSY
+
+    await store.release("cmd-1", owner="a")
+    claim = await store.claim("cmd-1", "renew", owner="b", lease=LEASE)
+
+    assert claim.outcome is ClaimOutcome.FINISHED
+    assert (claim.record.event, claim.record.published) == (b"the event", False)
+
+
 async def test_release_by_a_non_owner_changes_nothing(store: CommandStore) -> None:
     await claimed(store, owner="a")
 
