@@ -119,7 +119,9 @@ async def test_crash_restart_then_connection_loss_settles_everything(
     for command in commands:
         await events.wait_for(command["command_id"], within=150)
     took = time.monotonic() - restarted
-    assert took < 10 + 30, f"the dead owner's commands took {took:.1f} s after the restart"
+    print(f"\nall {len(commands)} commands settled {took:.1f} s after the restart")
+    # the lease (10 s) plus a few seconds, though the connection is also lost 4 s in
+    assert took < 10 + 10, f"the dead owner's commands took {took:.1f} s after the restart"
 
     outcomes = check_money(commands, events, await bss.state(), seeded)
     assert set(outcomes) <= {"succeeded", "partial"}, outcomes
