@@ -135,7 +135,7 @@ class Consumer:
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
         self._stopping = False
-        self.stalled_since: float | None = None
+        self._freed_at: float | None = None  # when stuck messages last forced a new channel
         self.reestablished = 0
 
     @property
@@ -151,10 +151,13 @@ class Consumer:
         found = []
         if not self.consuming:
             found.append("not consuming from the work queue")
-        if self.stalled_since is not None:
+        stuck = self.inflight.stuck(0)
+        freed = self._freed_at is not None and time.monotonic() - self._freed_at < 2 * self._stall_s
+        if stuck or freed:  # stays reported between rounds, so a probe cannot miss it
             found.append(
-                f"{self.inflight.stuck(0)} message(s) could not be settled; "
-                "re-establishing the consuming channel"
+                f"messages could not be settled ({stuck} held now): the broker does not take "
+                "their copies or events; the consuming channel is re-established every "
+                f"{self._stall_s:g} s to hand them back"
             )
         return found
 
@@ -225,15 +228,11 @@ class Consumer:
             if time.monotonic() - polled >= DELAY_POLL_S:
                 polled = time.monotonic()
                 await self._count_delayed()
-            if self.inflight.stuck(self._stall_s) == 0:
-                self.stalled_since = None
+            if self.inflight.stuck(self._stall_s) == 0 or self._stopping:
                 continue
-            self.stalled_since = self.stalled_since or time.monotonic()
-            if self._stopping:
-                continue
+            self._freed_at = time.monotonic()
             try:
                 await self.reestablish()
-                self.stalled_since = None
             except Exception:  # the broker is away: the next round tries again
                 log.exception("consumer_reestablish_failed")
 
