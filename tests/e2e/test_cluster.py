@@ -157,7 +157,7 @@ async def test_losing_the_connected_node_loses_nothing_and_spends_once(
         relay_queue_type="quorum",
         relay_rate_limits={"*": 50},
         # As in test_crash.py: a command in flight at the loss keeps its store claim until the
-        # lease runs out, and its redeliveries wait for that (30 s by default).
+        # lease runs out, and its redeliveries wait for that (RELAY_LEASE_S, 10 s by default).
         relay_lease_s=2,
     )
     node = await service_node(cluster.vhost)
