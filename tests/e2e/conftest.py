@@ -104,7 +104,12 @@ class EventLog:
         return await asyncio.wait_for(enough(), within)
 
     def terminal(self, command_id: str) -> list[dict[str, Any]]:
-        return [e for e in self.by_command.get(command_id, []) if not e["duplicate"]]
+        """The command's terminal events (not re-announcements, not ``deferred`` progress)."""
+        return [
+            e
+            for e in self.by_command.get(command_id, [])
+            if not e["duplicate"] and e["outcome"] != "deferred"
+        ]
 
 
 @dataclass
