@@ -13,9 +13,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from schemas.commands import COMMAND_ADAPTER, Command, CommandType, load_json
-from service.fingerprint import fingerprint
 
-__all__ = ["Rejection", "command_fingerprint", "read_command", "valid_command_id"]
+__all__ = ["Rejection", "read_command", "valid_command_id"]
 
 _COMMAND_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _TYPES = frozenset(t.value for t in CommandType)
@@ -34,16 +33,6 @@ class Rejection:
 
 def valid_command_id(value: str) -> bool:
     return _COMMAND_ID.match(value) is not None
-
-
-def command_fingerprint(command: Command) -> str:
-    """What makes two commands the same intent: type, partner and payload, canonically.
-
-    Stored with the command when it is first claimed; a later message with the same
-    ``command_id`` and another fingerprint re-used the id for a different command. One
-    definition, in ``service.fingerprint`` (defaults left out, decimals and instants by value),
-    so the claim that stores it and the check that compares it cannot drift apart."""
-    return fingerprint(command)
 
 
 def _text(value: Any) -> str | None:

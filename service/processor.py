@@ -30,9 +30,9 @@ from schemas.commands import Command
 from schemas.events import Event, Outcome
 from service.admission import Park, parking, ticket_from_headers, ticket_header
 from service.client import CallScope
-from service.fingerprint import claim_details
+from service.fingerprint import claim_details, fingerprint
 from service.guard import Guard, requester
-from service.intake import Rejection, command_fingerprint, read_command
+from service.intake import Rejection, read_command
 from service.journal import StoreJournal
 from service.kinds import KINDS, primary_call
 from service.metrics import Metrics
@@ -156,7 +156,7 @@ class Processor:
                 if how is Settled.ABANDONED:
                     # Its channel closed: the redelivery (to this process or another) should
                     # not wait out our lease. A finished command keeps it until published.
-                    await self._settler.give_back(delivery.claimed)
+                    await self._settler.release(delivery.claimed)
         return how
 
     async def decide(self, delivery: Delivery) -> Settlement:
@@ -258,7 +258,7 @@ class Processor:
         self, delivery: Delivery, command: Command, record: StoredCommand
     ) -> Reannounce:
         conflict = None
-        if record.fingerprint is not None and record.fingerprint != command_fingerprint(command):
+        if record.fingerprint is not None and record.fingerprint != fingerprint(command):
             log.warning("command_id_conflict")
             conflict = DeadLetterReason(
                 "RELAY.ID_CONFLICT",

@@ -219,7 +219,7 @@ class Settler:
 
     async def _reject(self, message: AbstractIncomingMessage, decision: Reject) -> None:
         rejection = decision.rejection
-        await self._release(decision.release)
+        await self.release(decision.release)
         log.warning("command_rejected", code=rejection.code, reason=rejection.message)
         now = self._clock()
         reason = DeadLetterReason(
@@ -231,7 +231,7 @@ class Settler:
         await self._ack(message)
 
     async def _delay(self, message: AbstractIncomingMessage, decision: Delay) -> None:
-        await self._release(decision.release)
+        await self.release(decision.release)
         await self._broker(
             message,
             lambda: self._publisher.delay(
@@ -249,11 +249,9 @@ class Settler:
 
     # -- steps -------------------------------------------------------------------------------
 
-    async def give_back(self, command_id: str) -> None:
-        """Release a claim whose message was abandoned to redelivery (best effort)."""
-        await self._release(command_id)
-
-    async def _release(self, command_id: str | None) -> None:
+    async def release(self, command_id: str | None) -> None:
+        """Give a claim back, best effort (before a delay or a rejection, or when the
+        message was abandoned to redelivery): if the store is away the lease runs out."""
         if command_id is None:
             return
         try:
