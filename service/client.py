@@ -8,6 +8,7 @@ the API saw it, so repeating is safe even for money-moving calls.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -30,7 +31,7 @@ from handlers.errors import (
     RelayError,
     Throttled,
 )
-from service.limiter import Limiter
+from service.limiter import Limiter, RateLimiter
 from service.metrics import Metrics
 from service.operations import Operation
 from service.scheduler import FairScheduler
@@ -63,6 +64,16 @@ class Response:
     status: int
     body: bytes
     request_id: str | None
+
+
+async def _suppressed(late: Awaitable[float]) -> float:
+    """A lateness report that could not reach the store is logged, not raised: the request
+    it is about is already on its way."""
+    try:
+        return await late
+    except RelayError as exc:
+        log.warning("sent_late_not_recorded", error=exc.message)
+        return 0.0
 
 
 def _find_error(data: Any) -> tuple[str, str] | None:
@@ -202,12 +213,13 @@ class BssHttp:
         metrics = self._metrics
         for attempt in range(self._throttle_retries + 1):
             waited = time.perf_counter()
-            await self._scheduler.turn(op.name, parent_uid)
+            slot = await self._scheduler.turn(op.name, parent_uid)
             quota_wait_s = time.perf_counter() - waited
             metrics.observe_quota_wait(op.name, quota_wait_s)
-            sent_at = self._limiter.now()
             if scope is not None:
                 await scope.sending(op)
+            sent_at = self._limiter.now()
+            late = None if slot is None else self._sent_late(op.name, parent_uid, slot, sent_at)
             sent = time.perf_counter()
             try:
                 response = await self._send(
@@ -234,7 +246,24 @@ class BssHttp:
                 metrics.observe_api(op.name, status, time.perf_counter() - sent)
                 metrics.inc(metrics.api_requests, op.name, status)
                 return response
+            finally:
+                if late is not None:
+                    await late
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _sent_late(
+        self, api: str, parent_uid: str, slot: float, sent_at: float
+    ) -> asyncio.Future[float] | None:
+        """Give a late send's lateness back to the limiter, concurrently with the request
+        (with shared buckets it is a store round trip; in process it costs nothing)."""
+        if sent_at - slot <= 0:
+            return None
+        if isinstance(self._limiter, RateLimiter):  # no I/O: before the request leaves
+            self._limiter.late(api, parent_uid, slot=slot, sent_at=sent_at)
+            return None
+        return asyncio.ensure_future(
+            _suppressed(self._limiter.sent_late(api, parent_uid, slot=slot, sent_at=sent_at))
+        )
 
     async def _send(
         self,

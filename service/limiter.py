@@ -84,6 +84,12 @@ class Limiter(Protocol):
         self, api: str, parent_uid: str, *, pause_s: float = 1.0, sent_at: float | None = None
     ) -> bool: ...
 
+    async def sent_late(self, api: str, parent_uid: str, *, slot: float, sent_at: float) -> float:
+        """A call left at ``sent_at``, after its slot ``slot`` (both of the limiter's clock):
+        lateness beyond half the guard moves both keys' next slots on by the excess, which
+        is returned (0: absorbed by the guard)."""
+        ...
+
     async def ticket(
         self, api: str, parent_uid: str, *, earliest: float, interval: float
     ) -> tuple[float, float]:
@@ -240,6 +246,29 @@ class RateLimiter:
         self, api: str, parent_uid: str, *, pause_s: float = 1.0, sent_at: float | None = None
     ) -> bool:
         return self.throttled(api, parent_uid, pause_s=pause_s, sent_at=sent_at)
+
+    async def sent_late(self, api: str, parent_uid: str, *, slot: float, sent_at: float) -> float:
+        return self.late(api, parent_uid, slot=slot, sent_at=sent_at)
+
+    def late(self, api: str, parent_uid: str, *, slot: float, sent_at: float) -> float:
+        """A call was sent ``sent_at - slot`` seconds after its slot (an event loop that
+        woke late, a store round trip, a busy machine). Slots are spaced by ``(1 + guard) /
+        rate``, so a late send could otherwise share a 1-second window with ``rate`` later
+        ones sent on time. Lateness up to half the guard is absorbed (the other half is left
+        for the path to the gateway); beyond that, both keys' next slots move on by the
+        excess: the window that starts at the late send then holds at most ``rate`` requests.
+        Returns the excess (0: nothing moved)."""
+        if self.limit(api) is None:
+            return 0.0
+        excess = sent_at - slot - self.guard(api).seconds / 2
+        if excess <= 0:
+            return 0.0
+        for key in self._keys(api, parent_uid):
+            bucket = self._buckets.get(key)
+            if bucket is not None:
+                bucket.tat += excess
+        log.debug("sent_late", api=api, excess_ms=round(excess * 1000, 1))
+        return excess
 
     async def ticket(
         self, api: str, parent_uid: str, *, earliest: float, interval: float

@@ -52,7 +52,7 @@ NEARLY_DUE_S = 0.02  # a shared slot is asked for when it is at most this far aw
 class _ApiQueue:
     """Waiters of one API, per ParentUid, in round-robin order (least recently served first)."""
 
-    waiters: OrderedDict[str, deque[asyncio.Future[None]]] = field(default_factory=OrderedDict)
+    waiters: OrderedDict[str, deque[asyncio.Future[float]]] = field(default_factory=OrderedDict)
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
@@ -192,25 +192,27 @@ class FairScheduler:
 
     # -- waiting for a turn --------------------------------------------------------------------
 
-    async def turn(self, api: str, uid: str) -> None:
-        """Return when this call may be sent: its joint slot has come, in fair order."""
+    async def turn(self, api: str, uid: str) -> float | None:
+        """Return when this call may be sent: its joint slot has come, in fair order. The
+        answer is the slot's instant in the limiter's clock (None for an unlimited API): a
+        call sent late gives the lateness back (``Limiter.sent_late``)."""
         if self._limiter.limit(api) is None:
-            return
+            return None
         queue = self._apis.get(api)
         if queue is None:
             queue = self._apis[api] = _ApiQueue()
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         queue.waiters.setdefault(uid, deque()).append(future)
         queue.wakeup.set()
         if queue.task is None or queue.task.done():
             queue.task = asyncio.create_task(self._dispatch(api, queue))
         try:
-            await future
+            return await future
         except asyncio.CancelledError:
             self._discard(queue, uid, future)
             raise
 
-    def _discard(self, queue: _ApiQueue, uid: str, future: asyncio.Future[None]) -> None:
+    def _discard(self, queue: _ApiQueue, uid: str, future: asyncio.Future[float]) -> None:
         waiting = queue.waiters.get(uid)
         if waiting is not None and future in waiting:
             waiting.remove(future)
@@ -269,7 +271,7 @@ class FairScheduler:
                 if grant.wait > 0:
                     await self._sleep(grant.wait)  # the slot is ours: keep it in order
                 if uid in queue.waiters:
-                    self._serve(queue, uid)
+                    self._serve(queue, uid, grant.at)
                 for gone in [u for u in busy if u not in queue.waiters]:
                     del busy[gone]
         finally:
@@ -297,8 +299,8 @@ class FairScheduler:
                 if delay > 0:
                     await self._idle(queue, delay)
                     continue
-                limiter.reserve(api, uid)
-                self._serve(queue, uid)
+                wait = limiter.reserve(api, uid)
+                self._serve(queue, uid, limiter.now() + wait)
         finally:
             if self._apis.get(api) is queue and not queue.waiters:
                 del self._apis[api]
@@ -315,7 +317,7 @@ class FairScheduler:
             await asyncio.gather(sleeper, waker, return_exceptions=True)
 
     @staticmethod
-    def _serve(queue: _ApiQueue, uid: str) -> None:
+    def _serve(queue: _ApiQueue, uid: str, slot: float) -> None:
         waiting = queue.waiters[uid]
         future = waiting.popleft()
         if waiting:
@@ -323,7 +325,7 @@ class FairScheduler:
         else:
             del queue.waiters[uid]
         if not future.done():
-            future.set_result(None)
+            future.set_result(slot)
 
     async def aclose(self) -> None:
         tasks = [q.task for q in self._apis.values() if q.task is not None]

@@ -54,7 +54,7 @@ STATS_EVERY_S = 5.0  # how often the round-trip counters are logged (info: share
 # comes back: the store round trip's jitter adds to the path's, so the guard starts wider. On
 # the 2-core test machine 10 and 20 ms still let an e2e run (relay, sandbox and store client in
 # one event loop) send an eleventh request into a second; 30 ms (the former fixed guard) did not.
-SHARED_GUARD_MIN_S = 0.030
+SHARED_GUARD_MIN_S = 0.010
 IDLE_ROW_S = 3600.0  # a row unused this long, at full rate, is deleted (as a fresh one would be)
 LOST = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
@@ -144,6 +144,17 @@ _DDL = (
     END $$
     """,
     """
+    CREATE OR REPLACE FUNCTION relay_late(
+        p_api text, p_uid text, p_egress text, p_excess double precision)
+    RETURNS void LANGUAGE plpgsql AS $$
+    BEGIN  -- the egress row first, then the ParentUid's: relay_reserve's order
+        UPDATE relay_buckets b SET tat = b.tat + p_excess
+            WHERE b.api = p_api AND b.kind = 'egress' AND b.name = p_egress;
+        UPDATE relay_buckets b SET tat = b.tat + p_excess
+            WHERE b.api = p_api AND b.kind = 'uid' AND b.name = p_uid;
+    END $$
+    """,
+    """
     CREATE OR REPLACE FUNCTION relay_throttled(
         p_api text, p_uid text, p_egress text, p_ceiling double precision,
         p_guard double precision,
@@ -194,6 +205,7 @@ _DDL = (
 )
 
 _RESERVE = "SELECT * FROM relay_reserve($1, $2, $3, $4, $5, $6, $7)"
+_LATE = "SELECT relay_late($1, $2, $3, $4)"
 _THROTTLED = "SELECT * FROM relay_throttled($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 # A block of $5 parking tickets for one key, no sooner than $3 and one spacing after the key's
 # last ticket; returns the block's last ticket (the key's new horizon) and the spacing. The
@@ -285,6 +297,7 @@ class SharedBuckets:
         self._blocks: dict[tuple[str, str], _Block] = {}
         self.round_trips = 0
         self.grants = 0
+        self.late_sends = 0
         self._stats_at = 0.0
 
     async def __aenter__(self) -> Self:
@@ -312,6 +325,7 @@ class SharedBuckets:
             egress=self._egress,
             round_trips=self.round_trips,
             grants=self.grants,
+            late_sends=self.late_sends,
             keys=len(self._seen),
         )
 
@@ -414,6 +428,17 @@ class SharedBuckets:
         else:
             log.warning("rate_guard_widened", api=api, guard_ms=row["guard"] * 1000)
         return bool(row["halved"])
+
+    async def sent_late(self, api: str, parent_uid: str, *, slot: float, sent_at: float) -> float:
+        """A call left late for its slot (see ``RateLimiter.late``): beyond half the guard,
+        both shared rows' next slots move on by the excess (one statement, only then)."""
+        excess = sent_at - slot - self._guard_s / 2
+        if self.limit(api) is None or excess <= 0:
+            return 0.0
+        self.late_sends += 1
+        await self._fetch(_LATE, api, parent_uid, self._egress, excess)
+        log.debug("sent_late", api=api, excess_ms=round(excess * 1000, 1))
+        return excess
 
     async def ticket(
         self, api: str, parent_uid: str, *, earliest: float, interval: float

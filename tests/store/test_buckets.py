@@ -196,11 +196,29 @@ async def test_ticket_spacing_is_the_keys_share_of_every_egress(open_buckets: Op
 
 
 async def test_a_customer_bucket_is_spaced_by_the_widest_guard(open_buckets: OpenBuckets) -> None:
-    one = await open_buckets(egress="a")  # shared buckets: the guard starts at 30 ms
+    one = await open_buckets(egress="a")  # shared buckets: the guard starts at 10 ms
     two = await open_buckets(egress="b")
-    assert await one.report_throttled("op", "c0", pause_s=0.0) is False  # a's: 50 ms, the widest
+    assert await one.report_throttled("op", "c0", pause_s=0.0) is False  # a's: 20 ms, the widest
     first = await two.acquire("op", "c1", within=5.0)
     second = await two.acquire("op", "c1", within=5.0)
-    assert second.at - first.at == pytest.approx(0.105, abs=1e-6)  # c1: the widest guard
+    assert second.at - first.at == pytest.approx(0.102, abs=1e-6)  # c1: the widest guard
     third = await two.acquire("op", "c2", within=5.0)
-    assert third.at - second.at == pytest.approx(0.103, abs=1e-6)  # egress b: its own
+    assert third.at - second.at == pytest.approx(0.101, abs=1e-6)  # egress b: its own
+
+
+async def test_a_late_send_moves_the_shared_rows_for_every_replica(
+    open_buckets: OpenBuckets,
+) -> None:
+    """Replica one sends 60 ms after its slot: both rows it spent from (the customer's, which
+    replica two shares, and its egress's) move on by the lateness beyond half the guard."""
+    one = await open_buckets(egress="a")
+    two = await open_buckets(egress="a")
+    first = await one.acquire("op", "c1", within=5.0)
+    assert first.granted
+    excess = await one.sent_late("op", "c1", slot=first.at, sent_at=first.at + 0.060)
+    assert excess == pytest.approx(0.055, abs=1e-6)  # the guard starts at 10 ms: 5 ms absorbed
+    second = await two.acquire("op", "c1", within=5.0)
+    assert second.at - first.at == pytest.approx(0.101 + 0.055, abs=1e-6)
+    third = await two.acquire("op", "c2", within=5.0)  # another customer, the same egress
+    assert third.at - second.at == pytest.approx(0.101, abs=1e-6)
+    assert await one.sent_late("op", "c1", slot=first.at, sent_at=first.at + 0.004) == 0.0
