@@ -183,8 +183,13 @@ class Processor:
         found = self._api_for(command)
         key = None if isinstance(found, Rejection) else primary_call(command, found[0])
         # Parking needs no claim: a backlog is read and parked without touching the store.
-        if key is not None:
-            ticket = ticket_from_headers(delivery.message.headers or {})
+        # A command some replica already took in (redelivered after it crashed or lost its
+        # connection, or back from waiting out its claim) is not parked again: its takeover
+        # must not queue behind its customer's backlog.
+        headers = delivery.message.headers or {}
+        admitted = delivery.message.redelivered or H.ADMITTED in headers
+        if key is not None and not admitted:
+            ticket = ticket_from_headers(headers)
             try:
                 park = await parking(self._scheduler, key, ticket)
             except RelayError as exc:  # a shared ticket needs the store, which is away
@@ -276,7 +281,7 @@ class Processor:
         if record.lease_until is not None:
             left = max(MIN_WAIT_S, (record.lease_until - self.now()).total_seconds())
         log.info("command_busy_elsewhere", wait_s=round(left, 2))
-        return Delay(left, "busy")
+        return Delay(left, "busy", headers={H.ADMITTED: "1"})
 
     def _api_for(self, command: Command) -> tuple[str, ScopedApi] | Rejection:
         if command.partner_id is None and len(self._apis) == 1:

@@ -72,6 +72,8 @@ class H:
     REQUESTS = "x-relay-requests"
     # the command's one `deferred` progress event went out (it is not sent again)
     DEFERRED = "x-relay-deferred"
+    # admitted once already (it waited for another replica's claim): not parked again
+    ADMITTED = "x-relay-admitted"
 
 
 @dataclass(frozen=True, slots=True)

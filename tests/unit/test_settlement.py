@@ -51,6 +51,7 @@ class FakeMessage:
         self.type: str | None = None
         self.app_id: str | None = None
         self.priority: int | None = None
+        self.redelivered = False
         self.channel_open = True
         self.settled: list[str] = []
 
@@ -361,6 +362,29 @@ async def test_busy_elsewhere_waits_out_the_owners_lease_once(rig: Rig) -> None:
     assert reason is None
     assert 9.0 <= seconds <= 10.0  # as long as the lease has left, not a second
     assert rig.api.calls == 0
+    assert _headers[H.ADMITTED] == "1"  # back from waiting, it goes straight to its claim
+
+
+@pytest.mark.parametrize("how", ["redelivered", "admitted"])
+async def test_a_command_taken_in_before_is_not_parked_behind_its_customers_backlog(
+    rig: Rig, how: str
+) -> None:
+    """A crashed replica's command (redelivered by the broker), or one back from waiting
+    out another replica's claim, is carried out now: a takeover must not queue behind the
+    customer's backlog. A new command of the same customer is parked."""
+    rig.processor._scheduler = FairScheduler(RateLimiter({"*": 0.1}), hold_s=1.0)
+    with rig.processor._scheduler.holding("auto_renewal_resources", "cust"):
+        await rig.process(FakeMessage(auto_renew("c-new")))
+        assert rig.publisher.kinds() == ["delay"]  # parked: its turn is far away
+        rig.publisher.log.clear()
+        taken = FakeMessage(auto_renew("c-taken"), headers={H.ADMITTED: "1"})
+        taken.redelivered = how == "redelivered"
+        if how == "redelivered":
+            taken.headers = {}
+        await rig.process(taken)
+    assert rig.publisher.kinds() == ["event"]
+    assert rig.api.calls == 1
+    assert taken.settled == ["ack"]
 
 
 def _ids(values: Sequence[dict[str, Any]]) -> list[str]:
