@@ -116,13 +116,13 @@ async def _replicas(
 
 
 def _round_trips(procs: Sequence[Child], start: float, end: float) -> tuple[int, int]:
-    """(store round trips, slots granted) between ``start`` and ``end`` (epoch seconds),
-    summed over the replicas' ``shared_buckets_stats`` lines (logged every 5 s): the counts
-    of the last line before ``end`` minus those of the last line before ``start``."""
+    """(store round trips, slots granted) inside the window ``start``..``end`` (epoch
+    seconds), summed over the replicas' ``shared_buckets_stats`` lines (logged every 5 s):
+    the counts of the last line in the window minus those of the first, so the parking
+    tickets taken for the initial backlog, before the window, are not counted."""
     trips = grants = 0
     for proc in procs:
-        before: tuple[int, int] = (0, 0)
-        until: tuple[int, int] = (0, 0)
+        inside: list[tuple[int, int]] = []
         with contextlib.suppress(OSError):
             for line in proc.log.read_text(errors="replace").splitlines():
                 if "shared_buckets_stats" not in line:
@@ -132,23 +132,22 @@ def _round_trips(procs: Sequence[Child], start: float, end: float) -> tuple[int,
                     at = datetime.fromisoformat(stats["timestamp"]).timestamp()
                 except (ValueError, KeyError):
                     continue
-                counts = (int(stats.get("round_trips", 0)), int(stats.get("grants", 0)))
-                if at < start:
-                    before = counts
-                if at < end:
-                    until = counts
-        trips += until[0] - before[0]
-        grants += until[1] - before[1]
+                if start <= at < end:
+                    inside.append((int(stats.get("round_trips", 0)), int(stats.get("grants", 0))))
+        if len(inside) >= 2:
+            trips += inside[-1][0] - inside[0][0]
+            grants += inside[-1][1] - inside[0][1]
     return trips, grants
 
 
 async def _failover(stage: Stage, victim: Child, schema: str) -> tuple[float, float]:
-    """SIGKILL ``victim``; seconds until every command it had claimed was taken over by
-    another replica (claimed again, or finished), and until every one of them finished."""
+    """SIGKILL ``victim``; seconds until every command it held (a live claim at the kill)
+    was taken over by another replica (claimed again, or finished), and until every one of
+    them finished. A claim whose lease had already run out, or that was given back, is not
+    the victim's any more: the command was settled to a delay queue meanwhile."""
+    conn = await asyncpg.connect(POSTGRES_URL, server_settings={"search_path": schema})
     os.kill(victim.pid, signal.SIGKILL)
     killed_at = time.monotonic()
-    await victim.process.wait()
-    conn = await asyncpg.connect(POSTGRES_URL, server_settings={"search_path": schema})
     taken = done = float("nan")
     try:
         owner = f"%:{victim.pid}:%"
@@ -156,10 +155,11 @@ async def _failover(stage: Stage, victim: Child, schema: str) -> tuple[float, fl
             r["command_id"]
             for r in await conn.fetch(
                 "SELECT command_id FROM relay_commands WHERE owner LIKE $1 "
-                "AND status <> 'finished'",
+                "AND status <> 'finished' AND lease_until > clock_timestamp()",
                 owner,
             )
         ]
+        await victim.process.wait()
         stage.say(f"SIGKILLed replica pid {victim.pid}: {len(owned)} of its commands unfinished")
         if not owned:
             return 0.0, 0.0
@@ -240,6 +240,8 @@ async def _one_setup(
         await asyncio.shield(stage.driver.delete_service_queues(prefix))
         await asyncio.shield(_drop_schema(schema))
     ours = [r for r in rows if r["parent_uid"] in uids]
+    # the sandbox's log of the setup, kept with the process logs for a closer look
+    (stage.workdir / f"{prefix}-requests.json").write_text(json.dumps(ours))
     accepted = [r for r in ours if 200 <= (r["status"] or 0) < 300]
     window = [r for r in accepted if start <= r["at"] < end]
     binding = REPLICAS_LIMIT * min(setup.egresses, len(customers))

@@ -163,6 +163,25 @@ def connector_from(settings: Settings) -> aiohttp.TCPConnector:
     )
 
 
+async def _on_headers_sent(
+    _session: aiohttp.ClientSession,
+    context: Any,
+    _params: aiohttp.TraceRequestHeadersSentParams,
+) -> None:
+    written = context.trace_request_ctx
+    if callable(written):
+        written()
+
+
+def write_trace() -> aiohttp.TraceConfig:
+    """Tells a request the moment its headers were written to the connection (the instant
+    that counts against the API's limits, after connection set-up and the event loop's own
+    delays), through the request's ``trace_request_ctx`` callable."""
+    trace = aiohttp.TraceConfig()
+    trace.on_request_headers_sent.append(_on_headers_sent)
+    return trace
+
+
 def session_from(settings: Settings) -> aiohttp.ClientSession:
     """The one HTTP session of a replica (an async context manager), built from settings."""
     return aiohttp.ClientSession(
@@ -170,7 +189,49 @@ def session_from(settings: Settings) -> aiohttp.ClientSession:
             total=settings.relay_http_timeout_s, sock_connect=settings.relay_connect_timeout_s
         ),
         connector=connector_from(settings),
+        trace_configs=[write_trace()],
     )
+
+
+class _Lateness:
+    """Gives a request's lateness for its slot back to the limiter (``Limiter.sent_late``),
+    measured when its headers were written (``written``, the session's write trace), or when
+    it was handed to the session if the session has no such trace. In process this costs
+    nothing and happens before anything else runs; with shared buckets it is a store round
+    trip, only for a request late beyond half the guard, concurrent with the request."""
+
+    __slots__ = ("_api", "_limiter", "_parent_uid", "_slot", "_task", "_told")
+
+    def __init__(self, limiter: Limiter, api: str, parent_uid: str, slot: float | None) -> None:
+        self._limiter = limiter
+        self._api = api
+        self._parent_uid = parent_uid
+        self._slot = slot
+        self._told = slot is None  # an unlimited API has no slot to be late for
+        self._task: asyncio.Future[float] | None = None
+
+    def written(self) -> None:
+        self._tell(self._limiter.now())
+
+    async def settled(self, handed_over_at: float) -> None:
+        self._tell(handed_over_at)  # no write was traced
+        if self._task is not None:
+            await self._task
+
+    def _tell(self, at: float) -> None:
+        if self._told:
+            return
+        self._told = True
+        assert self._slot is not None
+        if at <= self._slot:
+            return
+        limiter, api, uid, slot = self._limiter, self._api, self._parent_uid, self._slot
+        if isinstance(limiter, RateLimiter):
+            limiter.late(api, uid, slot=slot, sent_at=at)
+        else:
+            self._task = asyncio.ensure_future(
+                _suppressed(limiter.sent_late(api, uid, slot=slot, sent_at=at))
+            )
 
 
 class BssHttp:
@@ -219,7 +280,7 @@ class BssHttp:
             if scope is not None:
                 await scope.sending(op)
             sent_at = self._limiter.now()
-            late = None if slot is None else self._sent_late(op.name, parent_uid, slot, sent_at)
+            late = _Lateness(self._limiter, op.name, parent_uid, slot)
             sent = time.perf_counter()
             try:
                 response = await self._send(
@@ -230,6 +291,7 @@ class BssHttp:
                     body=body,
                     domain_id=domain_id,
                     quota_wait_s=quota_wait_s,
+                    written=late.written,
                 )
             except RelayError as exc:
                 status = str(exc.http_status) if exc.http_status else exc.code
@@ -247,23 +309,8 @@ class BssHttp:
                 metrics.inc(metrics.api_requests, op.name, status)
                 return response
             finally:
-                if late is not None:
-                    await late
+                await late.settled(sent_at)
         raise AssertionError("unreachable")  # pragma: no cover
-
-    def _sent_late(
-        self, api: str, parent_uid: str, slot: float, sent_at: float
-    ) -> asyncio.Future[float] | None:
-        """Give a late send's lateness back to the limiter, concurrently with the request
-        (with shared buckets it is a store round trip; in process it costs nothing)."""
-        if sent_at - slot <= 0:
-            return None
-        if isinstance(self._limiter, RateLimiter):  # no I/O: before the request leaves
-            self._limiter.late(api, parent_uid, slot=slot, sent_at=sent_at)
-            return None
-        return asyncio.ensure_future(
-            _suppressed(self._limiter.sent_late(api, parent_uid, slot=slot, sent_at=sent_at))
-        )
 
     async def _send(
         self,
@@ -275,6 +322,7 @@ class BssHttp:
         body: bytes | None,
         domain_id: str | None,
         quota_wait_s: float = 0.0,
+        written: Callable[[], None] | None = None,
     ) -> Response:
         base = self._bases[op.service]
         headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
@@ -299,7 +347,12 @@ class BssHttp:
         ) as span:
             try:
                 async with self._session.request(
-                    op.method, url, headers=signed, data=body, skip_auto_headers=("Content-Type",)
+                    op.method,
+                    url,
+                    headers=signed,
+                    data=body,
+                    skip_auto_headers=("Content-Type",),
+                    trace_request_ctx=written,
                 ) as resp:
                     data = await resp.read()
                     status, request_id = resp.status, resp.headers.get("X-Request-Id")

@@ -26,7 +26,7 @@ configured limit.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import NamedTuple, Protocol, Self
@@ -35,7 +35,7 @@ import structlog
 
 from service.operations import OPERATIONS
 
-__all__ = ["Bucket", "Grant", "Guard", "Limiter", "RateLimiter"]
+__all__ = ["Bucket", "Grant", "Guard", "Limiter", "Pick", "RateLimiter"]
 
 log = structlog.get_logger(__name__)
 
@@ -53,6 +53,16 @@ class Grant(NamedTuple):
     uid_wait: float
     egress_wait: float
     at: float = 0.0  # the slot's instant in the limiter's clock
+
+
+class Pick(NamedTuple):
+    """The answer to ``acquire_any``: the ParentUid granted a slot (None: none was), its
+    grant (or, with none granted, how long the egress is busy), and how long each candidate
+    looked at but not granted is busy on its own bucket."""
+
+    uid: str | None
+    grant: Grant
+    busy: dict[str, float]
 
 
 class Limiter(Protocol):
@@ -79,6 +89,11 @@ class Limiter(Protocol):
     def rates(self) -> dict[str, float]: ...
 
     async def acquire(self, api: str, parent_uid: str, *, within: float) -> Grant: ...
+
+    async def acquire_any(self, api: str, uids: Sequence[str], *, within: float) -> Pick:
+        """The joint slot of the first of ``uids`` (in the caller's order) whose slot is due
+        within ``within`` seconds, reserved; the others looked at are reported busy."""
+        ...
 
     async def report_throttled(
         self, api: str, parent_uid: str, *, pause_s: float = 1.0, sent_at: float | None = None
@@ -241,6 +256,18 @@ class RateLimiter:
             return Grant(False, wait, uid_wait, egress_wait, now + wait)
         wait = self.reserve(api, parent_uid)
         return Grant(True, wait, uid_wait, egress_wait, now + wait)
+
+    async def acquire_any(self, api: str, uids: Sequence[str], *, within: float) -> Pick:
+        busy: dict[str, float] = {}
+        grant = Grant(False, 0.0, 0.0, 0.0)
+        for uid in uids:
+            grant = await self.acquire(api, uid, within=within)
+            if grant.granted:
+                return Pick(uid, grant, busy)
+            if grant.egress_wait >= grant.wait - 1e-9:
+                return Pick(None, grant, busy)  # the egress is busy: no candidate can go
+            busy[uid] = grant.uid_wait
+        return Pick(None, grant, busy)
 
     async def report_throttled(
         self, api: str, parent_uid: str, *, pause_s: float = 1.0, sent_at: float | None = None

@@ -46,6 +46,7 @@ log = structlog.get_logger(__name__)
 
 SWEEP_EVERY = 4096  # tickets issued between sweeps of past tickets
 NEARLY_DUE_S = 0.02  # a shared slot is asked for when it is at most this far away (at least)
+LOCKED_RETRY_S = 0.002  # every candidate's row was being reserved on by another replica
 
 
 @dataclass(slots=True)
@@ -238,8 +239,9 @@ class FairScheduler:
     async def _dispatch_shared(self, api: str, queue: _ApiQueue) -> None:
         """Serve one API's waiters on buckets shared with other replicas (one store round
         trip per attempt). Round-robin over ParentUids: a slot is asked for only when it is
-        nearly due; a ParentUid whose own bucket is busy is skipped until it is ready (the
-        next customer is served meanwhile); when the egress bucket is busy, wait for it.
+        nearly due, offered to the waiting ParentUids in rotation order in one statement; one
+        whose own bucket is busy is passed over until it is ready (the next customer is
+        served meanwhile); when the egress bucket is busy, wait for it.
         If the store cannot grant slots, every waiter of the API gets the error."""
         limiter = self._limiter
         # Nearly due: within 20 ms, or half an egress interval (a customer whose own bucket
@@ -253,25 +255,28 @@ class FairScheduler:
                     await self._idle(queue, egress_wait - near / 2)
                     continue
                 now = self._clock()
-                uid = next((u for u in queue.waiters if busy.get(u, 0.0) <= now + near), None)
-                if uid is None:
+                candidates = [u for u in queue.waiters if busy.get(u, 0.0) <= now + near]
+                if not candidates:
                     soonest = min(busy.get(u, now) for u in queue.waiters)
                     await self._idle(queue, max(0.0, soonest - now - near / 2))
                     continue
                 try:
-                    grant = await limiter.acquire(api, uid, within=near)
+                    pick = await limiter.acquire_any(api, candidates, within=near)
                 except RelayError as exc:
                     self._fail_all(queue, exc)
                     return
-                if not grant.granted:
-                    if grant.uid_wait >= grant.wait - 1e-9 and grant.uid_wait > near:
-                        busy[uid] = self._clock() + grant.uid_wait  # serve the next customer
-                    continue  # the egress is busy: the next pass waits for it
-                busy.pop(uid, None)
-                if grant.wait > 0:
-                    await self._sleep(grant.wait)  # the slot is ours: keep it in order
-                if uid in queue.waiters:
-                    self._serve(queue, uid, grant.at)
+                now = self._clock()
+                for uid, wait in pick.busy.items():
+                    busy[uid] = now + wait  # serve the next customer meanwhile
+                if pick.uid is None:
+                    if not pick.busy and pick.grant.wait <= 0:
+                        await self._sleep(LOCKED_RETRY_S)  # others were reserving on them
+                    continue  # or the egress is busy: the next pass waits for it
+                busy.pop(pick.uid, None)
+                if pick.grant.wait > 0:
+                    await self._sleep(pick.grant.wait)  # the slot is ours: keep it in order
+                if pick.uid in queue.waiters:
+                    self._serve(queue, pick.uid, pick.grant.at)
                 for gone in [u for u in busy if u not in queue.waiters]:
                     del busy[gone]
         finally:

@@ -10,12 +10,15 @@ jitter it absorbs is that of one egress's path, and the lone 429s of k replicas 
 to a halving; a customer's bucket, which replicas on every egress share, is spaced by the
 widest guard of the API.
 
-One atomic statement per reservation: ``SELECT * FROM relay_reserve(…)``, a PL/pgSQL function
-that locks the egress row, then the ParentUid row (always in that order: no deadlock), and
-reserves the joint slot only when it is *nearly due* (``within`` seconds of the server's now).
-Otherwise it reserves nothing and answers how long each bucket is busy, so the caller serves
-another customer (its own bucket busy) or waits (the egress busy). Nothing is ever reserved far
-ahead: a replica holding slots seconds ahead starves customers served by the others.
+One atomic statement per reservation: ``SELECT * FROM relay_reserve_any(…)``, a PL/pgSQL
+function that locks the egress row, then offers the slot to the caller's candidate ParentUids in
+its round-robin order (their rows locked ``SKIP LOCKED``: a row another replica is reserving on
+is passed over, never waited for while the egress row is held, so no deadlock). The first whose
+joint slot is *nearly due* (``within`` seconds of the server's now) gets it. Otherwise nothing is
+reserved and the answer says how long each bucket is busy, so the caller waits for its egress,
+or for the soonest of its customers. Nothing is ever reserved far ahead: a replica holding slots
+seconds ahead starves customers served by the others. A request that leaves late for its slot
+moves both rows on by the lateness beyond half the guard (``relay_late``).
 
 The caller keeps a local view (ready instants and rates, learnt from every answer) for the
 scheduler's estimates, which need no round trip. ``round_trips`` counts statements sent.
@@ -31,7 +34,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -40,7 +44,7 @@ import asyncpg
 import structlog
 
 from handlers.errors import store_unavailable
-from service.limiter import GUARD_STEP_S, LONE_S, Grant, RateLimiter
+from service.limiter import GUARD_STEP_S, LONE_S, Grant, Pick, RateLimiter
 from service.store.postgres import PostgresCommandStore
 
 __all__ = ["SharedBuckets", "open_limiter"]
@@ -76,12 +80,12 @@ _DDL = (
     )
     """,
     """
-    CREATE OR REPLACE FUNCTION relay_reserve(
-        p_api text, p_uid text, p_egress text, p_ceiling double precision,
+    CREATE OR REPLACE FUNCTION relay_reserve_any(
+        p_api text, p_uids text[], p_egress text, p_ceiling double precision,
         p_guard double precision, p_recovery double precision, p_within double precision)
-    RETURNS TABLE (granted boolean, wait double precision, uid_wait double precision,
-                   egress_wait double precision, uid_rate double precision,
-                   server_now double precision)
+    RETURNS TABLE (uid text, granted boolean, wait double precision,
+                   uid_wait double precision, egress_wait double precision,
+                   uid_rate double precision, server_now double precision)
     LANGUAGE plpgsql AS $$
     DECLARE
         now_ double precision := extract(epoch FROM clock_timestamp());
@@ -89,7 +93,10 @@ _DDL = (
         gu double precision;
         e relay_buckets;
         u relay_buckets;
+        c text;
         slot double precision;
+        first_tat double precision;
+        first_rate double precision;
     BEGIN
         SELECT b.guard INTO g FROM relay_buckets b
             WHERE b.api = p_api AND b.kind = 'guard' AND b.name = p_egress;
@@ -112,42 +119,60 @@ _DDL = (
             SELECT * INTO e FROM relay_buckets b
                 WHERE b.api = p_api AND b.kind = 'egress' AND b.name = p_egress FOR UPDATE;
         END IF;
-        SELECT * INTO u FROM relay_buckets b
-            WHERE b.api = p_api AND b.kind = 'uid' AND b.name = p_uid FOR UPDATE;
-        IF NOT FOUND THEN
-            INSERT INTO relay_buckets (api, kind, name, rate, tat, adjusted_at, used_at)
-                VALUES (p_api, 'uid', p_uid, p_ceiling, 0, now_, now_)
-                ON CONFLICT DO NOTHING;
-            SELECT * INTO u FROM relay_buckets b
-                WHERE b.api = p_api AND b.kind = 'uid' AND b.name = p_uid FOR UPDATE;
-        END IF;
-        -- AIMD, additive part: recover since the last adjustment, up to the ceiling
-        IF u.rate < p_ceiling AND now_ > u.adjusted_at THEN
-            u.rate := least(p_ceiling, u.rate + (now_ - u.adjusted_at) * p_ceiling * p_recovery);
-            u.adjusted_at := now_;
-        END IF;
-        u.rate := least(u.rate, p_ceiling);  -- a lowered RELAY_RATE_LIMITS applies at once
         e.rate := p_ceiling;
-        slot := greatest(now_, e.tat, u.tat);
-        IF slot - now_ > p_within THEN
-            RETURN QUERY SELECT false, slot - now_, greatest(0, u.tat - now_),
-                                greatest(0, e.tat - now_), u.rate, now_;
+        IF e.tat - now_ > p_within THEN  -- the egress is busy: no candidate can go (the
+            -- first one's own bucket is read, unlocked, for the caller's view)
+            SELECT coalesce(max(b.tat), 0), coalesce(max(b.rate), p_ceiling)
+                INTO first_tat, first_rate
+                FROM relay_buckets b WHERE b.api = p_api AND b.kind = 'uid' AND b.name = p_uids[1];
+            RETURN QUERY SELECT NULL::text, false, greatest(e.tat, first_tat) - now_,
+                                greatest(0, first_tat - now_), e.tat - now_, first_rate, now_;
             RETURN;
         END IF;
-        UPDATE relay_buckets b SET tat = slot + (1 + g) / e.rate, rate = e.rate, used_at = now_
-            WHERE b.api = p_api AND b.kind = 'egress' AND b.name = p_egress;
-        UPDATE relay_buckets b SET tat = slot + (1 + gu) / u.rate, rate = u.rate,
-                                   adjusted_at = u.adjusted_at, used_at = now_
-            WHERE b.api = p_api AND b.kind = 'uid' AND b.name = p_uid;
-        RETURN QUERY SELECT true, slot - now_, slot + (1 + gu) / u.rate - now_,
-                            slot + (1 + g) / e.rate - now_, u.rate, now_;
+        -- the candidates in the caller's (round-robin) order: the first whose own bucket is
+        -- nearly due gets the joint slot. A row another replica is reserving on right now is
+        -- skipped (SKIP LOCKED: never a wait while holding the egress row, so no deadlock).
+        FOREACH c IN ARRAY p_uids LOOP
+            SELECT * INTO u FROM relay_buckets b
+                WHERE b.api = p_api AND b.kind = 'uid' AND b.name = c FOR UPDATE SKIP LOCKED;
+            IF NOT FOUND THEN
+                INSERT INTO relay_buckets (api, kind, name, rate, tat, adjusted_at, used_at)
+                    VALUES (p_api, 'uid', c, p_ceiling, 0, now_, now_)
+                    ON CONFLICT DO NOTHING;
+                SELECT * INTO u FROM relay_buckets b
+                    WHERE b.api = p_api AND b.kind = 'uid' AND b.name = c
+                    FOR UPDATE SKIP LOCKED;
+                CONTINUE WHEN NOT FOUND;
+            END IF;
+            -- AIMD, additive part: recover since the last adjustment, up to the ceiling
+            IF u.rate < p_ceiling AND now_ > u.adjusted_at THEN
+                u.rate := least(p_ceiling,
+                                u.rate + (now_ - u.adjusted_at) * p_ceiling * p_recovery);
+                u.adjusted_at := now_;
+            END IF;
+            u.rate := least(u.rate, p_ceiling);  -- a lowered RELAY_RATE_LIMITS applies at once
+            slot := greatest(now_, e.tat, u.tat);
+            IF slot - now_ <= p_within THEN
+                UPDATE relay_buckets b SET tat = slot + (1 + g) / e.rate, rate = e.rate,
+                                           used_at = now_
+                    WHERE b.api = p_api AND b.kind = 'egress' AND b.name = p_egress;
+                UPDATE relay_buckets b SET tat = slot + (1 + gu) / u.rate, rate = u.rate,
+                                           adjusted_at = u.adjusted_at, used_at = now_
+                    WHERE b.api = p_api AND b.kind = 'uid' AND b.name = c;
+                RETURN QUERY SELECT c, true, slot - now_, slot + (1 + gu) / u.rate - now_,
+                                    slot + (1 + g) / e.rate - now_, u.rate, now_;
+                RETURN;
+            END IF;
+            RETURN QUERY SELECT c, false, slot - now_, greatest(0, u.tat - now_),
+                                greatest(0, e.tat - now_), u.rate, now_;
+        END LOOP;
     END $$
     """,
     """
     CREATE OR REPLACE FUNCTION relay_late(
         p_api text, p_uid text, p_egress text, p_excess double precision)
     RETURNS void LANGUAGE plpgsql AS $$
-    BEGIN  -- the egress row first, then the ParentUid's: relay_reserve's order
+    BEGIN  -- the egress row first, then the ParentUid's: relay_reserve_any's order
         UPDATE relay_buckets b SET tat = b.tat + p_excess
             WHERE b.api = p_api AND b.kind = 'egress' AND b.name = p_egress;
         UPDATE relay_buckets b SET tat = b.tat + p_excess
@@ -204,7 +229,8 @@ _DDL = (
     """,
 )
 
-_RESERVE = "SELECT * FROM relay_reserve($1, $2, $3, $4, $5, $6, $7)"
+_RESERVE = "SELECT * FROM relay_reserve_any($1, $2, $3, $4, $5, $6, $7)"
+CANDIDATES = 16  # ParentUids offered per reservation, in round-robin order
 _LATE = "SELECT relay_late($1, $2, $3, $4)"
 _THROTTLED = "SELECT * FROM relay_throttled($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 # A block of $5 parking tickets for one key, no sooner than $3 and one spacing after the key's
@@ -296,6 +322,7 @@ class SharedBuckets:
         self._seen: dict[tuple[str, str, str], _Seen] = {}
         self._blocks: dict[tuple[str, str], _Block] = {}
         self.round_trips = 0
+        self.trips: Counter[str] = Counter()  # round trips by statement: what they were for
         self.grants = 0
         self.late_sends = 0
         self._stats_at = 0.0
@@ -324,6 +351,7 @@ class SharedBuckets:
             "shared_buckets_stats",
             egress=self._egress,
             round_trips=self.round_trips,
+            trips=dict(self.trips),
             grants=self.grants,
             late_sends=self.late_sends,
             keys=len(self._seen),
@@ -368,36 +396,65 @@ class SharedBuckets:
 
     async def acquire(self, api: str, parent_uid: str, *, within: float) -> Grant:
         """Reserve the joint slot if it is due within ``within`` seconds (one statement)."""
+        pick = await self.acquire_any(api, (parent_uid,), within=within)
+        return pick.grant
+
+    async def acquire_any(self, api: str, uids: Sequence[str], *, within: float) -> Pick:
+        """One statement: the joint slot of the first of ``uids`` (the caller's round-robin
+        order, at most ``CANDIDATES``) that is due within ``within`` seconds, reserved.
+        Offering several customers at once is what keeps it near one round trip per call
+        when customers outnumber replicas: a customer whose own bucket another replica just
+        used is passed over in the same statement, not in a round trip of its own."""
         ceiling = self.limit(api)
+        now = self.now()
         if ceiling is None:
-            return Grant(True, 0.0, 0.0, 0.0, self.now())
-        row = await self._fetch(
+            return Pick(uids[0] if uids else None, Grant(True, 0.0, 0.0, 0.0, now), {})
+        rows = await self._fetch_all(
+            "reserve",
             _RESERVE,
             api,
-            parent_uid,
+            list(uids[:CANDIDATES]),
             self._egress,
             ceiling,
             self._guard_s,
             self._recovery,
             within,
         )
-        local = self._learn(row["server_now"])
-        self._note((api, "uid", parent_uid), local + row["uid_wait"], row["uid_rate"])
-        self._note((api, "egress", self._egress), local + row["egress_wait"], ceiling)
-        grant = Grant(
-            row["granted"],
-            row["wait"],
-            row["uid_wait"],
-            row["egress_wait"],
-            row["server_now"] + row["wait"],
-        )
-        if grant.granted:
-            self.grants += 1
-            if self.grants % PRUNE_EVERY == 0:
-                await self.prune()
+        if not rows:  # every candidate was being reserved on by another replica just now
+            return Pick(None, Grant(False, 0.0, 0.0, 0.0, now), {})
+        local = self._learn(rows[-1]["server_now"])
+        busy: dict[str, float] = {}
+        grant = Grant(False, 0.0, 0.0, 0.0, now)
+        for row in rows:
+            grant = Grant(
+                row["granted"],
+                row["wait"],
+                row["uid_wait"],
+                row["egress_wait"],
+                row["server_now"] + row["wait"],
+            )
+            self._note((api, "egress", self._egress), local + row["egress_wait"], ceiling)
+            uid = row["uid"]
+            if uid is None:  # the egress is busy
+                self.trips["reserve"] -= 1
+                self.trips["reserve_missed"] += 1
+                if uids:
+                    self._note((api, "uid", uids[0]), local + row["uid_wait"], row["uid_rate"])
+                return Pick(None, grant, busy)
+            self._note((api, "uid", uid), local + row["uid_wait"], row["uid_rate"])
+            if grant.granted:
+                self.grants += 1
+                if self.grants % PRUNE_EVERY == 0:
+                    await self.prune()
+                if local - self._stats_at >= STATS_EVERY_S:
+                    self._log_stats()
+                return Pick(uid, grant, busy)
+            busy[uid] = row["uid_wait"]
+        self.trips["reserve"] -= 1
+        self.trips["reserve_missed"] += 1  # none of the candidates was nearly due
         if local - self._stats_at >= STATS_EVERY_S:
             self._log_stats()
-        return grant
+        return Pick(None, grant, busy)
 
     async def report_throttled(
         self, api: str, parent_uid: str, *, pause_s: float = 1.0, sent_at: float | None = None
@@ -408,6 +465,7 @@ class SharedBuckets:
         if ceiling is None:
             return False
         row = await self._fetch(
+            "throttled",
             _THROTTLED,
             api,
             parent_uid,
@@ -436,7 +494,7 @@ class SharedBuckets:
         if self.limit(api) is None or excess <= 0:
             return 0.0
         self.late_sends += 1
-        await self._fetch(_LATE, api, parent_uid, self._egress, excess)
+        await self._fetch("late", _LATE, api, parent_uid, self._egress, excess)
         log.debug("sent_late", api=api, excess_ms=round(excess * 1000, 1))
         return excess
 
@@ -457,6 +515,7 @@ class SharedBuckets:
                 return ticket, block.interval
         ceiling = self.limit(api) or 1.0
         row = await self._fetch(
+            "ticket",
             _TICKET,
             api,
             parent_uid,
@@ -477,6 +536,7 @@ class SharedBuckets:
         """Delete rows idle for an hour whose next slot has passed (a fresh row is the same)."""
         with contextlib.suppress(*LOST):
             self.round_trips += 1
+            self.trips["prune"] += 1
             status = await self._pool.execute(_PRUNE, IDLE_ROW_S, timeout=self._timeout_s)
             now = self._clock()
             for key in [k for k, s in self._seen.items() if s.ready_at < now - IDLE_ROW_S]:
@@ -489,8 +549,20 @@ class SharedBuckets:
 
     # -- internals -----------------------------------------------------------------------------
 
-    async def _fetch(self, query: str, *args: Any) -> Any:
+    async def _fetch_all(self, kind: str, query: str, *args: Any) -> list[Any]:
         self.round_trips += 1
+        self.trips[kind] += 1
+        try:
+            rows: list[Any] = await self._pool.fetch(query, *args, timeout=self._timeout_s)
+        except LOST as exc:
+            raise store_unavailable(
+                "the store is unreachable: no rate-limit slot can be granted",
+            ) from exc
+        return rows
+
+    async def _fetch(self, kind: str, query: str, *args: Any) -> Any:
+        self.round_trips += 1
+        self.trips[kind] += 1
         try:
             row = await self._pool.fetchrow(query, *args, timeout=self._timeout_s)
         except LOST as exc:

@@ -1,0 +1,67 @@
+"""A request's lateness for its slot is measured when its headers are written."""
+
+from __future__ import annotations
+
+from service.client import BssHttp, session_from
+from service.limiter import RateLimiter
+from service.operations import OPERATIONS
+from service.sandbox.server import SandboxServer
+from service.scheduler import FairScheduler
+from service.settings import Settings
+from service.signer import Signer
+from tests.sandbox import demo_ids as ids
+
+
+class Ticking:
+    """A clock that moves one second each time it is read: which reading a caller used
+    tells which moment it measured."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        self.t += 1.0
+        return self.t
+
+
+class Recording(RateLimiter):
+    def __init__(self, clock: Ticking) -> None:
+        super().__init__({"list_quota_coupons": 10}, clock=clock)
+        self.lateness: list[tuple[float, float]] = []
+
+    def late(self, api: str, parent_uid: str, *, slot: float, sent_at: float) -> float:
+        self.lateness.append((slot, sent_at))
+        return super().late(api, parent_uid, slot=slot, sent_at=sent_at)
+
+
+class Behind(FairScheduler):
+    """Grants every turn at once, for a slot that was due at the clock's reading then."""
+
+    async def turn(self, api: str, uid: str) -> float | None:
+        return self._limiter.now()
+
+
+async def test_the_write_of_the_headers_is_the_moment_that_counts(sandbox: SandboxServer) -> None:
+    clock = Ticking()
+    limiter = Recording(clock)
+    settings = Settings(bss_endpoint=sandbox.url)
+    async with session_from(settings) as session:
+        http = BssHttp(
+            session=session,
+            bss_endpoint=settings.bss_endpoint,
+            iam_endpoint=settings.bss_endpoint,
+            limiter=limiter,
+            scheduler=Behind(limiter),
+        )
+        answer = await http.call(
+            OPERATIONS["list_quota_coupons"],
+            Signer(ids.PARTNER_AK, ids.PARTNER_SK),
+            parent_uid=ids.PARTNER_ID,
+            body=b"{}",
+        )
+    assert answer.status == 200
+    [(slot, sent_at)] = limiter.lateness
+    # readings: the slot (1), handing the request to the session (2), the headers written
+    # (3): the write's reading is the one given back, so the lateness the request picked up
+    # on its way out (connection set-up, a busy loop) moves the buckets on too
+    assert sent_at - slot == 2.0
