@@ -13,9 +13,12 @@ bucket starts full and admits ``max_rate`` at once followed by steady flow (up t
 one sliding second).
 
 The guard adapts per API: it starts small (``guard_s``, a few milliseconds: 0.2 % of the quota)
-and widens only when the API actually throttles. A *lone* throttling answer -- the first of an
-API for ``lone_s`` seconds while its guard can still widen -- is explained by jitter that a wider
-guard absorbs: the guard doubles (at least +5 ms, at most ``guard_max_s``) and the rate stays.
+and widens only when the API actually throttles; after ``NARROW_AFTER_S`` without a throttling
+answer it narrows by half again, not below where it started. A *lone* throttling answer -- the
+first of an API for ``lone_s`` seconds while its guard can still widen -- is explained by jitter
+that a wider guard absorbs: the guard doubles (at least +5 ms, at most ``guard_max_s``) and the
+rate stays. A request sent late for its slot gives its lateness back (``late``), so the guard
+need not cover the sender's own delays.
 
 Rates adapt (AIMD) otherwise: a throttling answer that a wider guard does not explain (another
 one soon after, or the guard already at its widest) halves the key's rate (never below
@@ -42,6 +45,7 @@ log = structlog.get_logger(__name__)
 SWEEP_EVERY = 4096  # reservations between sweeps of idle buckets
 GUARD_STEP_S = 0.005  # the least a lone throttling answer widens an API's guard by
 LONE_S = 2.0  # a throttling answer is lone when its API saw none for this long
+NARROW_AFTER_S = 60.0  # a widened guard narrows by half after this long without a 429
 
 
 class Grant(NamedTuple):
@@ -114,12 +118,30 @@ class Limiter(Protocol):
 
 @dataclass(slots=True)
 class Guard:
-    """One API's guard: widened on lone throttling answers, up to a maximum."""
+    """One API's guard: widened on lone throttling answers, up to a maximum; narrowed back
+    by half, towards where it started, after each ``NARROW_AFTER_S`` without any (a busy
+    start or a transient does not cost the quota's last percent for good)."""
 
     seconds: float
     widest: float
     widened_at: float = float("-inf")
     throttled_at: float = float("-inf")
+    narrowed_at: float = float("-inf")
+    narrowest: float = 0.0  # where it started; 0: its first width
+
+    def __post_init__(self) -> None:
+        self.narrowest = self.narrowest or self.seconds
+
+    def relax(self, now: float) -> None:
+        """Narrow by half (not below where it started) once ``NARROW_AFTER_S`` passed since
+        the last throttling answer and the last change."""
+        if self.seconds <= self.narrowest:
+            return
+        if now - max(self.throttled_at, self.widened_at, self.narrowed_at) < NARROW_AFTER_S:
+            return
+        self.seconds = max(self.narrowest, self.seconds / 2)
+        self.narrowed_at = now  # the next step is another quiet period away
+        log.info("rate_guard_narrowed", guard_ms=round(self.seconds * 1000, 1))
 
     def explains(self, now: float, sent_at: float | None = None) -> bool:
         """A throttling answer now is lone and the guard can still widen (widening it if so).
@@ -202,6 +224,8 @@ class RateLimiter:
 
     def _bucket(self, key: tuple[str, str, str], ceiling: float, now: float) -> Bucket:
         bucket = self._buckets.get(key)
+        if bucket is not None:
+            bucket.guard.relax(now)
         if bucket is None:
             guard = self.guard(key[0])
             bucket = Bucket(ceiling=ceiling, rate=ceiling, guard=guard, adjusted_at=now)

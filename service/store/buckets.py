@@ -44,7 +44,7 @@ import asyncpg
 import structlog
 
 from handlers.errors import store_unavailable
-from service.limiter import GUARD_STEP_S, LONE_S, Grant, Pick, RateLimiter
+from service.limiter import GUARD_STEP_S, LONE_S, NARROW_AFTER_S, Grant, Pick, RateLimiter
 from service.store.postgres import PostgresCommandStore
 
 __all__ = ["SharedBuckets", "open_limiter"]
@@ -71,7 +71,8 @@ _DDL = (
         rate         double precision NOT NULL,  -- requests/s now (AIMD)
         tat          double precision NOT NULL,  -- next slot (kind 'ticket': last parking
                                                  -- ticket), epoch s of the server's clock
-        adjusted_at  double precision NOT NULL,  -- rate recovery counts from here
+        adjusted_at  double precision NOT NULL,  -- rate recovery counts from here (kind
+                                                 -- 'guard': when it was last narrowed)
         guard        double precision NOT NULL DEFAULT 0,  -- kind 'guard': the API's guard, s
         throttled_at double precision NOT NULL DEFAULT 0,  -- kind 'guard': last 429
         widened_at   double precision NOT NULL DEFAULT 0,  -- kind 'guard': last widening
@@ -82,7 +83,8 @@ _DDL = (
     """
     CREATE OR REPLACE FUNCTION relay_reserve_any(
         p_api text, p_uids text[], p_egress text, p_ceiling double precision,
-        p_guard double precision, p_recovery double precision, p_within double precision)
+        p_guard double precision, p_recovery double precision, p_within double precision,
+        p_narrow_after double precision)
     RETURNS TABLE (uid text, granted boolean, wait double precision,
                    uid_wait double precision, egress_wait double precision,
                    uid_rate double precision, server_now double precision)
@@ -97,14 +99,23 @@ _DDL = (
         slot double precision;
         first_tat double precision;
         first_rate double precision;
+        quiet_since double precision;
     BEGIN
-        SELECT b.guard INTO g FROM relay_buckets b
+        -- a guard row's adjusted_at is when it was last narrowed
+        SELECT b.guard, greatest(b.throttled_at, b.widened_at, b.adjusted_at)
+            INTO g, quiet_since FROM relay_buckets b
             WHERE b.api = p_api AND b.kind = 'guard' AND b.name = p_egress;
         IF NOT FOUND THEN
             INSERT INTO relay_buckets (api, kind, name, rate, tat, adjusted_at, guard, used_at)
                 VALUES (p_api, 'guard', p_egress, p_ceiling, 0, now_, p_guard, now_)
                 ON CONFLICT DO NOTHING;
             g := p_guard;
+        ELSIF g > p_guard AND now_ - quiet_since >= p_narrow_after THEN
+            -- no 429 for a while: narrow by half, not below where it starts (once: the
+            -- first replica to get here does it)
+            g := greatest(p_guard, g / 2);
+            UPDATE relay_buckets b SET guard = g, adjusted_at = now_
+                WHERE b.api = p_api AND b.kind = 'guard' AND b.name = p_egress AND b.guard > g;
         END IF;
         -- a customer's bucket is shared by replicas on every egress: its slots are spaced by
         -- the widest guard of the API (the jitter between replicas), the egress's by its own
@@ -229,7 +240,7 @@ _DDL = (
     """,
 )
 
-_RESERVE = "SELECT * FROM relay_reserve_any($1, $2, $3, $4, $5, $6, $7)"
+_RESERVE = "SELECT * FROM relay_reserve_any($1, $2, $3, $4, $5, $6, $7, $8)"
 CANDIDATES = 16  # ParentUids offered per reservation, in round-robin order
 _LATE = "SELECT relay_late($1, $2, $3, $4)"
 _THROTTLED = "SELECT * FROM relay_throttled($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
@@ -419,6 +430,7 @@ class SharedBuckets:
             self._guard_s,
             self._recovery,
             within,
+            NARROW_AFTER_S,
         )
         if not rows:  # every candidate was being reserved on by another replica just now
             return Pick(None, Grant(False, 0.0, 0.0, 0.0, now), {})

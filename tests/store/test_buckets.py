@@ -222,3 +222,23 @@ async def test_a_late_send_moves_the_shared_rows_for_every_replica(
     third = await two.acquire("op", "c2", within=5.0)  # another customer, the same egress
     assert third.at - second.at == pytest.approx(0.101, abs=1e-6)
     assert await one.sent_late("op", "c1", slot=first.at, sent_at=first.at + 0.004) == 0.0
+
+
+async def test_a_shared_guard_narrows_back_after_a_quiet_minute(open_buckets: OpenBuckets) -> None:
+    one = await open_buckets(egress="a")
+    assert await one.report_throttled("op", "c0", pause_s=0.0) is False  # 10 -> 20 ms
+
+    async def spacing(uid: str) -> float:
+        first = await one.acquire("op", uid, within=5.0)
+        second = await one.acquire("op", uid, within=5.0)
+        return second.at - first.at
+
+    assert await spacing("c1") == pytest.approx(0.102, abs=1e-6)
+    # a minute without a 429 (the row's instants moved back rather than waiting for it)
+    await one._pool.execute(
+        "UPDATE relay_buckets SET throttled_at = throttled_at - 61, "
+        "widened_at = widened_at - 61, adjusted_at = adjusted_at - 61 WHERE kind = 'guard'"
+    )
+    assert await spacing("c2") == pytest.approx(0.101, abs=1e-6)  # halved: back to 10 ms
+    [row] = await one._pool.fetch("SELECT guard FROM relay_buckets WHERE kind = 'guard'")
+    assert row["guard"] == pytest.approx(0.010)

@@ -263,3 +263,28 @@ def test_lateness_within_half_the_guard_moves_nothing() -> None:
     assert limiter.late("op", "c1", slot=slot, sent_at=slot + 0.025) == pytest.approx(0.02)
     assert limiter.delay("op", "c1") == pytest.approx(before + 0.02)
     assert limiter.egress_delay("op") == pytest.approx(before + 0.02)  # both keys move
+
+
+def test_a_widened_guard_narrows_back_after_a_quiet_minute() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter({"op": 10}, guard_s=0.01, clock=clock)
+    limiter.reserve("op", "c1")
+    assert limiter.throttled("op", "c1") is False  # lone: 10 -> 20 ms
+    clock.t += 3
+    assert limiter.throttled("op", "c1") is False  # lone again: 20 -> 40 ms
+    assert limiter.guard("op").seconds == pytest.approx(0.04)
+    clock.t += 59
+    limiter.reserve("op", "c1")
+    assert limiter.guard("op").seconds == pytest.approx(0.04)  # not quiet for long enough
+    clock.t += 1
+    limiter.reserve("op", "c1")
+    assert limiter.guard("op").seconds == pytest.approx(0.02)  # a quiet minute: halved
+    clock.t += 1
+    limiter.reserve("op", "c1")
+    assert limiter.guard("op").seconds == pytest.approx(0.02)  # one step per quiet minute
+    clock.t += 60
+    limiter.reserve("op", "c1")
+    assert limiter.guard("op").seconds == pytest.approx(0.01)
+    clock.t += 600
+    limiter.reserve("op", "c1")
+    assert limiter.guard("op").seconds == pytest.approx(0.01)  # never below its start
