@@ -273,8 +273,10 @@ class FairScheduler:
                         await self._sleep(LOCKED_RETRY_S)  # others were reserving on them
                     continue  # or the egress is busy: the next pass waits for it
                 busy.pop(pick.uid, None)
-                if pick.grant.wait > 0:
-                    await self._sleep(pick.grant.wait)  # the slot is ours: keep it in order
+                # the slot is ours: keep it in order, on time even if the answer came late
+                wait = pick.grant.at - limiter.now()
+                if wait > 0:
+                    await self._sleep(wait)
                 if pick.uid in queue.waiters:
                     self._serve(queue, pick.uid, pick.grant.at)
                 for gone in [u for u in busy if u not in queue.waiters]:

@@ -272,6 +272,7 @@ _TICKET = """
             used_at = EXCLUDED.used_at
     RETURNING tat, rate AS spacing, used_at AS server_now
 """
+OFFSET_DRIFT = 0.001  # s/s the clock offset estimate yields (a server clock slewed by NTP)
 ACTIVE_S = 2.0  # a ParentUid or egress that reserved a slot this recently counts as active
 TICKET_BLOCK = 16  # parking tickets of a key taken per round trip
 _PRUNE = """
@@ -318,7 +319,7 @@ class SharedBuckets:
         recovery: float = 0.1,
         floor: float = 0.5,
         timeout_s: float = 2.0,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._pool = pool
         self._table = RateLimiter(overrides)  # the limits table only
@@ -329,7 +330,8 @@ class SharedBuckets:
         self._floor = floor
         self._timeout_s = timeout_s
         self._clock = clock
-        self._offset = 0.0  # server epoch - local clock, from the last answer
+        self._offset: float | None = None  # server epoch - local clock (see _learn)
+        self._learnt_at = 0.0
         self._seen: dict[tuple[str, str, str], _Seen] = {}
         self._blocks: dict[tuple[str, str], _Block] = {}
         self.round_trips = 0
@@ -375,7 +377,7 @@ class SharedBuckets:
 
     def now(self) -> float:
         """The server's clock, estimated from the last answer (epoch seconds)."""
-        return self._clock() + self._offset
+        return self._clock() + (self._offset or 0.0)
 
     def delay(self, api: str, parent_uid: str) -> float:
         """Seconds until a call could be sent, as far as the last answers tell (no I/O)."""
@@ -585,9 +587,22 @@ class SharedBuckets:
         return row
 
     def _learn(self, server_now: float) -> float:
-        """Update the clock offset from an answer; returns the local instant it stands for."""
+        """Update the clock offset from an answer; returns the local instant it was read.
+
+        An answer read late (a slow round trip, a busy event loop) makes ``server_now -
+        local`` too small by the delay, so the estimate keeps the largest such sample: that of
+        the answer read soonest. It yields ``OFFSET_DRIFT`` per second so that the two clocks
+        may drift apart (the local clock is monotonic: it never steps). Taking the last sample
+        instead hid exactly the lateness that matters: a request sent late after a late answer
+        looked on time, and its slot was not given back."""
         local = self._clock()
-        self._offset = server_now - local
+        sample = server_now - local
+        offset = self._offset
+        if offset is None or sample > offset - (local - self._learnt_at) * OFFSET_DRIFT:
+            self._offset = sample
+        else:
+            self._offset = offset - (local - self._learnt_at) * OFFSET_DRIFT
+        self._learnt_at = local
         return local
 
     def _note(self, key: tuple[str, str, str], ready_at: float, rate: float) -> None:

@@ -242,3 +242,21 @@ async def test_a_shared_guard_narrows_back_after_a_quiet_minute(open_buckets: Op
     assert await spacing("c2") == pytest.approx(0.101, abs=1e-6)  # halved: back to 10 ms
     [row] = await one._pool.fetch("SELECT guard FROM relay_buckets WHERE kind = 'guard'")
     assert row["guard"] == pytest.approx(0.010)
+
+
+def test_the_server_clock_estimate_keeps_the_answer_read_soonest() -> None:
+    """An answer read 50 ms late must not make the replica think the server's clock is 50 ms
+    behind: its requests would leave late for their slots while looking on time."""
+    local = [0.0]
+    buckets = SharedBuckets(None, {"op": 5}, clock=lambda: local[0])
+    buckets._learn(1000.0)  # read at once
+    assert buckets.now() == pytest.approx(1000.0)
+    local[0] = 1.05
+    buckets._learn(1001.0)  # server time 1001.0, read at local 1.05: 50 ms late
+    assert buckets.now() == pytest.approx(1001.05, abs=0.002)  # not 1001.0
+    local[0] = 2.0
+    buckets._learn(1002.01)  # the server's clock gained 10 ms: taken at once
+    assert buckets.now() == pytest.approx(1002.01)
+    local[0] = 12.0
+    buckets._learn(1011.995)  # it lost 15 ms: yielded at 1 ms/s
+    assert buckets.now() == pytest.approx(1012.0, abs=1e-6)
