@@ -52,6 +52,8 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
+MISSED_SLOTS_MAX = 5  # slots a call lets go in a row for waking up too late (see _turn)
+MISSED_SLOT_S = 0.05  # a call that wakes up this late for its slot lets it go
 USER_AGENT = "bss-relay/0.1"
 THROTTLE_CODES = frozenset({"APIG.0308", "APIGW.0308"})
 # Answers that mean "nothing happened, ask again later" even on a mutating call.
@@ -274,7 +276,7 @@ class BssHttp:
         metrics = self._metrics
         for attempt in range(self._throttle_retries + 1):
             waited = time.perf_counter()
-            slot = await self._scheduler.turn(op.name, parent_uid)
+            slot = await self._turn(op.name, parent_uid)
             quota_wait_s = time.perf_counter() - waited
             metrics.observe_quota_wait(op.name, quota_wait_s)
             if scope is not None:
@@ -311,6 +313,22 @@ class BssHttp:
             finally:
                 await late.settled(sent_at)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _turn(self, api: str, parent_uid: str) -> float | None:
+        """The call's slot, fresh. Lateness is normally given back once the request is
+        written (``Limiter.sent_late``), which moves the slots reserved after it. A call that
+        wakes up grossly late (``MISSED_SLOT_S``, or the limiter's tolerance if wider) lets
+        its slot go and takes the next one instead: a process that busy may give the lateness
+        back too late for slots reserved meanwhile (the slot is wasted, the limit kept). A
+        machine too busy to wake in time ``MISSED_SLOTS_MAX`` times in a row sends anyway."""
+        limiter = self._limiter
+        for _ in range(MISSED_SLOTS_MAX):
+            slot = await self._scheduler.turn(api, parent_uid)
+            if slot is None or limiter.now() - slot <= max(MISSED_SLOT_S, limiter.tolerance(api)):
+                return slot
+            self._metrics.inc(self._metrics.missed_slots, api)
+            log.debug("slot_missed", api=api, late_ms=round((limiter.now() - slot) * 1000, 1))
+        return await self._scheduler.turn(api, parent_uid)
 
     async def _send(
         self,

@@ -103,6 +103,10 @@ class Limiter(Protocol):
         self, api: str, parent_uid: str, *, pause_s: float = 1.0, sent_at: float | None = None
     ) -> bool: ...
 
+    def tolerance(self, api: str) -> float:
+        """How late after its slot a call may still use it: half the API's guard."""
+        ...
+
     async def sent_late(self, api: str, parent_uid: str, *, slot: float, sent_at: float) -> float:
         """A call left at ``sent_at``, after its slot ``slot`` (both of the limiter's clock):
         lateness beyond half the guard moves both keys' next slots on by the excess, which
@@ -301,6 +305,9 @@ class RateLimiter:
     async def sent_late(self, api: str, parent_uid: str, *, slot: float, sent_at: float) -> float:
         return self.late(api, parent_uid, slot=slot, sent_at=sent_at)
 
+    def tolerance(self, api: str) -> float:
+        return self.guard(api).seconds / 2
+
     def late(self, api: str, parent_uid: str, *, slot: float, sent_at: float) -> float:
         """A call was sent ``sent_at - slot`` seconds after its slot (an event loop that
         woke late, a store round trip, a busy machine). Slots are spaced by ``(1 + guard) /
@@ -311,7 +318,7 @@ class RateLimiter:
         Returns the excess (0: nothing moved)."""
         if self.limit(api) is None:
             return 0.0
-        excess = sent_at - slot - self.guard(api).seconds / 2
+        excess = sent_at - slot - self.tolerance(api)
         if excess <= 0:
             return 0.0
         for key in self._keys(api, parent_uid):

@@ -81,6 +81,12 @@ class Metrics:
             ["api"],
             registry=self.registry,
         )
+        self.missed_slots = Counter(
+            "bss_relay_missed_slots",
+            "Rate-limit slots let go because the call woke up too late for them",
+            ["api"],
+            registry=self.registry,
+        )
         self.settlements = Counter(
             "bss_relay_settlements",
             "How deliveries ended: settled, abandoned (channel closed first: redelivered), "

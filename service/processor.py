@@ -229,20 +229,31 @@ class Processor:
         # Claimed before any check that could reject: a finished command is only ever
         # re-announced, so a changed configuration or a passed deadline cannot give it a
         # second terminal event.
+        details = claim_details(
+            command,
+            delivery.requested_by,
+            partner_id=None if isinstance(found, Rejection) else found[0],
+        )
         claim = await store_call(
             self._store.claim(
-                command.command_id,
-                command.type,
-                owner=self._owner,
-                lease=self._lease,
-                # issue 12/9: fingerprint and audit details, stored by the creating claim
-                **claim_details(
-                    command,
-                    delivery.requested_by,
-                    partner_id=None if isinstance(found, Rejection) else found[0],
-                ),
+                command.command_id, command.type, owner=self._owner, lease=self._lease, **details
             )
         )
+        dead = claim.record.owner
+        if claim.outcome is ClaimOutcome.BUSY and dead and await self._renewals.owner_gone(dead):
+            # its holder died (its liveness lock is free): take it over now, not after the
+            # lease; reconciliation before any money-moving retry is the claim's as ever
+            log.info("command_taken_over", dead_owner=dead)
+            await store_call(self._store.release(command.command_id, owner=dead))
+            claim = await store_call(
+                self._store.claim(
+                    command.command_id,
+                    command.type,
+                    owner=self._owner,
+                    lease=self._lease,
+                    **details,
+                )
+            )
         if claim.outcome is ClaimOutcome.FINISHED:
             return self._reannounce(delivery, command, claim.record)
         if claim.outcome is ClaimOutcome.BUSY:

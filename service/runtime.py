@@ -148,11 +148,13 @@ class _Background:
             task.cancel()
 
 
-def _renewal_locks(store: CommandStore) -> AbstractAsyncContextManager[RenewalLocks]:
+def _renewal_locks(store: CommandStore, owner: str) -> AbstractAsyncContextManager[RenewalLocks]:
     """One renewal per customer at a time: across replicas on PostgreSQL (advisory locks on
-    a connection of their own), within the process on SQLite (one process per file)."""
+    a connection of their own, which also says this process is alive), within the process on
+    SQLite (one process per file)."""
     if isinstance(store, PostgresCommandStore):
-        return PostgresLocks(store.connect, namespace=f"{store.schema or 'public'}:renew")
+        schema = store.schema or "public"
+        return PostgresLocks(store.connect, namespace=f"{schema}:renew", owner=owner)
     return LocalLocks()
 
 
@@ -226,7 +228,7 @@ async def start(
             metrics=metrics,
             guard=Guard(policy, store),
             deferred_after_s=settings.relay_deferred_after_s,
-            renewals=await stack.enter_async_context(_renewal_locks(store)),
+            renewals=await stack.enter_async_context(_renewal_locks(store, owner)),
         )
         tasks = await stack.enter_async_context(asyncio.TaskGroup())
         consumer = Consumer(

@@ -346,6 +346,10 @@ class SharedBuckets:
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", _DDL_LOCK_KEY)
                 for statement in _DDL:
                     await conn.execute(statement)
+            async with self._pool.acquire() as conn:  # the server's clock, before any slot
+                self._learn(
+                    await conn.fetchval("SELECT extract(epoch FROM clock_timestamp())::float8")
+                )
         except LOST as exc:
             raise store_unavailable("could not prepare the shared rate-limit buckets") from exc
         return self
@@ -501,10 +505,14 @@ class SharedBuckets:
             log.warning("rate_guard_widened", api=api, guard_ms=row["guard"] * 1000)
         return bool(row["halved"])
 
+    def tolerance(self, api: str) -> float:
+        """Half the guard this replica starts with (the shared guard is at least that)."""
+        return self._guard_s / 2
+
     async def sent_late(self, api: str, parent_uid: str, *, slot: float, sent_at: float) -> float:
         """A call left late for its slot (see ``RateLimiter.late``): beyond half the guard,
         both shared rows' next slots move on by the excess (one statement, only then)."""
-        excess = sent_at - slot - self._guard_s / 2
+        excess = sent_at - slot - self.tolerance(api)
         if self.limit(api) is None or excess <= 0:
             return 0.0
         self.late_sends += 1

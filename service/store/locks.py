@@ -26,6 +26,11 @@ connection; while none can be opened, ``hold`` raises ``StoreUnavailable``.
 
 Keys are 64-bit hashes of (namespace, key); the namespace (the store's schema) keeps separate
 deployments sharing one database apart.
+
+The same connection carries the replica's *liveness lock* (namespace ``<schema>:alive``, key:
+the process's owner id), held for as long as the connection lives: ``owner_gone`` tells another
+replica that a lease holder died, so its commands are taken over at once rather than when
+their leases run out (``RELAY_LEASE_S``).
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from typing import Any, Protocol, Self
 import asyncpg
 import structlog
 
-from handlers.errors import store_unavailable
+from handlers.errors import RelayError, store_unavailable
 from service.keyed_lock import KeyedLock
 
 __all__ = ["Held", "LocalLocks", "PostgresLocks", "RenewalLocks", "lock_id"]
@@ -77,6 +82,11 @@ class RenewalLocks(Protocol):
         """Wait until ``key`` is free everywhere this implementation reaches, then hold it."""
         ...
 
+    async def owner_gone(self, owner: str) -> bool:
+        """True when the process ``owner`` (a command's lease holder) is known to be dead,
+        so its claims may be taken over before their leases run out."""
+        ...
+
 
 class LocalLocks:
     """One process: today's ``Processor._one_renewal_at_a_time``, behind the interface."""
@@ -88,6 +98,9 @@ class LocalLocks:
     async def hold(self, key: str) -> AsyncIterator[Held]:
         async with self._keyed.hold(key):
             yield Held(key)
+
+    async def owner_gone(self, owner: str) -> bool:
+        return False  # one process: nobody else to outlive
 
     def __len__(self) -> int:
         return len(self._keyed)
@@ -118,12 +131,15 @@ class PostgresLocks:
         connect: Connect,
         *,
         namespace: str = "bss-relay:renew",
+        owner: str | None = None,
         poll_s: float = 0.05,
         heartbeat_s: float = 2.0,
         timeout_s: float = 5.0,
     ) -> None:
         self._connect = connect
         self._namespace = namespace
+        self._owner = owner
+        self._alive_ns = namespace.rsplit(":", 1)[0] + ":alive"
         self._poll_s = poll_s
         self._heartbeat_s = heartbeat_s
         self._timeout_s = timeout_s
@@ -132,8 +148,13 @@ class PostgresLocks:
         self._io = asyncio.Lock()  # one query at a time on the connection
         self._held: dict[str, Held] = {}
         self._heartbeat: asyncio.Task[None] | None = None
+        self._alive = False  # this process's liveness lock is held on ``_conn``
 
     async def __aenter__(self) -> Self:
+        if self._owner is not None:  # say "alive" from the start (the heartbeat retries)
+            with contextlib.suppress(RelayError):
+                async with self._io:
+                    await self._connection()
         self._heartbeat = asyncio.create_task(self._beat())
         return self
 
@@ -168,6 +189,32 @@ class PostgresLocks:
                 del self._held[key]
                 if held.valid and conn is self._conn:
                     await self._release(lock, key)
+
+    async def owner_gone(self, owner: str) -> bool:
+        """Whether ``owner``'s liveness lock is free: every replica holds one on its
+        dedicated connection, which the database frees when the process dies (SIGKILL, a lost
+        host), so a crashed replica's claims are taken over in seconds, not after their
+        lease. A frozen replica (SIGSTOP) keeps its connection, hence its lock: its claims
+        wait for their lease. Unknown (no connection) counts as alive."""
+        if owner == self._owner or self._owner is None:
+            return False
+        lock = lock_id(self._alive_ns, owner)
+        async with self._io:
+            try:
+                conn = await self._connection()
+                free = await conn.fetchval(
+                    "SELECT pg_try_advisory_lock($1)", lock, timeout=self._timeout_s
+                )
+                if free:
+                    await conn.fetchval(
+                        "SELECT pg_advisory_unlock($1)", lock, timeout=self._timeout_s
+                    )
+            except RelayError:
+                return False
+            except LOST as exc:
+                self._lose(conn, exc)
+                return False
+        return bool(free)
 
     async def _acquire(self, lock: int) -> Any:
         while True:
@@ -206,7 +253,27 @@ class PostgresLocks:
             raise store_unavailable("no connection to the store for renewal locks") from exc
         conn.add_termination_listener(self._terminated)
         self._conn = conn
+        self._alive = False
+        await self._say_alive(conn)
         return conn
+
+    async def _say_alive(self, conn: Any) -> None:
+        """Take this process's liveness lock on ``conn`` (caller holds ``_io``). It may still
+        be held by a connection of ours the server has not reaped yet: the heartbeat tries
+        again."""
+        if self._owner is None or self._alive:
+            return
+        try:
+            self._alive = bool(
+                await conn.fetchval(
+                    "SELECT pg_try_advisory_lock($1)",
+                    lock_id(self._alive_ns, self._owner),
+                    timeout=self._timeout_s,
+                )
+            )
+        except LOST as exc:
+            self._lose(conn, exc)
+            raise store_unavailable("no connection to the store for renewal locks") from exc
 
     def _terminated(self, conn: Any) -> None:
         if conn is self._conn:
@@ -217,6 +284,7 @@ class PostgresLocks:
         if conn is not self._conn:
             return
         self._conn = None
+        self._alive = False
         if self._held:
             log.error("renewal_locks_lost", held=len(self._held), error=repr(exc))
         for held in self._held.values():
@@ -228,7 +296,10 @@ class PostgresLocks:
             await asyncio.sleep(self._heartbeat_s)
             async with self._io:
                 conn = self._conn
-                if conn is None:
+                if conn is None or not self._alive:
+                    if self._owner is not None:  # be seen alive again as soon as possible
+                        with contextlib.suppress(RelayError):
+                            await self._say_alive(await self._connection())
                     continue
                 try:
                     await conn.fetchval("SELECT 1", timeout=self._timeout_s)

@@ -52,7 +52,7 @@ _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _DDL_LOCK_KEY = int.from_bytes(b"bssrelay", "big")
 
 _COLUMNS = """command_id, type, status, attempts, call_started_at, note, event, published_at,
-           lease_until, updated_at, fingerprint, requested_by, partner_id, customer_id, body,
+           lease_until, owner, updated_at, fingerprint, requested_by, partner_id, customer_id, body,
            created_at, finished_at"""
 
 # Claimable: not finished, and nobody holds a live lease. Not re-entrant on purpose: an owner
@@ -275,6 +275,7 @@ def _record(row: Any) -> StoredCommand:
         event=None if row["event"] is None else bytes(row["event"]),
         published=row["published_at"] is not None,
         lease_until=_utc(row["lease_until"]),
+        owner=row["owner"],
         updated_at=row["updated_at"].astimezone(UTC),
         fingerprint=row["fingerprint"],
         requested_by=row["requested_by"],

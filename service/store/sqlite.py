@@ -63,7 +63,7 @@ MEMORY = ":memory:"
 _MIN_VERSION = (3, 35, 0)  # RETURNING
 
 _COLUMNS = """command_id, type, status, attempts, call_started_at, note, event, published_at,
-           lease_until, updated_at, fingerprint, requested_by, partner_id, customer_id, body,
+           lease_until, owner, updated_at, fingerprint, requested_by, partner_id, customer_id, body,
            created_at, finished_at"""
 
 # Claimable: not finished, and nobody holds a live lease. Not re-entrant on purpose: an owner
@@ -261,6 +261,7 @@ def _record(row: sqlite3.Row) -> StoredCommand:
         event=row["event"],
         published=row["published_at"] is not None,
         lease_until=_moment(row["lease_until"]),
+        owner=row["owner"],
         updated_at=updated_at,
         fingerprint=row["fingerprint"],
         requested_by=row["requested_by"],

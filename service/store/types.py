@@ -43,6 +43,7 @@ class StoredCommand:
     note: bytes | None = None  # what the handler journaled with the latest call start
     published: bool = False  # the terminal event was confirmed by the broker
     lease_until: datetime | None = None  # the current owner's lease ends then (None: no owner)
+    owner: str | None = None  # who holds (or last held, until its lease ran out) the command
     # Written once, by the claim that created the row (never changed by later claims); None on
     # rows created before these columns existed, or by a caller that passed nothing.
     fingerprint: str | None = None  # hash of the canonical (type, partner_id, payload)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from service.client import BssHttp, session_from
 from service.limiter import RateLimiter
+from service.metrics import Metrics
 from service.operations import OPERATIONS
 from service.sandbox.server import SandboxServer
 from service.scheduler import FairScheduler
 from service.settings import Settings
 from service.signer import Signer
 from tests.sandbox import demo_ids as ids
+from tests.sandbox.conftest import Control
 
 
 class Ticking:
@@ -65,3 +67,50 @@ async def test_the_write_of_the_headers_is_the_moment_that_counts(sandbox: Sandb
     # (3): the write's reading is the one given back, so the lateness the request picked up
     # on its way out (connection set-up, a busy loop) moves the buckets on too
     assert sent_at - slot == 2.0
+
+
+class Stale(FairScheduler):
+    """Grants a turn whose slot passed 80 ms ago, then one that is due now."""
+
+    def __init__(self, limiter: RateLimiter) -> None:
+        super().__init__(limiter)
+        self.turns = 0
+
+    async def turn(self, api: str, uid: str) -> float | None:
+        self.turns += 1
+        now = self._limiter.now()
+        return now - 0.08 if self.turns == 1 else now
+
+
+async def test_a_slot_woken_up_for_too_late_is_let_go(
+    sandbox: SandboxServer, control: Control
+) -> None:
+    limiter = RateLimiter({"list_quota_coupons": 10}, guard_s=0.01)
+    scheduler = Stale(limiter)
+    metrics = Metrics()
+    settings = Settings(bss_endpoint=sandbox.url)
+    async with session_from(settings) as session:
+        http = BssHttp(
+            session=session,
+            bss_endpoint=settings.bss_endpoint,
+            iam_endpoint=settings.bss_endpoint,
+            limiter=limiter,
+            scheduler=scheduler,
+            metrics=metrics,
+        )
+        answer = await http.call(
+            OPERATIONS["list_quota_coupons"],
+            Signer(ids.PARTNER_AK, ids.PARTNER_SK),
+            parent_uid=ids.PARTNER_ID,
+            body=b"{}",
+        )
+    assert answer.status == 200
+    assert scheduler.turns == 2  # the stale slot was let go, the next one used
+    logged = [e for e in await control.get("requests") if e["api"] == "list_quota_coupons"]
+    assert len(logged) == 1  # one request: the missed slot sent nothing
+    assert (
+        metrics.registry.get_sample_value(
+            "bss_relay_missed_slots_total", {"api": "list_quota_coupons"}
+        )
+        == 1.0
+    )

@@ -140,3 +140,27 @@ async def test_no_connection_no_lock() -> None:
         with pytest.raises(StoreUnavailable):
             async with locks.hold("customer-1"):
                 pass
+
+
+async def test_a_replica_is_alive_while_its_locks_connection_is(namespace: str) -> None:
+    """The liveness lock: a replica whose process died (its connection gone) is reported gone
+    at once; a live one, this replica itself and a connection lost and restored are not."""
+    ns = f"{namespace}:renew"
+    async with PostgresLocks(connect, namespace=ns, owner="host:1:a", heartbeat_s=0.1) as one:
+        async with PostgresLocks(connect, namespace=ns, owner="host:2:b") as two:
+            assert await one.owner_gone("host:2:b") is False
+            assert await two.owner_gone("host:1:a") is False
+            assert await one.owner_gone("host:1:a") is False  # itself
+        assert await one.owner_gone("host:2:b") is True  # its connection closed with it
+        # a connection of one's lost: it is "gone" until its heartbeat reconnects
+        admin = await connect()
+        try:
+            await admin.execute("SELECT pg_terminate_backend($1)", one.connection_pid)
+        finally:
+            await admin.close()
+        async with PostgresLocks(connect, namespace=ns, owner="host:3:c") as three:
+            for _ in range(100):  # the heartbeat (0.1 s) reconnects and takes it again
+                if not await three.owner_gone("host:1:a"):
+                    break
+                await asyncio.sleep(0.05)
+            assert await three.owner_gone("host:1:a") is False

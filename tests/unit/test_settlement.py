@@ -28,6 +28,7 @@ from service.publisher import DeadLetterReason, H
 from service.scheduler import FairScheduler
 from service.settlement import Settled, Settler
 from service.store import open_store
+from service.store.locks import LocalLocks
 from service.store.types import CommandStore
 
 OWNER = "test-owner"
@@ -363,6 +364,22 @@ async def test_busy_elsewhere_waits_out_the_owners_lease_once(rig: Rig) -> None:
     assert 9.0 <= seconds <= 10.0  # as long as the lease has left, not a second
     assert rig.api.calls == 0
     assert _headers[H.ADMITTED] == "1"  # back from waiting, it goes straight to its claim
+
+
+async def test_a_dead_owners_claim_is_taken_over_at_once(rig: Rig) -> None:
+    """The owner's liveness lock is free (its process died): no wait for its lease."""
+
+    class DeadOwners(LocalLocks):
+        async def owner_gone(self, owner: str) -> bool:
+            return owner == "crashed"
+
+    rig.processor._renewals = DeadOwners()
+    await rig.store.claim("c-1", "set_auto_renew", owner="crashed", lease=LEASE)
+    message = FakeMessage(auto_renew())
+    await rig.process(message)
+    assert rig.publisher.kinds() == ["event"]
+    assert rig.api.calls == 1
+    assert message.settled == ["ack"]
 
 
 @pytest.mark.parametrize("how", ["redelivered", "admitted"])
