@@ -37,8 +37,9 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from handlers.errors import RelayError
-from service.limiter import Limiter, RateLimiter
+from handlers.errors import RelayError, store_unavailable
+from service.limiter import Grant, Limiter, RateLimiter
+from service.store.errors import STORE_ERRORS
 
 __all__ = ["FairScheduler", "Turn"]
 
@@ -256,10 +257,8 @@ class FairScheduler:
                     soonest = min(busy.get(u, now) for u in queue.waiters)
                     await self._idle(queue, max(0.0, soonest - now - near / 2))
                     continue
-                try:
-                    grant = await limiter.acquire(api, uid, within=near)
-                except RelayError as exc:
-                    self._fail_all(queue, exc)
+                grant = await self._acquire_shared(api, uid, near, queue)
+                if grant is None:
                     return
                 if not grant.granted:
                     if grant.uid_wait >= grant.wait - 1e-9 and grant.uid_wait > near:
@@ -275,6 +274,25 @@ class FairScheduler:
         finally:
             if self._apis.get(api) is queue and not queue.waiters:
                 del self._apis[api]
+
+    async def _acquire_shared(
+        self, api: str, uid: str, near: float, queue: _ApiQueue
+    ) -> Grant | None:
+        """``acquire`` on the shared buckets; None when it failed, every waiter of the API
+        then failed with the error -- whatever it is, as a dispatcher that died with waiters
+        left would hold their messages for ever."""
+        try:
+            return await self._limiter.acquire(api, uid, within=near)
+        except RelayError as exc:
+            self._fail_all(queue, exc)
+        except STORE_ERRORS as exc:  # a driver error the buckets did not translate
+            unavailable = store_unavailable(f"no rate-limit slot: {type(exc).__name__}")
+            unavailable.__cause__ = exc
+            self._fail_all(queue, unavailable)
+        except Exception as exc:  # a bug: logged, and the waiters still get an answer
+            log.exception("shared_slot_failed", api=api)
+            self._fail_all(queue, exc)
+        return None
 
     @staticmethod
     def _fail_all(queue: _ApiQueue, exc: BaseException) -> None:
