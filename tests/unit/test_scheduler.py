@@ -6,7 +6,10 @@ import asyncio
 import itertools
 from collections import Counter
 
-from service.limiter import RateLimiter
+import asyncpg
+
+from handlers.errors import StoreUnavailable
+from service.limiter import Grant, RateLimiter
 from service.scheduler import FairScheduler
 
 
@@ -187,3 +190,62 @@ async def test_a_starving_key_takes_a_parked_command_before_its_ticket() -> None
     assert parked is not None
     assert abs(parked.ticket - (clock.t + 2.0)) < 1e-9
     assert parked.ticket.interval == 0.1
+
+
+class _BrokenShared:
+    """A shared limiter (the ``Limiter`` protocol) whose every reservation raises ``error``."""
+
+    shared = True
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def limit(self, api: str) -> float | None:
+        return 10.0
+
+    def now(self) -> float:
+        return 0.0
+
+    def delay(self, api: str, parent_uid: str) -> float:
+        return 0.0
+
+    def egress_delay(self, api: str) -> float:
+        return 0.0
+
+    def current_rate(self, api: str, parent_uid: str) -> float:
+        return 10.0
+
+    def rates(self) -> dict[str, float]:
+        return {}
+
+    async def acquire(self, api: str, parent_uid: str, *, within: float) -> Grant:
+        raise self.error
+
+    async def report_throttled(
+        self, api: str, parent_uid: str, *, pause_s: float = 1.0, sent_at: float | None = None
+    ) -> bool:
+        raise NotImplementedError
+
+    async def ticket(
+        self, api: str, parent_uid: str, *, earliest: float, interval: float
+    ) -> tuple[float, float]:
+        raise NotImplementedError
+
+
+async def test_shared_dispatcher_answers_every_waiter_whatever_the_store_raised() -> None:
+    """asyncpg raises InternalClientError on a connection killed mid-statement (asyncpg#1069):
+    the waiters get StoreUnavailable (the command waits, no attempt spent), never a hang."""
+    scheduler = FairScheduler(_BrokenShared(asyncpg.InternalClientError("cannot switch")))
+    turns = [asyncio.create_task(scheduler.turn("op", uid)) for uid in ("a", "b", "a")]
+    results = await asyncio.wait_for(asyncio.gather(*turns, return_exceptions=True), 2)
+    assert all(isinstance(r, StoreUnavailable) for r in results), results
+    first = results[0]
+    assert isinstance(first, StoreUnavailable)
+    assert isinstance(first.__cause__, asyncpg.InternalClientError)
+
+
+async def test_shared_dispatcher_hands_a_bug_to_its_waiters() -> None:
+    scheduler = FairScheduler(_BrokenShared(KeyError("bug")))
+    turns = [asyncio.create_task(scheduler.turn("op", uid)) for uid in ("a", "b")]
+    results = await asyncio.wait_for(asyncio.gather(*turns, return_exceptions=True), 2)
+    assert all(isinstance(r, KeyError) for r in results), results
