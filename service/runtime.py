@@ -221,6 +221,7 @@ async def start(
             clock=lambda: datetime.now(UTC),
             metrics=metrics,
             retry_s=settings.relay_settle_retry_s,
+            store_retry_s=settings.relay_store_retry_s,
         )
         retry = RetryPolicy(
             settings.relay_max_attempts,
