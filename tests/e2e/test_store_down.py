@@ -160,7 +160,9 @@ async def test_store_down_makes_no_call_says_why_and_resumes(
     await bss.put("faults", {"rules": [{"kind": "latency", "ms": 30}]})
     port = free_port()
     health_url = f"http://127.0.0.1:{port}/healthz"
-    relay = spawn(RELAY_RATE_LIMITS='{"*": 5}', RELAY_METRICS_PORT=str(port))
+    # the default lease (the fixture's is 2 s): commands claimed when the store went away keep
+    # their lease past its return, and wait it out as "busy" without holding anything up
+    relay = spawn(RELAY_RATE_LIMITS='{"*": 5}', RELAY_METRICS_PORT=str(port), RELAY_LEASE_S="10")
     await relay.start()
     commands = mixed_commands(150)
     ids = [c["command_id"] for c in commands]
