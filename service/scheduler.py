@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from handlers.errors import RelayError, store_unavailable
+from handlers.errors import RelayError, StoreUnavailable, store_unavailable
 from service.limiter import Grant, Limiter, RateLimiter
 from service.store.errors import STORE_ERRORS
 
@@ -47,6 +47,14 @@ log = structlog.get_logger(__name__)
 
 SWEEP_EVERY = 4096  # tickets issued between sweeps of past tickets
 NEARLY_DUE_S = 0.02  # a shared slot is asked for when it is at most this far away (at least)
+
+
+def _unavailable(exc: BaseException) -> StoreUnavailable:
+    """A driver error the shared buckets let through untranslated (asyncpg's
+    ``InternalClientError`` on a connection killed mid-statement): the store is away."""
+    unavailable = store_unavailable(f"shared rate-limit buckets: {type(exc).__name__}")
+    unavailable.__cause__ = exc
+    return unavailable
 
 
 @dataclass(slots=True)
@@ -161,9 +169,12 @@ class FairScheduler:
         horizon = self._horizons.get((api, uid), 0.0)  # the last shared ticket seen here
         if wait <= self._hold_s and horizon <= now + wait:
             return Turn(wait, None)
-        shared, spacing = await limiter.ticket(
-            api, uid, earliest=limiter.now() + wait, interval=interval
-        )
+        try:
+            shared, spacing = await limiter.ticket(
+                api, uid, earliest=limiter.now() + wait, interval=interval
+            )
+        except STORE_ERRORS as exc:
+            raise _unavailable(exc) from exc
         ticket = shared - limiter.now() + now  # the server's clock -> this host's wall clock
         self._horizons[(api, uid)] = ticket
         return Turn(ticket - now, ticket, spacing)
@@ -285,10 +296,8 @@ class FairScheduler:
             return await self._limiter.acquire(api, uid, within=near)
         except RelayError as exc:
             self._fail_all(queue, exc)
-        except STORE_ERRORS as exc:  # a driver error the buckets did not translate
-            unavailable = store_unavailable(f"no rate-limit slot: {type(exc).__name__}")
-            unavailable.__cause__ = exc
-            self._fail_all(queue, unavailable)
+        except STORE_ERRORS as exc:
+            self._fail_all(queue, _unavailable(exc))
         except Exception as exc:  # a bug: logged, and the waiters still get an answer
             log.exception("shared_slot_failed", api=api)
             self._fail_all(queue, exc)

@@ -7,6 +7,7 @@ import itertools
 from collections import Counter
 
 import asyncpg
+import pytest
 
 from handlers.errors import StoreUnavailable
 from service.limiter import Grant, RateLimiter
@@ -197,8 +198,9 @@ class _BrokenShared:
 
     shared = True
 
-    def __init__(self, error: BaseException) -> None:
+    def __init__(self, error: BaseException, *, busy_s: float = 0.0) -> None:
         self.error = error
+        self.busy_s = busy_s
 
     def limit(self, api: str) -> float | None:
         return 10.0
@@ -207,7 +209,7 @@ class _BrokenShared:
         return 0.0
 
     def delay(self, api: str, parent_uid: str) -> float:
-        return 0.0
+        return self.busy_s
 
     def egress_delay(self, api: str) -> float:
         return 0.0
@@ -229,7 +231,7 @@ class _BrokenShared:
     async def ticket(
         self, api: str, parent_uid: str, *, earliest: float, interval: float
     ) -> tuple[float, float]:
-        raise NotImplementedError
+        raise self.error
 
 
 async def test_shared_dispatcher_answers_every_waiter_whatever_the_store_raised() -> None:
@@ -249,3 +251,12 @@ async def test_shared_dispatcher_hands_a_bug_to_its_waiters() -> None:
     turns = [asyncio.create_task(scheduler.turn("op", uid)) for uid in ("a", "b")]
     results = await asyncio.wait_for(asyncio.gather(*turns, return_exceptions=True), 2)
     assert all(isinstance(r, KeyError) for r in results), results
+
+
+async def test_a_shared_ticket_the_store_cannot_give_is_store_unavailable() -> None:
+    """Parking needs a ticket from the shared horizon: the command waits (no attempt spent)."""
+    broken = _BrokenShared(asyncpg.InternalClientError("cannot switch"), busy_s=5.0)
+    scheduler = FairScheduler(broken, hold_s=2.0)
+    with pytest.raises(StoreUnavailable) as raised:
+        await scheduler.ticket("op", "a")
+    assert isinstance(raised.value.__cause__, asyncpg.InternalClientError)
