@@ -39,6 +39,7 @@ from service.settings import Settings
 from service.settlement import Settler
 from service.store import PostgresCommandStore, open_store
 from service.store.buckets import open_limiter
+from service.store.health import StoreHealth
 from service.store.locks import LocalLocks, PostgresLocks, RenewalLocks
 from service.store.types import CommandStore
 from service.topology import DELAY_LEVELS_MS, Topology, declare
@@ -69,10 +70,13 @@ class RunningService:
     metrics: Metrics
     policy: PolicyHolder
     background: _Background
+    store_health: StoreHealth | None = None  # PostgreSQL: pinged (SQLite is a local file)
 
     def problems(self) -> list[str]:
         """Why the service is not healthy now (empty: it is); ``/healthz`` shows them."""
         found = list(self.consumer.problems())
+        if self.store_health is not None:
+            found.extend(self.store_health.problems())
         if self.connection.is_closed:
             found.append("broker connection closed; reconnecting")
         found.extend(f"background loop {name!r} stopped" for name in self.background.failed)
@@ -158,6 +162,16 @@ def _renewal_locks(store: CommandStore, owner: str) -> AbstractAsyncContextManag
     return LocalLocks()
 
 
+def _watch_store(store: CommandStore, background: _Background) -> StoreHealth | None:
+    """PostgreSQL is pinged, so ``/healthz`` says when it cannot be reached (no API call is
+    made meanwhile); an SQLite file is part of the process and is not."""
+    if not isinstance(store, PostgresCommandStore):
+        return None
+    health = StoreHealth(store.ping)
+    background.loop("store-health", health.watch())
+    return health
+
+
 @contextlib.asynccontextmanager
 async def start(
     settings: Settings, *, policy: PolicyHolder | None = None
@@ -209,6 +223,7 @@ async def start(
             clock=lambda: datetime.now(UTC),
             metrics=metrics,
             retry_s=settings.relay_settle_retry_s,
+            store_retry_s=settings.relay_store_retry_s,
         )
         retry = RetryPolicy(
             settings.relay_max_attempts,
@@ -251,6 +266,7 @@ async def start(
         background.loop("watch", consumer.watch())
         retention = timedelta(days=settings.relay_retention_days)
         background.loop("prune", _prune_forever(store, retention))
+        store_health = _watch_store(store, background)
         await consumer.start()
         metrics.inflight.set_function(lambda: consumer.tasks_running)
         metrics.set_parked(lambda: consumer.waiting_in_delay_queues)
@@ -266,6 +282,7 @@ async def start(
             metrics=metrics,
             background=background,
             policy=policy,
+            store_health=store_health,
         )
         if settings.relay_metrics_port is not None:
             await stack.enter_async_context(

@@ -37,8 +37,9 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from handlers.errors import RelayError
-from service.limiter import Limiter, RateLimiter
+from handlers.errors import RelayError, StoreUnavailable, store_unavailable
+from service.limiter import Limiter, Pick, RateLimiter
+from service.store.errors import STORE_ERRORS
 
 __all__ = ["FairScheduler", "Turn"]
 
@@ -47,6 +48,14 @@ log = structlog.get_logger(__name__)
 SWEEP_EVERY = 4096  # tickets issued between sweeps of past tickets
 NEARLY_DUE_S = 0.02  # a shared slot is asked for when it is at most this far away (at least)
 LOCKED_RETRY_S = 0.002  # every candidate's row was being reserved on by another replica
+
+
+def _unavailable(exc: BaseException) -> StoreUnavailable:
+    """A driver error the shared buckets let through untranslated (asyncpg's
+    ``InternalClientError`` on a connection killed mid-statement): the store is away."""
+    unavailable = store_unavailable(f"shared rate-limit buckets: {type(exc).__name__}")
+    unavailable.__cause__ = exc
+    return unavailable
 
 
 @dataclass(slots=True)
@@ -161,9 +170,12 @@ class FairScheduler:
         horizon = self._horizons.get((api, uid), 0.0)  # the last shared ticket seen here
         if wait <= self._hold_s and horizon <= now + wait:
             return Turn(wait, None)
-        shared, spacing = await limiter.ticket(
-            api, uid, earliest=limiter.now() + wait, interval=interval
-        )
+        try:
+            shared, spacing = await limiter.ticket(
+                api, uid, earliest=limiter.now() + wait, interval=interval
+            )
+        except STORE_ERRORS as exc:
+            raise _unavailable(exc) from exc
         ticket = shared - limiter.now() + now  # the server's clock -> this host's wall clock
         self._horizons[(api, uid)] = ticket
         return Turn(ticket - now, ticket, spacing)
@@ -260,10 +272,8 @@ class FairScheduler:
                     soonest = min(busy.get(u, now) for u in queue.waiters)
                     await self._idle(queue, max(0.0, soonest - now - near / 2))
                     continue
-                try:
-                    pick = await limiter.acquire_any(api, candidates, within=near)
-                except RelayError as exc:
-                    self._fail_all(queue, exc)
+                pick = await self._acquire_shared(api, candidates, near, queue)
+                if pick is None:
                     return
                 now = self._clock()
                 for uid, wait in pick.busy.items():
@@ -284,6 +294,23 @@ class FairScheduler:
         finally:
             if self._apis.get(api) is queue and not queue.waiters:
                 del self._apis[api]
+
+    async def _acquire_shared(
+        self, api: str, candidates: list[str], near: float, queue: _ApiQueue
+    ) -> Pick | None:
+        """``acquire_any`` on the shared buckets; None when it failed, every waiter of the
+        API then failed with the error -- whatever it is, as a dispatcher that died with
+        waiters left would hold their messages for ever."""
+        try:
+            return await self._limiter.acquire_any(api, candidates, within=near)
+        except RelayError as exc:
+            self._fail_all(queue, exc)
+        except STORE_ERRORS as exc:
+            self._fail_all(queue, _unavailable(exc))
+        except Exception as exc:  # a bug: logged, and the waiters still get an answer
+            log.exception("shared_slot_failed", api=api)
+            self._fail_all(queue, exc)
+        return None
 
     @staticmethod
     def _fail_all(queue: _ApiQueue, exc: BaseException) -> None:

@@ -40,11 +40,11 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
-import asyncpg
 import structlog
 
 from handlers.errors import store_unavailable
 from service.limiter import GUARD_STEP_S, LONE_S, NARROW_AFTER_S, Grant, Pick, RateLimiter
+from service.store.errors import STORE_ERRORS
 from service.store.postgres import PostgresCommandStore
 
 __all__ = ["SharedBuckets", "open_limiter"]
@@ -60,7 +60,7 @@ STATS_EVERY_S = 5.0  # how often the round-trip counters are logged (info: share
 # one event loop) send an eleventh request into a second; 30 ms (the former fixed guard) did not.
 SHARED_GUARD_MIN_S = 0.010
 IDLE_ROW_S = 3600.0  # a row unused this long, at full rate, is deleted (as a fresh one would be)
-LOST = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+LOST = STORE_ERRORS
 
 _DDL = (
     """

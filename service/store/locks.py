@@ -54,8 +54,14 @@ __all__ = ["Held", "LocalLocks", "PostgresLocks", "RenewalLocks", "lock_id"]
 log = structlog.get_logger(__name__)
 
 Connect = Callable[[], Awaitable[Any]]  # opens a dedicated asyncpg connection
-# What a lost or unusable connection raises.
-LOST = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+# What a lost or unusable connection raises (InternalClientError: see service.store.errors).
+LOST = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    TimeoutError,
+)
 
 
 @dataclass(slots=True)

@@ -369,6 +369,12 @@ class PostgresCommandStore:
             self._dsn, server_settings=settings, timeout=self._connect_timeout
         )
 
+    async def ping(self) -> None:
+        """One ``SELECT 1`` through the pool (a lost connection is replaced on the way):
+        raises as any other statement does if the server cannot be reached. The caller
+        bounds the wait (``service.store.health``)."""
+        await self._open_pool().fetchval("SELECT 1")
+
     async def _create_schema(self, pool: Any) -> None:
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _DDL_LOCK_KEY)

@@ -5,8 +5,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import Counter
+from collections.abc import Sequence
 
-from service.limiter import RateLimiter
+import asyncpg
+import pytest
+
+from handlers.errors import StoreUnavailable
+from service.limiter import Grant, Pick, RateLimiter
 from service.scheduler import FairScheduler
 
 
@@ -187,3 +192,81 @@ async def test_a_starving_key_takes_a_parked_command_before_its_ticket() -> None
     assert parked is not None
     assert abs(parked.ticket - (clock.t + 2.0)) < 1e-9
     assert parked.ticket.interval == 0.1
+
+
+class _BrokenShared:
+    """A shared limiter (the ``Limiter`` protocol) whose every reservation raises ``error``."""
+
+    shared = True
+
+    def __init__(self, error: BaseException, *, busy_s: float = 0.0) -> None:
+        self.error = error
+        self.busy_s = busy_s
+
+    def limit(self, api: str) -> float | None:
+        return 10.0
+
+    def now(self) -> float:
+        return 0.0
+
+    def delay(self, api: str, parent_uid: str) -> float:
+        return self.busy_s
+
+    def egress_delay(self, api: str) -> float:
+        return 0.0
+
+    def current_rate(self, api: str, parent_uid: str) -> float:
+        return 10.0
+
+    def rates(self) -> dict[str, float]:
+        return {}
+
+    async def acquire(self, api: str, parent_uid: str, *, within: float) -> Grant:
+        raise self.error
+
+    async def acquire_any(self, api: str, uids: Sequence[str], *, within: float) -> Pick:
+        raise self.error
+
+    def tolerance(self, api: str) -> float:
+        return 0.0
+
+    async def sent_late(self, api: str, parent_uid: str, *, slot: float, sent_at: float) -> float:
+        return 0.0
+
+    async def report_throttled(
+        self, api: str, parent_uid: str, *, pause_s: float = 1.0, sent_at: float | None = None
+    ) -> bool:
+        raise NotImplementedError
+
+    async def ticket(
+        self, api: str, parent_uid: str, *, earliest: float, interval: float
+    ) -> tuple[float, float]:
+        raise self.error
+
+
+async def test_shared_dispatcher_answers_every_waiter_whatever_the_store_raised() -> None:
+    """asyncpg raises InternalClientError on a connection killed mid-statement (asyncpg#1069):
+    the waiters get StoreUnavailable (the command waits, no attempt spent), never a hang."""
+    scheduler = FairScheduler(_BrokenShared(asyncpg.InternalClientError("cannot switch")))
+    turns = [asyncio.create_task(scheduler.turn("op", uid)) for uid in ("a", "b", "a")]
+    results = await asyncio.wait_for(asyncio.gather(*turns, return_exceptions=True), 2)
+    assert all(isinstance(r, StoreUnavailable) for r in results), results
+    first = results[0]
+    assert isinstance(first, StoreUnavailable)
+    assert isinstance(first.__cause__, asyncpg.InternalClientError)
+
+
+async def test_shared_dispatcher_hands_a_bug_to_its_waiters() -> None:
+    scheduler = FairScheduler(_BrokenShared(KeyError("bug")))
+    turns = [asyncio.create_task(scheduler.turn("op", uid)) for uid in ("a", "b")]
+    results = await asyncio.wait_for(asyncio.gather(*turns, return_exceptions=True), 2)
+    assert all(isinstance(r, KeyError) for r in results), results
+
+
+async def test_a_shared_ticket_the_store_cannot_give_is_store_unavailable() -> None:
+    """Parking needs a ticket from the shared horizon: the command waits (no attempt spent)."""
+    broken = _BrokenShared(asyncpg.InternalClientError("cannot switch"), busy_s=5.0)
+    scheduler = FairScheduler(broken, hold_s=2.0)
+    with pytest.raises(StoreUnavailable) as raised:
+        await scheduler.ticket("op", "a")
+    assert isinstance(raised.value.__cause__, asyncpg.InternalClientError)
