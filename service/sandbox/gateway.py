@@ -7,7 +7,10 @@
 5. caller type — wrong: 403 ``CBC.0151`` (``IAM.0003`` for IAM);
 6. the business rule, then the answer (or, for drop_after_apply, a cut connection).
 
-Every request is logged once, when it finishes, and every answer carries ``X-Request-Id``.
+Every request is logged once, when it finishes, and every answer carries ``X-Request-Id``. The
+entry's ``at`` is when the request arrived and ``done_at`` when its answer was ready (or its
+connection cut): together they say when the API was busy with it, e.g. whether two renewals of
+one customer overlapped.
 """
 
 from __future__ import annotations
@@ -83,6 +86,7 @@ class Gateway:
         try:
             return await self._pipeline(request, entry)
         finally:
+            entry["done_at"] = time.time()
             self._sim.log.append(entry)
 
     async def _pipeline(self, request: web.Request, entry: dict[str, Any]) -> web.StreamResponse:
