@@ -148,11 +148,19 @@ class _Background:
             task.cancel()
 
 
-def _renewal_locks(store: CommandStore) -> AbstractAsyncContextManager[RenewalLocks]:
+def _renewal_locks(
+    store: CommandStore, lease: timedelta
+) -> AbstractAsyncContextManager[RenewalLocks]:
     """One renewal per customer at a time: across replicas on PostgreSQL (advisory locks on
-    a connection of their own), within the process on SQLite (one process per file)."""
+    a connection of their own, freed by the server when that session is silent for a lease:
+    a frozen replica holds none past its lease), within the process on SQLite (one process
+    per file)."""
     if isinstance(store, PostgresCommandStore):
-        return PostgresLocks(store.connect, namespace=f"{store.schema or 'public'}:renew")
+        return PostgresLocks(
+            store.connect,
+            namespace=f"{store.schema or 'public'}:renew",
+            idle_s=lease.total_seconds(),
+        )
     return LocalLocks()
 
 
@@ -226,7 +234,7 @@ async def start(
             metrics=metrics,
             guard=Guard(policy, store),
             deferred_after_s=settings.relay_deferred_after_s,
-            renewals=await stack.enter_async_context(_renewal_locks(store)),
+            renewals=await stack.enter_async_context(_renewal_locks(store, lease)),
         )
         tasks = await stack.enter_async_context(asyncio.TaskGroup())
         consumer = Consumer(
