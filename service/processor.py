@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -28,7 +29,7 @@ from handlers.errors import Disposition, LeaseLost, RelayError, Retryable, Store
 from handlers.ports import BssApi, Completed, HandlerContext
 from schemas.commands import Command
 from schemas.events import Event, Outcome
-from service.admission import Park, parking, ticket_from_headers, ticket_header
+from service.admission import Park, Ticket, parking, ticket_from_headers, ticket_header
 from service.client import CallScope
 from service.fingerprint import claim_details, fingerprint
 from service.guard import Guard, requester
@@ -185,6 +186,10 @@ class Processor:
         # Parking needs no claim: a backlog is read and parked without touching the store.
         if key is not None:
             ticket = ticket_from_headers(delivery.message.headers or {})
+            if ticket is None and delivery.message.redelivered:
+                # A consumer that is gone (crashed, lost its connection) had taken it in: it
+                # was at the front of the line, and is not sent to the back of it again.
+                ticket = Ticket(time.time())
             try:
                 park = await parking(self._scheduler, key, ticket)
             except RelayError as exc:  # a shared ticket needs the store, which is away
@@ -271,12 +276,16 @@ class Processor:
 
     def _wait_for_owner(self, record: StoredCommand) -> Delay:
         """Someone else holds the command: come back when its lease would have run out, once
-        (a live owner keeps renewing it and finishes meanwhile; a dead one is taken over)."""
+        (a live owner keeps renewing it and finishes meanwhile; a dead one is taken over).
+        Its turn had come (it got past parking): it comes back with a due ticket and keeps its
+        place in line, instead of drawing a new ticket behind the whole backlog, so a crashed
+        replica's commands resume about a lease after the crash."""
         left = MIN_WAIT_S
         if record.lease_until is not None:
             left = max(MIN_WAIT_S, (record.lease_until - self.now()).total_seconds())
         log.info("command_busy_elsewhere", wait_s=round(left, 2))
-        return Delay(left, "busy")
+        turn = Ticket(time.time())  # the scheduler's clock, as admission's tickets
+        return Delay(left, "busy", headers=ticket_header(turn))
 
     def _api_for(self, command: Command) -> tuple[str, ScopedApi] | Rejection:
         if command.partner_id is None and len(self._apis) == 1:

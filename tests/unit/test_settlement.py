@@ -8,6 +8,7 @@ and whether the message is acked, for every way a message can end.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -20,6 +21,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from handlers.errors import ApiRefused, ApiUnavailable, RelayError, StoreUnavailable
 from handlers.ports import BssApi
 from schemas.bss import AutoRenewalResourcesReq
+from service.admission import ticket_from_headers
 from service.client import CallScope
 from service.limiter import RateLimiter
 from service.metrics import Metrics
@@ -37,9 +39,12 @@ LEASE = timedelta(seconds=10)
 class FakeMessage:
     """The parts of an aio-pika incoming message the service uses; its channel can close."""
 
-    def __init__(self, body: bytes, *, headers: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, body: bytes, *, headers: dict[str, Any] | None = None, redelivered: bool = False
+    ) -> None:
         self.body = body
         self.headers = headers or {}
+        self.redelivered = redelivered
         self.user_id: str | None = None
         self.message_id: str | None = None
         self.correlation_id: str | None = None
@@ -361,6 +366,35 @@ async def test_busy_elsewhere_waits_out_the_owners_lease_once(rig: Rig) -> None:
     assert reason is None
     assert 9.0 <= seconds <= 10.0  # as long as the lease has left, not a second
     assert rig.api.calls == 0
+
+
+async def test_busy_elsewhere_comes_back_with_a_due_ticket(rig: Rig) -> None:
+    """Its turn had come: when it returns (the owner died), it keeps its place in line
+    instead of drawing a ticket behind the whole backlog."""
+    await rig.store.claim("c-1", "set_auto_renew", owner="someone-else", lease=LEASE)
+    await rig.process(FakeMessage(auto_renew()))
+    [(_kind, (_seconds, _reason, headers))] = rig.publisher.log
+    ticket = ticket_from_headers(headers)
+    assert ticket is not None
+    assert abs(ticket - time.time()) < 5
+
+
+async def test_a_redelivered_command_without_ticket_is_not_sent_to_the_back(rig: Rig) -> None:
+    """A consumer that died had taken it in: redelivered, it is due now, not parked behind
+    the backlog that a fresh command of its key would queue behind."""
+    rig.processor._scheduler = FairScheduler(RateLimiter({"*": 0.1}), hold_s=1.0)
+    with rig.processor._scheduler.holding("auto_renewal_resources", "cust"):
+        await rig.process(FakeMessage(auto_renew("c-new")))
+        [(kind, (_s, _r, fresh)), *_] = rig.publisher.log
+        assert kind == "delay"
+        rig.publisher.log.clear()
+        await rig.process(FakeMessage(auto_renew("c-back"), redelivered=True))
+        [(kind, (_s, _r, back)), *_] = rig.publisher.log
+    assert kind == "delay"  # the key's work in memory still fills the window ...
+    fresh_turn, back_turn = ticket_from_headers(fresh), ticket_from_headers(back)
+    assert fresh_turn is not None
+    assert back_turn is not None
+    assert back_turn < time.time() + 1 < fresh_turn  # ... but its turn is now, not behind it
 
 
 def _ids(values: Sequence[dict[str, Any]]) -> list[str]:
