@@ -24,7 +24,9 @@ wait for that customer's renewals meanwhile, even for a command it took over onc
 one's lease passed. So the connection carries ``idle_session_timeout = idle_s`` (the lease):
 the heartbeat keeps a live holder's session busy well within it, and the server ends a
 session silent for that long, freeing its locks. The frozen holder, woken, finds its locks void
-(and the store refuses its money-moving call anyway: its lease passed too).
+(and the store refuses its money-moving call anyway: its lease passed too). The setting needs
+PostgreSQL 14+; an older server logs ``renewal_lock_idle_timeout_unsupported`` and a frozen
+holder keeps its locks until it wakes (safe, but that customer's renewals wait for it).
 
 If the dedicated connection is lost (terminated, server restart, network), every lock it held
 is void: another replica may take it at once. Holders learn it: ``held.lost`` is set and
@@ -214,14 +216,21 @@ class PostgresLocks:
             return self._conn
         try:
             conn = await asyncio.wait_for(self._connect(), self._timeout_s)
-            if self._idle_s is not None:  # PostgreSQL 14+
-                idle_ms = max(1, round(self._idle_s * 1000))
-                await conn.execute(f"SET idle_session_timeout = {idle_ms}", timeout=self._timeout_s)
+            if self._idle_s is not None:
+                await self._end_when_silent(conn, self._idle_s)
         except LOST as exc:
             raise store_unavailable("no connection to the store for renewal locks") from exc
         conn.add_termination_listener(self._terminated)
         self._conn = conn
         return conn
+
+    async def _end_when_silent(self, conn: Any, idle_s: float) -> None:
+        """Have the server end this session after ``idle_s`` without a statement."""
+        idle_ms = max(1, round(idle_s * 1000))
+        try:
+            await conn.execute(f"SET idle_session_timeout = {idle_ms}", timeout=self._timeout_s)
+        except asyncpg.UndefinedObjectError:  # before PostgreSQL 14: the locks still work
+            log.warning("renewal_lock_idle_timeout_unsupported", server=conn.get_server_version())
 
     def _terminated(self, conn: Any) -> None:
         if conn is self._conn:
