@@ -194,7 +194,7 @@ async def test_three_replicas_share_the_quota_and_renew_one_customer_at_a_time(
                 command = renew(ids.ACME, [("acme-ecs-01", "acme-eip-01")[(burst + i) % 2]])
                 renewals.append(command)
                 await publish(channel, command)
-            await asyncio.sleep(3.5)
+            await asyncio.sleep(5)  # over about 25 s of the backlog
 
     bursts = asyncio.create_task(renew_in_bursts())
     await eventually(lambda: finished(events, commands) >= len(commands) // 3, within=60)
