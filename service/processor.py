@@ -287,7 +287,10 @@ class Processor:
 
     def _wait_for_owner(self, record: StoredCommand) -> Delay:
         """Someone else holds the command: come back when its lease would have run out, once
-        (a live owner keeps renewing it and finishes meanwhile; a dead one is taken over)."""
+        (a live owner keeps renewing it and finishes meanwhile; a dead one is taken over).
+        Its turn had come (it got past parking): it comes back with a due ticket and keeps its
+        place in line, instead of drawing a new ticket behind the whole backlog, so a crashed
+        replica's commands resume about a lease after the crash."""
         left = MIN_WAIT_S
         if record.lease_until is not None:
             left = max(MIN_WAIT_S, (record.lease_until - self.now()).total_seconds())

@@ -152,13 +152,20 @@ class _Background:
             task.cancel()
 
 
-def _renewal_locks(store: CommandStore, owner: str) -> AbstractAsyncContextManager[RenewalLocks]:
+def _renewal_locks(
+    store: CommandStore, owner: str, lease: timedelta
+) -> AbstractAsyncContextManager[RenewalLocks]:
     """One renewal per customer at a time: across replicas on PostgreSQL (advisory locks on
-    a connection of their own, which also says this process is alive), within the process on
-    SQLite (one process per file)."""
+    a connection of their own, which also says this process is alive, and which the server
+    ends when it is silent for a lease: a frozen replica holds none past its lease), within
+    the process on SQLite (one process per file)."""
     if isinstance(store, PostgresCommandStore):
-        schema = store.schema or "public"
-        return PostgresLocks(store.connect, namespace=f"{schema}:renew", owner=owner)
+        return PostgresLocks(
+            store.connect,
+            namespace=f"{store.schema or 'public'}:renew",
+            owner=owner,
+            idle_s=lease.total_seconds(),
+        )
     return LocalLocks()
 
 
@@ -243,7 +250,7 @@ async def start(
             metrics=metrics,
             guard=Guard(policy, store),
             deferred_after_s=settings.relay_deferred_after_s,
-            renewals=await stack.enter_async_context(_renewal_locks(store, owner)),
+            renewals=await stack.enter_async_context(_renewal_locks(store, owner, lease)),
         )
         tasks = await stack.enter_async_context(asyncio.TaskGroup())
         consumer = Consumer(

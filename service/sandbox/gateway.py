@@ -7,7 +7,12 @@
 5. caller type — wrong: 403 ``CBC.0151`` (``IAM.0003`` for IAM);
 6. the business rule, then the answer (or, for drop_after_apply, a cut connection).
 
-Every request is logged once, when it finishes, and every answer carries ``X-Request-Id``.
+Every request is logged once, when it finishes, and every answer carries ``X-Request-Id``. The
+entry's ``at`` is when the request arrived and ``done_at`` when its answer was ready (or its
+connection cut): together they say when the API was busy with it, e.g. whether two renewals of
+one customer overlapped. ``checked_at`` (absent for requests refused before it) is when the
+throttle counted it: its 1-second windows over every request, refused ones included, are the
+ones the throttle judged.
 """
 
 from __future__ import annotations
@@ -83,6 +88,7 @@ class Gateway:
         try:
             return await self._pipeline(request, entry)
         finally:
+            entry["done_at"] = time.time()
             self._sim.log.append(entry)
 
     async def _pipeline(self, request: web.Request, entry: dict[str, Any]) -> web.StreamResponse:
@@ -108,6 +114,7 @@ class Gateway:
             counters.outcome(op.name, "rejected_signature")
             return self._answer(entry, self._refusal(exc, entry))
         entry["parent_uid"] = principal.parent_uid
+        entry["checked_at"] = time.time()
         window = self._sim.limiter.admit(request.remote or "", op.name, principal.parent_uid)
         if window is not None:
             counters.outcome(op.name, "throttled")

@@ -18,6 +18,16 @@ Two implementations of :class:`RenewalLocks`:
   ``pg_try_advisory_lock`` (never a blocking ``pg_advisory_lock``, which would occupy the one
   connection while it waits) polled every ``poll_s``.
 
+A holder that is alive but frozen (SIGSTOP, a VM pause, a stalled host) keeps its TCP
+connection, so the database would keep its locks until it wakes, and every other replica would
+wait for that customer's renewals meanwhile, even for a command it took over once the frozen
+one's lease passed. So the connection carries ``idle_session_timeout = idle_s`` (the lease):
+the heartbeat keeps a live holder's session busy well within it, and the server ends a
+session silent for that long, freeing its locks. The frozen holder, woken, finds its locks void
+(and the store refuses its money-moving call anyway: its lease passed too). The setting needs
+PostgreSQL 14+; an older server logs ``renewal_lock_idle_timeout_unsupported`` and a frozen
+holder keeps its locks until it wakes (safe, but that customer's renewals wait for it).
+
 If the dedicated connection is lost (terminated, server restart, network), every lock it held
 is void: another replica may take it at once. Holders learn it: ``held.lost`` is set and
 ``held.check()`` raises :class:`~handlers.errors.StoreUnavailable`. A heartbeat (``SELECT 1``
@@ -140,14 +150,18 @@ class PostgresLocks:
         owner: str | None = None,
         poll_s: float = 0.05,
         heartbeat_s: float = 2.0,
+        idle_s: float | None = None,
         timeout_s: float = 5.0,
     ) -> None:
+        """``idle_s``: the server ends the session after this long without a statement (None:
+        never); the heartbeat runs at least three times within it."""
         self._connect = connect
         self._namespace = namespace
         self._owner = owner
         self._alive_ns = namespace.rsplit(":", 1)[0] + ":alive"
         self._poll_s = poll_s
-        self._heartbeat_s = heartbeat_s
+        self._idle_s = idle_s
+        self._heartbeat_s = heartbeat_s if idle_s is None else min(heartbeat_s, idle_s / 3)
         self._timeout_s = timeout_s
         self._keyed: KeyedLock[str] = KeyedLock()
         self._conn: Any = None
@@ -255,6 +269,8 @@ class PostgresLocks:
             return self._conn
         try:
             conn = await asyncio.wait_for(self._connect(), self._timeout_s)
+            if self._idle_s is not None:
+                await self._end_when_silent(conn, self._idle_s)
         except LOST as exc:
             raise store_unavailable("no connection to the store for renewal locks") from exc
         conn.add_termination_listener(self._terminated)
@@ -281,6 +297,14 @@ class PostgresLocks:
             self._lose(conn, exc)
             raise store_unavailable("no connection to the store for renewal locks") from exc
 
+    async def _end_when_silent(self, conn: Any, idle_s: float) -> None:
+        """Have the server end this session after ``idle_s`` without a statement."""
+        idle_ms = max(1, round(idle_s * 1000))
+        try:
+            await conn.execute(f"SET idle_session_timeout = {idle_ms}", timeout=self._timeout_s)
+        except asyncpg.UndefinedObjectError:  # before PostgreSQL 14: the locks still work
+            log.warning("renewal_lock_idle_timeout_unsupported", server=conn.get_server_version())
+
     def _terminated(self, conn: Any) -> None:
         if conn is self._conn:
             self._lose(conn, ConnectionError("connection terminated"))
@@ -302,7 +326,7 @@ class PostgresLocks:
             await asyncio.sleep(self._heartbeat_s)
             async with self._io:
                 conn = self._conn
-                if conn is None or not self._alive:
+                if conn is None or (self._owner is not None and not self._alive):
                     if self._owner is not None:  # be seen alive again as soon as possible
                         with contextlib.suppress(RelayError):
                             await self._say_alive(await self._connection())

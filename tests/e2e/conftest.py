@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -83,6 +84,7 @@ class EventLog:
 
     by_command: dict[str | None, list[dict[str, Any]]] = field(default_factory=dict)
     routing_keys: dict[str, str] = field(default_factory=dict)
+    received_at: dict[str, float] = field(default_factory=dict)  # event_id -> time.monotonic()
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
@@ -90,6 +92,7 @@ class EventLog:
             event = json.loads(message.body)
             self.by_command.setdefault(event["command_id"], []).append(event)
             self.routing_keys[event["event_id"]] = message.routing_key or ""
+            self.received_at[event["event_id"]] = time.monotonic()
             self.changed.set()
 
     async def wait_for(
@@ -256,6 +259,17 @@ async def eventually(
     raise AssertionError(f"condition not met within {within}s")
 
 
+def max_in_window(instants: list[float], window: float = 1.0) -> int:
+    """The most ``instants`` (sorted) in any half-open window ``(t - window, t]``: the
+    sandbox's throttle counts the same way."""
+    best, lo = 0, 0
+    for hi, t in enumerate(instants):
+        while t - instants[lo] >= window:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
+
+
 # -- the service as `bss-relay serve` subprocesses ---------------------------------------
 
 
@@ -323,7 +337,8 @@ async def serve(
     processes: list[ServeProcess] = []
 
     def spawn(**overrides: str) -> ServeProcess:
-        process = ServeProcess({**env, **overrides}, tmp_path / "serve.log")
+        # one log per process: a second replica must not be taken as started on the first's line
+        process = ServeProcess({**env, **overrides}, tmp_path / f"serve-{len(processes)}.log")
         processes.append(process)
         return process
 

@@ -17,8 +17,8 @@ import aiohttp
 import pytest
 
 from tests.conftest import rabbitmqctl
-from tests.e2e.conftest import Relay, RelayFactory, Sandbox, eventually
-from tests.e2e.test_reliability import auto_renew, max_in_window
+from tests.e2e.conftest import Relay, RelayFactory, Sandbox, eventually, max_in_window
+from tests.e2e.test_reliability import auto_renew
 from tests.sandbox import demo_ids as ids
 
 pytestmark = pytest.mark.e2e

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import BOTH_STORES, RelayFactory, Sandbox, new_id
+from tests.e2e.conftest import BOTH_STORES, RelayFactory, Sandbox, max_in_window, new_id
 from tests.e2e.test_commands import by_id, coupon, period_quote, renew
 from tests.sandbox import demo_ids as ids
 
@@ -280,15 +280,6 @@ async def test_fifty_commands_for_one_customer_stay_within_the_limit(
     for api in ("auto_renewal_resources", "cancel_auto_renewal_resources"):
         instants = sorted(c["at"] for c in calls if c["api"] == api)
         assert max_in_window(instants) <= 10
-
-
-def max_in_window(instants: list[float], window: float = 1.0) -> int:
-    best, lo = 0, 0
-    for hi, t in enumerate(instants):
-        while t - instants[lo] >= window:
-            lo += 1
-        best = max(best, hi - lo + 1)
-    return best
 
 
 async def test_a_remembered_iam_failure_delays_retries_instead_of_using_them_up(

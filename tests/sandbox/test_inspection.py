@@ -55,6 +55,20 @@ async def test_request_log_and_since(partner: SignedClient, control: Control) ->
     assert [e["api"] for e in later] == ["list_customer_orders"]
 
 
+async def test_request_log_says_when_each_answer_was_ready(
+    partner: SignedClient, control: Control
+) -> None:
+    await control.put(
+        "faults",
+        {"rules": [{"kind": "latency", "ms": 300, "operations": ["list_customer_orders"]}]},
+    )
+    await partner.op("list_quota_coupons", body={})
+    await partner.op("list_customer_orders", query=[("limit", 1)])
+    quick, slow = await control.get("requests")
+    assert quick["at"] <= quick["checked_at"] <= quick["done_at"] < slow["at"]
+    assert slow["done_at"] - slow["at"] >= 0.3  # the injected latency: the API was busy
+
+
 async def test_unknown_api_path(partner: SignedClient, control: Control) -> None:
     answer = await partner.call("GET", "/v2/no/such/api")
     assert (answer.status, answer.body["error_code"]) == (404, "APIGW.0101")

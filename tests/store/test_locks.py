@@ -11,6 +11,7 @@ import textwrap
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -18,6 +19,8 @@ import pytest
 from handlers.errors import StoreUnavailable
 from service.store.locks import LocalLocks, PostgresLocks, lock_id
 from tests.store.conftest import POSTGRES_URL
+
+ROOT = Path(__file__).resolve().parents[2]  # the checkout, for a holder in another process
 
 
 async def connect() -> asyncpg.Connection:
@@ -106,6 +109,56 @@ async def test_a_killed_holders_lock_is_freed(namespace: str) -> None:
     finally:
         if proc.returncode is None:
             proc.kill()
+        await proc.wait()
+
+
+async def test_a_live_holder_keeps_its_lock_past_the_idle_timeout(namespace: str) -> None:
+    async with (
+        PostgresLocks(connect, namespace=namespace, idle_s=0.6) as locks,
+        PostgresLocks(connect, namespace=namespace, poll_s=0.01) as other,
+        locks.hold("customer-1") as held,
+    ):
+        with pytest.raises(TimeoutError):  # three idle timeouts: the heartbeat keeps it
+            async with asyncio.timeout(1.8), other.hold("customer-1"):
+                pass
+        assert held.valid
+
+
+async def test_a_frozen_holders_lock_is_freed_after_the_idle_timeout(namespace: str) -> None:
+    """A holder in another process is frozen (SIGSTOP): its connection stays open, but the
+    server ends the silent session after ``idle_s`` and the lock is free."""
+    script = textwrap.dedent(
+        f"""
+        import asyncio, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        import asyncpg
+        from service.store.locks import PostgresLocks
+        async def main():
+            connect = lambda: asyncpg.connect({POSTGRES_URL!r})
+            async with PostgresLocks(connect, namespace={namespace!r}, idle_s=1.0) as locks:
+                async with locks.hold("customer-1"):
+                    print("held", flush=True)
+                    await asyncio.sleep(60)
+        asyncio.run(main())
+        """
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        assert await asyncio.wait_for(proc.stdout.readline(), 10) == b"held\n"
+        async with PostgresLocks(connect, namespace=namespace, poll_s=0.01) as locks:
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(1.5), locks.hold("customer-1"):
+                    pass  # alive, it keeps the lock past its idle timeout
+            os.kill(proc.pid, signal.SIGSTOP)
+            started = time.monotonic()
+            async with asyncio.timeout(10), locks.hold("customer-1") as held:
+                assert held.valid
+            assert time.monotonic() - started < 1.0 + 2
+    finally:
+        proc.kill()
         await proc.wait()
 
 

@@ -38,9 +38,12 @@ LEASE = timedelta(seconds=10)
 class FakeMessage:
     """The parts of an aio-pika incoming message the service uses; its channel can close."""
 
-    def __init__(self, body: bytes, *, headers: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, body: bytes, *, headers: dict[str, Any] | None = None, redelivered: bool = False
+    ) -> None:
         self.body = body
         self.headers = headers or {}
+        self.redelivered = redelivered
         self.user_id: str | None = None
         self.message_id: str | None = None
         self.correlation_id: str | None = None
@@ -52,7 +55,6 @@ class FakeMessage:
         self.type: str | None = None
         self.app_id: str | None = None
         self.priority: int | None = None
-        self.redelivered = False
         self.channel_open = True
         self.settled: list[str] = []
 
@@ -394,10 +396,11 @@ async def test_a_command_taken_in_before_is_not_parked_behind_its_customers_back
         await rig.process(FakeMessage(auto_renew("c-new")))
         assert rig.publisher.kinds() == ["delay"]  # parked: its turn is far away
         rig.publisher.log.clear()
-        taken = FakeMessage(auto_renew("c-taken"), headers={H.ADMITTED: "1"})
-        taken.redelivered = how == "redelivered"
-        if how == "redelivered":
-            taken.headers = {}
+        taken = FakeMessage(
+            auto_renew("c-taken"),
+            headers={} if how == "redelivered" else {H.ADMITTED: "1"},
+            redelivered=how == "redelivered",
+        )
         await rig.process(taken)
     assert rig.publisher.kinds() == ["event"]
     assert rig.api.calls == 1
