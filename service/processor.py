@@ -58,6 +58,7 @@ __all__ = ["Processor", "RetryPolicy", "ScopedApi"]
 log = structlog.get_logger(__name__)
 
 MIN_WAIT_S = 0.25  # the shortest delay step
+TAKEOVER_RECHECK_S = 1.0  # a redelivered command busy elsewhere asks again after this long
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,7 +258,7 @@ class Processor:
         if claim.outcome is ClaimOutcome.FINISHED:
             return self._reannounce(delivery, command, claim.record)
         if claim.outcome is ClaimOutcome.BUSY:
-            return self._wait_for_owner(claim.record)
+            return self._wait_for_owner(claim.record, delivery)
         delivery.claimed = command.command_id
         self.holding.add(command.command_id)
         try:
@@ -285,15 +286,19 @@ class Processor:
             )
         return Reannounce(record, conflict=conflict)
 
-    def _wait_for_owner(self, record: StoredCommand) -> Delay:
+    def _wait_for_owner(self, record: StoredCommand, delivery: Delivery) -> Delay:
         """Someone else holds the command: come back when its lease would have run out, once
         (a live owner keeps renewing it and finishes meanwhile; a dead one is taken over).
-        Its turn had come (it got past parking): it comes back with a due ticket and keeps its
-        place in line, instead of drawing a new ticket behind the whole backlog, so a crashed
-        replica's commands resume about a lease after the crash."""
+        It comes back marked admitted (``x-relay-admitted``): its turn had come, and it is
+        not parked behind its customer's backlog again. A command the broker redelivered
+        (its consumer went away) comes back within a second instead: its owner may have died
+        a moment ago, before the database noticed, and its liveness lock will say so
+        (``owner_gone``) long before the lease runs out."""
         left = MIN_WAIT_S
         if record.lease_until is not None:
             left = max(MIN_WAIT_S, (record.lease_until - self.now()).total_seconds())
+        if delivery.message.redelivered or H.ADMITTED in (delivery.message.headers or {}):
+            left = min(left, TAKEOVER_RECHECK_S)
         log.info("command_busy_elsewhere", wait_s=round(left, 2))
         return Delay(left, "busy", headers={H.ADMITTED: "1"})
 

@@ -272,6 +272,8 @@ _TICKET = """
             used_at = EXCLUDED.used_at
     RETURNING tat, rate AS spacing, used_at AS server_now
 """
+_SERVER_CLOCK = "SELECT extract(epoch FROM clock_timestamp())::float8"
+CLOCK_SAMPLES = 5  # round trips that read the server's clock when the buckets open
 OFFSET_DRIFT = 0.001  # s/s the clock offset estimate yields (a server clock slewed by NTP)
 ACTIVE_S = 2.0  # a ParentUid or egress that reserved a slot this recently counts as active
 TICKET_BLOCK = 16  # parking tickets of a key taken per round trip
@@ -347,9 +349,9 @@ class SharedBuckets:
                 for statement in _DDL:
                     await conn.execute(statement)
             async with self._pool.acquire() as conn:  # the server's clock, before any slot
-                self._learn(
-                    await conn.fetchval("SELECT extract(epoch FROM clock_timestamp())::float8")
-                )
+                for _ in range(CLOCK_SAMPLES):
+                    asked = self._clock()
+                    self._learn(await conn.fetchval(_SERVER_CLOCK), asked)
         except LOST as exc:
             raise store_unavailable("could not prepare the shared rate-limit buckets") from exc
         return self
@@ -440,7 +442,7 @@ class SharedBuckets:
         )
         if not rows:  # every candidate was being reserved on by another replica just now
             return Pick(None, Grant(False, 0.0, 0.0, 0.0, now), {})
-        local = self._learn(rows[-1]["server_now"])
+        local = self._clock()
         busy: dict[str, float] = {}
         grant = Grant(False, 0.0, 0.0, 0.0, now)
         for row in rows:
@@ -497,7 +499,7 @@ class SharedBuckets:
             self._floor,
             sent_at,
         )
-        local = self._learn(row["server_now"])
+        local = self._clock()
         self._note((api, "uid", parent_uid), local + row["uid_wait"], row["uid_rate"])
         if row["halved"]:
             log.warning("rate_lowered", api=api, parent_uid=parent_uid, rate=row["uid_rate"])
@@ -548,7 +550,6 @@ class SharedBuckets:
             ceiling,
             ACTIVE_S,
         )
-        self._learn(row["server_now"])
         spacing, end = float(row["spacing"]), float(row["tat"])
         first = end - (TICKET_BLOCK - 1) * spacing
         self._blocks[key] = _Block(first + spacing, end, spacing)
@@ -574,17 +575,21 @@ class SharedBuckets:
     async def _fetch_all(self, kind: str, query: str, *args: Any) -> list[Any]:
         self.round_trips += 1
         self.trips[kind] += 1
+        asked = self._clock()
         try:
             rows: list[Any] = await self._pool.fetch(query, *args, timeout=self._timeout_s)
         except LOST as exc:
             raise store_unavailable(
                 "the store is unreachable: no rate-limit slot can be granted",
             ) from exc
+        if rows:
+            self._learn(rows[-1]["server_now"], asked)
         return rows
 
     async def _fetch(self, kind: str, query: str, *args: Any) -> Any:
         self.round_trips += 1
         self.trips[kind] += 1
+        asked = self._clock()
         try:
             row = await self._pool.fetchrow(query, *args, timeout=self._timeout_s)
         except LOST as exc:
@@ -592,24 +597,29 @@ class SharedBuckets:
                 "the store is unreachable: no rate-limit slot can be granted",
             ) from exc
         assert row is not None
+        if "server_now" in row:
+            self._learn(row["server_now"], asked)
         return row
 
-    def _learn(self, server_now: float) -> float:
-        """Update the clock offset from an answer; returns the local instant it was read.
+    def _learn(self, server_now: float, asked: float) -> float:
+        """Update the clock offset from an answer to a statement sent at local ``asked``;
+        returns the local instant the answer was read.
 
-        An answer read late (a slow round trip, a busy event loop) makes ``server_now -
-        local`` too small by the delay, so the estimate keeps the largest such sample: that of
-        the answer read soonest. It yields ``OFFSET_DRIFT`` per second so that the two clocks
-        may drift apart (the local clock is monotonic: it never steps). Taking the last sample
-        instead hid exactly the lateness that matters: a request sent late after a late answer
-        looked on time, and its slot was not given back."""
+        The server read its clock between ``asked`` and now, so the offset lies between
+        ``server_now - now`` and ``server_now - asked``. An answer read late (a slow round
+        trip, a busy event loop) makes the first too small by the delay, so the estimate
+        keeps the largest such lower bound (the answer read soonest), never above any upper
+        bound; it yields ``OFFSET_DRIFT`` per second so that the two clocks may drift apart
+        (the local clock is monotonic: it never steps). Taking the last sample instead hid
+        exactly the lateness that matters: a request sent late after a late answer looked
+        on time, and its slot was not given back; and when a faster answer then corrected
+        the estimate, the next request left early against the late one."""
         local = self._clock()
-        sample = server_now - local
+        lower, upper = server_now - local, server_now - asked
         offset = self._offset
-        if offset is None or sample > offset - (local - self._learnt_at) * OFFSET_DRIFT:
-            self._offset = sample
-        else:
-            self._offset = offset - (local - self._learnt_at) * OFFSET_DRIFT
+        if offset is not None:
+            lower = max(lower, offset - (local - self._learnt_at) * OFFSET_DRIFT)
+        self._offset = min(lower, upper)
         self._learnt_at = local
         return local
 

@@ -9,12 +9,17 @@ the sandbox's request log, never from the service's own counters. Bounds on time
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
+import os
+import re
 import signal
+import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
@@ -42,6 +47,35 @@ pytestmark = [
     pytest.mark.e2e,
     pytest.mark.parametrize("e2e_store", ["postgres"], indirect=True),
 ]
+
+
+@dataclass(frozen=True)
+class SandboxProcess:
+    url: str
+
+
+@pytest.fixture(scope="module")
+async def sandbox() -> AsyncIterator[SandboxProcess]:
+    """The sandbox in a process of its own, at a raised scheduling priority where allowed (as
+    the bench runs it): it stands in for a remote gateway, whose clock does not stall when
+    this 2-core machine is busy with three replicas, the broker, PostgreSQL and pytest. In
+    the test process its arrival instants would carry pytest's own event-loop delays."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "service.cli", "sandbox", "--port", "0",
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        with contextlib.suppress(PermissionError):
+            os.setpriority(os.PRIO_PROCESS, proc.pid, -10)
+        assert proc.stderr is not None
+        line = (await asyncio.wait_for(proc.stderr.readline(), 30)).decode()
+        found = re.search(r"listening on (http://\S+)", line)
+        assert found, line
+        yield SandboxProcess(found.group(1))
+    finally:
+        proc.terminate()
+        await proc.wait()
+
 
 Serve = tuple[Spawn, aio_pika.abc.AbstractChannel, EventLog, str]
 Row = dict[str, Any]

@@ -249,14 +249,25 @@ def test_the_server_clock_estimate_keeps_the_answer_read_soonest() -> None:
     behind: its requests would leave late for their slots while looking on time."""
     local = [0.0]
     buckets = SharedBuckets(None, {"op": 5}, clock=lambda: local[0])
-    buckets._learn(1000.0)  # read at once
+    buckets._learn(1000.0, asked=0.0)  # read at once
     assert buckets.now() == pytest.approx(1000.0)
     local[0] = 1.05
-    buckets._learn(1001.0)  # server time 1001.0, read at local 1.05: 50 ms late
+    buckets._learn(1001.0, asked=1.0)  # server time 1001.0, read at local 1.05: 50 ms late
     assert buckets.now() == pytest.approx(1001.05, abs=0.002)  # not 1001.0
     local[0] = 2.0
-    buckets._learn(1002.01)  # the server's clock gained 10 ms: taken at once
+    buckets._learn(1002.01, asked=2.0)  # the server's clock gained 10 ms: taken at once
     assert buckets.now() == pytest.approx(1002.01)
     local[0] = 12.0
-    buckets._learn(1011.995)  # it lost 15 ms: yielded at 1 ms/s
+    buckets._learn(1011.995, asked=11.99)  # it lost 15 ms: yielded at 1 ms/s
     assert buckets.now() == pytest.approx(1012.0, abs=1e-6)
+
+
+def test_the_server_clock_estimate_never_passes_what_an_answer_allows() -> None:
+    """The server read its clock after the statement was sent: the offset can be no larger
+    than server_now - asked, whatever an earlier sample said."""
+    local = [5.0]
+    buckets = SharedBuckets(None, {"op": 5}, clock=lambda: local[0])
+    buckets._learn(1005.0, asked=5.0)
+    local[0] = 6.0
+    buckets._learn(1005.97, asked=5.99)  # the server's clock stepped back 30 ms
+    assert buckets.now() == pytest.approx(1005.98, abs=1e-6)

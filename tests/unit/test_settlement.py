@@ -368,6 +368,16 @@ async def test_busy_elsewhere_waits_out_the_owners_lease_once(rig: Rig) -> None:
     assert _headers[H.ADMITTED] == "1"  # back from waiting, it goes straight to its claim
 
 
+async def test_a_redelivered_command_busy_elsewhere_asks_again_within_a_second(rig: Rig) -> None:
+    """Its consumer went away: the owner may be dead before the database has noticed."""
+    await rig.store.claim("c-1", "set_auto_renew", owner="someone-else", lease=LEASE)
+    await rig.process(FakeMessage(auto_renew(), redelivered=True))
+    [(kind, (seconds, _reason, headers))] = rig.publisher.log
+    assert kind == "delay"
+    assert seconds <= 1.0
+    assert headers[H.ADMITTED] == "1"
+
+
 async def test_a_dead_owners_claim_is_taken_over_at_once(rig: Rig) -> None:
     """The owner's liveness lock is free (its process died): no wait for its lease."""
 
