@@ -18,7 +18,7 @@ joint slot is *nearly due* (``within`` seconds of the server's now) gets it. Oth
 reserved and the answer says how long each bucket is busy, so the caller waits for its egress,
 or for the soonest of its customers. Nothing is ever reserved far ahead: a replica holding slots
 seconds ahead starves customers served by the others. A request that leaves late for its slot
-moves both rows on by the lateness beyond half the guard (``relay_late``).
+moves both rows on by its lateness (``relay_give_back``), on the replica's next reservation.
 
 The caller keeps a local view (ready instants and rates, learnt from every answer) for the
 scheduler's estimates, which need no round trip. ``round_trips`` counts statements sent.
@@ -32,6 +32,7 @@ With SQLite the buckets stay in process (:class:`service.limiter.RateLimiter`);
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections import Counter
@@ -84,7 +85,7 @@ _DDL = (
     CREATE OR REPLACE FUNCTION relay_reserve_any(
         p_api text, p_uids text[], p_egress text, p_ceiling double precision,
         p_guard double precision, p_recovery double precision, p_within double precision,
-        p_narrow_after double precision)
+        p_narrow_after double precision, p_late_uids text[], p_late_excess double precision[])
     RETURNS TABLE (uid text, granted boolean, wait double precision,
                    uid_wait double precision, egress_wait double precision,
                    uid_rate double precision, server_now double precision)
@@ -101,6 +102,11 @@ _DDL = (
         first_rate double precision;
         quiet_since double precision;
     BEGIN
+        -- lateness this replica's requests picked up since its last statement: given back
+        -- before the next slot is taken (see SharedBuckets.sent_late)
+        IF cardinality(p_late_uids) > 0 THEN
+            PERFORM relay_give_back(p_api, p_egress, p_late_uids, p_late_excess);
+        END IF;
         -- a guard row's adjusted_at is when it was last narrowed
         SELECT b.guard, greatest(b.throttled_at, b.widened_at, b.adjusted_at)
             INTO g, quiet_since FROM relay_buckets b
@@ -180,14 +186,15 @@ _DDL = (
     END $$
     """,
     """
-    CREATE OR REPLACE FUNCTION relay_late(
-        p_api text, p_uid text, p_egress text, p_excess double precision)
+    CREATE OR REPLACE FUNCTION relay_give_back(
+        p_api text, p_egress text, p_uids text[], p_excess double precision[])
     RETURNS void LANGUAGE plpgsql AS $$
-    BEGIN  -- the egress row first, then the ParentUid's: relay_reserve_any's order
-        UPDATE relay_buckets b SET tat = b.tat + p_excess
+    BEGIN  -- the egress row first, then the ParentUids': relay_reserve_any's order
+        UPDATE relay_buckets b SET tat = b.tat + (SELECT sum(x) FROM unnest(p_excess) AS x)
             WHERE b.api = p_api AND b.kind = 'egress' AND b.name = p_egress;
-        UPDATE relay_buckets b SET tat = b.tat + p_excess
-            WHERE b.api = p_api AND b.kind = 'uid' AND b.name = p_uid;
+        UPDATE relay_buckets b SET tat = b.tat + l.excess
+            FROM unnest(p_uids, p_excess) AS l(uid, excess)
+            WHERE b.api = p_api AND b.kind = 'uid' AND b.name = l.uid;
     END $$
     """,
     """
@@ -240,9 +247,10 @@ _DDL = (
     """,
 )
 
-_RESERVE = "SELECT * FROM relay_reserve_any($1, $2, $3, $4, $5, $6, $7, $8)"
+_RESERVE = "SELECT * FROM relay_reserve_any($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
 CANDIDATES = 16  # ParentUids offered per reservation, in round-robin order
-_LATE = "SELECT relay_late($1, $2, $3, $4)"
+_GIVE_BACK = "SELECT relay_give_back($1, $2, $3, $4)"
+GIVE_BACK_WITHIN_S = 0.05  # lateness no reservation carried this soon is sent on its own
 _THROTTLED = "SELECT * FROM relay_throttled($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 # A block of $5 parking tickets for one key, no sooner than $3 and one spacing after the key's
 # last ticket; returns the block's last ticket (the key's new horizon) and the spacing. The
@@ -340,6 +348,8 @@ class SharedBuckets:
         self.trips: Counter[str] = Counter()  # round trips by statement: what they were for
         self.grants = 0
         self.late_sends = 0
+        # lateness not given back yet: API -> ParentUid -> seconds (see sent_late)
+        self._late: dict[str, dict[str, float]] = {}
         self._stats_at = 0.0
 
     async def __aenter__(self) -> Self:
@@ -428,6 +438,7 @@ class SharedBuckets:
         now = self.now()
         if ceiling is None:
             return Pick(uids[0] if uids else None, Grant(True, 0.0, 0.0, 0.0, now), {})
+        late = self._late.pop(api, {})
         rows = await self._fetch_all(
             "reserve",
             _RESERVE,
@@ -439,6 +450,8 @@ class SharedBuckets:
             self._recovery,
             within,
             NARROW_AFTER_S,
+            list(late),
+            list(late.values()),
         )
         if not rows:  # every candidate was being reserved on by another replica just now
             return Pick(None, Grant(False, 0.0, 0.0, 0.0, now), {})
@@ -508,18 +521,28 @@ class SharedBuckets:
         return bool(row["halved"])
 
     def tolerance(self, api: str) -> float:
-        """Half the guard this replica starts with (the shared guard is at least that)."""
-        return self._guard_s / 2
+        """Lateness absorbed per request (see ``RateLimiter.tolerance``), of the guard this
+        replica starts with (the shared guard is at least that)."""
+        return self._guard_s / (2 * max(1.0, self.limit(api) or 1.0))
 
     async def sent_late(self, api: str, parent_uid: str, *, slot: float, sent_at: float) -> float:
-        """A call left late for its slot (see ``RateLimiter.late``): beyond half the guard,
-        both shared rows' next slots move on by the excess (one statement, only then)."""
+        """A call left late for its slot (see ``RateLimiter.late``): both shared rows' next
+        slots move on by the excess. The give-back rides on this replica's next reservation
+        of the API (no statement of its own), or goes alone when none came within
+        ``GIVE_BACK_WITHIN_S``."""
         excess = sent_at - slot - self.tolerance(api)
         if self.limit(api) is None or excess <= 0:
             return 0.0
         self.late_sends += 1
-        await self._fetch("late", _LATE, api, parent_uid, self._egress, excess)
+        pending = self._late.setdefault(api, {})
+        pending[parent_uid] = pending.get(parent_uid, 0.0) + excess
         log.debug("sent_late", api=api, excess_ms=round(excess * 1000, 1))
+        await asyncio.sleep(GIVE_BACK_WITHIN_S)
+        left = self._late.pop(api, {})
+        if left:
+            await self._fetch(
+                "late", _GIVE_BACK, api, self._egress, list(left), list(left.values())
+            )
         return excess
 
     async def ticket(
