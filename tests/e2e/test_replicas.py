@@ -83,6 +83,7 @@ Row = dict[str, Any]
 LIMIT = 5  # requests/s of every API, in the sandbox and in the service alike
 LEASE_S = 3
 RENEWAL_LATENCY_MS = 300
+UTILISATION_FLOOR = 0.6
 CUSTOMERS = {ids.ACME: "acme", ids.GLOBEX: "globex", ids.INITECH: "initech"}
 BACKLOG_APIS = ("auto_renewal_resources", "list_renew_rate_on_period")
 
@@ -270,7 +271,11 @@ async def test_three_replicas_share_the_quota_and_renew_one_customer_at_a_time(
             problems.append(f"{most} requests in one second for {dimension} {key}")
     if statuses[429]:
         problems.append(f"{statuses[429]} answers 429")
-    if min(ratio for ratio, _ in used.values()) < 0.8:
+    # loose: three replicas, the broker, PostgreSQL, the sandbox and pytest share 2 cores, and
+    # the window holds the start-up and the SIGKILL (0.67-0.94 seen); `bss-relay bench
+    # --scenario replicas` measures it (0.97-0.99). A pacing defect lands far below (0.3-0.45
+    # when taken-over commands were parked behind the backlog).
+    if min(ratio for ratio, _ in used.values()) < UTILISATION_FLOOR:
         problems.append(f"binding quota under-used: {used}")
     # guarantee 7, and one order per successful renewal
     if overlapping := overlaps(acme_renewals):
