@@ -14,9 +14,11 @@ One atomic statement per reservation: ``SELECT * FROM relay_reserve_any(…)``, 
 function that locks the egress row, then offers the slot to the caller's candidate ParentUids in
 its round-robin order (their rows locked ``SKIP LOCKED``: a row another replica is reserving on
 is passed over, never waited for while the egress row is held, so no deadlock). The first whose
-joint slot is *nearly due* (``within`` seconds of the server's now) gets it. Otherwise nothing is
-reserved and the answer says how long each bucket is busy, so the caller waits for its egress,
-or for the soonest of its customers. Nothing is ever reserved far ahead: a replica holding slots
+joint slot is *nearly due* (``within`` seconds of the server's now) gets it -- or, when another
+replica on the same egress just took the slot this one came for, the egress's next slot, one
+interval on, for a candidate free by then (contending replicas then need one round trip per
+slot, not two). Otherwise nothing is reserved and the answer says how long each bucket is busy,
+so the caller waits for its egress, or for the soonest of its customers. Nothing is ever reserved far ahead: a replica holding slots
 seconds ahead starves customers served by the others. A request that leaves late for its slot
 moves both rows on by its lateness (``relay_give_back``), on the replica's next reservation.
 
@@ -101,6 +103,7 @@ _DDL = (
         first_tat double precision;
         first_rate double precision;
         quiet_since double precision;
+        horizon double precision;
     BEGIN
         -- lateness this replica's requests picked up since its last statement: given back
         -- before the next slot is taken (see SharedBuckets.sent_late)
@@ -137,7 +140,13 @@ _DDL = (
                 WHERE b.api = p_api AND b.kind = 'egress' AND b.name = p_egress FOR UPDATE;
         END IF;
         e.rate := p_ceiling;
-        IF e.tat - now_ > p_within THEN  -- the egress is busy: no candidate can go (the
+        horizon := p_within;
+        IF e.tat - now_ > p_within AND e.tat - now_ <= p_within + (1 + g) / e.rate THEN
+            -- another replica on this egress took the slot this one came for: take the
+            -- egress's next one, for a candidate free by then (one round trip, not two)
+            horizon := e.tat - now_;
+        END IF;
+        IF e.tat - now_ > horizon THEN  -- the egress is busy: no candidate can go (the
             -- first one's own bucket is read, unlocked, for the caller's view)
             SELECT coalesce(max(b.tat), 0), coalesce(max(b.rate), p_ceiling)
                 INTO first_tat, first_rate
@@ -169,7 +178,7 @@ _DDL = (
             END IF;
             u.rate := least(u.rate, p_ceiling);  -- a lowered RELAY_RATE_LIMITS applies at once
             slot := greatest(now_, e.tat, u.tat);
-            IF slot - now_ <= p_within THEN
+            IF slot - now_ <= horizon THEN
                 UPDATE relay_buckets b SET tat = slot + (1 + g) / e.rate, rate = e.rate,
                                            used_at = now_
                     WHERE b.api = p_api AND b.kind = 'egress' AND b.name = p_egress;
