@@ -18,9 +18,10 @@ joint slot is *nearly due* (``within`` seconds of the server's now) gets it -- o
 replica on the same egress just took the slot this one came for, the egress's next slot, one
 interval on, for a candidate free by then (contending replicas then need one round trip per
 slot, not two). Otherwise nothing is reserved and the answer says how long each bucket is busy,
-so the caller waits for its egress, or for the soonest of its customers. Nothing is ever reserved far ahead: a replica holding slots
-seconds ahead starves customers served by the others. A request that leaves late for its slot
-moves both rows on by its lateness (``relay_give_back``), on the replica's next reservation.
+so the caller waits for its egress, or for the soonest of its customers. Nothing is ever
+reserved far ahead: a replica holding slots seconds ahead starves customers served by the
+others. A request that leaves late for its slot moves both rows on by its lateness
+(``relay_give_back``), on the replica's next reservation.
 
 The caller keeps a local view (ready instants and rates, learnt from every answer) for the
 scheduler's estimates, which need no round trip. ``round_trips`` counts statements sent.
