@@ -259,17 +259,6 @@ async def eventually(
     raise AssertionError(f"condition not met within {within}s")
 
 
-def max_in_window(instants: list[float], window: float = 1.0) -> int:
-    """The most ``instants`` (sorted) in any half-open window ``(t - window, t]``: the
-    sandbox's throttle counts the same way."""
-    best, lo = 0, 0
-    for hi, t in enumerate(instants):
-        while t - instants[lo] >= window:
-            lo += 1
-        best = max(best, hi - lo + 1)
-    return best
-
-
 # -- the service as `bss-relay serve` subprocesses ---------------------------------------
 
 
@@ -375,3 +364,16 @@ async def publish(channel: aio_pika.abc.AbstractChannel, command: dict[str, Any]
         ),
         routing_key=f"command.{command['type']}",
     )
+
+
+def adopted_orders(events: EventLog, commands: list[dict[str, Any]]) -> list[str]:
+    """The renewal orders the renew commands' terminal events report (one entry per report:
+    an order two commands claimed shows up twice)."""
+    return [
+        order
+        for c in commands
+        if c["type"] == "renew"
+        for order in (events.terminal(c["command_id"])[0]["result"] or {"order_ids": []})[
+            "order_ids"
+        ]
+    ]

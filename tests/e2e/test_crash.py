@@ -20,6 +20,7 @@ from tests.e2e.conftest import (
     RelayFactory,
     Sandbox,
     Spawn,
+    adopted_orders,
     eventually,
     new_id,
     publish,
@@ -90,15 +91,13 @@ async def test_sigkill_mid_run_loses_nothing_and_spends_once(
 
     state = await bss.state()
     new_orders = {o["order_id"] for o in state["orders"] if o["order_type"] == 2} - seeded
-    renew_ids = [c["command_id"] for c in commands if c["type"] == "renew"]
-    adopted = [
-        order
-        for c in renew_ids
-        for order in (events.terminal(c)[0]["result"] or {"order_ids": []})["order_ids"]
-    ]
+    adopted = adopted_orders(events, commands)
     assert len(adopted) == len(set(adopted))  # no order claimed by two commands
     assert set(adopted) <= new_orders
-    unknown = sum(events.terminal(c)[0]["outcome"] == "unknown" for c in renew_ids)
+    unknown = sum(
+        events.terminal(c)[0]["outcome"] == "unknown"
+        for c in [c["command_id"] for c in commands if c["type"] == "renew"]
+    )
     assert len(new_orders) <= len(adopted) + unknown  # at most one order per renew command
     by_memo = Counter(
         c["memo"].rsplit("[bss-relay:", 1)[1].rstrip("]")

@@ -16,8 +16,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from bench.measures import busiest_window as max_in_window
 from tests.conftest import rabbitmqctl
-from tests.e2e.conftest import Relay, RelayFactory, Sandbox, eventually, max_in_window
+from tests.e2e.conftest import Relay, RelayFactory, Sandbox, eventually
 from tests.e2e.test_reliability import auto_renew
 from tests.sandbox import demo_ids as ids
 

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import BOTH_STORES, RelayFactory, Sandbox, max_in_window, new_id
+from bench.measures import busiest_window as max_in_window
+from tests.e2e.conftest import BOTH_STORES, RelayFactory, Sandbox, new_id
 from tests.e2e.test_commands import by_id, coupon, period_quote, renew
 from tests.sandbox import demo_ids as ids
 

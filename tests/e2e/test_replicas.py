@@ -26,6 +26,7 @@ import aio_pika
 import asyncpg
 import pytest
 
+from bench.measures import busiest_window as max_in_window
 from service.sandbox.gateway import IAM_OPERATION
 from service.store.postgres import split_schema
 from tests.e2e.conftest import (
@@ -34,7 +35,6 @@ from tests.e2e.conftest import (
     ServeProcess,
     Spawn,
     eventually,
-    max_in_window,
     new_id,
     publish,
 )

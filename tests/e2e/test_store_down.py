@@ -30,7 +30,7 @@ import aio_pika
 import aiohttp
 import pytest
 
-from tests.e2e.conftest import EventLog, Sandbox, Spawn, eventually, publish
+from tests.e2e.conftest import EventLog, Sandbox, Spawn, adopted_orders, eventually, publish
 from tests.e2e.test_crash import mixed_commands
 
 pytestmark = pytest.mark.e2e
@@ -247,12 +247,7 @@ async def test_store_down_makes_no_call_says_why_and_resumes(
     # and spent at most once: one order per renew command, one coupon per coupon command
     state = await bss.state()
     new_orders = {o["order_id"] for o in state["orders"] if o["order_type"] == 2} - seeded
-    renew_ids = [c["command_id"] for c in commands if c["type"] == "renew"]
-    adopted = [
-        order
-        for c in renew_ids
-        for order in (events.terminal(c)[0]["result"] or {"order_ids": []})["order_ids"]
-    ]
+    adopted = adopted_orders(events, commands)
     assert len(adopted) == len(set(adopted))
     assert new_orders == set(adopted)
     by_memo = Counter(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.client import BssHttp, session_from
+from service.client import BssHttp, Response, session_from
 from service.limiter import RateLimiter
 from service.metrics import Metrics
 from service.operations import OPERATIONS
@@ -43,24 +43,32 @@ class Behind(FairScheduler):
         return self._limiter.now()
 
 
-async def test_the_write_of_the_headers_is_the_moment_that_counts(sandbox: SandboxServer) -> None:
-    clock = Ticking()
-    limiter = Recording(clock)
-    settings = Settings(bss_endpoint=sandbox.url)
+async def list_coupons(
+    url: str, limiter: RateLimiter, scheduler: FairScheduler, metrics: Metrics | None = None
+) -> Response:
+    """One partner call through the relay's HTTP client, on a session made as ``serve``'s."""
+    settings = Settings(bss_endpoint=url)
     async with session_from(settings) as session:
         http = BssHttp(
             session=session,
             bss_endpoint=settings.bss_endpoint,
             iam_endpoint=settings.bss_endpoint,
             limiter=limiter,
-            scheduler=Behind(limiter),
+            scheduler=scheduler,
+            metrics=metrics,
         )
-        answer = await http.call(
+        return await http.call(
             OPERATIONS["list_quota_coupons"],
             Signer(ids.PARTNER_AK, ids.PARTNER_SK),
             parent_uid=ids.PARTNER_ID,
             body=b"{}",
         )
+
+
+async def test_the_write_of_the_headers_is_the_moment_that_counts(sandbox: SandboxServer) -> None:
+    clock = Ticking()
+    limiter = Recording(clock)
+    answer = await list_coupons(sandbox.url, limiter, Behind(limiter))
     assert answer.status == 200
     [(slot, sent_at)] = limiter.lateness
     # readings: the slot (1), handing the request to the session (2), the headers written
@@ -88,22 +96,7 @@ async def test_a_slot_woken_up_for_too_late_is_let_go(
     limiter = RateLimiter({"list_quota_coupons": 10}, guard_s=0.01)
     scheduler = Stale(limiter)
     metrics = Metrics()
-    settings = Settings(bss_endpoint=sandbox.url)
-    async with session_from(settings) as session:
-        http = BssHttp(
-            session=session,
-            bss_endpoint=settings.bss_endpoint,
-            iam_endpoint=settings.bss_endpoint,
-            limiter=limiter,
-            scheduler=scheduler,
-            metrics=metrics,
-        )
-        answer = await http.call(
-            OPERATIONS["list_quota_coupons"],
-            Signer(ids.PARTNER_AK, ids.PARTNER_SK),
-            parent_uid=ids.PARTNER_ID,
-            body=b"{}",
-        )
+    answer = await list_coupons(sandbox.url, limiter, scheduler, metrics)
     assert answer.status == 200
     assert scheduler.turns == 2  # the stale slot was let go, the next one used
     logged = [e for e in await control.get("requests") if e["api"] == "list_quota_coupons"]

@@ -11,6 +11,7 @@ from contextlib import AsyncExitStack
 
 import pytest
 
+from bench.measures import busiest_window as max_in_any_window
 from handlers.errors import StoreUnavailable
 from service.limiter import RateLimiter
 from service.scheduler import FairScheduler
@@ -40,16 +41,6 @@ async def open_buckets() -> AsyncIterator[OpenBuckets]:
             yield open_one
     finally:
         await drop_schema(schema)
-
-
-def max_in_any_window(instants: list[float], window: float = 1.0) -> int:
-    instants = sorted(instants)
-    best, lo = 0, 0
-    for hi, t in enumerate(instants):
-        while t - instants[lo] >= window:
-            lo += 1
-        best = max(best, hi - lo + 1)
-    return best
 
 
 async def grab(buckets: SharedBuckets, uid: str, count: int) -> list[float]:

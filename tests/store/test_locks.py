@@ -4,6 +4,7 @@ overlap, a killed holder's lock is freed, and a holder whose connection is lost 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -78,10 +79,41 @@ async def test_local_locks_serialise_and_forget_unused_keys() -> None:
     assert len(locks) == 0
 
 
+@contextlib.asynccontextmanager
+async def holder(script: str) -> AsyncIterator[asyncio.subprocess.Process]:
+    """A process running ``script``, which prints "held" once it holds the lock; killed
+    (after a SIGCONT, should it be stopped) when the block ends."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", textwrap.dedent(script), stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        assert await asyncio.wait_for(proc.stdout.readline(), 10) == b"held\n"
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+
+
+async def freed_after(
+    namespace: str, proc: asyncio.subprocess.Process, sig: int, *, held_for: float
+) -> float:
+    """The holder keeps customer-1 for ``held_for`` s; then ``sig``: seconds until it is free."""
+    async with PostgresLocks(connect, namespace=namespace, poll_s=0.01) as locks:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(held_for), locks.hold("customer-1"):
+                pass  # the other process holds it
+        os.kill(proc.pid, sig)
+        started = time.monotonic()
+        async with asyncio.timeout(10), locks.hold("customer-1") as held:
+            assert held.valid
+        return time.monotonic() - started
+
+
 async def test_a_killed_holders_lock_is_freed(namespace: str) -> None:
     """A holder in another process is SIGKILLed: its session ends, the lock is free."""
-    script = textwrap.dedent(
-        f"""
+    script = f"""
         import asyncio, asyncpg
         async def main():
             conn = await asyncpg.connect({POSTGRES_URL!r})
@@ -90,26 +122,8 @@ async def test_a_killed_holders_lock_is_freed(namespace: str) -> None:
             await asyncio.sleep(60)
         asyncio.run(main())
         """
-    )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE
-    )
-    try:
-        assert proc.stdout is not None
-        assert await asyncio.wait_for(proc.stdout.readline(), 10) == b"held\n"
-        async with PostgresLocks(connect, namespace=namespace, poll_s=0.01) as locks:
-            with pytest.raises(TimeoutError):
-                async with asyncio.timeout(0.5), locks.hold("customer-1"):
-                    pass  # the other process holds it
-            os.kill(proc.pid, signal.SIGKILL)
-            started = time.monotonic()
-            async with asyncio.timeout(5), locks.hold("customer-1") as held:
-                assert held.valid
-            assert time.monotonic() - started < 2
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
+    async with holder(script) as proc:
+        assert await freed_after(namespace, proc, signal.SIGKILL, held_for=0.5) < 2
 
 
 async def test_a_live_holder_keeps_its_lock_past_the_idle_timeout(namespace: str) -> None:
@@ -127,8 +141,7 @@ async def test_a_live_holder_keeps_its_lock_past_the_idle_timeout(namespace: str
 async def test_a_frozen_holders_lock_is_freed_after_the_idle_timeout(namespace: str) -> None:
     """A holder in another process is frozen (SIGSTOP): its connection stays open, but the
     server ends the silent session after ``idle_s`` and the lock is free."""
-    script = textwrap.dedent(
-        f"""
+    script = f"""
         import asyncio, sys
         sys.path.insert(0, {str(ROOT)!r})
         import asyncpg
@@ -141,25 +154,8 @@ async def test_a_frozen_holders_lock_is_freed_after_the_idle_timeout(namespace: 
                     await asyncio.sleep(60)
         asyncio.run(main())
         """
-    )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE
-    )
-    try:
-        assert proc.stdout is not None
-        assert await asyncio.wait_for(proc.stdout.readline(), 10) == b"held\n"
-        async with PostgresLocks(connect, namespace=namespace, poll_s=0.01) as locks:
-            with pytest.raises(TimeoutError):
-                async with asyncio.timeout(1.5), locks.hold("customer-1"):
-                    pass  # alive, it keeps the lock past its idle timeout
-            os.kill(proc.pid, signal.SIGSTOP)
-            started = time.monotonic()
-            async with asyncio.timeout(10), locks.hold("customer-1") as held:
-                assert held.valid
-            assert time.monotonic() - started < 1.0 + 2
-    finally:
-        proc.kill()
-        await proc.wait()
+    async with holder(script) as proc:  # alive, it keeps the lock past its idle timeout
+        assert await freed_after(namespace, proc, signal.SIGSTOP, held_for=1.5) < 1.0 + 2
 
 
 async def test_a_holder_learns_that_its_connection_was_lost(namespace: str) -> None:

@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 
+from bench.measures import busiest_window as max_in_any_window
 from service.limiter import RateLimiter
 
 
@@ -21,16 +22,6 @@ def admitted_instants(
     limiter: RateLimiter, clock: FakeClock, api: str, uid: str, n: int
 ) -> list[float]:
     return [clock.t + limiter.reserve(api, uid) for _ in range(n)]
-
-
-def max_in_any_window(instants: list[float], window: float = 1.0) -> int:
-    instants = sorted(instants)
-    best, lo = 0, 0
-    for hi, t in enumerate(instants):
-        while t - instants[lo] >= window:
-            lo += 1
-        best = max(best, hi - lo + 1)
-    return best
 
 
 def test_no_burst_at_start_and_even_spacing() -> None:
