@@ -18,8 +18,8 @@ answer it narrows by half again, not below where it started. A *lone* throttling
 first of an API for ``lone_s`` seconds while its guard can still widen -- is explained by jitter
 that a wider guard absorbs: the guard doubles (at least +5 ms, at most ``guard_max_s``) and the
 rate stays. A request sent late for its slot gives its lateness back (``late``), so the guard
-need not cover the sender's own delays (a request absorbs at most ``tolerance``: half the guard
-over the limit, so all the requests of a window together use at most half of it).
+need not cover the sender's own delays (a request absorbs at most ``tolerance``, a quarter of
+the guard; the rest is left for the path to the gateway).
 
 Rates adapt (AIMD) otherwise: a throttling answer that a wider guard does not explain (another
 one soon after, or the guard already at its widest) halves the key's rate (never below
@@ -307,20 +307,21 @@ class RateLimiter:
         return self.late(api, parent_uid, slot=slot, sent_at=sent_at)
 
     def tolerance(self, api: str) -> float:
-        """Lateness absorbed per request: half the guard shared by the ``limit`` requests of
-        a 1-second window, so that however many of them are late, together they use at most
-        half the guard (the other half is left for the path to the gateway)."""
-        return self.guard(api).seconds / (2 * max(1.0, self.limit(api) or 1.0))
+        """Lateness a request absorbs without giving it back: a quarter of the guard. A
+        window starting at a request ``d`` late holds ``limit`` more only if ``d`` exceeds
+        the lateness of the ``limit``-th next by more than the guard plus what the first gave
+        back (``d - tolerance``): so the path to the gateway keeps ``guard - tolerance`` of
+        jitter, however many requests of the window are late."""
+        return self.guard(api).seconds / 4
 
     def late(self, api: str, parent_uid: str, *, slot: float, sent_at: float) -> float:
         """A call was sent ``sent_at - slot`` seconds after its slot (an event loop that
         woke late, a store round trip, a busy machine). Slots are spaced by ``(1 + guard) /
         rate``, so a late send could otherwise share a 1-second window with ``rate`` later
-        ones sent on time. Lateness up to ``tolerance`` is absorbed (all the requests of a
-        window together use at most half the guard so; the other half is left for the path
-        to the gateway); beyond that, both keys' next slots move on by the excess: the
-        window that starts at the late send then holds at most ``rate`` requests. Returns
-        the excess (0: nothing moved)."""
+        ones sent on time. Lateness up to ``tolerance`` is absorbed (the rest of the guard
+        is left for the path to the gateway); beyond that, both keys' next slots move on by
+        the excess: the window that starts at the late send then holds at most ``rate``
+        requests. Returns the excess (0: nothing moved)."""
         if self.limit(api) is None:
             return 0.0
         excess = sent_at - slot - self.tolerance(api)

@@ -260,7 +260,9 @@ _DDL = (
 _RESERVE = "SELECT * FROM relay_reserve_any($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
 CANDIDATES = 16  # ParentUids offered per reservation, in round-robin order
 _GIVE_BACK = "SELECT relay_give_back($1, $2, $3, $4)"
-GIVE_BACK_WITHIN_S = 0.05  # lateness no reservation carried this soon is sent on its own
+# Lateness no reservation of this replica carried this soon is sent on its own. It must land
+# before the slot ``limit`` after the late one is reserved (a second on, less "nearly due").
+GIVE_BACK_WITHIN_S = 0.25
 _THROTTLED = "SELECT * FROM relay_throttled($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 # A block of $5 parking tickets for one key, no sooner than $3 and one spacing after the key's
 # last ticket; returns the block's last ticket (the key's new horizon) and the spacing. The
@@ -533,7 +535,7 @@ class SharedBuckets:
     def tolerance(self, api: str) -> float:
         """Lateness absorbed per request (see ``RateLimiter.tolerance``), of the guard this
         replica starts with (the shared guard is at least that)."""
-        return self._guard_s / (2 * max(1.0, self.limit(api) or 1.0))
+        return self._guard_s / 4
 
     async def sent_late(self, api: str, parent_uid: str, *, slot: float, sent_at: float) -> float:
         """A call left late for its slot (see ``RateLimiter.late``): both shared rows' next

@@ -245,18 +245,17 @@ def test_late_sends_not_given_back_would_overfill_a_window() -> None:
 
 
 def test_lateness_within_the_tolerance_moves_nothing() -> None:
-    """A request absorbs at most half the guard over the limit: the ten requests of a window
-    together never use more than half of it, however many of them are late."""
+    """A request absorbs a quarter of the guard; the rest is left for the path."""
     clock = FakeClock()
     limiter = RateLimiter({"op": 10}, guard_s=0.01, clock=clock)
-    assert limiter.tolerance("op") == pytest.approx(0.0005)
+    assert limiter.tolerance("op") == pytest.approx(0.0025)
     slot = clock.t + limiter.reserve("op", "c1")
     before = limiter.delay("op", "c1")
-    assert limiter.late("op", "c1", slot=slot, sent_at=slot + 0.0004) == 0.0
+    assert limiter.late("op", "c1", slot=slot, sent_at=slot + 0.002) == 0.0
     assert limiter.delay("op", "c1") == before
-    assert limiter.late("op", "c1", slot=slot, sent_at=slot + 0.025) == pytest.approx(0.0245)
-    assert limiter.delay("op", "c1") == pytest.approx(before + 0.0245)
-    assert limiter.egress_delay("op") == pytest.approx(before + 0.0245)  # both keys move
+    assert limiter.late("op", "c1", slot=slot, sent_at=slot + 0.025) == pytest.approx(0.0225)
+    assert limiter.delay("op", "c1") == pytest.approx(before + 0.0225)
+    assert limiter.egress_delay("op") == pytest.approx(before + 0.0225)  # both keys move
 
 
 def test_a_widened_guard_narrows_back_after_a_quiet_minute() -> None:
