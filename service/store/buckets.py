@@ -46,7 +46,7 @@ from typing import Any, Self
 
 import structlog
 
-from handlers.errors import store_unavailable
+from handlers.errors import RelayError, store_unavailable
 from service.limiter import GUARD_STEP_S, LONE_S, NARROW_AFTER_S, Grant, Pick, RateLimiter
 from service.store.errors import STORE_ERRORS
 from service.store.postgres import PostgresCommandStore
@@ -362,6 +362,7 @@ class SharedBuckets:
         self.late_sends = 0
         # lateness not given back yet: API -> ParentUid -> seconds (see sent_late)
         self._late: dict[str, dict[str, float]] = {}
+        self._flusher: asyncio.Task[None] | None = None
         self._stats_at = 0.0
 
     async def __aenter__(self) -> Self:
@@ -384,6 +385,11 @@ class SharedBuckets:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        with contextlib.suppress(RelayError):
+            await self.flush()
         self._log_stats()
 
     def _log_stats(self) -> None:
@@ -451,21 +457,27 @@ class SharedBuckets:
         if ceiling is None:
             return Pick(uids[0] if uids else None, Grant(True, 0.0, 0.0, 0.0, now), {})
         late = self._late.pop(api, {})
-        rows = await self._fetch_all(
-            "reserve",
-            _RESERVE,
-            api,
-            list(uids[:CANDIDATES]),
-            self._egress,
-            ceiling,
-            self._guard_s,
-            self._recovery,
-            within,
-            NARROW_AFTER_S,
-            list(late),
-            list(late.values()),
-        )
+        try:
+            rows = await self._fetch_all(
+                "reserve",
+                _RESERVE,
+                api,
+                list(uids[:CANDIDATES]),
+                self._egress,
+                ceiling,
+                self._guard_s,
+                self._recovery,
+                within,
+                NARROW_AFTER_S,
+                list(late),
+                list(late.values()),
+            )
+        except RelayError:
+            self._give_back_later(api, late)
+            raise
         if not rows:  # every candidate was being reserved on by another replica just now
+            self.trips["reserve"] -= 1
+            self.trips["reserve_missed"] += 1
             return Pick(None, Grant(False, 0.0, 0.0, 0.0, now), {})
         local = self._clock()
         busy: dict[str, float] = {}
@@ -540,8 +552,8 @@ class SharedBuckets:
     async def sent_late(self, api: str, parent_uid: str, *, slot: float, sent_at: float) -> float:
         """A call left late for its slot (see ``RateLimiter.late``): both shared rows' next
         slots move on by the excess. The give-back rides on this replica's next reservation
-        of the API (no statement of its own), or goes alone when none came within
-        ``GIVE_BACK_WITHIN_S``."""
+        of the API (no statement of its own), or goes alone (``flush``) when none came within
+        ``GIVE_BACK_WITHIN_S``. Returns at once: the request it is about waits for nothing."""
         excess = sent_at - slot - self.tolerance(api)
         if self.limit(api) is None or excess <= 0:
             return 0.0
@@ -549,13 +561,33 @@ class SharedBuckets:
         pending = self._late.setdefault(api, {})
         pending[parent_uid] = pending.get(parent_uid, 0.0) + excess
         log.debug("sent_late", api=api, excess_ms=round(excess * 1000, 1))
-        await asyncio.sleep(GIVE_BACK_WITHIN_S)
-        left = self._late.pop(api, {})
-        if left:
-            await self._fetch(
-                "late", _GIVE_BACK, api, self._egress, list(left), list(left.values())
-            )
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_later())
         return excess
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(GIVE_BACK_WITHIN_S)
+        try:
+            await self.flush()
+        except RelayError as exc:  # the store is away: no slot is granted until it is back
+            log.warning("sent_late_not_recorded", error=exc.message)
+
+    async def flush(self) -> None:
+        """Give back, in statements of their own, the lateness no reservation carried yet."""
+        while self._late:
+            api, left = self._late.popitem()
+            try:
+                await self._fetch(
+                    "late", _GIVE_BACK, api, self._egress, list(left), list(left.values())
+                )
+            except RelayError:
+                self._give_back_later(api, left)
+                raise
+
+    def _give_back_later(self, api: str, left: dict[str, float]) -> None:
+        pending = self._late.setdefault(api, {})
+        for uid, excess in left.items():
+            pending[uid] = pending.get(uid, 0.0) + excess
 
     async def ticket(
         self, api: str, parent_uid: str, *, earliest: float, interval: float
