@@ -198,9 +198,9 @@ def session_from(settings: Settings) -> aiohttp.ClientSession:
 class _Lateness:
     """Gives a request's lateness for its slot back to the limiter (``Limiter.sent_late``),
     measured when its headers were written (``written``, the session's write trace), or when
-    it was handed to the session if the session has no such trace. In process this costs
-    nothing and happens before anything else runs; with shared buckets it is a store round
-    trip, only for a request late beyond half the guard, concurrent with the request."""
+    it was handed to the session if the session has no such trace. In process the buckets
+    move at once, before anything else runs; with shared buckets the lateness is noted and
+    given back on the replica's next reservation (``SharedBuckets.sent_late``)."""
 
     __slots__ = ("_api", "_limiter", "_parent_uid", "_slot", "_task", "_told")
 
