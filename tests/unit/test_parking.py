@@ -58,6 +58,8 @@ async def test_hot_customers_take_the_freed_capacity_within_seconds() -> None:
         await scheduler.aclose()
     window = [u for t, u in served if light_done + 2.0 <= t < light_done + 5.0]
     rate = len(window) / 3.0
-    assert rate >= 0.85 * LIMIT, f"hot customers got {rate:.1f}/s of {LIMIT}"
+    # the defect this guards against left the hot customers 0.46 of the limit; a loaded CI
+    # machine has measured 0.80 of it on correct code (a real-time test at 4x speed)
+    assert rate >= 0.7 * LIMIT, f"hot customers got {rate:.1f}/s of {LIMIT}"
     shares = Counter(window)
     assert min(shares[u] for u in hot) >= 0.8 * max(shares.values())  # and fairly
