@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
@@ -22,12 +23,19 @@ async def rabbitmqctl(*args: str) -> None:
         raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {out!r} {err!r}")
 
 
-@pytest.fixture(scope="session")
-async def amqp_url() -> AsyncIterator[str]:
-    vhost = f"relay-test-{uuid.uuid4().hex[:12]}"
+@contextlib.asynccontextmanager
+async def fresh_vhost(prefix: str) -> AsyncIterator[str]:
+    """A vhost of its own on the local broker, guest allowed everything; its AMQP URL."""
+    vhost = f"{prefix}-{uuid.uuid4().hex[:12]}"
     await rabbitmqctl("add_vhost", vhost)
     try:
         await rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
         yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
     finally:
         await rabbitmqctl("delete_vhost", vhost)
+
+
+@pytest.fixture(scope="session")
+async def amqp_url() -> AsyncIterator[str]:
+    async with fresh_vhost("relay-test") as url:
+        yield url

@@ -17,7 +17,7 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractQueue
 
 from service.topology import DLQ, WORK_DELIVERY_LIMIT, QueueType, Topology, declare
-from tests.conftest import rabbitmqctl
+from tests.conftest import fresh_vhost
 from tests.e2e.conftest import Sandbox, partner_env
 
 pytestmark = pytest.mark.e2e
@@ -26,13 +26,8 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 async def vhost_url() -> AsyncIterator[str]:
     """A vhost of its own: these tests declare bss.commands.dlq with either type."""
-    vhost = f"relay-qtype-{uuid.uuid4().hex[:12]}"
-    await rabbitmqctl("add_vhost", vhost)
-    try:
-        await rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-        yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
-    finally:
-        await rabbitmqctl("delete_vhost", vhost)
+    async with fresh_vhost("relay-qtype") as url:
+        yield url
 
 
 @pytest.fixture
