@@ -8,7 +8,6 @@ the API saw it, so repeating is safe even for money-moving calls.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -31,7 +30,7 @@ from handlers.errors import (
     RelayError,
     Throttled,
 )
-from service.limiter import Limiter, RateLimiter
+from service.limiter import Limiter
 from service.metrics import Metrics
 from service.operations import Operation
 from service.scheduler import FairScheduler
@@ -66,16 +65,6 @@ class Response:
     status: int
     body: bytes
     request_id: str | None
-
-
-async def _suppressed(late: Awaitable[float]) -> float:
-    """A lateness report that could not reach the store is logged, not raised: the request
-    it is about is already on its way."""
-    try:
-        return await late
-    except RelayError as exc:
-        log.warning("sent_late_not_recorded", error=exc.message)
-        return 0.0
 
 
 def _find_error(data: Any) -> tuple[str, str] | None:
@@ -196,13 +185,11 @@ def session_from(settings: Settings) -> aiohttp.ClientSession:
 
 
 class _Lateness:
-    """Gives a request's lateness for its slot back to the limiter (``Limiter.sent_late``),
+    """Gives a request's lateness for its slot back to the limiter (``Limiter.late``),
     measured when its headers were written (``written``, the session's write trace), or when
-    it was handed to the session if the session has no such trace. In process the buckets
-    move at once, before anything else runs; with shared buckets the lateness is noted and
-    given back on the replica's next reservation (``SharedBuckets.sent_late``)."""
+    it was handed to the session if the session has no such trace (``handed_over``)."""
 
-    __slots__ = ("_api", "_limiter", "_parent_uid", "_slot", "_task", "_told")
+    __slots__ = ("_api", "_limiter", "_parent_uid", "_slot", "_told")
 
     def __init__(self, limiter: Limiter, api: str, parent_uid: str, slot: float | None) -> None:
         self._limiter = limiter
@@ -210,30 +197,18 @@ class _Lateness:
         self._parent_uid = parent_uid
         self._slot = slot
         self._told = slot is None  # an unlimited API has no slot to be late for
-        self._task: asyncio.Future[float] | None = None
 
     def written(self) -> None:
-        self._tell(self._limiter.now())
+        self.handed_over(self._limiter.now())
 
-    async def settled(self, handed_over_at: float) -> None:
-        self._tell(handed_over_at)  # no write was traced
-        if self._task is not None:
-            await self._task
-
-    def _tell(self, at: float) -> None:
+    def handed_over(self, at: float) -> None:
+        """The instant the request left, if no write was traced before (else nothing)."""
         if self._told:
             return
         self._told = True
         assert self._slot is not None
-        if at <= self._slot:
-            return
-        limiter, api, uid, slot = self._limiter, self._api, self._parent_uid, self._slot
-        if isinstance(limiter, RateLimiter):
-            limiter.late(api, uid, slot=slot, sent_at=at)
-        else:
-            self._task = asyncio.ensure_future(
-                _suppressed(limiter.sent_late(api, uid, slot=slot, sent_at=at))
-            )
+        if at > self._slot:
+            self._limiter.late(self._api, self._parent_uid, slot=self._slot, sent_at=at)
 
 
 class BssHttp:
@@ -311,12 +286,12 @@ class BssHttp:
                 metrics.inc(metrics.api_requests, op.name, status)
                 return response
             finally:
-                await late.settled(sent_at)
+                late.handed_over(sent_at)  # no write was traced
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _turn(self, api: str, parent_uid: str) -> float | None:
         """The call's slot, fresh. Lateness is normally given back once the request is
-        written (``Limiter.sent_late``), which moves the slots reserved after it. A call that
+        written (``Limiter.late``), which moves the slots reserved after it. A call that
         wakes up grossly late (``MISSED_SLOT_S``, or the limiter's tolerance if wider) lets
         its slot go and takes the next one instead: a process that busy may give the lateness
         back too late for slots reserved meanwhile (the slot is wasted, the limit kept). A

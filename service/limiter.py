@@ -108,10 +108,10 @@ class Limiter(Protocol):
         """Lateness a request may pick up without giving it back (see ``RateLimiter``)."""
         ...
 
-    async def sent_late(self, api: str, parent_uid: str, *, slot: float, sent_at: float) -> float:
+    def late(self, api: str, parent_uid: str, *, slot: float, sent_at: float) -> float:
         """A call left at ``sent_at``, after its slot ``slot`` (both of the limiter's clock):
         lateness beyond ``tolerance`` moves both keys' next slots on by the excess, which is
-        returned (0: absorbed by the guard)."""
+        returned (0: absorbed by the guard). Without I/O: the request waits for nothing."""
         ...
 
     async def ticket(
@@ -302,9 +302,6 @@ class RateLimiter:
         self, api: str, parent_uid: str, *, pause_s: float = 1.0, sent_at: float | None = None
     ) -> bool:
         return self.throttled(api, parent_uid, pause_s=pause_s, sent_at=sent_at)
-
-    async def sent_late(self, api: str, parent_uid: str, *, slot: float, sent_at: float) -> float:
-        return self.late(api, parent_uid, slot=slot, sent_at=sent_at)
 
     def tolerance(self, api: str) -> float:
         """Lateness a request absorbs without giving it back: a quarter of the guard. A

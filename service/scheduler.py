@@ -208,7 +208,7 @@ class FairScheduler:
     async def turn(self, api: str, uid: str) -> float | None:
         """Return when this call may be sent: its joint slot has come, in fair order. The
         answer is the slot's instant in the limiter's clock (None for an unlimited API): a
-        call sent late gives the lateness back (``Limiter.sent_late``)."""
+        call sent late gives the lateness back (``Limiter.late``)."""
         if self._limiter.limit(api) is None:
             return None
         queue = self._apis.get(api)

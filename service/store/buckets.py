@@ -107,7 +107,7 @@ _DDL = (
         horizon double precision;
     BEGIN
         -- lateness this replica's requests picked up since its last statement: given back
-        -- before the next slot is taken (see SharedBuckets.sent_late)
+        -- before the next slot is taken (see SharedBuckets.late)
         IF cardinality(p_late_uids) > 0 THEN
             PERFORM relay_give_back(p_api, p_egress, p_late_uids, p_late_excess);
         END IF;
@@ -360,7 +360,7 @@ class SharedBuckets:
         self.trips: Counter[str] = Counter()  # round trips by statement: what they were for
         self.grants = 0
         self.late_sends = 0
-        # lateness not given back yet: API -> ParentUid -> seconds (see sent_late)
+        # lateness not given back yet: API -> ParentUid -> seconds (see late)
         self._late: dict[str, dict[str, float]] = {}
         self._flusher: asyncio.Task[None] | None = None
         self._stats_at = 0.0
@@ -549,11 +549,11 @@ class SharedBuckets:
         replica starts with (the shared guard is at least that)."""
         return self._guard_s / 4
 
-    async def sent_late(self, api: str, parent_uid: str, *, slot: float, sent_at: float) -> float:
+    def late(self, api: str, parent_uid: str, *, slot: float, sent_at: float) -> float:
         """A call left late for its slot (see ``RateLimiter.late``): both shared rows' next
         slots move on by the excess. The give-back rides on this replica's next reservation
         of the API (no statement of its own), or goes alone (``flush``) when none came within
-        ``GIVE_BACK_WITHIN_S``. Returns at once: the request it is about waits for nothing."""
+        ``GIVE_BACK_WITHIN_S``. No I/O here: the request it is about waits for nothing."""
         excess = sent_at - slot - self.tolerance(api)
         if self.limit(api) is None or excess <= 0:
             return 0.0

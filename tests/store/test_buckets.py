@@ -213,7 +213,7 @@ async def test_a_late_send_moves_the_shared_rows_for_every_replica(
     two = await open_buckets(egress="a")
     first = await one.acquire("op", "c1", within=5.0)
     assert first.granted
-    excess = await one.sent_late("op", "c1", slot=first.at, sent_at=first.at + 0.060)
+    excess = one.late("op", "c1", slot=first.at, sent_at=first.at + 0.060)
     assert excess == pytest.approx(0.0575, abs=1e-6)  # noted at once, the request waits not
     assert one.trips["late"] == 0
     await asyncio.sleep(GIVE_BACK_WITHIN_S + 0.2)  # no reservation of one's came meanwhile
@@ -222,19 +222,18 @@ async def test_a_late_send_moves_the_shared_rows_for_every_replica(
     tats = {row["kind"]: row["tat"] for row in rows}  # the rows replica two reserves from
     assert tats["uid"] - first.at == pytest.approx(0.101 + 0.0575, abs=1e-6)
     assert tats["egress"] - first.at == pytest.approx(0.101 + 0.0575, abs=1e-6)
-    assert await one.sent_late("op", "c1", slot=first.at, sent_at=first.at + 0.002) == 0.0
+    assert one.late("op", "c1", slot=first.at, sent_at=first.at + 0.002) == 0.0
 
 
 async def test_the_next_reservation_carries_the_lateness_back(open_buckets: OpenBuckets) -> None:
     one = await open_buckets(egress="a")
     first = await one.acquire("op", "c1", within=5.0)
-    late = asyncio.ensure_future(one.sent_late("op", "c1", slot=first.at, sent_at=first.at + 0.030))
-    await asyncio.sleep(0)  # the lateness is noted ...
+    late = one.late("op", "c1", slot=first.at, sent_at=first.at + 0.030)  # noted ...
+    assert late == pytest.approx(0.0275, abs=1e-6)
     second = await one.acquire("op", "c2", within=5.0)  # ... and rides on this statement
     assert second.at - first.at == pytest.approx(0.101 + 0.0275, abs=1e-6)  # the egress moved
     third = await one.acquire("op", "c1", within=5.0)
     assert third.at - first.at == pytest.approx(2 * 0.101 + 0.0275, abs=1e-6)
-    assert await late == pytest.approx(0.0275, abs=1e-6)
     assert one.trips["late"] == 0  # no statement of its own
 
 

@@ -230,7 +230,7 @@ class _BrokenShared:
     def tolerance(self, api: str) -> float:
         return 0.0
 
-    async def sent_late(self, api: str, parent_uid: str, *, slot: float, sent_at: float) -> float:
+    def late(self, api: str, parent_uid: str, *, slot: float, sent_at: float) -> float:
         return 0.0
 
     async def report_throttled(
