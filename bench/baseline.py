@@ -27,12 +27,12 @@ import aio_pika
 import aiohttp
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
 
-from service.credentials import partner_signer
+from service.api.credentials import partner_signer
+from service.api.operations import OPERATIONS, Operation
+from service.api.signer import Signer
+from service.broker.topology import EVENTS_EXCHANGE
 from service.lifecycle import run_until_signalled, tune_gc
-from service.operations import OPERATIONS, Operation
 from service.settings import PartnerAccount, Settings
-from service.signer import Signer
-from service.topology import EVENTS_EXCHANGE
 
 __all__ = ["BaselineLoop", "main"]
 

@@ -13,8 +13,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from service.arguments import positive_int
-from service.broker import mask_url
+from service.broker.connection import mask_url
+from service.ops.arguments import positive_int
 
 __all__ = ["register_cli"]
 

@@ -26,7 +26,13 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
-from service.topology import COMMANDS_EXCHANGE, DELAY_LEVELS_MS, EVENTS_EXCHANGE, Topology, declare
+from service.broker.topology import (
+    COMMANDS_EXCHANGE,
+    DELAY_LEVELS_MS,
+    EVENTS_EXCHANGE,
+    Topology,
+    declare,
+)
 
 __all__ = ["Batch", "Driver", "SandboxControl", "driver"]
 

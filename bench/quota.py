@@ -20,7 +20,7 @@ from bench.dataset import API, BenchCustomer, auto_renew_command
 from bench.measures import busiest_window, in_window, jain_index, shares
 from bench.report import Figure, Row, ratio
 from bench.stage import Sizes, Stage
-from service.operations import OPERATIONS
+from service.api.operations import OPERATIONS
 
 __all__ = ["fair_share", "hot_key", "many_keys"]
 

@@ -39,7 +39,7 @@ from bench.processes import Child, service_process
 from bench.quota import FIRST_REQUEST_TIMEOUT_S, LOG_SETTLE_S, _backlog, _interleave
 from bench.report import Figure, Row, ratio
 from bench.stage import Stage
-from service.topology import Topology
+from service.broker.topology import Topology
 
 __all__ = ["parking", "replicas"]
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from bench.dataset import BenchCustomer, BenchData
 from bench.driver import Driver, SandboxControl
 from bench.processes import Child, baseline_process, service_process
-from service.topology import Topology
+from service.broker.topology import Topology
 
 __all__ = ["QUICK", "Sizes", "Stage"]
 

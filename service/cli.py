@@ -22,11 +22,11 @@ bss.events). Configuration comes from the environment; see README.md."""
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from service.logging import configure_logging
-    from service.policy import PolicyError, PolicyHolder
+    from service.broker.topology import TopologyMismatch
+    from service.guardrails.policy import PolicyError, PolicyHolder
     from service.runtime import ConfigurationError, start
     from service.settings import Settings
-    from service.topology import TopologyMismatch
+    from service.telemetry.logging import configure_logging
 
     try:
         settings = Settings(_env_file=args.env_file)
@@ -39,7 +39,7 @@ def _serve(args: argparse.Namespace) -> int:
     except PolicyError as exc:
         print(f"bss-relay: invalid policy file: {exc}", file=sys.stderr)
         return 2
-    from service.tracing import configure_tracing
+    from service.telemetry.tracing import configure_tracing
 
     try:  # the OTEL_* variables: a no-op when they ask for nothing
         tracer_provider = configure_tracing()
@@ -63,7 +63,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from service.demo import run_demo
+    from service.ops.demo import run_demo
 
     return run_until_signalled(
         lambda stop: run_demo(stop, amqp_url=args.amqp_url, timeout_s=args.timeout)
@@ -71,7 +71,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _asyncapi(args: argparse.Namespace) -> int:
-    from service.asyncapi import render_yaml
+    from service.ops.asyncapi import render_yaml
 
     print(render_yaml(), end="")
     return 0
@@ -126,8 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _register_optional(verbs: Any) -> None:
     """Verbs that live in their own modules."""
-    from service.audit import register_cli as register_audit
-    from service.replay import register_cli as register_replay
+    from service.ops.audit import register_cli as register_audit
+    from service.ops.replay import register_cli as register_replay
 
     register_replay(verbs)
     register_audit(verbs)

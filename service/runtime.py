@@ -23,26 +23,26 @@ from datetime import UTC, datetime, timedelta
 import structlog
 from aio_pika.abc import AbstractRobustConnection
 
-from service.broker import connect_broker
-from service.bss import PartnerApi
-from service.client import BssHttp, session_from
-from service.consumer import Consumer
-from service.credentials import CredentialCache
-from service.guard import Guard
-from service.limiter import Limiter
-from service.metrics import Metrics, serve_metrics
-from service.policy import PolicyError, PolicyHolder
-from service.processor import Processor, RetryPolicy
-from service.publisher import Publisher
-from service.scheduler import FairScheduler
+from service.api.bss import PartnerApi
+from service.api.client import BssHttp, session_from
+from service.api.credentials import CredentialCache
+from service.broker.connection import connect_broker
+from service.broker.topology import DELAY_LEVELS_MS, Topology, declare
+from service.guardrails.gate import Guard
+from service.guardrails.policy import PolicyError, PolicyHolder
+from service.messages.consumer import Consumer
+from service.messages.processor import Processor, RetryPolicy
+from service.messages.publisher import Publisher
+from service.messages.settlement import Settler
+from service.pacing.limiter import Limiter
+from service.pacing.scheduler import FairScheduler
+from service.pacing.shared import open_limiter
 from service.settings import Settings
-from service.settlement import Settler
 from service.store import PostgresCommandStore, open_store
-from service.store.buckets import open_limiter
 from service.store.health import StoreHealth
 from service.store.locks import LocalLocks, PostgresLocks, RenewalLocks
 from service.store.types import CommandStore
-from service.topology import DELAY_LEVELS_MS, Topology, declare
+from service.telemetry.metrics import Metrics, serve_metrics
 
 __all__ = ["ConfigurationError", "RunningService", "run", "start"]
 

@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from service.broker import parse_urls
+from service.broker.connection import parse_urls
 from service.store import DEFAULT_STORE_URL
 
 __all__ = ["PartnerAccount", "Settings", "load_partners_file", "read_secret_file"]
@@ -85,7 +85,8 @@ class Settings(BaseSettings):
     # secret keys included) in its message, which serve writes to stderr.
     model_config = SettingsConfigDict(extra="ignore", frozen=True, hide_input_in_errors=True)
 
-    # One broker node, or several nodes of a cluster separated by commas (service/broker.py).
+    # One broker node, or several nodes of a cluster separated by commas
+    # (service/broker/connection.py).
     amqp_url: str = "amqp://guest:guest@localhost:5672/"
     bss_endpoint: str = "https://bss.myhuaweicloud.com"
     iam_endpoint: str = "https://iam.myhuaweicloud.com"
@@ -97,7 +98,8 @@ class Settings(BaseSettings):
     bss_agency_name: str | None = None
     bss_partners_file: Path | None = None
     store_url: str = DEFAULT_STORE_URL
-    # Producer permissions and money guardrails (CONTRACT §7; service.policy); none when unset.
+    # Producer permissions and money guardrails (CONTRACT §7; service.guardrails.policy); none when
+    # unset.
     relay_policy_file: Path | None = None
 
     relay_prefetch: int = Field(default=64, ge=1, le=10_000)

@@ -6,7 +6,8 @@
   ``service/sandbox/renewals.py`` / ``coupons.py``) does, records every call, and plays scripted
   ``Fault``s per operation: raise before the effect, or apply the effect and then raise (an answer
   lost after the API acted: ``CallTimeout`` / ``OutcomeUnknown``).
-* ``MemoryJournal`` implements ``Journal`` like ``service.journal.StoreJournal`` does on the store;
+* ``MemoryJournal`` implements ``Journal`` like ``service.messages.journal.StoreJournal`` does on
+the store;
   its ``EffectLedger`` can be shared between journals to play other commands owning orders.
 * ``FixedClock`` implements ``Clock``; ``World`` ties the three together and builds contexts.
 

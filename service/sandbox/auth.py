@@ -1,4 +1,4 @@
-"""The API gateway's AK/SK check, with the same signer the client uses (``service.signer``).
+"""The API gateway's AK/SK check, with the same signer the client uses (``service.api.signer``).
 
 Every refusal is HTTP 401 ``APIGW.0301`` in the gateway shape (``error_code``, ``error_msg``,
 ``request_id``); messages say which check failed. Stricter than the reference where it is silent:
@@ -20,11 +20,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from service.api.signer import DATE_FORMAT, canonical_query, parse_authorization, signature
 from service.sandbox.credentials import CredentialStore
 from service.sandbox.errors import ApiError, gateway
 from service.sandbox.model import Customer, Partner
 from service.sandbox.state import SandboxState
-from service.signer import DATE_FORMAT, canonical_query, parse_authorization, signature
 
 __all__ = ["MAX_CLOCK_SKEW", "Authenticator", "Principal"]
 

@@ -1,4 +1,5 @@
-"""One explicit table: operation name (``service.operations``) → the business rule serving it."""
+"""One explicit table: operation name (``service.api.operations``) → the business rule serving
+it."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from service.operations import OPERATIONS
+from service.api.operations import OPERATIONS
 
 __all__ = ["NO_FAULT", "Decision", "FaultPlan", "FaultRule", "FaultSettings"]
 

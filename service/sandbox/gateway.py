@@ -1,6 +1,6 @@
 """The request pipeline for every simulated API call, in the order the real path takes:
 
-1. route (``service.operations.match``) — unknown: 404 ``APIGW.0101``;
+1. route (``service.api.operations.match``) — unknown: 404 ``APIGW.0101``;
 2. signature (``auth``) — refused: 401 ``APIGW.0301``;
 3. throttle per (API, ParentUid) and per (API, source IP) — either full: 429 ``APIG.0308``;
 4. faults (latency; then error / hang / drop_after_apply);
@@ -25,7 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
-from service.operations import Caller, Operation, match
+from service.api.operations import Caller, Operation, match
 from service.sandbox.auth import Authenticator, Principal, SignedRequest
 from service.sandbox.calls import Call, Handler, Reply
 from service.sandbox.dispatch import BSS_HANDLERS

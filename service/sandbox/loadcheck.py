@@ -29,8 +29,8 @@ from typing import Any
 
 import aiohttp
 
+from service.api.signer import Signer
 from service.sandbox.signed_client import SignedClient
-from service.signer import Signer
 
 __all__ = ["main"]
 

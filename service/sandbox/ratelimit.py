@@ -8,7 +8,8 @@ window -- across all callers -- is full. A window is full when N requests were a
 request per ``1/r`` seconds. ``None`` or ``0`` means unlimited.
 
 Each key keeps a deque of accepted timestamps no longer than its limit, so a check is amortised
-O(1). Limits come from ``service.operations`` (``Operation.limit_per_second``) unless overridden;
+O(1). Limits come from ``service.api.operations`` (``Operation.limit_per_second``) unless
+overridden;
 an override map may carry ``"*"`` for every operation, and named operations win over ``"*"``.
 """
 
@@ -20,7 +21,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from service.operations import OPERATIONS
+from service.api.operations import OPERATIONS
 
 __all__ = ["ALL_OPERATIONS", "Limits", "RateLimiter", "Window"]
 

@@ -1,8 +1,8 @@
 """A minimal signed HTTP client for the sandbox: rehearsals, the load check and the sandbox's tests.
 
-It signs with ``service.signer.Signer`` (the same code the relay's BSS client uses) and sends
+It signs with ``service.api.signer.Signer`` (the same code the relay's BSS client uses) and sends
 exactly the bytes and the query string it signed. It is not the relay's production client (that is
-``service.client``): no retries, no limiter, no error mapping — it returns what the server said.
+``service.api.client``): no retries, no limiter, no error mapping — it returns what the server said.
 
     async with aiohttp.ClientSession() as http:
         partner = SignedClient(http, "http://127.0.0.1:18080", Signer(AK, SK))
@@ -22,9 +22,9 @@ import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from service.operations import OPERATIONS
+from service.api.operations import OPERATIONS
+from service.api.signer import QueryValue, Signer, canonical_query
 from service.sandbox.wire import dumps, loads
-from service.signer import QueryValue, Signer, canonical_query
 
 __all__ = ["Answer", "SignedClient"]
 
@@ -111,7 +111,7 @@ class SignedClient:
         query: Query = (),
         body: object = None,
     ) -> Answer:
-        """Call an operation of ``service.operations`` by name."""
+        """Call an operation of ``service.api.operations`` by name."""
         operation = OPERATIONS[name]
         path = operation.render(**(params or {}))
         return await self.call(operation.method, path, query=query, body=body)

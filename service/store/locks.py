@@ -57,7 +57,7 @@ import asyncpg
 import structlog
 
 from handlers.errors import RelayError, store_unavailable
-from service.keyed_lock import KeyedLock
+from service.concurrency import KeyedLock
 
 __all__ = ["Held", "LocalLocks", "PostgresLocks", "RenewalLocks", "lock_id"]
 

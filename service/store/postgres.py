@@ -348,7 +348,7 @@ class PostgresCommandStore:
         if pool is not None:
             await pool.close()
 
-    # -- for the shared rate-limit buckets and renewal locks (service.store.buckets, .locks) --
+    # -- for the shared rate-limit buckets and renewal locks (service.pacing.shared, .locks) --
 
     @property
     def pool(self) -> Any:

@@ -14,7 +14,8 @@ differ, meaning does not)::
     owner            who holds the lease, NULL when nobody does (released or finished)
     lease_until      end of the owner's lease; NULL exactly when owner is NULL
     created_at, updated_at, finished_at
-    fingerprint      hash of the canonical (type, partner_id, payload): see service.fingerprint
+    fingerprint      hash of the canonical (type, partner_id, payload): see
+    service.messages.fingerprint
     requested_by     the AMQP user_id of the message whose claim created the row
     partner_id, customer_id, body
                      who and what, for the audit view; body is the validated command as

@@ -118,7 +118,7 @@ class CommandStore(Protocol):
         ``fingerprint``, ``requested_by``, ``partner_id``, ``customer_id`` and ``body`` are
         stored only by the claim that creates the row, in the same statement; later claims
         never change them, so ``record.fingerprint`` tells whether a message re-using the
-        ``command_id`` carries the same command (see ``service.fingerprint``).
+        ``command_id`` carries the same command (see ``service.messages.fingerprint``).
         """
         ...
 
@@ -181,7 +181,8 @@ class CommandStore(Protocol):
         ledger and coupon reservations older than the bound go too."""
         ...
 
-    # --- money guardrails (service.guard) -------------------------------------------------
+    # --- money guardrails (service.guardrails.gate)
+    # -------------------------------------------------
     # Both ledgers are settled by ``finish`` itself, from the event it stores, in the same
     # transaction: a renewal that succeeded (or partly did) records each renewed resource
     # (the command's resource_ids, from its stored body, minus result.failed_resources) and

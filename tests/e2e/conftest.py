@@ -21,11 +21,17 @@ import aiohttp
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
+from service.broker.topology import (
+    COMMANDS_EXCHANGE,
+    DELAY_LEVELS_MS,
+    DLQ,
+    EVENTS_EXCHANGE,
+    Topology,
+)
 from service.runtime import RunningService, start
 from service.sandbox.gateway import IAM_OPERATION
 from service.sandbox.server import SandboxServer
 from service.settings import Settings
-from service.topology import COMMANDS_EXCHANGE, DELAY_LEVELS_MS, DLQ, EVENTS_EXCHANGE, Topology
 from tests.store.conftest import POSTGRES_URL, drop_schema, postgres_schema
 
 pytestmark = pytest.mark.e2e

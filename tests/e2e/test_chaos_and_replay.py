@@ -10,7 +10,7 @@ from pathlib import Path
 import aio_pika
 import pytest
 
-from service.replay import Filter, replay
+from service.ops.replay import Filter, replay
 from tests.e2e.conftest import RelayFactory, Sandbox
 from tests.e2e.test_crash import mixed_commands
 from tests.e2e.test_reliability import auto_renew

@@ -26,8 +26,8 @@ import pytest
 from aio_pika.abc import AbstractIncomingMessage
 from pamqp.commands import Basic
 
-from service.broker import open_broker
-from service.topology import DLQ
+from service.broker.connection import open_broker
+from service.broker.topology import DLQ
 from tests.conftest import rabbitmqctl
 from tests.e2e.conftest import Relay, RelayFactory, Sandbox, eventually
 from tests.e2e.test_crash import mixed_commands
@@ -222,7 +222,8 @@ async def test_losing_the_connected_node_loses_nothing_and_spends_once(
 async def test_cluster_connection_skips_dead_nodes_and_follows_the_cluster(
     cluster: Cluster,
 ) -> None:
-    """service.broker on its own: a node that is down is skipped at connect; losing the node
+    """service.broker.connection on its own: a node that is down is skipped at connect; losing the
+    node
     connected to moves the connection, its consumer and its confirms to the next node."""
     dead = "amqp://guest:guest@127.0.0.1:5999/" + cluster.vhost
     async with open_broker(f"{dead},{cluster.urls(5683, 5682)}", node_timeout_s=2) as connection:

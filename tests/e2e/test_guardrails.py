@@ -19,9 +19,9 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 from aio_pika.exceptions import AMQPError
 
-from service.audit import AuditFilter, read_audit
+from service.broker.topology import COMMANDS_EXCHANGE
+from service.ops.audit import AuditFilter, read_audit
 from service.store import open_store
-from service.topology import COMMANDS_EXCHANGE
 from tests.conftest import rabbitmqctl
 from tests.e2e.conftest import BOTH_STORES, Relay, RelayFactory, Sandbox, new_id
 from tests.sandbox import demo_ids as ids

@@ -16,7 +16,13 @@ from typing import Any
 import aio_pika
 import pytest
 
-from service.topology import COMMANDS_EXCHANGE, DELAY_LEVELS_MS, DLQ, EVENTS_EXCHANGE, Topology
+from service.broker.topology import (
+    COMMANDS_EXCHANGE,
+    DELAY_LEVELS_MS,
+    DLQ,
+    EVENTS_EXCHANGE,
+    Topology,
+)
 from tests.e2e.conftest import Sandbox, new_id
 from tests.sandbox import demo_ids as ids
 

@@ -16,7 +16,7 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractQueue
 
-from service.topology import DLQ, WORK_DELIVERY_LIMIT, QueueType, Topology, declare
+from service.broker.topology import DLQ, WORK_DELIVERY_LIMIT, QueueType, Topology, declare
 from tests.conftest import fresh_vhost
 from tests.e2e.conftest import Sandbox, partner_env
 

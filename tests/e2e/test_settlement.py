@@ -20,7 +20,7 @@ import aio_pika
 import aiohttp
 import pytest
 
-from service.topology import DLQ
+from service.broker.topology import DLQ
 from tests.conftest import rabbitmqctl
 from tests.e2e.conftest import (
     BOTH_STORES,

@@ -15,8 +15,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from service import tracing
-from service.topology import COMMANDS_EXCHANGE, EVENTS_EXCHANGE
+from service.broker.topology import COMMANDS_EXCHANGE, EVENTS_EXCHANGE
+from service.telemetry import tracing
 from tests.e2e.conftest import RelayFactory, Sandbox, eventually, new_id
 from tests.sandbox import demo_ids as ids
 

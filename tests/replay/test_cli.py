@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from service.replay import register_cli
+from service.ops.replay import register_cli
 from tests.replay.conftest import Broker, command
 
 

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from service.publisher import H
-from service.replay import REPLAY_COUNT, REPLAYED_AT, DeadLetter, Filter
+from service.messages.publisher import H
+from service.ops.replay import REPLAY_COUNT, REPLAYED_AT, DeadLetter, Filter
 from tests.replay.conftest import command
 
 AT = datetime(2026, 1, 15, 9, 30, tzinfo=UTC)

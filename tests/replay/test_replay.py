@@ -11,10 +11,10 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractConnection
 
-from service.publisher import DeadLetterReason, Publisher
-from service.replay import REPLAY_COUNT, REPLAYED_AT, Action, Filter, Result, replay, scan
+from service.broker.topology import COMMANDS_EXCHANGE
+from service.messages.publisher import DeadLetterReason, Publisher
+from service.ops.replay import REPLAY_COUNT, REPLAYED_AT, Action, Filter, Result, replay, scan
 from service.settings import Settings
-from service.topology import COMMANDS_EXCHANGE
 from tests.replay.conftest import FAILED_AT, Broker, command
 
 MAX_BODY = Settings().relay_max_body_bytes

@@ -10,9 +10,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from service.api.signer import Signer
 from service.sandbox.server import SandboxServer
 from service.sandbox.signed_client import SignedClient
-from service.signer import Signer
 from tests.sandbox import demo_ids as ids
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+from service.api.signer import Signer
 from service.sandbox.signed_client import Answer, Prepared, SignedClient
-from service.signer import Signer
 from tests.sandbox import demo_ids as ids
 from tests.sandbox.conftest import Control
 

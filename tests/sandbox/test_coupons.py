@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from service.api.signer import QueryValue
 from service.sandbox.signed_client import SignedClient
-from service.signer import QueryValue
 from tests.sandbox import demo_ids as ids
 from tests.sandbox.conftest import Control
 

@@ -11,9 +11,9 @@ import aiohttp
 import pytest
 
 import service.sandbox as sandbox_package
+from service.api.signer import Signer
 from service.sandbox.server import SandboxServer
 from service.sandbox.signed_client import SignedClient
-from service.signer import Signer
 from tests.sandbox import demo_ids as ids
 
 

@@ -10,9 +10,9 @@ from huaweicloudsdkcore.sdk_request import SdkRequest
 from huaweicloudsdkcore.signer.signer import Signer as HuaweiSigner
 from yarl import URL
 
+from service.api.signer import Signer
 from service.sandbox.server import SandboxServer
 from service.sandbox.signed_client import SignedClient
-from service.signer import Signer
 from tests.sandbox import demo_ids as ids
 from tests.sandbox.conftest import Control
 

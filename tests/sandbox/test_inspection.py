@@ -7,9 +7,9 @@ import time
 
 import aiohttp
 
+from service.api.signer import Signer
 from service.sandbox.server import SandboxServer
 from service.sandbox.signed_client import SignedClient
-from service.signer import Signer
 from tests.sandbox import demo_ids as ids
 from tests.sandbox.conftest import Control
 

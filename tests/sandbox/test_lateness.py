@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from service.client import BssHttp, Response, session_from
-from service.limiter import RateLimiter
-from service.metrics import Metrics
-from service.operations import OPERATIONS
+from service.api.client import BssHttp, Response, session_from
+from service.api.operations import OPERATIONS
+from service.api.signer import Signer
+from service.pacing.limiter import RateLimiter
+from service.pacing.scheduler import FairScheduler
 from service.sandbox.server import SandboxServer
-from service.scheduler import FairScheduler
 from service.settings import Settings
-from service.signer import Signer
+from service.telemetry.metrics import Metrics
 from tests.sandbox import demo_ids as ids
 from tests.sandbox.conftest import Control
 

@@ -7,10 +7,10 @@ import asyncio
 
 import aiohttp
 
+from service.api.signer import Signer
 from service.sandbox.ratelimit import RateLimiter
 from service.sandbox.server import SandboxServer
 from service.sandbox.signed_client import Answer, SignedClient
-from service.signer import Signer
 from tests.sandbox import demo_ids as ids
 from tests.sandbox.conftest import Control
 

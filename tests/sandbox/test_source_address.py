@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from service.client import BssHttp, session_from
-from service.limiter import RateLimiter
-from service.operations import OPERATIONS
+from service.api.client import BssHttp, session_from
+from service.api.operations import OPERATIONS
+from service.api.signer import Signer
+from service.pacing.limiter import RateLimiter
 from service.sandbox.server import SandboxServer
 from service.settings import Settings
-from service.signer import Signer
 from tests.sandbox import demo_ids as ids
 from tests.sandbox.conftest import Control
 

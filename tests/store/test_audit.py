@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from schemas.commands import parse_command
-from service.audit import AuditFilter, read_audit, render_table
 from service.cli import main
-from service.fingerprint import claim_details
+from service.messages.fingerprint import claim_details
+from service.ops.audit import AuditFilter, read_audit, render_table
 from service.store import open_store
 from service.store.types import CommandStore
 from tests.store.conftest import START, FakeClock

@@ -13,9 +13,9 @@ import pytest
 
 from bench.measures import busiest_window as max_in_any_window
 from handlers.errors import StoreUnavailable
-from service.limiter import RateLimiter
-from service.scheduler import FairScheduler
-from service.store.buckets import GIVE_BACK_WITHIN_S, SharedBuckets, open_limiter
+from service.pacing.limiter import RateLimiter
+from service.pacing.scheduler import FairScheduler
+from service.pacing.shared import GIVE_BACK_WITHIN_S, SharedBuckets, open_limiter
 from service.store.postgres import PostgresCommandStore
 from tests.store.conftest import POSTGRES_URL, drop_schema, postgres_schema
 

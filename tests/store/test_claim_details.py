@@ -9,7 +9,7 @@ from pathlib import Path
 import asyncpg
 
 from schemas.commands import parse_command
-from service.fingerprint import canonical_body, claim_details, fingerprint
+from service.messages.fingerprint import canonical_body, claim_details, fingerprint
 from service.store import open_store
 from service.store.types import ClaimOutcome, CommandStore
 from tests.store.conftest import POSTGRES_URL, START, FakeClock, OpenReplica, drop_schema

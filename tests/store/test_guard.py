@@ -9,8 +9,8 @@ import pytest
 
 from handlers.errors import ApiRefused, CommandRejected
 from schemas.commands import Command, parse_command
-from service.guard import Guard, PolicyDenied
-from service.policy import Policy, PolicyHolder
+from service.guardrails.gate import Guard, PolicyDenied
+from service.guardrails.policy import Policy, PolicyHolder
 from service.store.types import CommandStore, CouponCaps
 
 LEASE = timedelta(seconds=30)

@@ -1,6 +1,6 @@
 """The checked-in AsyncAPI document is exactly what the models generate, and it is whole.
 
-A schema change without ``python -m service.asyncapi -o docs/asyncapi.yaml`` fails here.
+A schema change without ``python -m service.ops.asyncapi -o docs/asyncapi.yaml`` fails here.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import yaml
 
 from schemas.commands import CommandType
 from schemas.events import Outcome
-from service.asyncapi import build_document, iter_refs, main, render_yaml
+from service.ops.asyncapi import build_document, iter_refs, main, render_yaml
 
 CHECKED_IN = Path(__file__).resolve().parents[2] / "docs" / "asyncapi.yaml"
 
@@ -36,7 +36,7 @@ def resolve(document: dict[str, Any], ref: str) -> Any:
 
 def test_checked_in_file_is_up_to_date() -> None:
     assert CHECKED_IN.read_text(encoding="utf-8") == render_yaml(), (
-        "docs/asyncapi.yaml is stale: run `python -m service.asyncapi -o docs/asyncapi.yaml`"
+        "docs/asyncapi.yaml is stale: run `python -m service.ops.asyncapi -o docs/asyncapi.yaml`"
     )
 
 

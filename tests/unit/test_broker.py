@@ -8,7 +8,7 @@ import pytest
 from aio_pika import RobustConnection
 from pydantic import ValidationError
 
-from service.broker import ClusterConnection, OpeningOrder, mask_url, parse_urls
+from service.broker.connection import ClusterConnection, OpeningOrder, mask_url, parse_urls
 from service.settings import Settings
 
 THREE = (

@@ -18,9 +18,9 @@ from aiohttp.test_utils import TestServer
 from pydantic import SecretStr
 
 from handlers.errors import ApiRefused, CredentialsUnavailable
-from service.client import BssHttp
-from service.credentials import FAILURE_TTL_S, CredentialCache
-from service.limiter import RateLimiter
+from service.api.client import BssHttp
+from service.api.credentials import FAILURE_TTL_S, CredentialCache
+from service.pacing.limiter import RateLimiter
 from service.settings import PartnerAccount
 
 PARTNER = PartnerAccount(

@@ -14,8 +14,8 @@ from handlers.errors import (
     RelayError,
     Throttled,
 )
-from service.client import map_error, parse_error_body
-from service.operations import OPERATIONS
+from service.api.client import map_error, parse_error_body
+from service.api.operations import OPERATIONS
 
 RENEW = OPERATIONS["renewal_resources"]
 LIST_ORDERS = OPERATIONS["list_customer_orders"]

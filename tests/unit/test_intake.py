@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from schemas.commands import RenewCommand
-from service.intake import Rejection, read_command
+from service.messages.intake import Rejection, read_command
 
 GOOD = {
     "command_id": "c-1",

@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from bench.measures import busiest_window as max_in_any_window
-from service.limiter import RateLimiter
+from service.pacing.limiter import RateLimiter
 
 
 class FakeClock:

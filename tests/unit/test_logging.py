@@ -11,7 +11,7 @@ import pytest
 import structlog
 from structlog.contextvars import bound_contextvars
 
-from service.logging import configure_logging
+from service.telemetry.logging import configure_logging
 
 
 @pytest.fixture

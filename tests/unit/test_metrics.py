@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.metrics import Metrics, age_s, serve_metrics
+from service.telemetry.metrics import Metrics, age_s, serve_metrics
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

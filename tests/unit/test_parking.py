@@ -14,10 +14,10 @@ import asyncio
 import time
 from collections import Counter
 
-from service.admission import park_decision
-from service.limiter import RateLimiter
-from service.scheduler import FairScheduler
-from service.topology import Topology
+from service.broker.topology import Topology
+from service.pacing.limiter import RateLimiter
+from service.pacing.parking import park_decision
+from service.pacing.scheduler import FairScheduler
 
 SCALE = 4.0  # the run is this many times faster than the service's delays
 LIMIT = 20.0  # requests/s on the one egress (and per customer)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from schemas.commands import Command, parse_command
-from service.policy import Denial, Policy, PolicyError, PolicyHolder, load_policy
+from service.guardrails.policy import Denial, Policy, PolicyError, PolicyHolder, load_policy
 
 FULL = """\
 producers:

@@ -11,8 +11,8 @@ import asyncpg
 import pytest
 
 from handlers.errors import StoreUnavailable
-from service.limiter import Grant, Pick, RateLimiter
-from service.scheduler import FairScheduler
+from service.pacing.limiter import Grant, Pick, RateLimiter
+from service.pacing.scheduler import FairScheduler
 
 
 class FakeTime:
@@ -133,7 +133,7 @@ async def test_idle_tickets_are_forgotten() -> None:
 
 
 async def test_past_tickets_are_swept_while_issuing_new_ones() -> None:
-    from service.scheduler import SWEEP_EVERY
+    from service.pacing.scheduler import SWEEP_EVERY
 
     scheduler, limiter, clock = make({"op": 10}, hold_s=0.1)
     for i in range(SWEEP_EVERY):
@@ -158,7 +158,7 @@ async def test_backlog_counts_held_commands_at_the_fair_interval() -> None:
 
 
 async def test_park_decision_keeps_a_due_ticket_in_its_place() -> None:
-    from service.admission import park_decision
+    from service.pacing.parking import park_decision
 
     scheduler, _, clock = make({"op": 10}, hold_s=2.0)
     assert park_decision(scheduler, ("op", "c1"), None, wall=clock) is None  # room: hold it
@@ -180,7 +180,7 @@ async def test_park_decision_keeps_a_due_ticket_in_its_place() -> None:
 
 
 async def test_a_starving_key_takes_a_parked_command_before_its_ticket() -> None:
-    from service.admission import Ticket, park_decision
+    from service.pacing.parking import Ticket, park_decision
 
     scheduler, _, clock = make({"op": 10}, hold_s=2.0)
     early = park_decision(scheduler, ("op", "c1"), clock.t + 30, wall=clock)

@@ -20,16 +20,16 @@ from aio_pika.abc import AbstractIncomingMessage
 from handlers.errors import ApiRefused, ApiUnavailable, RelayError, StoreUnavailable
 from handlers.ports import BssApi
 from schemas.bss import AutoRenewalResourcesReq
-from service.client import CallScope
-from service.limiter import RateLimiter
-from service.metrics import Metrics
-from service.processor import Processor, RetryPolicy
-from service.publisher import DeadLetterReason, H
-from service.scheduler import FairScheduler
-from service.settlement import Settled, Settler
+from service.api.client import CallScope
+from service.messages.processor import Processor, RetryPolicy
+from service.messages.publisher import DeadLetterReason, H
+from service.messages.settlement import Settled, Settler
+from service.pacing.limiter import RateLimiter
+from service.pacing.scheduler import FairScheduler
 from service.store import open_store
 from service.store.locks import LocalLocks
 from service.store.types import CommandStore
+from service.telemetry.metrics import Metrics
 
 OWNER = "test-owner"
 LEASE = timedelta(seconds=10)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from service.signer import Signer, canonical_query, canonical_uri, parse_authorization
+from service.api.signer import Signer, canonical_query, canonical_uri, parse_authorization
 
 VECTORS_FILE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "signing-vectors.json"
 LOCAL_COPY = Path(__file__).resolve().parent / "signing-vectors.json"

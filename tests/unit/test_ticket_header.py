@@ -10,7 +10,7 @@ from typing import Any
 
 from pamqp import decode, encode
 
-from service.admission import ticket_from_headers, ticket_header
+from service.pacing.parking import ticket_from_headers, ticket_header
 
 TICKET = 1_795_000_000.123
 
@@ -37,7 +37,7 @@ def test_missing_or_garbled_ticket_is_none() -> None:
 
 
 def test_the_issuing_interval_travels_with_the_ticket() -> None:
-    from service.admission import Ticket
+    from service.pacing.parking import Ticket
 
     headers = roundtrip(ticket_header(Ticket(TICKET, 0.4)))
     ticket = ticket_from_headers(headers)

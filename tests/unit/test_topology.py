@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.topology import (
+from service.broker.topology import (
     DELAY_LEVELS_MS,
     DLQ,
     WORK_DELIVERY_LIMIT,
@@ -120,7 +120,7 @@ def test_compose_file_runs_two_replicas_on_postgresql() -> None:
 def test_cluster_compose_file_runs_quorum_queues_on_three_nodes() -> None:
     import yaml
 
-    from service.broker import parse_urls
+    from service.broker.connection import parse_urls
 
     compose = yaml.safe_load((DEFINITIONS.parent / "compose-cluster.yaml").read_text())
     services = compose["services"]

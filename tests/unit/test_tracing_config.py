@@ -9,7 +9,7 @@ import pytest
 from aiohttp import web
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from service import tracing
+from service.telemetry import tracing
 
 
 @pytest.fixture(autouse=True)

@@ -1,8 +1,10 @@
 """One dead letter as data, and the filter that picks dead letters.
 
 ``DeadLetter.from_message`` never raises: the DLQ holds exactly the messages that could not be
-read, so every field is best-effort. Failure headers (``service.publisher.H``) are typed; the
-body's ``command_id``, ``type``, partner and customers are read as ``service.intake`` reads them
+read, so every field is best-effort. Failure headers (``service.messages.publisher.H``) are typed;
+the
+body's ``command_id``, ``type``, partner and customers are read as ``service.messages.intake``
+reads them
 for a rejection.
 """
 
@@ -17,7 +19,7 @@ from typing import Any
 from aio_pika.abc import AbstractIncomingMessage
 
 from schemas.commands import CommandType
-from service.publisher import H
+from service.messages.publisher import H
 
 __all__ = ["INVALID_TYPE", "REPLAYED_AT", "REPLAY_COUNT", "TYPES", "DeadLetter", "Filter"]
 
@@ -74,7 +76,8 @@ def _customers(payload: Any) -> tuple[str, ...]:
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
     """What one dead letter says about itself: its failure headers typed, its body read
-    best-effort (as ``service.intake`` does for rejections). Reading never raises: a missing
+    best-effort (as ``service.messages.intake`` does for rejections). Reading never raises: a
+    missing
     or unreadable header or field is ``None``; ``type`` is ``"invalid"`` unless it is one of
     the command types."""
 

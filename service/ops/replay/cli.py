@@ -1,4 +1,4 @@
-"""``bss-relay replay``: the command line over ``service.replay.scanner``."""
+"""``bss-relay replay``: the command line over ``service.ops.replay.scanner``."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from datetime import datetime
 
 from aio_pika.exceptions import AMQPError
 
-from service.arguments import positive_int, rfc3339
-from service.broker import connect_once
-from service.replay.letter import INVALID_TYPE, TYPES, DeadLetter, Filter
-from service.replay.scanner import Progress, Report, Result, replay, scan
+from service.broker.connection import connect_once
+from service.broker.topology import COMMANDS_EXCHANGE, DLQ
+from service.ops.arguments import positive_int, rfc3339
+from service.ops.replay.letter import INVALID_TYPE, TYPES, DeadLetter, Filter
+from service.ops.replay.scanner import Progress, Report, Result, replay, scan
 from service.settings import Settings
-from service.topology import COMMANDS_EXCHANGE, DLQ
 
 __all__ = ["register_cli"]
 

@@ -10,7 +10,8 @@ Validated at start (an invalid file stops ``serve`` with exit status 2) and on S
 key path and, for YAML and JSON alike, the line of the offending node.
 
 The rules that need nothing but the command and its sender are here (:meth:`Policy.admit`);
-the ones that need the store (the renewal window, the coupon caps) are in ``service.guard``.
+the ones that need the store (the renewal window, the coupon caps) are in
+``service.guardrails.gate``.
 """
 
 from __future__ import annotations

@@ -47,13 +47,13 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from handlers.errors import StoreUnavailable
 from schemas.events import EVENT_ADAPTER, Event, Outcome, routing_key
-from service.guard import requester
-from service.intake import Rejection, valid_command_id
-from service.metrics import Metrics, age_s
-from service.outcomes import announce_again, rejection_event
-from service.publisher import BROKER_ERRORS, DeadLetterReason, Publisher, failed_deliveries
+from service.guardrails.gate import requester
+from service.messages.intake import Rejection, valid_command_id
+from service.messages.outcomes import announce_again, rejection_event
+from service.messages.publisher import BROKER_ERRORS, DeadLetterReason, Publisher, failed_deliveries
 from service.store.errors import store_call
 from service.store.types import CommandStore, StoredCommand
+from service.telemetry.metrics import Metrics, age_s
 
 __all__ = [
     "Delay",

@@ -1,4 +1,5 @@
-"""One command message, from bytes to a decision; ``service.settlement`` applies the decision.
+"""One command message, from bytes to a decision; ``service.messages.settlement`` applies the
+decision.
 
 For a command that runs (guarantees 1-3 of the contract)::
 
@@ -28,18 +29,15 @@ from handlers.errors import Disposition, LeaseLost, RelayError, Retryable, Store
 from handlers.ports import BssApi, Completed, HandlerContext
 from schemas.commands import Command
 from schemas.events import Event, Outcome
-from service.admission import Park, parking, ticket_from_headers, ticket_header
-from service.client import CallScope
-from service.fingerprint import claim_details, fingerprint
-from service.guard import Guard, requester
-from service.intake import Rejection, read_command
-from service.journal import StoreJournal
-from service.kinds import KINDS, primary_call
-from service.metrics import Metrics
-from service.outcomes import deferred_event, event_for
-from service.publisher import DeadLetterReason, H, failed_deliveries
-from service.scheduler import FairScheduler
-from service.settlement import (
+from service.api.client import CallScope
+from service.guardrails.gate import Guard, requester
+from service.messages.fingerprint import claim_details, fingerprint
+from service.messages.intake import Rejection, read_command
+from service.messages.journal import StoreJournal
+from service.messages.kinds import KINDS, primary_call
+from service.messages.outcomes import deferred_event, event_for
+from service.messages.publisher import DeadLetterReason, H, failed_deliveries
+from service.messages.settlement import (
     Delay,
     Finish,
     Reannounce,
@@ -48,10 +46,13 @@ from service.settlement import (
     Settlement,
     Settler,
 )
+from service.pacing.parking import Park, parking, ticket_from_headers, ticket_header
+from service.pacing.scheduler import FairScheduler
 from service.store.errors import store_call
 from service.store.locks import LocalLocks, RenewalLocks
 from service.store.types import ClaimOutcome, CommandStore, StoredCommand
-from service.tracing import consume_span
+from service.telemetry.metrics import Metrics
+from service.telemetry.tracing import consume_span
 
 __all__ = ["Processor", "RetryPolicy", "ScopedApi"]
 

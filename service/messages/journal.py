@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from handlers.errors import LeaseLost
-from service.client import CallScope
+from service.api.client import CallScope
 from service.store.errors import store_call
 from service.store.types import CommandStatus, CommandStore, StoredCommand
 

@@ -20,9 +20,9 @@ from aio_pika.abc import (
     AbstractRobustChannel,
 )
 
-from service.guard import carry_requester
-from service.topology import DLQ, Topology
-from service.tracing import publish_span
+from service.broker.topology import DLQ, Topology
+from service.guardrails.gate import carry_requester
+from service.telemetry.tracing import publish_span
 
 __all__ = [
     "BROKER_ERRORS",
@@ -112,7 +112,7 @@ def copy_message(message: AbstractIncomingMessage, headers: dict[str, Any]) -> a
     """The message again, body and properties unchanged, with ``headers``, persistent.
 
     ``user_id`` is left out: the broker refuses a publish whose user_id is not the publisher's.
-    It travels in a header instead (``service.guard.REQUESTED_BY``, issue 12).
+    It travels in a header instead (``service.guardrails.gate.REQUESTED_BY``, issue 12).
     """
     carry_requester(message, headers)
     return aio_pika.Message(

@@ -37,7 +37,7 @@ from typing import NamedTuple, Protocol, Self
 
 import structlog
 
-from service.operations import OPERATIONS
+from service.api.operations import OPERATIONS
 
 __all__ = ["Bucket", "Grant", "Guard", "Limiter", "Pick", "RateLimiter"]
 
@@ -72,7 +72,7 @@ class Pick(NamedTuple):
 
 class Limiter(Protocol):
     """What the scheduler and the client use: :class:`RateLimiter` in process, or
-    ``service.store.buckets.SharedBuckets`` on rows every replica shares."""
+    ``service.pacing.shared.SharedBuckets`` on rows every replica shares."""
 
     @property
     def shared(self) -> bool: ...
@@ -179,7 +179,7 @@ class Bucket:
 class RateLimiter:
     """Registry of buckets keyed by (api, "uid", parent_uid) and (api, "egress", egress).
 
-    The in-process limiter (one process, or an SQLite store). ``service.store.buckets``
+    The in-process limiter (one process, or an SQLite store). ``service.pacing.shared``
     offers the same interface on rows shared by replicas (``shared`` tells them apart)."""
 
     shared = False

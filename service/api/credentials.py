@@ -21,11 +21,11 @@ import structlog
 
 from handlers.errors import ApiRefused, CredentialsUnavailable, RelayError, Retryable
 from schemas.bss import AssumeRoleReq, TemporaryCredentialResp, parse_wire, wire_json
-from service.client import BssHttp
-from service.keyed_lock import KeyedLock
-from service.operations import OPERATIONS
+from service.api.client import BssHttp
+from service.api.operations import OPERATIONS
+from service.api.signer import Signer
+from service.concurrency import KeyedLock
 from service.settings import PartnerAccount
-from service.signer import Signer
 
 __all__ = ["CredentialCache", "partner_signer"]
 

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from handlers.errors import RelayError
 from schemas.commands import Command
 from schemas.events import EVENT_ADAPTER, Event, Outcome
-from service.intake import Rejection
+from service.messages.intake import Rejection
 
 __all__ = [
     "announce_again",

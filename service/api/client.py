@@ -30,13 +30,13 @@ from handlers.errors import (
     RelayError,
     Throttled,
 )
-from service.limiter import Limiter
-from service.metrics import Metrics
-from service.operations import Operation
-from service.scheduler import FairScheduler
+from service.api.operations import Operation
+from service.api.signer import QueryValue, Signer, canonical_query
+from service.pacing.limiter import Limiter
+from service.pacing.scheduler import FairScheduler
 from service.settings import Settings
-from service.signer import QueryValue, Signer, canonical_query
-from service.tracing import client_span
+from service.telemetry.metrics import Metrics
+from service.telemetry.tracing import client_span
 
 __all__ = [
     "THROTTLE_CODES",

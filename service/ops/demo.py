@@ -23,12 +23,12 @@ import aio_pika
 import aiohttp
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from service.broker import connect_broker, mask_url
-from service.logging import configure_logging
+from service.broker.connection import connect_broker, mask_url
+from service.broker.topology import COMMANDS_EXCHANGE, DELAY_LEVELS_MS, EVENTS_EXCHANGE, Topology
 from service.runtime import start
 from service.sandbox.server import SandboxServer
 from service.settings import Settings
-from service.topology import COMMANDS_EXCHANGE, DELAY_LEVELS_MS, EVENTS_EXCHANGE, Topology
+from service.telemetry.logging import configure_logging
 
 __all__ = ["DemoTargets", "demo_commands", "run_demo"]
 

@@ -2,7 +2,7 @@
 
 With ``STORE_URL=postgresql://…`` each (API, ParentUid) bucket is one row of ``relay_buckets``
 shared by all replicas, and each (API, egress) bucket one row shared by the replicas with the
-same ``RELAY_EGRESS``. The invariants are those of :mod:`service.limiter` -- evenly spaced
+same ``RELAY_EGRESS``. The invariants are those of :mod:`service.pacing.limiter` -- evenly spaced
 slots (GCRA, zero burst tolerance), the adaptive guard, AIMD -- with ONE clock, the database
 server's (``clock_timestamp()``, epoch seconds). A 429 seen by any replica lowers the key's
 shared rate for all of them (``relay_throttled``). The guard is one row per (API, egress): the
@@ -29,7 +29,7 @@ scheduler's estimates, which need no round trip. ``round_trips`` counts statemen
 If the store cannot be reached, no slot is granted (the quota cannot be checked, so it is not
 spent blind): :class:`~handlers.errors.StoreUnavailable` (``RELAY.STORE_UNAVAILABLE``).
 
-With SQLite the buckets stay in process (:class:`service.limiter.RateLimiter`);
+With SQLite the buckets stay in process (:class:`service.pacing.limiter.RateLimiter`);
 :func:`open_limiter` picks one from the store.
 """
 
@@ -47,7 +47,7 @@ from typing import Any, Self
 import structlog
 
 from handlers.errors import RelayError, store_unavailable
-from service.limiter import GUARD_STEP_S, LONE_S, NARROW_AFTER_S, Grant, Pick, RateLimiter
+from service.pacing.limiter import GUARD_STEP_S, LONE_S, NARROW_AFTER_S, Grant, Pick, RateLimiter
 from service.store.errors import STORE_ERRORS
 from service.store.postgres import PostgresCommandStore
 
@@ -322,7 +322,7 @@ class _Seen:
 
 
 class SharedBuckets:
-    """The limiter's interface (see :class:`service.limiter.RateLimiter`) on shared rows.
+    """The limiter's interface (see :class:`service.pacing.limiter.RateLimiter`) on shared rows.
 
     ``async with`` creates the table and functions (idempotent, under an advisory lock, as
     replicas may start together). ``pool`` is an open asyncpg pool whose connections'

@@ -45,10 +45,10 @@ from aio_pika.abc import (
 )
 from aio_pika.exceptions import AMQPError
 
-from service.intake import Rejection, read_command
-from service.publisher import copy_message
-from service.replay.letter import REPLAY_COUNT, REPLAYED_AT, DeadLetter, Filter
-from service.topology import COMMANDS_EXCHANGE, DLQ
+from service.broker.topology import COMMANDS_EXCHANGE, DLQ
+from service.messages.intake import Rejection, read_command
+from service.messages.publisher import copy_message
+from service.ops.replay.letter import REPLAY_COUNT, REPLAYED_AT, DeadLetter, Filter
 
 __all__ = ["Action", "Report", "Result", "replay", "scan"]
 

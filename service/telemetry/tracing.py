@@ -2,7 +2,7 @@
 
 A command message may carry a W3C ``traceparent`` (and ``tracestate``) AMQP header (CONTRACT
 §8). ``consume_span`` continues it as one CONSUMER span per command, from consume to settle;
-every API and IAM call is a CLIENT span under it (``client_span``, in ``service.client``);
+every API and IAM call is a CLIENT span under it (``client_span``, in ``service.api.client``);
 publishing the event is a PRODUCER span (``publish_span``) whose context is injected into the
 event's headers, so the event carries a ``traceparent`` of the same trace on to its consumers.
 Attributes follow the OpenTelemetry messaging (RabbitMQ) and HTTP client semantic conventions.

@@ -14,7 +14,7 @@ parked commands come back in order and at the rate they can be served, instead o
 (which would only park them again). Memory per key is therefore about ``hold_s`` of its quota,
 whatever the backlog.
 
-With buckets shared by replicas (``service.store.buckets``, a PostgreSQL store) the dispatcher
+With buckets shared by replicas (``service.pacing.shared``, a PostgreSQL store) the dispatcher
 asks the store for a slot only when it is nearly due (one round trip per attempt): a ParentUid
 whose own bucket is busy is skipped until it is ready, a busy egress is waited for, and a store
 that cannot grant slots fails the waiters with ``StoreUnavailable`` (no call is sent blind).
@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from handlers.errors import RelayError, StoreUnavailable, store_unavailable
-from service.limiter import Limiter, Pick, RateLimiter
+from service.pacing.limiter import Limiter, Pick, RateLimiter
 from service.store.errors import STORE_ERRORS
 
 __all__ = ["FairScheduler", "Turn"]

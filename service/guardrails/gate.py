@@ -30,10 +30,10 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from handlers.errors import CommandRejected, Disposition, RelayError
 from schemas.commands import Command, IssueCouponCommand, RenewCommand
-from service.policy import POLICY_DENIED, Denial, Policy, PolicyHolder
+from service.broker.topology import COMMANDS_EXCHANGE
+from service.guardrails.policy import POLICY_DENIED, Denial, Policy, PolicyHolder
 from service.store.errors import store_call
 from service.store.types import CommandStore, CouponCaps
-from service.topology import COMMANDS_EXCHANGE
 
 __all__ = ["REQUESTED_BY", "Guard", "PolicyDenied", "carry_requester", "requester"]
 

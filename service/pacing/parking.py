@@ -16,8 +16,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from service.publisher import H
-from service.scheduler import FairScheduler
+from service.messages.publisher import H
+from service.pacing.scheduler import FairScheduler
 
 __all__ = [
     "Park",

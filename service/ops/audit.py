@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from service.arguments import positive_int, rfc3339
+from service.ops.arguments import positive_int, rfc3339
 from service.settings import Settings
 from service.store import open_store
 from service.store.types import CommandStore, StoredCommand

@@ -31,11 +31,11 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
-from service.metrics import Metrics
-from service.processor import Processor
-from service.publisher import BROKER_ERRORS
-from service.settlement import Redeliver, Settled, Settler
+from service.messages.processor import Processor
+from service.messages.publisher import BROKER_ERRORS
+from service.messages.settlement import Redeliver, Settled, Settler
 from service.store.types import CommandStore
+from service.telemetry.metrics import Metrics
 
 __all__ = ["Consumer", "Inflight", "Phase"]
 

@@ -6,9 +6,9 @@
 * ``cli`` — the ``replay`` verb of ``bss-relay``.
 """
 
-from service.replay.cli import register_cli
-from service.replay.letter import REPLAY_COUNT, REPLAYED_AT, DeadLetter, Filter
-from service.replay.scanner import Action, Report, Result, replay, scan
+from service.ops.replay.cli import register_cli
+from service.ops.replay.letter import REPLAY_COUNT, REPLAYED_AT, DeadLetter, Filter
+from service.ops.replay.scanner import Action, Report, Result, replay, scan
 
 __all__ = [
     "REPLAYED_AT",

@@ -37,11 +37,11 @@ from schemas.bss import (
     parse_wire,
     wire_json,
 )
-from service.client import BssHttp, CallScope, Response
-from service.credentials import CredentialCache, partner_signer
-from service.operations import OPERATIONS
+from service.api.client import BssHttp, CallScope, Response
+from service.api.credentials import CredentialCache, partner_signer
+from service.api.operations import OPERATIONS
+from service.api.signer import QueryValue
 from service.settings import PartnerAccount
-from service.signer import QueryValue
 
 __all__ = ["PartnerApi"]
 

@@ -1,6 +1,6 @@
 """The AsyncAPI 3.0 document of bss-relay, generated from the message models.
 
-The document is never written by hand: ``python -m service.asyncapi -o docs/asyncapi.yaml``
+The document is never written by hand: ``python -m service.ops.asyncapi -o docs/asyncapi.yaml``
 regenerates it, and a unit test fails when the checked-in file differs from what the models say.
 
 Shape of the document::
@@ -47,9 +47,9 @@ from schemas.events import (
     RenewEvent,
     SetAutoRenewEvent,
 )
-from service.guard import REQUESTED_BY
-from service.publisher import H
-from service.topology import COMMANDS_EXCHANGE, DLQ, EVENTS_EXCHANGE
+from service.broker.topology import COMMANDS_EXCHANGE, DLQ, EVENTS_EXCHANGE
+from service.guardrails.gate import REQUESTED_BY
+from service.messages.publisher import H
 
 __all__ = [
     "COMMAND_MODELS",
@@ -470,7 +470,8 @@ def iter_refs(node: Any) -> Iterator[str]:
 
 
 _HEADER = (
-    "# Generated from the pydantic models by `python -m service.asyncapi -o docs/asyncapi.yaml`.\n"
+    "# Generated from the pydantic models by "
+    "`python -m service.ops.asyncapi -o docs/asyncapi.yaml`.\n"
 )
 
 
