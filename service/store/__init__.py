@@ -41,6 +41,7 @@ Semantics both backends keep, on top of the ``CommandStore`` invariants in
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from urllib.parse import urlsplit
 
@@ -56,6 +57,7 @@ from service.store.types import (
     CouponCaps,
     StoredCommand,
 )
+from service.store.versions import Component
 
 __all__ = [
     "DEFAULT_STORE_URL",
@@ -78,9 +80,12 @@ _POSTGRES_SCHEMES = frozenset({"postgresql", "postgres"})
 
 
 def open_store(
-    url: str, *, clock: UtcClock | None = None
+    url: str, *, clock: UtcClock | None = None, components: Sequence[Component] = ()
 ) -> AbstractAsyncContextManager[CommandStore]:
     """The store ``url`` names, not yet open: ``async with open_store(url) as store: …``.
+
+    ``components``: further schema components (``service.store.versions``) the store brings up
+    to date when it opens, on PostgreSQL (the shared pacing buckets' table and functions).
 
     Raises ``ValueError`` for an unknown scheme or a malformed URL. Messages never repeat the
     URL, which may carry a password.
@@ -92,7 +97,7 @@ def open_store(
         return SqliteCommandStore(sqlite_path_from_url(url), clock=clock)
     if scheme in _POSTGRES_SCHEMES:
         dsn, schema = split_schema(url)
-        return PostgresCommandStore(dsn, schema=schema, clock=clock)
+        return PostgresCommandStore(dsn, schema=schema, clock=clock, components=components)
     raise ValueError(
         f"unsupported store URL scheme {scheme!r}: use sqlite:///path.db, a file path, "
         "sqlite://:memory: or postgresql://…"

@@ -36,7 +36,6 @@ import asyncpg
 from service.store.clock import UtcClock, as_utc
 from service.store.ledger import Settlement, cap_exceeded, cents, ledger_update
 from service.store.records import CLAIM_TRIES, lost_claim, positive
-from service.store.schema import postgres_ddl
 from service.store.types import (
     CapExceeded,
     Claim,
@@ -45,6 +44,7 @@ from service.store.types import (
     CouponCaps,
     StoredCommand,
 )
+from service.store.versions import STORE, Component, upgrade_postgres
 
 __all__ = ["PostgresCommandStore", "split_schema"]
 
@@ -308,6 +308,7 @@ class PostgresCommandStore:
         min_size: int = 1,
         max_size: int = 10,
         connect_timeout: float = 10.0,
+        components: Sequence[Component] = (),
     ) -> None:
         if schema is not None and not _SCHEMA_NAME.fullmatch(schema):
             raise ValueError("schema must be a lower-case SQL identifier")
@@ -316,6 +317,7 @@ class PostgresCommandStore:
         self._clock = clock  # None: the database server's clock decides (see the docstring)
         self._pool_options = {"min_size": min_size, "max_size": max_size}
         self._connect_timeout = connect_timeout
+        self._components = (STORE, *components)
         self._pool: Any = None
 
     async def __aenter__(self) -> Self:
@@ -380,8 +382,7 @@ class PostgresCommandStore:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _DDL_LOCK_KEY)
             if self._schema is not None:
                 await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self._schema}")
-            for statement in postgres_ddl():
-                await conn.execute(statement)
+            await upgrade_postgres(conn, self._components)
 
     async def claim(
         self,

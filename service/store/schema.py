@@ -19,6 +19,7 @@ from enum import StrEnum
 __all__ = [
     "POSTGRES",
     "SQLITE",
+    "STEERING_TABLES",
     "TABLES",
     "Column",
     "Dialect",
@@ -40,6 +41,7 @@ class Kind(StrEnum):
     TIMESTAMP = "timestamp"  # timezone-aware UTC
     BYTES = "bytes"
     DECIMAL = "decimal"  # exact; no column needs it yet
+    FLOAT = "float"  # a rate in requests/s: a measurement, never money
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +107,7 @@ SQLITE = Dialect(
         Kind.TIMESTAMP: "TEXT",  # 2026-05-09T07:35:25.000000+00:00: text order is time order
         Kind.BYTES: "BLOB",
         Kind.DECIMAL: "TEXT",  # NUMERIC affinity would round through a float
+        Kind.FLOAT: "REAL",
     },
     booleans=("0", "1"),
     pk_not_null=True,  # SQLite lets a PRIMARY KEY that is not an INTEGER hold NULL otherwise
@@ -120,6 +123,7 @@ POSTGRES = Dialect(
         Kind.TIMESTAMP: "timestamptz",
         Kind.BYTES: "bytea",
         Kind.DECIMAL: "numeric",
+        Kind.FLOAT: "double precision",
     },
     booleans=("false", "true"),
     pk_not_null=False,  # implied by PRIMARY KEY
@@ -204,6 +208,124 @@ TABLES: tuple[Table, ...] = (
 )
 
 
+# Schema version 2 (service.store.versions): what operators steer and see (CONTRACT §9, §10),
+# and what replicas publish about themselves about once a second. Meanings in
+# service.store.steering.
+_BUCKET_KIND = "kind IN ('customer', 'egress')"
+
+STEERING_TABLES: tuple[Table, ...] = (
+    Table(
+        "relay_limits",  # live limits (`bss-relay quota set`); kind 'all' has key ''
+        (
+            Column("api", Kind.TEXT, not_null=True),
+            Column("kind", Kind.TEXT, not_null=True, check="kind IN ('all', 'customer', 'egress')"),
+            Column("key", Kind.TEXT, not_null=True),
+            Column("rate", Kind.FLOAT, not_null=True, check="rate > 0"),
+            Column("set_by", Kind.TEXT, not_null=True),
+            Column("set_at", Kind.TIMESTAMP, not_null=True),
+        ),
+        primary_key=("api", "kind", "key"),
+    ),
+    Table(
+        "relay_pauses",  # `bss-relay pause`; api '' pauses every operation of the customer
+        (
+            Column("customer", Kind.TEXT, not_null=True),
+            Column("api", Kind.TEXT, not_null=True),
+            Column("set_by", Kind.TEXT, not_null=True),
+            Column("set_at", Kind.TIMESTAMP, not_null=True),
+        ),
+        primary_key=("customer", "api"),
+    ),
+    Table(
+        "relay_audit",  # operators' actions: replay, quota_set, quota_reset, pause, resume
+        (
+            Column("audit_id", Kind.TEXT, not_null=True),
+            Column("at", Kind.TIMESTAMP, not_null=True),
+            Column("actor", Kind.TEXT, not_null=True),
+            Column("action", Kind.TEXT, not_null=True),
+            Column("command_id", Kind.TEXT),
+            Column("customer_id", Kind.TEXT),
+            Column("detail", Kind.TEXT, not_null=True),  # a JSON object
+        ),
+        primary_key=("audit_id",),
+        indexes=(
+            Index("relay_audit_at", ("at",)),
+            Index("relay_audit_command", ("command_id",)),
+            Index("relay_audit_customer", ("customer_id",)),
+        ),
+    ),
+    Table(
+        "relay_replicas",  # every serving replica, seen about once a second
+        (
+            Column("owner", Kind.TEXT, not_null=True),
+            Column("egress", Kind.TEXT, not_null=True),
+            Column("started_at", Kind.TIMESTAMP, not_null=True),
+            Column("seen_at", Kind.TIMESTAMP, not_null=True),
+        ),
+        primary_key=("owner",),
+    ),
+    Table(
+        "relay_waiting",  # commands a replica knows to wait: for a bucket, paused, or delayed
+        (
+            Column("command_id", Kind.TEXT, not_null=True),
+            Column("owner", Kind.TEXT, not_null=True),
+            Column(
+                "state", Kind.TEXT, not_null=True, check="state IN ('waiting', 'paused', 'delayed')"
+            ),
+            Column("api", Kind.TEXT),
+            Column("kind", Kind.TEXT),
+            Column("key", Kind.TEXT),
+            Column("priority", Kind.TEXT),
+            Column("since", Kind.TIMESTAMP, not_null=True),
+            Column("expected_at", Kind.TIMESTAMP),  # expected start; a delayed one's retry
+            Column("until", Kind.TIMESTAMP, not_null=True),  # stale after this if not renewed
+        ),
+        primary_key=("command_id",),
+        indexes=(Index("relay_waiting_bucket", ("api", "kind", "key")),),
+    ),
+    Table(
+        "relay_bucket_reports",  # what each replica's pacing says of a bucket it used lately
+        (
+            Column("owner", Kind.TEXT, not_null=True),
+            Column("api", Kind.TEXT, not_null=True),
+            Column("kind", Kind.TEXT, not_null=True, check=_BUCKET_KIND),
+            Column("key", Kind.TEXT, not_null=True),
+            Column("limit_rate", Kind.FLOAT),  # requests/s in force; NULL: unlimited
+            Column("rate", Kind.FLOAT),  # requests/s pacing uses now
+            Column("throttled_5m", Kind.INT, not_null=True, default=0),
+            Column("used_at", Kind.TIMESTAMP, not_null=True),
+        ),
+        primary_key=("owner", "api", "kind", "key"),
+    ),
+    Table(
+        "relay_lines",  # commands parked on the broker for a bucket, one queue per line
+        (
+            Column("api", Kind.TEXT, not_null=True),
+            Column("customer", Kind.TEXT, not_null=True),
+            Column("priority", Kind.TEXT, not_null=True),
+            Column("queue", Kind.TEXT, not_null=True),
+            Column("parked", Kind.BIGINT, not_null=True, default=0),  # ever parked into it
+            Column("pulled", Kind.BIGINT, not_null=True, default=0),  # ever taken out of it
+            Column("next_deadline", Kind.TIMESTAMP),  # the soonest deadline parked in it
+            Column("updated_at", Kind.TIMESTAMP, not_null=True),
+        ),
+        primary_key=("api", "customer", "priority"),
+    ),
+    Table(
+        "relay_dead_letters",  # the last dead-lettering of each command id (for `why`)
+        (
+            Column("command_id", Kind.TEXT, not_null=True),
+            Column("type", Kind.TEXT),
+            Column("customer_id", Kind.TEXT),
+            Column("reason", Kind.TEXT, not_null=True),
+            Column("message", Kind.TEXT),
+            Column("dead_lettered_at", Kind.TIMESTAMP, not_null=True),
+        ),
+        primary_key=("command_id",),
+    ),
+)
+
+
 def _column(table: Table, column: Column, dialect: Dialect, *, in_create: bool) -> str:
     parts = [column.name, dialect.types[column.kind]]
     inline_key = in_create and table.primary_key == (column.name,)
@@ -240,10 +362,10 @@ def create_indexes(table: Table) -> tuple[str, ...]:
     )
 
 
-def postgres_ddl() -> tuple[str, ...]:
-    """Every statement, in order, that creates or brings up to date PostgreSQL's tables."""
+def postgres_ddl(tables: tuple[Table, ...] = TABLES) -> tuple[str, ...]:
+    """Every statement, in order, that creates or brings up to date PostgreSQL's ``tables``."""
     statements: list[str] = []
-    for table in TABLES:
+    for table in tables:
         statements.append(create_table(table, POSTGRES))
         if table.added_columns:
             adds = ",\n    ".join(

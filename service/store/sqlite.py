@@ -45,7 +45,6 @@ from service.store.ledger import (
     renewed,
 )
 from service.store.records import lease_end, lost_claim
-from service.store.schema import SQLITE, TABLES, add_column, create_indexes, create_table
 from service.store.sqlite_writer import SqliteWriter
 from service.store.types import (
     CapExceeded,
@@ -55,6 +54,7 @@ from service.store.types import (
     CouponCaps,
     StoredCommand,
 )
+from service.store.versions import STORE, upgrade_sqlite
 
 __all__ = ["BUSY_TIMEOUT_MS", "MEMORY", "SqliteCommandStore", "sqlite_path_from_url"]
 
@@ -318,16 +318,7 @@ class SqliteCommandStore:
         conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
-        for table in TABLES:  # see service.store.schema
-            conn.execute(create_table(table, SQLITE))
-            if table.added_columns:
-                info = conn.execute(f"PRAGMA table_info({table.name})")
-                present = {row["name"] for row in info}
-                for column in table.added_columns:
-                    if column.name not in present:
-                        conn.execute(add_column(table, column, SQLITE))
-            for statement in create_indexes(table):
-                conn.execute(statement)
+        upgrade_sqlite(conn, (STORE,))  # see service.store.versions
 
     async def claim(
         self,

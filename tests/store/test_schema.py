@@ -19,10 +19,13 @@ import asyncpg
 import pytest
 
 from service.store import ClaimOutcome, open_store
-from service.store.schema import SQLITE, TABLES, Column, Kind, Table, add_column
+from service.store.schema import SQLITE, STEERING_TABLES, TABLES, Column, Kind, Table, add_column
+from service.store.versions import STORE
 from tests.store.conftest import POSTGRES_URL, FakeClock, drop_schema, postgres_schema
 
 LEASE = timedelta(seconds=30)
+FIRST = frozenset(t.name for t in TABLES)  # the tables of schema version 1: the release before
+ALL_TABLES = FIRST | {t.name for t in STEERING_TABLES} | {"relay_schema"}
 
 # --- the hand-written DDL of the release before service.store.schema, verbatim ---------------
 
@@ -187,7 +190,8 @@ def _words(sql: str) -> str:
     return re.sub(r"\s*([(),])\s*", r"\1", re.sub(r"\s+", " ", sql)).strip()
 
 
-def sqlite_catalog(path: Path) -> SqliteCatalog:
+def sqlite_catalog(path: Path, only: frozenset[str] | None = None) -> SqliteCatalog:
+    """The file's catalog; ``only``: of these tables (and their indexes) alone."""
     conn = sqlite3.connect(path)
     try:
         objects = sorted(
@@ -195,6 +199,7 @@ def sqlite_catalog(path: Path) -> SqliteCatalog:
             for kind, name, table, sql in conn.execute(
                 "SELECT type, name, tbl_name, sql FROM sqlite_master"
             )
+            if only is None or table in only
         )
         tables = [name for kind, name, _, _ in objects if kind == "table"]
         columns = {t: conn.execute(f"PRAGMA table_xinfo({t})").fetchall() for t in tables}
@@ -218,7 +223,8 @@ def make_sqlite(path: Path, statements: tuple[str, ...]) -> None:
         conn.close()
 
 
-async def postgres_catalog(schema: str) -> dict[str, Any]:
+async def postgres_catalog(schema: str, only: frozenset[str] | None = None) -> dict[str, Any]:
+    """The schema's catalog; ``only``: of these tables (and their indexes) alone."""
     conn = await asyncpg.connect(POSTGRES_URL)
     try:
         columns = await conn.fetch(
@@ -241,11 +247,19 @@ async def postgres_catalog(schema: str) -> dict[str, Any]:
         )
     finally:
         await conn.close()
+
+    def kept(table: str) -> bool:
+        return only is None or table in only
+
     return {
-        "columns": [tuple(row) for row in columns],
+        "columns": [tuple(row) for row in columns if kept(row[0])],
         # constraint names are generated from the table: the same either way
-        "constraints": [tuple(row) for row in constraints],
-        "indexes": [(name, definition.replace(f"{schema}.", "")) for name, definition in indexes],
+        "constraints": [tuple(row) for row in constraints if kept(row[0])],
+        "indexes": [
+            (name, definition.replace(f"{schema}.", ""))
+            for name, definition in indexes
+            if kept(re.sub(r".* ON (?:\w+\.)?(\w+) .*", r"\1", definition))
+        ],
     }
 
 
@@ -277,7 +291,8 @@ async def test_sqlite_renders_the_tables_the_handwritten_ddl_made(tmp_path: Path
     async with open_store(f"sqlite:///{tmp_path / 'now.db'}"):
         pass
 
-    before, now = sqlite_catalog(tmp_path / "before.db"), sqlite_catalog(tmp_path / "now.db")
+    before = sqlite_catalog(tmp_path / "before.db")
+    now = sqlite_catalog(tmp_path / "now.db", FIRST)
 
     assert [o[1] for o in now["objects"] if o[0] == "table"] == [
         "relay_commands",
@@ -286,6 +301,8 @@ async def test_sqlite_renders_the_tables_the_handwritten_ddl_made(tmp_path: Path
         "relay_renewals",
     ]
     assert now == before  # the CREATE text (layout aside), every column and every index
+    every = sqlite_catalog(tmp_path / "now.db")
+    assert {o[1] for o in every["objects"] if o[0] == "table"} == ALL_TABLES
 
 
 async def test_a_sqlite_file_made_by_the_handwritten_ddl_opens_as_it_was(tmp_path: Path) -> None:
@@ -308,7 +325,13 @@ async def test_a_sqlite_file_made_by_the_handwritten_ddl_opens_as_it_was(tmp_pat
 
     assert (old.outcome, old.record.event) == (ClaimOutcome.FINISHED, b"ok")
     assert (new.outcome, new.record.fingerprint) == (ClaimOutcome.CLAIMED, "f")
-    assert sqlite_catalog(path) == before
+    assert sqlite_catalog(path, FIRST) == before  # upgraded in place: its tables as they were
+    conn = sqlite3.connect(path)
+    try:
+        versions = dict(conn.execute("SELECT component, version FROM relay_schema").fetchall())
+    finally:
+        conn.close()
+    assert versions == {"store": STORE.latest}
 
 
 async def test_a_sqlite_table_of_the_first_release_gets_the_added_columns_in_order(
@@ -334,7 +357,8 @@ async def test_a_sqlite_table_of_the_first_release_gets_the_added_columns_in_ord
     async with open_store(f"sqlite:///{tmp_path / 'first-now.db'}"):
         pass
 
-    then, now = sqlite_catalog(tmp_path / "first.db"), sqlite_catalog(tmp_path / "first-now.db")
+    then = sqlite_catalog(tmp_path / "first.db")
+    now = sqlite_catalog(tmp_path / "first-now.db", FIRST)
     assert now == then
 
 
@@ -365,10 +389,12 @@ async def test_postgres_renders_the_tables_the_handwritten_ddl_made(
     async with open_store(f"{POSTGRES_URL}?schema={now}"):
         pass
 
-    then_catalog, now_catalog = await postgres_catalog(before), await postgres_catalog(now)
+    then_catalog, now_catalog = await postgres_catalog(before), await postgres_catalog(now, FIRST)
 
     assert {row[0] for row in now_catalog["columns"]} == {t.name for t in TABLES}
     assert now_catalog == then_catalog
+    every = await postgres_catalog(now)
+    assert {row[0] for row in every["columns"]} == ALL_TABLES
 
 
 async def test_a_postgres_schema_made_by_the_handwritten_ddl_opens_as_it_was(
@@ -393,13 +419,20 @@ async def test_a_postgres_schema_made_by_the_handwritten_ddl_opens_as_it_was(
 
     assert (old.outcome, old.record.event) == (ClaimOutcome.FINISHED, b"ok")
     assert (new.outcome, new.record.fingerprint) == (ClaimOutcome.CLAIMED, "f")
-    assert await postgres_catalog(schema) == before
+    assert await postgres_catalog(schema, FIRST) == before  # upgraded in place, rows kept
+    conn = await asyncpg.connect(POSTGRES_URL)
+    try:
+        versions = await conn.fetch(f"SELECT component, version FROM {schema}.relay_schema")
+    finally:
+        await conn.close()
+    assert {row["component"]: row["version"] for row in versions} == {"store": STORE.latest}
 
 
 # --- both -------------------------------------------------------------------------------------
 
 # How each backend's catalog names the types of one neutral kind.
 SAME_TYPE = {
+    ("REAL", "double precision"),
     ("TEXT", "text"),
     ("INTEGER", "integer"),
     ("INTEGER", "bigint"),
@@ -436,7 +469,7 @@ async def test_both_backends_make_the_same_tables(
     lite_checks = {
         name: sql.count("CHECK(") for kind, name, _, sql in lite["objects"] if kind == "table"
     }
-    pg_checks = {t.name: 0 for t in TABLES}
+    pg_checks = dict.fromkeys(ALL_TABLES, 0)
     for table, kind, _ in pg["constraints"]:
         pg_checks[table] += kind == "c"
     assert (
@@ -447,6 +480,15 @@ async def test_both_backends_make_the_same_tables(
             "relay_effects": 0,
             "relay_renewals": 0,
             "relay_coupon_spend": 1,
+            "relay_schema": 0,
+            "relay_limits": 2,
+            "relay_pauses": 0,
+            "relay_audit": 0,
+            "relay_replicas": 0,
+            "relay_waiting": 1,
+            "relay_bucket_reports": 1,
+            "relay_lines": 0,
+            "relay_dead_letters": 0,
         }
     )
 
@@ -469,4 +511,8 @@ async def test_both_backends_make_the_same_tables(
         "relay_commands_money_created_at",
         "relay_coupon_spend_partner",
         "relay_coupon_spend_customer",
+        "relay_audit_at",
+        "relay_audit_command",
+        "relay_audit_customer",
+        "relay_waiting_bucket",
     }
