@@ -1,9 +1,12 @@
-"""``bss-relay audit``: the money-moving commands (renew, issue_coupon) in the command store.
+"""``bss-relay audit``: the money-moving commands (renew, issue_coupon) in the command store,
+and what operators did (replay, quota_set, quota_reset, pause, resume).
 
-Who asked (the AMQP ``user_id`` the broker validated), for which partner and customers, what
-(the renewal period and resources, the coupons' face value and total), the outcome and the
-order or coupon ids the API returned. Read from ``STORE_URL`` like ``serve`` does; it changes
-nothing. What the store no longer holds (pruned after ``RELAY_RETENTION_DAYS``) is not listed.
+For a command: who asked (the AMQP ``user_id`` the broker validated), for which partner and
+customers, what (the renewal period and resources, the coupons' face value and total), the
+outcome and the order or coupon ids the API returned. For an operator's action: when, who
+(``actor``), which action and on what (``api``, ``customer`` or ``egress``, ``rate``, the
+replayed ``command_id``). Read from ``STORE_URL`` like ``serve`` does; it changes nothing. What
+the store no longer holds (pruned after ``RELAY_RETENTION_DAYS``) is not listed.
 """
 
 from __future__ import annotations
@@ -25,9 +28,20 @@ from service.settings import Settings
 from service.store import open_store
 from service.store.types import CommandStore, StoredCommand
 
-__all__ = ["MONEY_TYPES", "AuditEntry", "AuditFilter", "entry_from", "read_audit", "register_cli"]
+__all__ = [
+    "ACTION_NAMES",
+    "MONEY_TYPES",
+    "ActionEntry",
+    "AuditEntry",
+    "AuditFilter",
+    "entry_from",
+    "read_actions",
+    "read_audit",
+    "register_cli",
+]
 
 MONEY_TYPES = ("renew", "issue_coupon")
+ACTION_NAMES = ("replay", "quota_set", "quota_reset", "pause", "resume")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +51,9 @@ class AuditFilter:
     types: tuple[str, ...] = MONEY_TYPES
     partners: tuple[str, ...] = ()
     customers: tuple[str, ...] = ()
-    users: tuple[str, ...] = ()
+    users: tuple[str, ...] = ()  # commands: the producer; actions: the actor
     limit: int | None = None
+    actions: tuple[str, ...] = ACTION_NAMES
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +140,49 @@ def entry_from(record: StoredCommand) -> AuditEntry:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class ActionEntry:
+    """An operator's action: ``detail`` holds what it was on (``api``, ``customer`` or
+    ``egress`` or ``all``, ``rate``; a replay's outcome)."""
+
+    at: datetime
+    actor: str
+    action: str
+    command_id: str | None
+    customer_id: str | None
+    detail: dict[str, Any]
+
+    def as_json(self) -> dict[str, Any]:
+        line: dict[str, Any] = {"at": self.at.isoformat(), "actor": self.actor}
+        line["action"] = self.action
+        line.update(self.detail)
+        if self.command_id is not None:
+            line["command_id"] = self.command_id
+        if self.customer_id is not None:
+            line.setdefault("customer_id", self.customer_id)
+        return line
+
+
+async def read_actions(store: CommandStore, where: AuditFilter) -> list[ActionEntry]:
+    """Operators' actions matching ``where``, oldest first."""
+    rows = await store.steering.audit(since=where.since, until=where.until)
+    entries = [
+        ActionEntry(
+            row["at"],
+            row["actor"],
+            row["action"],
+            row["command_id"],
+            row["customer_id"],
+            _json(row["detail"].encode()),
+        )
+        for row in reversed(rows)
+        if row["action"] in where.actions
+        and (not where.users or row["actor"] in where.users)
+        and (not where.customers or row["customer_id"] in where.customers)
+    ]
+    return entries[: where.limit] if where.limit is not None else entries
+
+
 async def read_audit(store: CommandStore, where: AuditFilter) -> list[AuditEntry]:
     records = await store.list_commands(
         types=where.types,
@@ -149,19 +207,24 @@ DESCRIPTION = """\
 List the money-moving commands (renew, issue_coupon) kept in the command store (STORE_URL,
 as for serve): when and by whom they were asked (the broker-validated AMQP user_id), for which
 partner and customers, what (renewal period and resources; coupon face value and total), the
-outcome and the order or coupon ids. Changes nothing."""
+outcome and the order or coupon ids; and what operators did (replay, quota_set, quota_reset,
+pause, resume: when, who, on what). Changes nothing."""
 
 EPILOG = """\
 examples:
   bss-relay audit --since 2026-05-01T00:00:00Z --until 2026-05-02T00:00:00Z
   bss-relay audit --partner p-1 --type issue_coupon --json
   bss-relay audit --user erp-marketing --customer cu-42
+  bss-relay audit --action quota_set --action pause --json     operators' changes only
 
 Filters combine with AND; a filter given twice matches either value. The outcome column is
 the terminal event's outcome and error code. "none stored (received|in_flight)" is a command
 still running or waiting for a retry, or one rejected after it was claimed (a policy refusal,
 say): the store keeps no rejection events yet; those are on bss.events and in the DLQ.
-Commands older than RELAY_RETENTION_DAYS have been pruned from the store.
+Commands older than RELAY_RETENTION_DAYS have been pruned from the store. --type alone
+lists commands only, --action alone operators' actions only; --user matches a command's
+producer or an action's actor. With --json, an action's line has at, actor, action and what it
+was on (api, customer or egress, rate; command_id for a replay).
 
 exit status: 0 listed (possibly nothing); 2 bad arguments, configuration or store."""
 
@@ -207,8 +270,19 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         metavar="NAME",
         help="the broker user that published the command (AMQP user_id)",
     )
-    parser.add_argument("--limit", type=positive_int, metavar="N", help="at most N commands")
-    parser.add_argument("--json", action="store_true", help="one JSON object per command")
+    group.add_argument(
+        "--action",
+        dest="actions",
+        action="append",
+        default=[],
+        choices=ACTION_NAMES,
+        metavar="ACTION",
+        help="an operator's action: " + ", ".join(ACTION_NAMES),
+    )
+    parser.add_argument(
+        "--limit", type=positive_int, metavar="N", help="at most N commands (and N actions)"
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.set_defaults(func=_run)
 
 
@@ -264,20 +338,49 @@ def _run(args: argparse.Namespace) -> int:
         customers=tuple(args.customers),
         users=tuple(args.users),
         limit=args.limit,
+        actions=tuple(args.actions) or ACTION_NAMES,
     )
+    commands, actions = not args.actions or bool(args.types), not args.types or bool(args.actions)
 
-    async def read() -> list[AuditEntry]:
+    async def read() -> tuple[list[AuditEntry], list[ActionEntry]]:
         async with open_store(args.store_url) as store:
-            return await read_audit(store, where)
+            found = await read_audit(store, where) if commands else []
+            # actions name no partner: a partner filter leaves them out
+            done = await read_actions(store, where) if actions and not args.partners else []
+            return found, done
 
     try:
-        entries = asyncio.run(read())
+        entries, done = asyncio.run(read())
     except (OSError, ValueError, RuntimeError) as exc:  # the URL may hold a password: not shown
         print(f"bss-relay audit: cannot read the store: {type(exc).__name__}", file=sys.stderr)
         return 2
     if args.json:
-        for entry in entries:
-            print(json.dumps(entry.as_json()))
-    else:
+        for line in [*(e.as_json() for e in entries), *(a.as_json() for a in done)]:
+            print(json.dumps(line))
+        return 0
+    if commands:
         print(render_table(entries))
+    if done:
+        print(("\n" if commands else "") + render_actions(done))
     return 0
+
+
+ACTION_COLUMNS = ("at", "actor", "action", "on")
+
+
+def render_actions(entries: Sequence[ActionEntry]) -> str:
+    def on(entry: ActionEntry) -> str:
+        parts = [f"{k}={v}" for k, v in entry.detail.items() if v is not None]
+        if entry.command_id:
+            parts.insert(0, f"command_id={entry.command_id}")
+        return " ".join(parts) or "-"
+
+    rows = [
+        ACTION_COLUMNS,
+        *((_cell(e.at), e.actor, e.action, on(e)) for e in entries),
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(ACTION_COLUMNS))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )

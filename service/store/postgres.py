@@ -36,6 +36,8 @@ import asyncpg
 from service.store.clock import UtcClock, as_utc
 from service.store.ledger import Settlement, cap_exceeded, cents, ledger_update
 from service.store.records import CLAIM_TRIES, lost_claim, positive
+from service.store.runner import PostgresRunner, Row, Statement
+from service.store.steering import SteeringStore
 from service.store.types import (
     CapExceeded,
     Claim,
@@ -296,6 +298,16 @@ def _utc(moment: datetime | None) -> datetime | None:
     return None if moment is None else moment.astimezone(UTC)
 
 
+class _Closed:
+    """The steering tables' runner before the pool is open."""
+
+    async def run(self, statements: Sequence[Statement]) -> None:
+        raise RuntimeError("store is not open: use 'async with'")
+
+    async def fetch(self, sql: str, params: Any = None) -> list[Row]:
+        raise RuntimeError("store is not open: use 'async with'")
+
+
 class PostgresCommandStore:
     """``CommandStore`` on an asyncpg pool; ``async with`` creates the schema and the pool."""
 
@@ -319,6 +331,7 @@ class PostgresCommandStore:
         self._connect_timeout = connect_timeout
         self._components = (STORE, *components)
         self._pool: Any = None
+        self.steering = SteeringStore(_Closed())
 
     async def __aenter__(self) -> Self:
         if self._pool is not None:
@@ -338,6 +351,7 @@ class PostgresCommandStore:
             await pool.close()
             raise
         self._pool = pool
+        self.steering = SteeringStore(PostgresRunner(pool))
         return self
 
     async def __aexit__(

@@ -45,7 +45,9 @@ from service.store.ledger import (
     renewed,
 )
 from service.store.records import lease_end, lost_claim
+from service.store.runner import SqliteRunner
 from service.store.sqlite_writer import SqliteWriter
+from service.store.steering import SteeringStore
 from service.store.types import (
     CapExceeded,
     Claim,
@@ -288,6 +290,7 @@ class SqliteCommandStore:
         self._clock = clock or system_clock
         self._busy_timeout_ms = busy_timeout_ms
         self._writer = SqliteWriter(self._connect)
+        self.steering = SteeringStore(SqliteRunner(self._writer, self._now))
 
     async def __aenter__(self) -> Self:
         if self._writer.is_open:

@@ -14,6 +14,8 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Literal, Protocol
 
+from service.store.steering import SteeringStore
+
 __all__ = [
     "CapExceeded",
     "Claim",
@@ -95,6 +97,8 @@ class CommandStore(Protocol):
     at most one owner holds a live lease on a command; a finished command never changes
     again; ``attempts`` only grows. Times are timezone-aware UTC.
     """
+
+    steering: SteeringStore  # the steering tables of the same database (service.store.steering)
 
     async def claim(
         self,
