@@ -25,6 +25,7 @@ import pytest
 
 from service.pacing import local
 from service.pacing.buckets import (
+    FLOOR_RATE,
     Candidate,
     Offer,
     Priority,
@@ -264,7 +265,7 @@ async def test_a_drifted_cut_is_caught(
         was = b.cap
         done = original(b, limit, now, sent_at)
         if done and b.good == 0 and was > 0:
-            b.cap = max(local.FLOOR_RATE, local.rate(local.Bucket(cap=was), limit) * 0.6)
+            b.cap = max(FLOOR_RATE, local.rate(local.Bucket(cap=was), limit) * 0.6)
         return done
 
     monkeypatch.setattr(local, "cut", drifted)
