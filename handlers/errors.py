@@ -12,7 +12,8 @@
     │   └── CredentialsUnavailable              IAM could not give temporary credentials now
     ├── Waiting                      WAIT       not the command's fault: later, no attempt spent
     │   ├── StoreUnavailable                    the command store cannot be reached
-    │   └── LeaseLost                           another process owns the command now
+    │   ├── LeaseLost                           another process owns the command now
+    │   └── Paused                              an operator paused the customer's calls
     ├── OutcomeUnknown               RECONCILE  a mutating call may or may not have taken effect
     │   └── CallTimeout (also TimeoutError)     no answer in time after sending
     └── OutcomeUndecidable           UNKNOWN    reconciliation could not tell: a person must look
@@ -38,11 +39,13 @@ __all__ = [
     "NotSent",
     "OutcomeUndecidable",
     "OutcomeUnknown",
+    "Paused",
     "RelayError",
     "Retryable",
     "StoreUnavailable",
     "Throttled",
     "Waiting",
+    "paused",
     "store_unavailable",
 ]
 
@@ -130,6 +133,15 @@ def store_unavailable(message: str) -> StoreUnavailable:
 class LeaseLost(Waiting):
     """This process lost the command's lease (it was frozen or cut off past the lease): the
     call was not sent; whoever owns the command now carries it out."""
+
+
+class Paused(Waiting):
+    """An operator paused this customer's calls (``bss-relay pause``): nothing was sent; the
+    command waits, parked, until it is resumed (or its deadline passes)."""
+
+
+def paused(api: str, customer: str) -> Paused:
+    return Paused("RELAY.PAUSED", f"the calls of customer {customer!r} to {api} are paused")
 
 
 class OutcomeUnknown(RelayError):

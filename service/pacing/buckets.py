@@ -22,7 +22,8 @@ Reserving (``reserve``, one call per slot)
 Invariant 2 -- priority.
     A candidate of priority ``p`` that could not be granted leaves a *want* on both buckets
     (``want_prio = p``, the instant it wants, ``want_at``, and until when, ``want_until``,
-    one interval after it). While a want stands, a lower-priority candidate is not granted a
+    one interval after it) -- also while the egress is busy, so that its want is known before
+    the slot comes. While a want stands, a lower-priority candidate is not granted a
     slot that would move the bucket past ``want_at``; slots that end before it stay usable,
     so priority never wastes quota. A granted candidate clears its own want when it has no
     more waiting at that priority (``more``). Low never leaves a want.

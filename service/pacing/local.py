@@ -213,8 +213,8 @@ class LocalBuckets:
         looked: list[Looked] = []
         soonest = INF
         for c in o.candidates:
-            if e.tat - now > horizon:
-                break  # the egress is busy: no candidate can go
+            if e.tat - now > horizon and c.priority <= Priority.LOW:
+                continue  # the egress is busy: nobody goes, and a low one wants nothing
             u = self._customer(o.api, c.uid)
             climb(u, c.limit, now)
             rate_u = rate(u, c.limit)

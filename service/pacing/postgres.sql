@@ -180,7 +180,8 @@ BEGIN
         horizon := e.tat - now_;  -- another replica took the slot this one came for
     END IF;
     FOR i IN 1 .. coalesce(cardinality(p_uids), 0) LOOP
-        EXIT WHEN e.tat - now_ > horizon;  -- the egress is busy: no candidate can go
+        -- the egress is busy: nobody goes, and a low one wants nothing
+        CONTINUE WHEN e.tat - now_ > horizon AND p_prios[i] <= 1;
         INSERT INTO relay_pacing (api, kind, name) VALUES (p_api, 'customer', p_uids[i])
             ON CONFLICT DO NOTHING;
         -- a row another replica is reserving on right now is passed over: never a wait

@@ -1,0 +1,522 @@
+"""Every API call waits for its turn here: one dispatcher per API, on either backend.
+
+Callers wait per (customer, priority). The dispatcher of an API offers the next slot to its
+waiting customers in one reservation (``Buckets.reserve``): priority first (high, normal, low),
+and within a priority round-robin, least recently served first -- so one customer's burst
+gets one slot in N when N customers of its priority wait, and a customer whose own bucket is
+busy is passed over for the next rather than leaving the egress's slot unused. It asks only
+when a slot is nearly due (``NEARLY_DUE_S``, or half an egress interval), and once a slot is
+granted it waits for the slot's instant and hands it to the customer's longest waiter. A
+waiter of a higher priority than any the dispatcher has left a want for wakes it at once, so
+its want stands on the buckets (for every replica) before the slot comes.
+
+Also here, because they are questions about who waits: a 429's report to the backend
+(``throttled``, which also decides whom to blame), lateness to give back (``late``: it rides on
+the next reservation of its API, or goes alone after ``GIVE_BACK_WITHIN_S``), how long a new
+command would wait (``expected_wait``: the admission step parks it beyond the hold window),
+what waits now (``waiting``) and which buckets were used lately (``reports``): what the
+replica publishes for ``quota show`` and ``why``.
+
+Paused customers (``bss-relay pause``): their waiters get :class:`~handlers.errors.Paused`
+(nothing was sent; the command is parked until resumed) and new calls are refused the same way.
+
+Invariants: the dispatcher of an API exists only while someone waits on it; a (customer,
+priority) queue exists only while non-empty; usage kept for reports is pruned after
+``REPORT_S``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+
+import structlog
+
+from handlers.errors import RelayError, paused
+from service.pacing.buckets import (
+    Blame,
+    Buckets,
+    Candidate,
+    Offer,
+    Priority,
+    Reservation,
+    Throttle,
+    Throttled,
+)
+from service.pacing.limits import Limits
+from service.store.errors import STORE_ERRORS
+
+__all__ = ["Dispatcher", "PacingConfig", "Usage", "Waiting"]
+
+log = structlog.get_logger(__name__)
+
+INF = math.inf
+NEARLY_DUE_S = 0.02  # a slot is asked for when it is at most this far away (at least)
+CANDIDATES = 16  # customers offered per reservation
+GIVE_BACK_WITHIN_S = 0.25  # lateness no reservation carried this soon goes alone
+SPIN_PAUSE_S = 0.002  # a due slot refused (another replica's want or lock): ask again after
+REPORT_S = 300.0  # usage kept for reports: the last 5 minutes
+PRIORITIES = (Priority.HIGH, Priority.NORMAL, Priority.LOW)
+AWAY: tuple[type[BaseException], ...] = (RelayError, *STORE_ERRORS)  # the store is away
+
+
+@dataclass(frozen=True, slots=True)
+class PacingConfig:
+    """This replica's part in pacing: its egress, its name, its guard bounds."""
+
+    egress: str = "default"
+    owner: str = ""
+    guard_min: float = 0.002
+    guard_max: float = 0.05
+
+
+@dataclass(slots=True)
+class _Waiter:
+    uid: str
+    priority: int
+    since: float  # wall clock
+    future: asyncio.Future[float]
+    command_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """One call waiting here, for the replica's published waiting set."""
+
+    command_id: str | None
+    api: str
+    kind: str  # the bucket it waits for: 'customer' or 'egress'
+    key: str
+    priority: int
+    since: float  # wall clock
+    expected_at: float  # wall clock
+
+
+@dataclass(slots=True)
+class Usage:
+    """A bucket used lately: for ``quota show``."""
+
+    rate: float
+    used_at: float  # wall clock
+    throttled: deque[float] = field(default_factory=deque)  # wall clock of each 429
+
+
+@dataclass(slots=True)
+class _Lane:
+    """The waiters of one API."""
+
+    api: str
+    queues: dict[tuple[str, int], deque[_Waiter]] = field(default_factory=dict)
+    rotation: dict[int, OrderedDict[str, None]] = field(
+        default_factory=lambda: {p: OrderedDict() for p in PRIORITIES}
+    )
+    ready: dict[str, float] = field(default_factory=dict)  # uid -> its bucket's next slot
+    rates: dict[str, float] = field(default_factory=dict)  # uid -> its rate, last seen
+    egress_ready: float = 0.0
+    egress_rate: float = INF
+    wanted: int = 0  # the highest priority with a want left since the last reservation
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.queues)
+
+    def waiters(self) -> Iterator[_Waiter]:
+        for queue in self.queues.values():
+            yield from queue
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        buckets: Buckets,
+        limits: Limits,
+        *,
+        config: PacingConfig,
+        is_paused: Callable[[str, str], bool] = lambda _api, _uid: False,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._buckets = buckets
+        self._limits = limits
+        self._config = config
+        self._is_paused = is_paused
+        self._sleep = sleep
+        self._lanes: dict[str, _Lane] = {}
+        self._late: dict[str, list[tuple[str, float]]] = {}
+        self._flusher: asyncio.Task[None] | None = None
+        self._usage: dict[tuple[str, str, str], Usage] = {}
+
+    @property
+    def buckets(self) -> Buckets:
+        return self._buckets
+
+    def limited(self, api: str) -> bool:
+        return self._limits.limited(api)
+
+    def tolerance(self, api: str) -> float:
+        """Lateness a request absorbs without giving it back: a quarter of the guard."""
+        return self._config.guard_min / 4
+
+    # -- waiting for a turn ----------------------------------------------------------------
+
+    async def turn(
+        self,
+        api: str,
+        uid: str,
+        *,
+        priority: int = Priority.NORMAL,
+        command_id: str | None = None,
+    ) -> float | None:
+        """Return when this call may be sent: the slot's instant in the buckets' clock (None
+        for an unlimited API). Raises ``Paused`` while the customer is paused."""
+        if not self._limits.limited(api):
+            return None
+        if self._is_paused(api, uid):
+            raise paused(api, uid)
+        lane = self._lanes.get(api)
+        if lane is None:
+            lane = self._lanes[api] = _Lane(api)
+        waiter = _Waiter(
+            uid, priority, time.time(), asyncio.get_running_loop().create_future(), command_id
+        )
+        queue = lane.queues.get((uid, priority))
+        if queue is None:
+            queue = lane.queues[(uid, priority)] = deque()
+            lane.rotation[priority][uid] = None
+            lane.wakeup.set()  # a customer new to the lane may go before those waited for
+        elif priority > lane.wanted and priority > Priority.LOW:
+            lane.wakeup.set()  # its want must stand before the slot comes
+        queue.append(waiter)
+        if lane.task is None or lane.task.done():
+            lane.task = asyncio.create_task(self._dispatch(lane))
+        try:
+            return await waiter.future
+        except asyncio.CancelledError:
+            self._discard(lane, waiter)
+            raise
+
+    def _discard(self, lane: _Lane, waiter: _Waiter) -> None:
+        key = (waiter.uid, waiter.priority)
+        queue = lane.queues.get(key)
+        if queue is not None and waiter in queue:
+            queue.remove(waiter)
+            if not queue:
+                self._drop_queue(lane, key)
+
+    def _drop_queue(self, lane: _Lane, key: tuple[str, int]) -> None:
+        del lane.queues[key]
+        uid, priority = key
+        lane.rotation[priority].pop(uid, None)
+        if not any((uid, p) in lane.queues for p in PRIORITIES):
+            lane.ready.pop(uid, None)
+            lane.rates.pop(uid, None)
+
+    def steering_changed(self) -> None:
+        """Live limits or pauses changed: every lane looks again now."""
+        for lane in self._lanes.values():
+            lane.wakeup.set()
+
+    def _drop_paused(self, lane: _Lane) -> None:
+        for key in [k for k in lane.queues if self._is_paused(lane.api, k[0])]:
+            for waiter in lane.queues[key]:
+                if not waiter.future.done():
+                    waiter.future.set_exception(paused(lane.api, key[0]))
+            self._drop_queue(lane, key)
+
+    # -- the dispatcher of one API ---------------------------------------------------------
+
+    def _near(self, api: str) -> float:
+        limit = self._limits.egress(api, self._config.egress) or INF
+        return max(NEARLY_DUE_S, 0.5 / limit)
+
+    async def _dispatch(self, lane: _Lane) -> None:
+        try:
+            while True:
+                self._drop_paused(lane)
+                if not lane:
+                    return
+                now, near = self._buckets.now(), self._near(lane.api)
+                wanting = max((p for _, p in lane.queues if p > Priority.LOW), default=0)
+                if lane.egress_ready - now > near and wanting <= lane.wanted:
+                    await self._idle(lane, lane.egress_ready - now - near / 2)
+                    continue
+                candidates = self._candidates(lane, now, near)
+                if not candidates:
+                    soonest = min(lane.ready.get(uid, now) for uid, _ in lane.queues)
+                    await self._idle(lane, soonest - now - near / 2)
+                    continue
+                reservation = await self._reserve(lane, candidates, near)
+                if reservation is None:
+                    return  # the store is away: every waiter got the error
+                await self._settle(lane, candidates, reservation, near)
+        finally:
+            if self._lanes.get(lane.api) is lane and not lane:
+                del self._lanes[lane.api]
+
+    def _candidates(self, lane: _Lane, now: float, near: float) -> list[Candidate]:
+        """Each waiting customer once, at its highest waiting priority, priority first, then
+        round-robin; those whose own bucket is busy beyond ``near`` left out."""
+        found: list[Candidate] = []
+        offered: set[str] = set()
+        for priority in PRIORITIES:
+            for uid in lane.rotation[priority]:
+                if uid in offered or lane.ready.get(uid, 0.0) > now + near:
+                    continue
+                offered.add(uid)
+                limit = self._limits.customer(lane.api, uid) or INF
+                more = len(lane.queues[(uid, priority)]) > 1
+                found.append(Candidate(uid, priority, limit, more))
+                if len(found) >= CANDIDATES:
+                    return found
+        return found
+
+    async def _reserve(
+        self, lane: _Lane, candidates: list[Candidate], near: float
+    ) -> Reservation | None:
+        config = self._config
+        late = self._late.pop(lane.api, [])
+        offer = Offer(
+            api=lane.api,
+            egress=config.egress,
+            egress_limit=self._limits.egress(lane.api, config.egress) or INF,
+            candidates=candidates,
+            within=near,
+            owner=config.owner,
+            guard_min=config.guard_min,
+            guard_max=config.guard_max,
+            late=late,
+        )
+        try:
+            return await self._buckets.reserve(offer)
+        except Exception as exc:
+            self._late.setdefault(lane.api, []).extend(late)
+            self._fail_all(lane, exc)
+            if not isinstance(exc, AWAY):  # a bug: say so
+                log.exception("pacing_reservation_failed", api=lane.api)
+            return None
+
+    async def _settle(
+        self, lane: _Lane, candidates: list[Candidate], r: Reservation, near: float
+    ) -> None:
+        for looked in r.looked:
+            lane.ready[looked.uid] = looked.ready_at
+            lane.rates[looked.uid] = looked.rate
+        lane.egress_ready, lane.egress_rate = r.egress_ready_at, r.egress_rate
+        refused = (c.priority for c in candidates if c.uid != r.granted)
+        lane.wanted = max((p for p in refused if p > Priority.LOW), default=0)
+        if r.granted is None:
+            if r.looked and r.slot - self._buckets.now() <= near:
+                await self._idle(lane, SPIN_PAUSE_S)  # due, but another's want or lock
+            return
+        priority = next(c.priority for c in candidates if c.uid == r.granted)
+        wait = r.slot - self._buckets.now()
+        if wait > 0:
+            await self._sleep(wait)  # the slot is ours: keep it, on time
+        self._used(lane.api, r, r.granted)
+        self._serve(lane, (r.granted, priority), r.slot)
+
+    def _serve(self, lane: _Lane, key: tuple[str, int], slot: float) -> None:
+        queue = lane.queues.get(key)
+        if not queue:
+            return  # its waiter went away meanwhile (cancelled): the slot is spent unused
+        waiter = queue.popleft()
+        rotation = lane.rotation[key[1]]
+        if queue:
+            rotation.move_to_end(key[0])  # served: to the back of the round
+        else:
+            self._drop_queue(lane, key)
+        if not waiter.future.done():
+            waiter.future.set_result(slot)
+
+    async def _idle(self, lane: _Lane, delay: float) -> None:
+        """Sleep up to ``delay``, or until a waiter or a steering change wakes the lane."""
+        lane.wakeup.clear()
+        if delay <= 0:
+            return
+        sleeper = asyncio.ensure_future(self._sleep(delay))
+        waker = asyncio.ensure_future(lane.wakeup.wait())
+        try:
+            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            waker.cancel()
+            await asyncio.gather(sleeper, waker, return_exceptions=True)
+
+    @staticmethod
+    def _fail_all(lane: _Lane, exc: BaseException) -> None:
+        for waiter in lane.waiters():
+            if not waiter.future.done():
+                waiter.future.set_exception(exc)
+        lane.queues.clear()
+        for rotation in lane.rotation.values():
+            rotation.clear()
+
+    # -- what the API said back ------------------------------------------------------------
+
+    def late(self, api: str, uid: str, *, slot: float, sent_at: float) -> float:
+        """A call left ``sent_at - slot`` after its slot: the excess over the tolerance is
+        given back to both of its buckets, with the API's next reservation or alone after
+        ``GIVE_BACK_WITHIN_S``. Returns the excess (0: absorbed). No I/O here."""
+        excess = sent_at - slot - self.tolerance(api)
+        if excess <= 0 or not self._limits.limited(api):
+            return 0.0
+        self._late.setdefault(api, []).append((uid, excess))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_later())
+        return excess
+
+    async def _flush_later(self) -> None:
+        await self._sleep(GIVE_BACK_WITHIN_S)
+        while self._late:
+            api, late = self._late.popitem()
+            try:
+                await self._buckets.give_back(api, self._config.egress, late)
+            except AWAY as exc:  # no slot is granted meanwhile anyway
+                log.warning("sent_late_not_recorded", api=api, error=repr(exc))
+                return
+
+    async def throttled(
+        self, api: str, uid: str, *, blame: Blame, sent_at: float | None
+    ) -> Throttled:
+        """The API answered 429 for a call of ``uid``: tell the buckets (the guard widens, or
+        the blamed buckets' rates are cut), and count it for the reports."""
+        config = self._config
+        answer = await self._buckets.throttled(
+            Throttle(
+                api=api,
+                uid=uid,
+                egress=config.egress,
+                blame=blame,
+                customer_limit=self._limits.customer(api, uid) or INF,
+                egress_limit=self._limits.egress(api, config.egress) or INF,
+                sent_at=sent_at,
+                guard_min=config.guard_min,
+                guard_max=config.guard_max,
+            )
+        )
+        wall = time.time()
+        for kind, key, rate in (
+            ("customer", uid, answer.customer_rate),
+            ("egress", config.egress, answer.egress_rate),
+        ):
+            usage = self._usage_of(api, kind, key, rate, wall)
+            usage.throttled.append(wall)
+        lane = self._lanes.get(api)
+        if lane is not None:
+            lane.ready[uid] = max(lane.ready.get(uid, 0.0), answer.ready_at)
+            lane.rates[uid] = answer.customer_rate
+            lane.egress_rate = answer.egress_rate
+        if answer.customer_cut or answer.egress_cut:
+            log.warning(
+                "rate_lowered",
+                api=api,
+                parent_uid=uid,
+                blame=blame,
+                customer_rate=answer.customer_rate,
+                egress_rate=answer.egress_rate,
+            )
+        elif answer.explained:
+            log.warning("rate_guard_widened", api=api, guard_ms=round(answer.guard * 1000, 1))
+        return answer
+
+    # -- what waits, and what was used ------------------------------------------------------
+
+    def _usage_of(self, api: str, kind: str, key: str, rate: float, wall: float) -> Usage:
+        usage = self._usage.get((api, kind, key))
+        if usage is None:
+            usage = self._usage[(api, kind, key)] = Usage(rate, wall)
+        usage.rate, usage.used_at = rate, wall
+        return usage
+
+    def _used(self, api: str, r: Reservation, uid: str) -> None:
+        wall = time.time()
+        rate = next((looked.rate for looked in r.looked if looked.uid == uid), INF)
+        self._usage_of(api, "customer", uid, rate, wall)
+        self._usage_of(api, "egress", self._config.egress, r.egress_rate, wall)
+
+    def reports(self) -> dict[tuple[str, str, str], Usage]:
+        """Buckets used in the last ``REPORT_S``, with their 429s of that time."""
+        horizon = time.time() - REPORT_S
+        for key in [k for k, u in self._usage.items() if u.used_at < horizon]:
+            del self._usage[key]
+        for usage in self._usage.values():
+            while usage.throttled and usage.throttled[0] < horizon:
+                usage.throttled.popleft()
+        return self._usage
+
+    def rates(self) -> dict[str, float]:
+        """Buckets that throttling slowed below their limit: ``api/kind/key`` -> rate."""
+        slowed: dict[str, float] = {}
+        for (api, kind, key), usage in self.reports().items():
+            limit = (
+                self._limits.customer(api, key)
+                if kind == "customer"
+                else (self._limits.egress(api, key))
+            )
+            if limit is not None and usage.rate < limit:
+                slowed[f"{api}/{kind}/{key}"] = usage.rate
+        return slowed
+
+    def interval(self, api: str, uid: str, priority: int = Priority.NORMAL) -> float:
+        """Seconds between the customer's turns now: its own rate, or its share of the
+        egress among the customers waiting at its priority or above."""
+        lane = self._lanes.get(api)
+        limit_c = self._limits.customer(api, uid) or INF
+        limit_e = self._limits.egress(api, self._config.egress) or INF
+        rate_c = min(limit_c, lane.rates.get(uid, limit_c)) if lane else limit_c
+        rate_e = min(limit_e, lane.egress_rate) if lane else limit_e
+        sharing = {u for u, p in lane.queues if p >= priority} if lane else set()
+        sharing.add(uid)
+        rate = min(rate_c, rate_e / len(sharing))
+        return 0.0 if rate == INF else 1.0 / rate
+
+    def held(self, api: str, uid: str, priority: int = Priority.LOW) -> int:
+        """Calls of the customer waiting here at ``priority`` or above."""
+        lane = self._lanes.get(api)
+        if lane is None:
+            return 0
+        return sum(len(q) for (u, p), q in lane.queues.items() if u == uid and p >= priority)
+
+    def expected_wait(self, api: str, uid: str, priority: int = Priority.NORMAL) -> float:
+        """Seconds until a new call of the customer at ``priority`` would be sent."""
+        if not self._limits.limited(api):
+            return 0.0
+        now = self._buckets.now()
+        lane = self._lanes.get(api)
+        ready = max(lane.ready.get(uid, now), lane.egress_ready) if lane else now
+        ahead = self.held(api, uid, priority)
+        return max(0.0, ready - now) + ahead * self.interval(api, uid, priority)
+
+    def waiting(self) -> list[Waiting]:
+        """Every call waiting here, with the bucket it waits for and its expected start."""
+        found: list[Waiting] = []
+        now, wall = self._buckets.now(), time.time()
+        for api, lane in self._lanes.items():
+            for (uid, priority), queue in lane.queues.items():
+                ready = lane.ready.get(uid, now)
+                by_egress = lane.egress_ready > ready
+                kind, key = ("egress", self._config.egress) if by_egress else ("customer", uid)
+                start = max(0.0, max(ready, lane.egress_ready) - now)
+                interval = self.interval(api, uid, priority)
+                for ahead, waiter in enumerate(queue):
+                    expected = wall + start + ahead * interval
+                    found.append(
+                        Waiting(waiter.command_id, api, kind, key, priority, waiter.since, expected)
+                    )
+        return found
+
+    async def aclose(self) -> None:
+        tasks = [lane.task for lane in self._lanes.values() if lane.task is not None]
+        if self._flusher is not None:
+            tasks.append(self._flusher)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for lane in self._lanes.values():
+            for waiter in lane.waiters():
+                waiter.future.cancel()
+        self._lanes.clear()
