@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pytest
 
@@ -72,7 +72,7 @@ def make(
 
 
 async def served_in_order(
-    dispatcher: Dispatcher, calls: list[tuple[str, int]]
+    dispatcher: Dispatcher, calls: Sequence[tuple[str, int]]
 ) -> list[tuple[int, str, int]]:
     """Start every call at once; (slot index, uid, priority) in the order they were served."""
     order: list[tuple[str, int]] = []
