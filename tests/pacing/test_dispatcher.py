@@ -7,6 +7,7 @@ import asyncio
 import heapq
 import itertools
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +16,8 @@ from service.pacing.buckets import Priority
 from service.pacing.dispatcher import Dispatcher, PacingConfig
 from service.pacing.limits import Limits, LiveLimit
 from service.pacing.local import LocalBuckets
+from service.pacing.steering import SteeringPoller
+from service.store import open_store
 
 API = "renewal_resources"
 
@@ -200,3 +203,28 @@ async def test_the_expected_wait_grows_with_the_queue() -> None:
     assert [w.expected_at for w in waiting] == sorted(w.expected_at for w in waiting)
     await asyncio.gather(*tasks)
     await dispatcher.aclose()
+
+
+async def test_live_limits_and_pauses_reach_the_dispatcher(tmp_path: Path) -> None:
+    """What ``quota set`` and ``pause`` write, the poller reads into the limits in force and
+    the paused set, and the dispatcher is told."""
+    async with open_store(f"sqlite:///{tmp_path / 'store.db'}") as store:
+        limits = Limits({API: 10.0})
+        told: list[bool] = []
+        poller = SteeringPoller(store.steering, limits, on_change=lambda: told.append(True))
+        assert not await poller.refresh()
+
+        await store.steering.set_limit(API, "customer", "c-1", 2.0, actor="alice")
+        await store.steering.pause("c-2", API, actor="alice")
+        assert await poller.refresh()
+        assert (limits.customer(API, "c-1"), limits.customer(API, "c-3")) == (2.0, 10.0)
+        assert poller.paused(API, "c-2")
+        assert not poller.paused("other_api", "c-2")
+        assert not await poller.refresh()  # nothing new
+        assert told == [True]
+
+        await store.steering.resume("c-2", API, actor="bob")
+        await store.steering.reset_limit(API, "customer", "c-1", actor="bob")
+        assert await poller.refresh()
+        assert limits.customer(API, "c-1") == 10.0
+        assert not poller.paused(API, "c-2")
