@@ -1,0 +1,214 @@
+"""What a replica tells the deployment about itself, about once a second (``PUBLISH_S``): that
+it is alive, which commands wait where (held by its dispatcher, parked, paused, delayed), the
+buckets it used in the last 5 minutes (limit in force, rate now, 429s), and what went into and
+out of the parking lines. ``quota show`` and ``why`` read these rows (``service.ops.deployment``).
+
+The waiting set goes as *changes*: new or changed entries, and the ids no longer here. An entry
+counts as changed when its state, bucket or priority changed, or its expected start moved by
+more than ``MOVED_S`` -- so a command that waits as foreseen is written once, not every second.
+One transaction a second, whatever the number of commands: the store's cost is per replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import structlog
+
+from service.messages.whereabouts import Noted, Whereabouts
+from service.pacing.dispatcher import Dispatcher, Waiting
+from service.pacing.limits import Limits
+from service.store.errors import STORE_ERRORS
+from service.store.steering import (
+    BucketReport,
+    LineDelta,
+    Publication,
+    SteeringStore,
+    WaitingEntry,
+)
+
+__all__ = ["PUBLISH_S", "Presence"]
+
+log = structlog.get_logger(__name__)
+
+PUBLISH_S = 1.0
+MOVED_S = 1.0  # an expected start that moved less than this is not written again
+FRESH_S = 10.0  # rows of a live replica stay fresh this long past each publication
+PARKED_FRESH_S = 60.0  # a parked command's row outlives its replica this long past its start
+SWEEP_EVERY = 60  # publications between sweeps of stale rows
+PRIORITY_NAMES = {1: "low", 2: "normal", 3: "high"}
+
+
+def _at(wall: float | None) -> datetime | None:
+    return None if wall is None else datetime.fromtimestamp(wall, UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class _Shown:
+    """What was last published of one entry."""
+
+    state: str
+    bucket: tuple[str | None, str | None, str | None, int | None]
+    expected_at: float | None
+
+
+class Presence:
+    def __init__(
+        self,
+        steering: SteeringStore,
+        dispatcher: Dispatcher,
+        limits: Limits,
+        *,
+        whereabouts: Whereabouts,
+        identity: tuple[str, str],  # (owner, egress)
+        line_deltas: Callable[[], Iterable[LineDelta]] = tuple,
+    ) -> None:
+        self._steering = steering
+        self._dispatcher = dispatcher
+        self._limits = limits
+        self._whereabouts = whereabouts
+        self._owner, self._egress = identity
+        self._line_deltas = line_deltas
+        self._started_at = datetime.now(UTC)
+        self._shown: dict[str, _Shown] = {}
+        self._published = 0
+        self.statements = 0  # publications sent (one transaction each)
+
+    async def run(self) -> None:
+        """Publish until cancelled (a background loop of the runtime)."""
+        while True:
+            try:
+                await self.publish()
+            except STORE_ERRORS as exc:  # the next round sends what changed since
+                log.warning("presence_not_published", error=repr(exc))
+            await asyncio.sleep(PUBLISH_S)
+
+    async def publish(self) -> None:
+        now = time.time()
+        current = self._entries(now)
+        changed = [entry for entry in current.values() if self._changed(entry)]
+        gone = [cid for cid in self._shown if cid not in current]
+        lines = list(self._line_deltas())
+        await self._steering.publish(
+            Publication(
+                owner=self._owner,
+                egress=self._egress,
+                started_at=self._started_at,
+                renew_until=datetime.fromtimestamp(now + FRESH_S, UTC),
+                waiting=changed,
+                gone=gone,
+                reports=self._reports(),
+                lines=lines,
+            )
+        )
+        self.statements += 1
+        for command_id in gone:
+            del self._shown[command_id]
+        for entry in changed:
+            self._shown[entry.command_id] = _shown(entry)
+        self._published += 1
+        if self._published % SWEEP_EVERY == 0:
+            await self._steering.sweep(
+                replicas_before=datetime.fromtimestamp(now - 60, UTC),
+                reports_before=datetime.fromtimestamp(now - 300, UTC),
+            )
+
+    async def retire(self) -> None:
+        """This replica stops: its rows of commands held in memory go (they go back to the
+        broker), parked ones stay until due."""
+        try:
+            await self._steering.retire(self._owner)
+        except STORE_ERRORS as exc:
+            log.warning("presence_not_retired", error=repr(exc))
+
+    # -- what is published --------------------------------------------------------------------
+
+    def _entries(self, now: float) -> dict[str, WaitingEntry]:
+        found: dict[str, WaitingEntry] = {}
+        for noted in self._whereabouts.entries():
+            found[noted.command_id] = _noted(noted, now)
+        for waiting in self._dispatcher.waiting():
+            if waiting.command_id is not None:  # held here: what the dispatcher says wins
+                found[waiting.command_id] = _held(waiting, now)
+        return found
+
+    def _changed(self, entry: WaitingEntry) -> bool:
+        shown = self._shown.get(entry.command_id)
+        if shown is None or _shown(entry).state != shown.state:
+            return True
+        if _shown(entry).bucket != shown.bucket:
+            return True
+        expected = entry.expected_at.timestamp() if entry.expected_at else None
+        if (expected is None) != (shown.expected_at is None):
+            return True
+        return expected is not None and abs(expected - (shown.expected_at or 0.0)) > MOVED_S
+
+    def _reports(self) -> list[BucketReport]:
+        reports = []
+        for (api, kind, key), usage in self._dispatcher.reports().items():
+            limit = (
+                self._limits.customer(api, key)
+                if kind == "customer"
+                else self._limits.egress(api, key)
+            )
+            rate = None if usage.rate == float("inf") else usage.rate
+            reports.append(
+                BucketReport(
+                    api,
+                    kind,
+                    key,
+                    limit,
+                    rate if limit is None or rate is None else min(rate, limit),
+                    len(usage.throttled),
+                    datetime.fromtimestamp(usage.used_at, UTC),
+                )
+            )
+        return reports
+
+
+def _shown(entry: WaitingEntry) -> _Shown:
+    bucket = (entry.api, entry.kind, entry.key, _priority(entry.priority))
+    expected = entry.expected_at.timestamp() if entry.expected_at else None
+    return _Shown(entry.state, bucket, expected)
+
+
+def _priority(name: str | None) -> int | None:
+    return {v: k for k, v in PRIORITY_NAMES.items()}.get(name or "")
+
+
+def _held(waiting: Waiting, now: float) -> WaitingEntry:
+    assert waiting.command_id is not None
+    return WaitingEntry(
+        command_id=waiting.command_id,
+        state="waiting",
+        api=waiting.api,
+        kind=waiting.kind,
+        key=waiting.key,
+        priority=PRIORITY_NAMES.get(waiting.priority, "normal"),
+        since=datetime.fromtimestamp(waiting.since, UTC),
+        expected_at=_at(waiting.expected_at),
+        until=datetime.fromtimestamp(now + FRESH_S, UTC),
+    )
+
+
+def _noted(noted: Noted, now: float) -> WaitingEntry:
+    until = now + FRESH_S
+    if noted.state != "delayed" and noted.expected_at is not None:
+        until = max(until, noted.expected_at + PARKED_FRESH_S)
+    elif noted.expected_at is not None:
+        until = max(until, noted.expected_at + FRESH_S)
+    return WaitingEntry(
+        command_id=noted.command_id,
+        state=noted.state,  # type: ignore[arg-type]
+        api=noted.api,
+        kind=noted.kind,
+        key=noted.key,
+        priority=None if noted.priority is None else PRIORITY_NAMES.get(noted.priority),
+        since=datetime.fromtimestamp(noted.since, UTC),
+        expected_at=_at(noted.expected_at),
+        until=datetime.fromtimestamp(until, UTC),
+    )

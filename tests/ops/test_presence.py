@@ -1,0 +1,87 @@
+"""What a replica publishes (``service.ops.presence``): its waiting set as changes, its
+buckets, and nothing again when nothing moved."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from service.messages.whereabouts import Noted, Whereabouts
+from service.ops.presence import Presence
+from service.pacing.buckets import Priority
+from service.pacing.dispatcher import Dispatcher, PacingConfig
+from service.pacing.limits import Limits
+from service.pacing.local import LocalBuckets
+from service.store import open_store
+from service.store.runner import Statement
+from service.store.types import CommandStore
+
+API = "renewal_resources"
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[CommandStore]:
+    async with open_store(f"sqlite:///{tmp_path / 'store.db'}") as opened:
+        yield opened
+
+
+class Counting:
+    """The steering store, counting the waiting rows each publication writes."""
+
+    def __init__(self, store: CommandStore) -> None:
+        self.written: list[int] = []
+        runner = store.steering._runner
+        original = runner.run
+
+        async def run(statements: list[Statement]) -> None:
+            rows = [len(s.many or ()) for s in statements if "INSERT INTO relay_waiting" in s.sql]
+            self.written.append(sum(rows))
+            await original(statements)
+
+        runner.run = run  # type: ignore[method-assign]
+
+
+async def test_the_waiting_set_goes_as_changes(store: CommandStore) -> None:
+    limits = Limits({API: 1.0})
+    dispatcher = Dispatcher(LocalBuckets(), limits, config=PacingConfig(egress="e", owner="r-1"))
+    whereabouts = Whereabouts()
+    presence = Presence(
+        store.steering, dispatcher, limits, whereabouts=whereabouts, identity=("r-1", "e")
+    )
+    counting = Counting(store)
+    waiters = [
+        asyncio.create_task(
+            dispatcher.turn(API, "c-1", priority=Priority.HIGH, command_id=f"h-{n}")
+        )
+        for n in range(3)
+    ]
+    await asyncio.sleep(0.05)
+    now = time.time()
+    whereabouts.note(Noted("parked-1", "waiting", API, "customer", "c-2", 2, now, now + 30))
+
+    await presence.publish()
+    rows = {r["command_id"]: r for r in await store.steering.waiting()}
+    assert set(rows) == {"h-1", "h-2", "parked-1"}  # h-0 got its slot at once
+    assert rows["h-2"]["priority"] == "high"
+    assert rows["h-2"]["owner"] == "r-1"
+
+    await presence.publish()  # nothing moved: nothing written again
+    assert counting.written[-1] == 0
+
+    whereabouts.back("parked-1")
+    await presence.publish()
+    assert {r["command_id"] for r in await store.steering.waiting()} == {"h-1", "h-2"}
+    [report] = [r for r in await store.steering.reports() if r["kind"] == "customer"]
+    assert (report["key"], report["limit_rate"], report["rate"]) == ("c-1", 1.0, 1.0)
+    assert [r["owner"] for r in await store.steering.replicas()] == ["r-1"]
+
+    for waiter in waiters:
+        waiter.cancel()
+    await asyncio.gather(*waiters, return_exceptions=True)
+    await dispatcher.aclose()
+    await presence.retire()
+    assert await store.steering.replicas() == []
