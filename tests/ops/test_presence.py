@@ -42,7 +42,7 @@ class Counting:
             self.written.append(sum(rows))
             await original(statements)
 
-        runner.run = run  # type: ignore[method-assign]
+        runner.run = run  # type: ignore[method-assign,assignment]
 
 
 async def test_the_waiting_set_goes_as_changes(store: CommandStore) -> None:
