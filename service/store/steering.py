@@ -385,6 +385,19 @@ class SteeringStore:
             ]
         )
 
+    async def clear_line_deadline(self, api: str, customer: str, priority: str) -> None:
+        """A paused line was swept: its commands past their deadline are out of it, and the
+        ones parked again bring their deadlines again."""
+        await self._runner.run(
+            [
+                Statement(
+                    """UPDATE relay_lines SET next_deadline = NULL
+                       WHERE api = :api AND customer = :customer AND priority = :priority""",
+                    {"api": api, "customer": customer, "priority": priority},
+                )
+            ]
+        )
+
     # -- dead letters ------------------------------------------------------------------------
 
     async def dead_lettered(

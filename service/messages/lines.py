@@ -1,0 +1,295 @@
+"""Parking lines: where commands wait, on the broker, for a bucket that cannot serve them yet.
+
+A command whose turn is further away than the hold window (``RELAY_HOLD_S``), or whose
+customer is paused, or whose line already has commands waiting (first in, first out), is
+*parked*: published to its line's queue -- one durable queue per (operation, customer,
+priority), ``<prefix>.line.<operation>.<customer>.<priority>`` -- and acknowledged. Lines are
+*pulled*, not pushed: each replica takes commands back out of a line (``basic.get``) when its
+dispatcher has room for that customer (about ``RELAY_HOLD_S`` of its turns in memory), so
+parked commands come back exactly when their bucket can serve them -- at the rate it serves
+them, whichever replicas share it, however the set of waiting customers changes -- never at
+a delay step, and without cycling through the broker while they wait. A paused customer's
+lines are simply not pulled; resuming lets them go at once.
+
+Which lines exist and how much went in and out of each (``relay_lines``) is what replicas
+publish (``service.ops.presence``) and read every second here, so a replica pulls lines that
+another parked into (that one may have died). A line found empty for ``EMPTY_S`` is deleted
+(only if empty and unused: a command parked meanwhile is never lost) and forgotten.
+
+A paused line holding a command whose deadline has passed (``next_deadline``) is *swept*:
+every command in it is pulled once; the message path rejects those past their deadline
+(``RELAY.DEADLINE_PASSED``) and parks the others again.
+
+The message path settles every pulled message as it settles a consumed one; ``settled`` tells
+the line, so that the replica's room for the customer frees up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+
+from service.broker.topology import Topology
+from service.messages.publisher import BROKER_ERRORS
+from service.messages.whereabouts import Whereabouts
+from service.store.errors import STORE_ERRORS
+from service.store.steering import LineDelta, SteeringStore
+
+__all__ = ["EMPTY_S", "LineKey", "Lines", "line_queue"]
+
+log = structlog.get_logger(__name__)
+
+LineKey = tuple[str, str, int]  # (operation, customer, priority)
+TICK_S = 1.0  # lines are read from the store and pulled at least this often
+EMPTY_S = 30.0  # a line empty this long is deleted
+PRIORITY_NAMES = {1: "low", 2: "normal", 3: "high"}
+_PLAIN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+CHANNEL_ERRORS: tuple[type[BaseException], ...] = (*BROKER_ERRORS, RuntimeError)
+
+
+def line_queue(topology: Topology, key: LineKey) -> str:
+    """The queue of a line. A customer id that is not plain text is named by its hash."""
+    api, customer, priority = key
+    name = (
+        customer
+        if _PLAIN.fullmatch(customer)
+        else hashlib.sha256(customer.encode()).hexdigest()[:32]
+    )
+    return f"{topology.prefix}.line.{api}.{name}.{PRIORITY_NAMES.get(priority, priority)}"
+
+
+@dataclass(slots=True)
+class _Line:
+    key: LineKey
+    queue: str
+    parked: int = 0  # ever parked into it, deployment-wide (as last read, plus ours since)
+    pulled: int = 0  # ever pulled out of it, likewise
+    parked_here: int = 0  # parked by this replica since the last publication
+    pulled_here: int = 0
+    next_deadline: datetime | None = None  # soonest deadline parked here since then
+    deadline_seen: datetime | None = None  # the store's soonest deadline in the line
+    transit: int = 0  # pulled by this replica and not settled yet
+    empty_since: float | None = None
+    declared: bool = False
+
+    @property
+    def waiting(self) -> int:
+        return max(0, self.parked - self.pulled)
+
+
+class Lines:
+    def __init__(
+        self,
+        connection: AbstractRobustConnection,
+        topology: Topology,
+        steering: SteeringStore,
+        *,
+        room: Callable[[LineKey], int],
+        deliver: Callable[[AbstractIncomingMessage, LineKey], None],
+        paused: Callable[[str, str], bool],
+    ) -> None:
+        self._connection = connection
+        self._topology = topology
+        self._steering = steering
+        self._room = room
+        self._deliver = deliver
+        self._paused = paused
+        self._lines: dict[LineKey, _Line] = {}
+        self._channel: AbstractChannel | None = None
+        self._poked = asyncio.Event()
+        self.whereabouts = Whereabouts()
+
+    # -- parking ------------------------------------------------------------------------------
+
+    def _line(self, key: LineKey) -> _Line:
+        line = self._lines.get(key)
+        if line is None:
+            line = self._lines[key] = _Line(key, line_queue(self._topology, key))
+        return line
+
+    def active(self, key: LineKey) -> bool:
+        """Commands wait in the line (as far as known here): a new one queues behind them."""
+        line = self._lines.get(key)
+        return line is not None and line.waiting > 0
+
+    def waiting(self, key: LineKey) -> int:
+        line = self._lines.get(key)
+        return 0 if line is None else line.waiting
+
+    async def queue(self, key: LineKey, *, again: bool = False) -> str:
+        """The line's queue, declared (once, or ``again`` after the broker said it is gone)."""
+        line = self._line(key)
+        if not line.declared or again:
+            channel = await self._open()
+            await channel.declare_queue(
+                line.queue, durable=True, arguments=self._topology.work_arguments()
+            )
+            line.declared = True
+        return line.queue
+
+    def parked(self, key: LineKey, deadline: datetime | None) -> int:
+        """A command was parked in the line: its place (the line's parked count)."""
+        line = self._line(key)
+        line.parked += 1
+        line.parked_here += 1
+        line.empty_since = None
+        if deadline is not None and (line.next_deadline is None or deadline < line.next_deadline):
+            line.next_deadline = deadline
+        return line.parked
+
+    def settled(self, key: LineKey) -> None:
+        """A command pulled from the line was settled: room for the next."""
+        line = self._lines.get(key)
+        if line is not None and line.transit > 0:
+            line.transit -= 1
+        self._poked.set()
+
+    def poke(self) -> None:
+        """The dispatcher served someone: look for room now."""
+        self._poked.set()
+
+    def deltas(self) -> list[LineDelta]:
+        """What went into and out of each line since the last call (for the publication)."""
+        found = []
+        for line in self._lines.values():
+            if line.parked_here or line.pulled_here or line.next_deadline:
+                api, customer, priority = line.key
+                found.append(
+                    LineDelta(
+                        api,
+                        customer,
+                        PRIORITY_NAMES.get(priority, str(priority)),
+                        line.queue,
+                        line.parked_here,
+                        line.pulled_here,
+                        line.next_deadline,
+                    )
+                )
+                line.parked_here = line.pulled_here = 0
+                line.next_deadline = None
+        return found
+
+    # -- pulling ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Pull lines with room until cancelled; read the store's lines every ``TICK_S``."""
+        read_at = 0.0
+        while True:
+            if time.monotonic() - read_at >= TICK_S:
+                read_at = time.monotonic()
+                await self._read_store()
+            await self._pull_all()
+            self._poked.clear()
+            with contextlib.suppress(TimeoutError):  # a tick: look again anyway
+                await asyncio.wait_for(self._poked.wait(), TICK_S)
+
+    async def _read_store(self) -> None:
+        try:
+            rows = await self._steering.lines()
+        except STORE_ERRORS as exc:  # pulled from what is known here meanwhile
+            log.warning("lines_not_read", error=repr(exc))
+            return
+        for row in rows:
+            priority = next((p for p, n in PRIORITY_NAMES.items() if n == row["priority"]), 2)
+            line = self._line((row["api"], row["customer"], priority))
+            line.parked = max(line.parked, int(row["parked"]) + line.parked_here)
+            line.pulled = max(line.pulled, int(row["pulled"]) + line.pulled_here)
+            line.deadline_seen = row["next_deadline"]
+            self.whereabouts.pulled(line.key, line.pulled)
+
+    async def _pull_all(self) -> None:
+        lines = sorted(self._lines.values(), key=lambda line: -line.key[2])  # high first
+        for line in lines:
+            api, customer, _ = line.key
+            if self._paused(api, customer):
+                if _due(line.deadline_seen):
+                    await self._sweep(line)
+                continue
+            if line.waiting == 0 and line.empty_since is not None:
+                await self._maybe_delete(line)
+                continue
+            room = self._room(line.key) - line.transit
+            while room > 0 and await self._pull(line):
+                room -= 1
+
+    async def _pull(self, line: _Line) -> bool:
+        """One command out of the line, to the message path; False when it is empty."""
+        try:
+            channel = await self._open()
+            queue = await channel.get_queue(line.queue, ensure=False)
+            message = await queue.get(no_ack=False, fail=False)
+        except CHANNEL_ERRORS as exc:  # the queue is gone, or the broker is away
+            log.info("line_not_pulled", queue=line.queue, error=repr(exc))
+            self._channel = None
+            line.declared = False
+            line.empty_since = line.empty_since or time.monotonic()
+            return False
+        if message is None:
+            line.empty_since = line.empty_since or time.monotonic()
+            line.pulled = max(line.pulled, line.parked)
+            return False
+        line.empty_since = None
+        line.pulled += 1
+        line.pulled_here += 1
+        line.transit += 1
+        self._deliver(message, line.key)
+        return True
+
+    async def _sweep(self, line: _Line) -> None:
+        """A paused line with a deadline passed: pull every command once (the message path
+        rejects the late ones and parks the others again)."""
+        log.info("line_swept", queue=line.queue, waiting=line.waiting)
+        line.deadline_seen = None
+        try:
+            await self._steering.clear_line_deadline(*_names(line.key))
+        except STORE_ERRORS as exc:
+            log.warning("line_deadline_not_cleared", error=repr(exc))
+        for _ in range(line.waiting):
+            if not await self._pull(line):
+                break
+
+    async def _maybe_delete(self, line: _Line) -> None:
+        if line.empty_since is None or time.monotonic() - line.empty_since < EMPTY_S:
+            return
+        try:
+            channel = await self._open()
+            queue = await channel.get_queue(line.queue, ensure=False)
+            await queue.delete(if_unused=True, if_empty=True)
+        except CHANNEL_ERRORS as exc:  # not empty, in use, or gone already
+            log.info("line_kept", queue=line.queue, why=repr(exc))
+            self._channel = None
+            line.empty_since = time.monotonic()
+            return
+        del self._lines[line.key]
+        try:
+            await self._steering.forget_line(*_names(line.key))
+        except STORE_ERRORS as exc:
+            log.warning("line_not_forgotten", error=repr(exc))
+        log.info("line_deleted", queue=line.queue)
+
+    async def _open(self) -> AbstractChannel:
+        if self._channel is None or self._channel.is_closed:
+            self._channel = await self._connection.channel()
+        return self._channel
+
+    async def aclose(self) -> None:
+        if self._channel is not None and not self._channel.is_closed:
+            await self._channel.close()
+
+
+def _names(key: LineKey) -> tuple[str, str, str]:
+    api, customer, priority = key
+    return api, customer, PRIORITY_NAMES.get(priority, str(priority))
+
+
+def _due(deadline: datetime | None) -> bool:
+    return deadline is not None and deadline <= datetime.now(UTC)

@@ -1,0 +1,194 @@
+"""Parking lines on the real broker (``service.messages.lines``): pulled as room frees up, not
+pulled while paused, found through the store by another replica, swept for deadlines, and
+deleted once empty."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import aio_pika
+import pytest
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+
+from service.broker.topology import Topology
+from service.messages import lines as lines_module
+from service.messages.lines import LineKey, Lines, line_queue
+from service.store import open_store
+from service.store.steering import Publication
+from service.store.types import CommandStore
+from tests.conftest import fresh_vhost
+
+KEY: LineKey = ("renewal_resources", "cust-1", 2)
+
+
+@pytest.fixture
+async def connection() -> AsyncIterator[AbstractRobustConnection]:
+    async with fresh_vhost("relay-lines") as url:
+        conn = await aio_pika.connect_robust(url)
+        try:
+            yield conn
+        finally:
+            await conn.close()
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[CommandStore]:
+    async with open_store(f"sqlite:///{tmp_path / 'store.db'}") as opened:
+        yield opened
+
+
+@dataclass
+class Replica:
+    """A Lines of one replica, with what it was handed."""
+
+    lines: Lines
+    got: list[AbstractIncomingMessage] = field(default_factory=list)
+    room: dict[LineKey, int] = field(default_factory=dict)
+    paused: set[str] = field(default_factory=set)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def settle(self, n: int = 1) -> None:
+        for message in self.got[:n]:
+            await message.ack()
+        del self.got[:n]
+        for _ in range(n):
+            self.lines.settled(KEY)
+
+    async def wait_for(self, count: int, within: float = 5.0) -> None:
+        async def enough() -> None:
+            while len(self.got) < count:
+                self.arrived.clear()
+                await self.arrived.wait()
+
+        await asyncio.wait_for(enough(), within)
+
+
+Make = Callable[[], Replica]
+
+
+@pytest.fixture
+async def make(connection: AbstractRobustConnection, store: CommandStore) -> AsyncIterator[Make]:
+    tasks: list[asyncio.Task[None]] = []
+    made: list[Replica] = []
+
+    def one() -> Replica:
+        replica: Replica
+
+        def deliver(message: AbstractIncomingMessage, key: LineKey) -> None:
+            replica.got.append(message)
+            replica.arrived.set()
+
+        lines = Lines(
+            connection,
+            Topology("t"),
+            store.steering,
+            room=lambda key: replica.room.get(key, 2),
+            deliver=deliver,
+            paused=lambda _api, customer: customer in replica.paused,
+        )
+        replica = Replica(lines)
+        made.append(replica)
+        tasks.append(asyncio.create_task(lines.run()))
+        return replica
+
+    yield one
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for replica in made:
+        await replica.lines.aclose()
+
+
+async def park(
+    replica: Replica, connection: AbstractRobustConnection, n: int, **kw: object
+) -> None:
+    queue = await replica.lines.queue(KEY)
+    channel = await connection.channel()
+    for i in range(n):
+        body = json.dumps({"n": i}).encode()
+        await channel.default_exchange.publish(aio_pika.Message(body), routing_key=queue)
+        deadline = kw.get("deadline")
+        replica.lines.parked(KEY, deadline if isinstance(deadline, datetime) else None)
+    await channel.close()
+
+
+async def publish_deltas(replica: Replica, store: CommandStore, owner: str) -> None:
+    now = datetime.now(UTC)
+    await store.steering.publish(
+        Publication(owner, "e", now, now + timedelta(seconds=10), lines=replica.lines.deltas())
+    )
+
+
+async def test_a_line_is_pulled_as_room_frees_up(
+    make: Make, connection: AbstractRobustConnection
+) -> None:
+    replica = make()
+    await park(replica, connection, 5)
+    replica.lines.poke()
+    await replica.wait_for(2)
+    await asyncio.sleep(0.3)
+    assert len(replica.got) == 2  # its room, no more
+    assert [json.loads(m.body)["n"] for m in replica.got] == [0, 1]  # first in, first out
+    await replica.settle(1)
+    await replica.wait_for(2)
+    assert json.loads(replica.got[-1].body)["n"] == 2
+    assert replica.lines.waiting(KEY) == 2
+
+
+async def test_a_paused_line_waits_and_goes_on_when_resumed(
+    make: Make, connection: AbstractRobustConnection
+) -> None:
+    replica = make()
+    replica.paused.add("cust-1")
+    await park(replica, connection, 3)
+    replica.lines.poke()
+    await asyncio.sleep(1.5)  # more than a tick
+    assert replica.got == []
+    replica.paused.clear()
+    replica.lines.poke()
+    await replica.wait_for(2, within=2.0)
+
+
+async def test_another_replica_pulls_what_one_parked(
+    make: Make, connection: AbstractRobustConnection, store: CommandStore
+) -> None:
+    parker, puller = make(), make()
+    parker.room[KEY] = 0  # it parks, but takes nothing back (it might have died)
+    await park(parker, connection, 3)
+    await publish_deltas(parker, store, "parker")
+    await puller.wait_for(2, within=3.0)  # found in the store within a tick
+    assert [row["parked"] for row in await store.steering.lines()] == [3]
+
+
+async def test_a_paused_line_is_swept_when_a_deadline_passes(
+    make: Make, connection: AbstractRobustConnection, store: CommandStore
+) -> None:
+    replica = make()
+    replica.paused.add("cust-1")
+    await park(replica, connection, 4, deadline=datetime.now(UTC) + timedelta(seconds=2))
+    await publish_deltas(replica, store, "r")
+    await asyncio.sleep(1.2)
+    assert replica.got == []  # paused, its deadline not passed yet
+    await replica.wait_for(4, within=3.0)  # each once, whatever the room
+    [row] = await store.steering.lines()
+    assert row["next_deadline"] is None  # the ones parked again bring theirs again
+
+
+async def test_an_empty_line_is_deleted(
+    make: Make, connection: AbstractRobustConnection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lines_module, "EMPTY_S", 0.5)
+    replica = make()
+    await park(replica, connection, 1)
+    replica.lines.poke()
+    await replica.wait_for(1)
+    await replica.settle(1)
+    await asyncio.sleep(2.5)
+    channel = await connection.channel()
+    with pytest.raises(aio_pika.exceptions.ChannelNotFoundEntity):
+        await channel.declare_queue(line_queue(Topology("t"), KEY), passive=True)
