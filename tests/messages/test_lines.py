@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -21,19 +22,23 @@ from service.messages.lines import LineKey, Lines, line_queue
 from service.store import open_store
 from service.store.steering import Publication
 from service.store.types import CommandStore
-from tests.conftest import fresh_vhost
 
 KEY: LineKey = ("renewal_resources", "cust-1", 2)
 
 
 @pytest.fixture
-async def connection() -> AsyncIterator[AbstractRobustConnection]:
-    async with fresh_vhost("relay-lines") as url:
-        conn = await aio_pika.connect_robust(url)
-        try:
-            yield conn
-        finally:
-            await conn.close()
+async def connection(amqp_url: str) -> AsyncIterator[AbstractRobustConnection]:
+    conn = await aio_pika.connect_robust(amqp_url)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def topology() -> Topology:
+    """Queue names of this test's own (the session's vhost is shared)."""
+    return Topology(f"t-{uuid.uuid4().hex[:12]}")
 
 
 @pytest.fixture
@@ -72,7 +77,9 @@ Make = Callable[[], Replica]
 
 
 @pytest.fixture
-async def make(connection: AbstractRobustConnection, store: CommandStore) -> AsyncIterator[Make]:
+async def make(
+    connection: AbstractRobustConnection, store: CommandStore, topology: Topology
+) -> AsyncIterator[Make]:
     tasks: list[asyncio.Task[None]] = []
     made: list[Replica] = []
 
@@ -85,7 +92,7 @@ async def make(connection: AbstractRobustConnection, store: CommandStore) -> Asy
 
         lines = Lines(
             connection,
-            Topology("t"),
+            topology,
             store.steering,
             room=lambda key: replica.room.get(key, 2),
             deliver=deliver,
@@ -102,6 +109,9 @@ async def make(connection: AbstractRobustConnection, store: CommandStore) -> Asy
     await asyncio.gather(*tasks, return_exceptions=True)
     for replica in made:
         await replica.lines.aclose()
+    channel = await connection.channel()  # the test's line, if it is still there
+    await channel.queue_delete(line_queue(topology, KEY))
+    await channel.close()
 
 
 async def park(
@@ -180,7 +190,10 @@ async def test_a_paused_line_is_swept_when_a_deadline_passes(
 
 
 async def test_an_empty_line_is_deleted(
-    make: Make, connection: AbstractRobustConnection, monkeypatch: pytest.MonkeyPatch
+    make: Make,
+    connection: AbstractRobustConnection,
+    topology: Topology,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(lines_module, "EMPTY_S", 0.5)
     replica = make()
@@ -191,4 +204,4 @@ async def test_an_empty_line_is_deleted(
     await asyncio.sleep(2.5)
     channel = await connection.channel()
     with pytest.raises(aio_pika.exceptions.ChannelNotFoundEntity):
-        await channel.declare_queue(line_queue(Topology("t"), KEY), passive=True)
+        await channel.declare_queue(line_queue(topology, KEY), passive=True)
