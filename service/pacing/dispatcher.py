@@ -38,6 +38,7 @@ import structlog
 
 from handlers.errors import RelayError, paused
 from service.pacing.buckets import (
+    LONE_S,
     Blame,
     Buckets,
     Candidate,
@@ -149,6 +150,7 @@ class Dispatcher:
         self._late: dict[str, list[tuple[str, float]]] = {}
         self._flusher: asyncio.Task[None] | None = None
         self._usage: dict[tuple[str, str, str], Usage] = {}
+        self._throttled_at: dict[str, dict[str, float]] = {}  # api -> uid -> its last 429
 
     @property
     def buckets(self) -> Buckets:
@@ -379,12 +381,26 @@ class Dispatcher:
                 log.warning("sent_late_not_recorded", api=api, error=repr(exc))
                 return
 
+    def blame(self, api: str, uid: str) -> Blame:
+        """Whose window a 429 for ``uid`` came from, as far as this replica can tell: the
+        customer's alone, unless another customer of the same egress was throttled within
+        ``LONE_S`` -- then the egress's too. (A 429 answers before any later request of
+        another customer could show the egress still had room, so that is what tells.)"""
+        now = time.monotonic()
+        recent = self._throttled_at.setdefault(api, {})
+        for gone in [u for u, at in recent.items() if now - at > LONE_S]:
+            del recent[gone]
+        others = any(u != uid for u in recent)
+        recent[uid] = now
+        return "both" if others else "customer"
+
     async def throttled(
-        self, api: str, uid: str, *, blame: Blame, sent_at: float | None
+        self, api: str, uid: str, *, blame: Blame | None = None, sent_at: float | None
     ) -> Throttled:
         """The API answered 429 for a call of ``uid``: tell the buckets (the guard widens, or
-        the blamed buckets' rates are cut), and count it for the reports."""
+        the blamed buckets' rates are cut; see :meth:`blame`), and count it for the reports."""
         config = self._config
+        blame = blame or self.blame(api, uid)
         answer = await self._buckets.throttled(
             Throttle(
                 api=api,

@@ -228,3 +228,11 @@ async def test_live_limits_and_pauses_reach_the_dispatcher(tmp_path: Path) -> No
         assert await poller.refresh()
         assert limits.customer(API, "c-1") == 10.0
         assert not poller.paused(API, "c-2")
+
+
+async def test_a_429_is_the_customers_unless_another_customer_of_the_egress_got_one() -> None:
+    dispatcher, _, _ = make()
+    assert dispatcher.blame(API, "c-1") == "customer"
+    assert dispatcher.blame(API, "c-1") == "customer"  # the same customer again: still its own
+    assert dispatcher.blame(API, "c-2") == "both"  # two customers at once: the egress's window
+    assert dispatcher.blame("other_api", "c-3") == "customer"
