@@ -34,8 +34,9 @@ Invariant 3 -- lateness given back.
     ``rate``. ``tolerance`` is a quarter of the guard (the rest is for the path to the API).
 
 The guard (per API and egress)
-    Starts at ``guard_min``. A *lone* 429 (none on that egress for ``LONE_S``) is blamed on
-    jitter: the guard doubles (at least ``+GUARD_STEP_S``, at most ``guard_max``) and rates
+    Starts at ``guard_min``. A *lone* 429 (none on that egress for ``LONE_S``), unless a blamed
+    rate is probing above a level known good (then the probe failed), is put down to jitter:
+    the guard doubles (at least ``+GUARD_STEP_S``, at most ``guard_max``) and rates
     stay. Answers to requests sent before the last widening belong to that episode. After
     ``NARROW_AFTER_S`` without a 429 the guard halves, not below ``guard_min``. A customer's
     bucket, shared by replicas on every egress, is spaced by the widest guard of the API.

@@ -90,6 +90,11 @@ def rate(b: Bucket, limit: float) -> float:
     return min(limit, b.cap)
 
 
+def probing_above(b: Bucket, limit: float) -> bool:
+    """The rate climbs above a level known good: a 429 now is the probe failing, not jitter."""
+    return b.good > 0 and rate(b, limit) > b.good
+
+
 def narrow(e: Bucket, now: float) -> None:
     """A widened guard halves after a quiet ``NARROW_AFTER_S``, not below where it started."""
     if e.guard > e.guard_min and now - max(e.throttled_at, e.widened_at, e.narrowed_at) >= (
@@ -248,7 +253,10 @@ class LocalBuckets:
         u = self._customer(t.api, t.uid)
         climb(e, t.egress_limit, now)
         climb(u, t.customer_limit, now)
-        explained = explains(e, now, t.sent_at, t.guard_max)
+        probing = (t.blame != "egress" and probing_above(u, t.customer_limit)) or (
+            t.blame != "customer" and probing_above(e, t.egress_limit)
+        )
+        explained = not probing and explains(e, now, t.sent_at, t.guard_max)
         customer_cut = egress_cut = False
         if explained:  # the next slot waits one wider interval
             gmax = self._widest_guard(t.api, e)

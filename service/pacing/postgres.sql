@@ -256,8 +256,13 @@ BEGIN
         WHERE p.api = p_api AND p.kind = 'customer' AND p.name = p_uid FOR UPDATE;
     e := relay_pacing_climb(e, p_egress_limit, now_);
     u := relay_pacing_climb(u, p_customer_limit, now_);
-    -- explains(): a lone 429 widens the egress's guard (GUARD_STEP_S 0.005, LONE_S 2 s)
-    IF p_sent_at IS NOT NULL AND p_sent_at <= e.widened_at THEN
+    -- probing_above(): a 429 while a blamed rate climbs above a known-good level is the
+    -- probe failing, not jitter; explains(): a lone 429 widens the egress's guard
+    -- (GUARD_STEP_S 0.005, LONE_S 2 s)
+    IF (p_blame <> 'egress' AND u.good > 0 AND least(p_customer_limit, u.cap) > u.good)
+       OR (p_blame <> 'customer' AND e.good > 0 AND least(p_egress_limit, e.cap) > e.good) THEN
+        explained_ := false;
+    ELSIF p_sent_at IS NOT NULL AND p_sent_at <= e.widened_at THEN
         explained_ := true;
     ELSE
         lone := now_ - e.throttled_at >= 2.0;
