@@ -28,11 +28,20 @@ __all__ = [
     "CommandType",
     "InquirePriceCommand",
     "IssueCouponCommand",
+    "Priority",
     "RenewCommand",
     "SetAutoRenewCommand",
     "load_json",
     "parse_command",
 ]
+
+
+class Priority(StrEnum):
+    """Which command a bucket serves first when several wait for it (CONTRACT §2, §9)."""
+
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
 
 
 class CommandType(StrEnum):
@@ -64,6 +73,8 @@ class CommandBase(StrictModel, json_schema_extra=_type_is_required):
     """If the command cannot be started before this instant it is rejected, never run late."""
     issued_at: UtcDateTime | None = None
     """When the producer issued the command; informational."""
+    priority: Priority = Priority.NORMAL
+    """Which waiting command a rate-limit bucket serves first: high, then normal, then low."""
 
     @property
     def customer_id(self) -> str | None:

@@ -192,6 +192,14 @@ def test_missing_type_rejected() -> None:
     rejects(command, "type")
 
 
+def test_priority_is_high_normal_or_low_and_normal_by_default() -> None:
+    assert parse_command(envelope("renew", renew_payload())).priority == "normal"
+    for value in ("high", "normal", "low"):
+        assert parse_command(envelope("renew", renew_payload(), priority=value)).priority == value
+    rejects(envelope("renew", renew_payload(), priority="urgent"), "priority")
+    rejects(envelope("renew", renew_payload(), priority=1), "priority")
+
+
 def test_payload_of_another_type_rejected() -> None:
     rejects(envelope("renew", coupon_payload()), "customer_id")
 
@@ -199,7 +207,7 @@ def test_payload_of_another_type_rejected() -> None:
 @pytest.mark.parametrize(
     "command",
     [
-        envelope("renew", renew_payload(), priority=1),
+        envelope("renew", renew_payload(), urgency=1),
         envelope("renew", renew_payload(auto_pay=True, autopay=False)),
         envelope("issue_coupon", coupon_payload(face_vaule="10")),
         envelope("inquire_price", on_demand_payload(products=[on_demand_product(colour="red")])),
