@@ -193,9 +193,12 @@ def test_missing_type_rejected() -> None:
 
 
 def test_priority_is_high_normal_or_low_and_normal_by_default() -> None:
-    assert parse_command(envelope("renew", renew_payload())).priority == "normal"
+    assert (
+        parse_command(json.dumps(envelope("renew", renew_payload())).encode()).priority == "normal"
+    )
     for value in ("high", "normal", "low"):
-        assert parse_command(envelope("renew", renew_payload(), priority=value)).priority == value
+        body = json.dumps(envelope("renew", renew_payload(), priority=value)).encode()
+        assert parse_command(body).priority == value
     rejects(envelope("renew", renew_payload(), priority="urgent"), "priority")
     rejects(envelope("renew", renew_payload(), priority=1), "priority")
 
