@@ -5,26 +5,35 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+from pathlib import Path
 
 import pytest
 
 from service.ops.replay import register_cli
+from tests.deployment_fake import MemoryDeployment
 from tests.replay.conftest import Broker, command
 
 
-def run_cli(argv: list[str]) -> int:
+def run_cli(argv: list[str], deployment: MemoryDeployment | None = None) -> int:
     """The verb as ``bss-relay`` mounts it. ``service.cli`` is not used: it also imports verbs
     other modules own, which may not exist yet."""
     parser = argparse.ArgumentParser(prog="bss-relay")
-    register_cli(parser.add_subparsers(dest="verb", required=True))
+    steered = deployment or MemoryDeployment()
+    verbs = parser.add_subparsers(dest="verb", required=True)
+    register_cli(verbs, deployment=lambda _store, _settings: steered)
     args = parser.parse_args(["replay", *argv])
     code: int = args.func(args)
     return code
 
 
-async def cli(argv: list[str]) -> int:
+async def cli(argv: list[str], deployment: MemoryDeployment | None = None) -> int:
     # asyncio.run needs a thread without a running loop; the tests' loop runs in this one.
-    return await asyncio.to_thread(run_cli, argv)
+    return await asyncio.to_thread(run_cli, argv, deployment)
+
+
+@pytest.fixture
+def store_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/store.db"
 
 
 async def test_list_json(broker: Broker, amqp_url: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -78,12 +87,12 @@ async def test_list_text(broker: Broker, amqp_url: str, capsys: pytest.CaptureFi
 
 
 async def test_dry_run_exit_code_says_some_would_be_rejected(
-    broker: Broker, amqp_url: str, capsys: pytest.CaptureFixture[str]
+    broker: Broker, amqp_url: str, store_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     await broker.dead_letter(command("good"))
     await broker.dead_letter(b"[]", message_id="array", reason="RELAY.INVALID_JSON")
 
-    code = await cli(["--amqp-url", amqp_url, "--replay", "--dry-run"])
+    code = await cli(["--amqp-url", amqp_url, "--store-url", store_url, "--replay", "--dry-run"])
 
     out = capsys.readouterr().out
     assert code == 1
@@ -94,17 +103,69 @@ async def test_dry_run_exit_code_says_some_would_be_rejected(
 
 
 async def test_replay_one_command(
-    broker: Broker, amqp_url: str, capsys: pytest.CaptureFixture[str]
+    broker: Broker, amqp_url: str, store_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     for name in ("a", "b", "c"):
         await broker.dead_letter(command(name))
+    audit = MemoryDeployment()
+    argv = ["--amqp-url", amqp_url, "--store-url", store_url, "--replay", "--command-id", "b"]
 
-    code = await cli(["--amqp-url", amqp_url, "--replay", "--command-id", "b", "--json"])
+    code = await cli([*argv, "--json", "--as", "alice"], audit)
 
     (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert (code, row["command_id"], row["action"]) == (0, "b", "replayed")
     assert [s.message_id for s in await broker.tapped()] == ["b"]
     assert [s.message_id for s in await broker.dlq(2)] == ["a", "c"]
+    [entry] = await audit.audit()
+    assert (entry.actor, entry.action, entry.command_id, entry.customer_id) == (
+        "alice",
+        "replay",
+        "b",
+        "c-1",
+    )
+    assert entry.detail["result"] == "replayed"
+    assert entry.detail["via"] == "cli"
+
+
+async def test_a_finished_command_is_only_reannounced(
+    broker: Broker, amqp_url: str, store_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The store decides: a dead letter whose command finished is re-announced by the service
+    (its stored event), never carried out again; the verb says so, dry run and replay alike."""
+    await finish_in_store(store_url, "done")
+    await broker.dead_letter(command("done"), reason="RELAY.ID_CONFLICT")
+    await broker.dead_letter(command("open"))
+    audit = MemoryDeployment()
+    base = ["--amqp-url", amqp_url, "--store-url", store_url, "--json"]
+
+    assert await cli([*base, "--replay", "--dry-run"], audit) == 0
+    dry = {
+        r["command_id"]: r["action"] for r in map(json.loads, capsys.readouterr().out.splitlines())
+    }
+    assert dry == {"done": "would reannounce", "open": "would replay"}
+    assert await audit.audit() == []  # a dry run changes nothing and is not an action
+
+    assert await cli([*base, "--replay"], audit) == 0
+    done = {
+        r["command_id"]: r["action"] for r in map(json.loads, capsys.readouterr().out.splitlines())
+    }
+    assert done == {"done": "reannounced", "open": "replayed"}
+    assert {(e.command_id, e.detail["result"]) for e in await audit.audit()} == {
+        ("done", "reannounced"),
+        ("open", "replayed"),
+    }
+    assert sorted(s.message_id or "" for s in await broker.tapped()) == ["done", "open"]
+
+
+async def finish_in_store(store_url: str, command_id: str) -> None:
+    from datetime import timedelta
+
+    from service.store import open_store
+
+    async with open_store(store_url) as store:
+        await store.claim(command_id, "renew", owner="test", lease=timedelta(seconds=5))
+        await store.finish(command_id, owner="test", event=b'{"outcome": "succeeded"}')
+        await store.mark_published(command_id)
 
 
 @pytest.mark.parametrize(
