@@ -9,26 +9,32 @@ from pathlib import Path
 
 import pytest
 
+from service.ops.deployment import AuditRow
 from service.ops.replay import register_cli
-from tests.deployment_fake import MemoryDeployment
+from service.ops.steering import open_deployment
+from service.settings import Settings
 from tests.replay.conftest import Broker, command
 
 
-def run_cli(argv: list[str], deployment: MemoryDeployment | None = None) -> int:
+def run_cli(argv: list[str]) -> int:
     """The verb as ``bss-relay`` mounts it. ``service.cli`` is not used: it also imports verbs
     other modules own, which may not exist yet."""
     parser = argparse.ArgumentParser(prog="bss-relay")
-    steered = deployment or MemoryDeployment()
-    verbs = parser.add_subparsers(dest="verb", required=True)
-    register_cli(verbs, deployment=lambda _store, _settings: steered)
+    register_cli(parser.add_subparsers(dest="verb", required=True))
     args = parser.parse_args(["replay", *argv])
     code: int = args.func(args)
     return code
 
 
-async def cli(argv: list[str], deployment: MemoryDeployment | None = None) -> int:
+async def cli(argv: list[str]) -> int:
     # asyncio.run needs a thread without a running loop; the tests' loop runs in this one.
-    return await asyncio.to_thread(run_cli, argv, deployment)
+    return await asyncio.to_thread(run_cli, argv)
+
+
+async def audited(store_url: str) -> list[AuditRow]:
+    """The operators' actions the deployment's audit holds (its command rows left out)."""
+    async with open_deployment(Settings(store_url=store_url)) as deployment:
+        return [r for r in await deployment.audit() if r.action == "replay"]
 
 
 @pytest.fixture
@@ -107,16 +113,15 @@ async def test_replay_one_command(
 ) -> None:
     for name in ("a", "b", "c"):
         await broker.dead_letter(command(name))
-    audit = MemoryDeployment()
     argv = ["--amqp-url", amqp_url, "--store-url", store_url, "--replay", "--command-id", "b"]
 
-    code = await cli([*argv, "--json", "--as", "alice"], audit)
+    code = await cli([*argv, "--json", "--as", "alice"])
 
     (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert (code, row["command_id"], row["action"]) == (0, "b", "replayed")
     assert [s.message_id for s in await broker.tapped()] == ["b"]
     assert [s.message_id for s in await broker.dlq(2)] == ["a", "c"]
-    [entry] = await audit.audit()
+    [entry] = await audited(store_url)
     assert (entry.actor, entry.action, entry.command_id, entry.customer_id) == (
         "alice",
         "replay",
@@ -135,24 +140,23 @@ async def test_a_finished_command_is_only_reannounced(
     await finish_in_store(store_url, "done")
     await broker.dead_letter(command("done"), reason="RELAY.ID_CONFLICT")
     await broker.dead_letter(command("open"))
-    audit = MemoryDeployment()
     base = ["--amqp-url", amqp_url, "--store-url", store_url, "--json"]
 
-    assert await cli([*base, "--replay", "--dry-run"], audit) == 0
+    assert await cli([*base, "--replay", "--dry-run"]) == 0
     dry = {
         r["command_id"]: r["action"] for r in map(json.loads, capsys.readouterr().out.splitlines())
     }
     assert dry == {"done": "would reannounce", "open": "would replay"}
-    assert await audit.audit() == []  # a dry run changes nothing and is not an action
+    assert await audited(store_url) == []  # a dry run changes nothing and is not an action
 
-    assert await cli([*base, "--replay"], audit) == 0
+    assert await cli([*base, "--replay", "--as", "bob"]) == 0
     done = {
         r["command_id"]: r["action"] for r in map(json.loads, capsys.readouterr().out.splitlines())
     }
     assert done == {"done": "reannounced", "open": "replayed"}
-    assert {(e.command_id, e.detail["result"]) for e in await audit.audit()} == {
-        ("done", "reannounced"),
-        ("open", "replayed"),
+    assert {(e.actor, e.command_id, e.detail["result"]) for e in await audited(store_url)} == {
+        ("bob", "done", "reannounced"),
+        ("bob", "open", "replayed"),
     }
     assert sorted(s.message_id or "" for s in await broker.tapped()) == ["done", "open"]
 
