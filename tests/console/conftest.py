@@ -8,6 +8,7 @@ Every test starts with an empty ``bss.commands.dlq`` and a fresh store.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import uuid
@@ -21,11 +22,13 @@ import aio_pika
 import aiohttp
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractQueue
+from pydantic import SecretStr
 
 from service.broker.topology import COMMANDS_EXCHANGE, DLQ, Topology, declare
 from service.messages.publisher import H
 from service.ops.console import RunningConsole, Users, start_console
 from service.ops.console.sessions import COOKIE
+from service.ops.console.users import Role
 from service.settings import Settings
 from service.store.steering import BucketReport, Publication, WaitingEntry
 from service.store.types import CommandStore
@@ -34,12 +37,13 @@ from tests.conftest import fresh_vhost
 OPERATOR_TOKEN = "op-token-7d0c5b2e9a41f3c6-alice"
 VIEWER_TOKEN = "view-token-1b8e4f02c7d9a653-bob"
 PARTNER_SECRET = "SK-partner-secret-0f9e8d7c6b5a4"
-TOKENS = {"alice": ("operator", OPERATOR_TOKEN), "bob": ("viewer", VIEWER_TOKEN)}
+TOKENS: dict[str, tuple[Role, str]] = {
+    "alice": ("operator", OPERATOR_TOKEN),
+    "bob": ("viewer", VIEWER_TOKEN),
+}
 
 
 def sha256_hex(text: str) -> str:
-    import hashlib
-
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -121,7 +125,7 @@ def console_settings(amqp_url: str, store_url: str, **more: Any) -> Settings:
         store_url=store_url,
         bss_partner_id="partner-1",
         bss_access_key="AK-partner-1",
-        bss_secret_key=PARTNER_SECRET,
+        bss_secret_key=SecretStr(PARTNER_SECRET),
         **more,
     )
 
