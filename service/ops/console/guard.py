@@ -49,7 +49,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CSRF_HEADER = "X-CSRF-Token"
 CSRF_FIELD = "csrf_token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-PUBLIC_PATHS = frozenset({"/login", "/healthz"})
+# /favicon.ico: browsers ask for it on their own; a redirect to the sign-in page would set a
+# new sign-in cookie behind the form's back.
+PUBLIC_PATHS = frozenset({"/login", "/healthz", "/favicon.ico"})
 STATIC_PREFIX = "/static/"
 SIGN_OUT = "/logout"  # acting, but open to every signed-in user
 

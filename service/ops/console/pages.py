@@ -27,6 +27,7 @@ from service.ops.console.state import Console, console_of
 
 __all__ = ["add_routes", "error_page"]
 
+NONCE_CHARS = 43  # secrets.token_urlsafe(32)
 PAGE_DEAD_LETTERS = 100
 MAX_DEAD_LETTERS = 1000
 THROTTLED_APIS = sorted(name for name, op in OPERATIONS.items() if op.limit_per_second)
@@ -71,7 +72,9 @@ def _safe_next(target: str | None) -> str:
 
 def _login_page(request: web.Request, *, status: int = 200, error: str = "") -> web.Response:
     console = console_of(request)
-    nonce = secrets.token_urlsafe(32)
+    # One nonce per browser while it lasts: two sign-in pages (two tabs) stay valid together.
+    held = request.cookies.get(LOGIN_COOKIE, "")
+    nonce = held if len(held) == NONCE_CHARS and held.isascii() else secrets.token_urlsafe(32)
     response = console.templates.page(
         "login.html",
         status=status,
