@@ -218,3 +218,17 @@ async def started(proc: asyncio.subprocess.Process, log: Path) -> str:
             break
         await asyncio.sleep(0.05)
     raise AssertionError("the console did not start: " + await asyncio.to_thread(log.read_text))
+
+
+def test_the_rehearsal_users_file_matches_what_it_says() -> None:
+    """deploy/console-users.example.yaml (compose.yaml mounts it) lets in the tokens its
+    comments name, with the roles they name."""
+    deploy = Path(__file__).resolve().parents[2] / "deploy"
+    found = Users.load(deploy / "console-users.example.yaml")
+    alice = found.authenticate("rehearsal-operator-token")
+    bob = found.authenticate("rehearsal-viewer-token")
+    assert alice is not None
+    assert (alice.name, alice.role) == ("alice", "operator")
+    assert bob is not None
+    assert (bob.name, bob.role) == ("bob", "viewer")
+    assert "console-users.example.yaml" in (deploy / "compose.yaml").read_text()
