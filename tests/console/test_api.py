@@ -199,6 +199,9 @@ async def test_a_command_page_answer_is_why_and_dead_letters_complete_it(
 
     # Rejected before any replica claimed it: only the DLQ knows.
     await broker.dead_letter(command("bad"), reason="RELAY.SCHEMA", failed_at=T0)
+    await broker.dead_letter(command("a/b"), reason="RELAY.SCHEMA")
+    slashed = (await bob.get("/api/commands/a%2Fb")).json()
+    assert (slashed["command_id"], slashed["state"]) == ("a/b", "dead_lettered")
     bad = (await bob.get("/api/commands/bad")).json()
     assert bad == {
         "command_id": "bad",

@@ -107,7 +107,7 @@ async def post_resume(request: web.Request) -> web.Response:
 def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/api/quota", get_quota)
     router.add_post("/api/quota", post_quota)
-    router.add_get("/api/commands/{command_id}", get_command)
+    router.add_get("/api/commands/{command_id:.+}", get_command)
     router.add_get("/api/dead-letters", get_dead_letters)
     router.add_post("/api/dead-letters/replay", post_replay)
     router.add_get("/api/audit", get_audit)

@@ -332,7 +332,7 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_post("/logout", post_logout)
     router.add_get("/", overview)
     router.add_get("/commands", find_command)
-    router.add_get("/commands/{command_id}", command_page)
+    router.add_get("/commands/{command_id:.+}", command_page)
     router.add_get("/dead-letters", dead_letters_page)
     router.add_post("/dead-letters/replay", replay_form)
     router.add_get("/audit", audit_page)
