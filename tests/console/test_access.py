@@ -388,6 +388,8 @@ async def test_bad_requests_are_400_with_a_reason(clients: dict[str, Client]) ->
     cases = [
         ("/api/quota", {"api": "renewal_resources"}),  # rate missing (null resets)
         ("/api/quota", {"api": "renewal_resources", "rate": -1}),
+        ("/api/quota", {"api": "renewal_resources", "rate": True}),
+        ("/api/quota", {"api": "renewal_resources", "rate": "2"}),
         ("/api/quota", {"api": "renewal_resources", "rate": 1, "customer": "a", "egress": "b"}),
         ("/api/quota", {"api": "no_such_operation", "rate": 1}),
         ("/api/pause", {}),

@@ -6,7 +6,15 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    ValidationError,
+    model_validator,
+)
 
 from service.ops.console.guard import Refusal
 
@@ -32,7 +40,7 @@ class QuotaAsk(_Ask):
     customer, one egress, or every key of ``api``."""
 
     api: Name
-    rate: float | None  # required; null resets
+    rate: StrictFloat | None  # required (a number, not a string or a bool); null resets
     customer: Name | None = None
     egress: Name | None = None
 
