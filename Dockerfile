@@ -27,6 +27,7 @@ ENV PYTHONUNBUFFERED=1 \
     STORE_URL=sqlite:////var/lib/bss-relay/bss-relay.db \
     RELAY_METRICS_HOST=0.0.0.0 \
     RELAY_METRICS_PORT=9464
-EXPOSE 9464
+# 9464: /metrics and /healthz of serve; 8090: `bss-relay console` (with --host 0.0.0.0).
+EXPOSE 9464 8090
 ENTRYPOINT ["bss-relay"]
 CMD ["serve"]

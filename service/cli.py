@@ -127,12 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _register_optional(verbs: Any) -> None:
     """Verbs that live in their own modules."""
     from service.ops.audit import register_cli as register_audit
+    from service.ops.console import register_cli as register_console
     from service.ops.replay import register_cli as register_replay
     from service.ops.steering import register_cli as register_steering
 
     register_replay(verbs)
     register_audit(verbs)
     register_steering(verbs)
+    register_console(verbs)
     _register_bench(verbs)
 
 

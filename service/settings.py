@@ -153,6 +153,22 @@ class Settings(BaseSettings):
     relay_metrics_port: int | None = Field(default=None, ge=0, le=65535)
     relay_metrics_host: str = "127.0.0.1"
 
+    # --- the operator console (`bss-relay console`, CONTRACT §10; service.ops.console) ------
+    relay_console_host: str = "127.0.0.1"
+    relay_console_port: int = Field(default=8090, ge=0, le=65535)
+    # Users, roles and the SHA-256 of their tokens (YAML or JSON); the console refuses to
+    # start without it.
+    relay_console_users_file: Path | None = None
+    # Serve HTTPS with this certificate chain and key (PEM); both or neither.
+    relay_console_tls_cert: Path | None = None
+    relay_console_tls_key: Path | None = None
+    # Mark the session cookie Secure although this process serves plain HTTP: it sits behind
+    # a reverse proxy that terminates TLS (implied by the TLS options above).
+    relay_console_secure_cookie: bool = False
+    # A browser session ends this long after sign-in.
+    relay_console_session_s: float = Field(default=8 * 3600.0, gt=0, le=7 * 86400.0)
+    # --- end of the console's settings ------------------------------------------------------
+
     @field_validator("relay_rate_limits", mode="before")
     @classmethod
     def _parse_limits(cls, value: object) -> object:

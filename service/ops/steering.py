@@ -24,8 +24,9 @@ from service.ops.deployment import DeploymentError, QuotaRow, StoreDeployment
 from service.pacing.limits import Limits, configured_limits
 from service.settings import Settings
 from service.store import open_store
+from service.store.types import CommandStore
 
-__all__ = ["open_deployment", "register_cli"]
+__all__ = ["deployment_over", "open_deployment", "register_cli"]
 
 EXIT_OK, EXIT_USAGE = 0, 2
 QUOTA_COLUMNS = (
@@ -41,13 +42,20 @@ QUOTA_COLUMNS = (
 )
 
 
+def deployment_over(store: CommandStore, settings: Settings) -> StoreDeployment:
+    """The deployment whose store ``store`` is (open, owned by the caller), as operators see
+    it: what ``open_deployment`` yields, for a caller that also uses the store itself (the
+    console, ``bss-relay replay``)."""
+    defaults = {name: op.limit_per_second for name, op in OPERATIONS.items()}
+    limits = Limits(configured_limits(defaults, settings.relay_rate_limits))
+    return StoreDeployment(store, limits=limits, operations=OPERATIONS)
+
+
 @asynccontextmanager
 async def open_deployment(settings: Settings) -> AsyncIterator[StoreDeployment]:
     """The deployment ``settings`` name (its store), as operators see it."""
-    defaults = {name: op.limit_per_second for name, op in OPERATIONS.items()}
-    limits = Limits(configured_limits(defaults, settings.relay_rate_limits))
     async with open_store(settings.store_url) as store:
-        yield StoreDeployment(store, limits=limits, operations=OPERATIONS)
+        yield deployment_over(store, settings)
 
 
 def _common(parser: argparse.ArgumentParser, *, acts: bool) -> None:

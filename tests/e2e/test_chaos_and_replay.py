@@ -10,7 +10,7 @@ from pathlib import Path
 import aio_pika
 import pytest
 
-from service.ops.replay import Filter, replay
+from service.ops.replay import Action, Filter, finished_in, replay
 from tests.e2e.conftest import RelayFactory, Sandbox
 from tests.e2e.test_crash import mixed_commands
 from tests.e2e.test_reliability import auto_renew
@@ -121,7 +121,7 @@ async def test_replayed_dead_letters_pass_the_idempotency_check(
         )
     )
     await relay.stop()
-    await start_relay(  # the operator adds the partner and restarts the service ...
+    restarted = await start_relay(  # the operator adds the partner and restarts the service ...
         bss_partner_id=None,
         bss_access_key=None,
         bss_secret_key=None,
@@ -134,8 +134,12 @@ async def test_replayed_dead_letters_pass_the_idempotency_check(
             connection,
             Filter(command_ids=frozenset({other_partner["command_id"], finished["command_id"]})),
             max_body_bytes=256 * 1024,
+            finished=finished_in(restarted.service.store),
         )
-    assert len(report.results) == 2
+    assert {r.letter.command_id: r.action for r in report.results} == {
+        other_partner["command_id"]: Action.REPLAYED,
+        finished["command_id"]: Action.REANNOUNCED,  # the store has it finished
+    }
 
     events = await relay.events.wait_for(other_partner["command_id"], count=2)
     assert events[1]["outcome"] == "succeeded"  # it runs now that its partner is configured

@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+from pathlib import Path
 
 import pytest
 
+from service.ops.deployment import AuditRow
 from service.ops.replay import register_cli
+from service.ops.steering import open_deployment
+from service.settings import Settings
 from tests.replay.conftest import Broker, command
 
 
@@ -25,6 +29,17 @@ def run_cli(argv: list[str]) -> int:
 async def cli(argv: list[str]) -> int:
     # asyncio.run needs a thread without a running loop; the tests' loop runs in this one.
     return await asyncio.to_thread(run_cli, argv)
+
+
+async def audited(store_url: str) -> list[AuditRow]:
+    """The operators' actions the deployment's audit holds (its command rows left out)."""
+    async with open_deployment(Settings(store_url=store_url)) as deployment:
+        return [r for r in await deployment.audit() if r.action == "replay"]
+
+
+@pytest.fixture
+def store_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/store.db"
 
 
 async def test_list_json(broker: Broker, amqp_url: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -78,12 +93,12 @@ async def test_list_text(broker: Broker, amqp_url: str, capsys: pytest.CaptureFi
 
 
 async def test_dry_run_exit_code_says_some_would_be_rejected(
-    broker: Broker, amqp_url: str, capsys: pytest.CaptureFixture[str]
+    broker: Broker, amqp_url: str, store_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     await broker.dead_letter(command("good"))
     await broker.dead_letter(b"[]", message_id="array", reason="RELAY.INVALID_JSON")
 
-    code = await cli(["--amqp-url", amqp_url, "--replay", "--dry-run"])
+    code = await cli(["--amqp-url", amqp_url, "--store-url", store_url, "--replay", "--dry-run"])
 
     out = capsys.readouterr().out
     assert code == 1
@@ -94,17 +109,67 @@ async def test_dry_run_exit_code_says_some_would_be_rejected(
 
 
 async def test_replay_one_command(
-    broker: Broker, amqp_url: str, capsys: pytest.CaptureFixture[str]
+    broker: Broker, amqp_url: str, store_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     for name in ("a", "b", "c"):
         await broker.dead_letter(command(name))
+    argv = ["--amqp-url", amqp_url, "--store-url", store_url, "--replay", "--command-id", "b"]
 
-    code = await cli(["--amqp-url", amqp_url, "--replay", "--command-id", "b", "--json"])
+    code = await cli([*argv, "--json", "--as", "alice"])
 
     (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert (code, row["command_id"], row["action"]) == (0, "b", "replayed")
     assert [s.message_id for s in await broker.tapped()] == ["b"]
     assert [s.message_id for s in await broker.dlq(2)] == ["a", "c"]
+    [entry] = await audited(store_url)
+    assert (entry.actor, entry.action, entry.command_id, entry.customer_id) == (
+        "alice",
+        "replay",
+        "b",
+        "c-1",
+    )
+    assert entry.detail["result"] == "replayed"
+    assert entry.detail["via"] == "cli"
+
+
+async def test_a_finished_command_is_only_reannounced(
+    broker: Broker, amqp_url: str, store_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The store decides: a dead letter whose command finished is re-announced by the service
+    (its stored event), never carried out again; the verb says so, dry run and replay alike."""
+    await finish_in_store(store_url, "done")
+    await broker.dead_letter(command("done"), reason="RELAY.ID_CONFLICT")
+    await broker.dead_letter(command("open"))
+    base = ["--amqp-url", amqp_url, "--store-url", store_url, "--json"]
+
+    assert await cli([*base, "--replay", "--dry-run"]) == 0
+    dry = {
+        r["command_id"]: r["action"] for r in map(json.loads, capsys.readouterr().out.splitlines())
+    }
+    assert dry == {"done": "would reannounce", "open": "would replay"}
+    assert await audited(store_url) == []  # a dry run changes nothing and is not an action
+
+    assert await cli([*base, "--replay", "--as", "bob"]) == 0
+    done = {
+        r["command_id"]: r["action"] for r in map(json.loads, capsys.readouterr().out.splitlines())
+    }
+    assert done == {"done": "reannounced", "open": "replayed"}
+    assert {(e.actor, e.command_id, e.detail["result"]) for e in await audited(store_url)} == {
+        ("bob", "done", "reannounced"),
+        ("bob", "open", "replayed"),
+    }
+    assert sorted(s.message_id or "" for s in await broker.tapped()) == ["done", "open"]
+
+
+async def finish_in_store(store_url: str, command_id: str) -> None:
+    from datetime import timedelta
+
+    from service.store import open_store
+
+    async with open_store(store_url) as store:
+        await store.claim(command_id, "renew", owner="test", lease=timedelta(seconds=5))
+        await store.finish(command_id, owner="test", event=b'{"outcome": "succeeded"}')
+        await store.mark_published(command_id)
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-VERBS = ["serve", "sandbox", "demo", "replay", "bench", "asyncapi", "audit"]
+VERBS = ["serve", "sandbox", "demo", "replay", "bench", "asyncapi", "audit", "console"]
 
 
 def bss_relay(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

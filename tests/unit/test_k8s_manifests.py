@@ -30,8 +30,26 @@ def _documents() -> list[tuple[str, dict[str, Any]]]:
 DOCS = _documents()
 
 
-def _one(kind: str) -> dict[str, Any]:
-    [doc] = [d for _, d in DOCS if d["kind"] == kind]
+# The relay's own objects, by kind; the console (console.yaml) has objects of the same kinds.
+RELAY = {
+    "Deployment": "bss-relay",
+    "ConfigMap": "bss-relay-config",
+    "Secret": "bss-relay-secrets",
+    "Service": "bss-relay-metrics",
+    "PodDisruptionBudget": "bss-relay",
+    "ServiceAccount": "bss-relay",
+}
+CONSOLE = {
+    "Deployment": "bss-relay-console",
+    "ConfigMap": "bss-relay-console-config",
+    "Secret": "bss-relay-console-users",
+    "Service": "bss-relay-console",
+}
+
+
+def _one(kind: str, name: str | None = None) -> dict[str, Any]:
+    wanted = name or RELAY[kind]
+    [doc] = [d for _, d in DOCS if d["kind"] == kind and d["metadata"]["name"] == wanted]
     return doc
 
 
@@ -143,3 +161,69 @@ def test_pdb_and_service_select_the_pods() -> None:
     assert service["spec"]["selector"].items() <= labels.items()
     [port] = service["spec"]["ports"]
     assert port["targetPort"] == "metrics"
+
+
+# --- the console (console.yaml) ------------------------------------------------------------
+
+
+def test_console_one_pod_probes_and_security() -> None:
+    deployment = _one("Deployment", CONSOLE["Deployment"])
+    config = _one("ConfigMap", CONSOLE["ConfigMap"])["data"]
+    assert deployment["spec"]["replicas"] == 1  # sessions live in the console's memory
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["args"][0] == "console"
+    [port] = container["ports"]
+    assert port["containerPort"] == int(config["RELAY_CONSOLE_PORT"])
+    assert config["RELAY_CONSOLE_HOST"] == "0.0.0.0"
+    assert config["RELAY_CONSOLE_SECURE_COOKIE"] == "true"  # TLS ends at the Ingress
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": port["name"]}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+
+
+def test_console_reads_its_users_and_the_store_from_files() -> None:
+    deployment = _one("Deployment", CONSOLE["Deployment"])
+    config = _one("ConfigMap", CONSOLE["ConfigMap"])["data"]
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert "env" not in container  # no secret as a plain environment variable
+    assert container["envFrom"] == [{"configMapRef": {"name": CONSOLE["ConfigMap"]}}]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    users_dir, _, users_name = config["RELAY_CONSOLE_USERS_FILE"].rpartition("/")
+    users = volumes[mounts[users_dir]["name"]]["secret"]
+    assert users["secretName"] == CONSOLE["Secret"]
+    assert users_name in _one("Secret", CONSOLE["Secret"])["stringData"]
+    env_file = container["args"][container["args"].index("--env-file") + 1]
+    env_dir, _, env_name = env_file.rpartition("/")
+    relay_env = volumes[mounts[env_dir]["name"]]["secret"]
+    assert relay_env["secretName"] == RELAY["Secret"]
+    assert relay_env["items"] == [{"key": env_name, "path": env_name}]  # not partners.yaml
+    for mount in container["volumeMounts"]:
+        volume = volumes[mount["name"]]
+        assert mount.get("readOnly") is True if "secret" in volume else "emptyDir" in volume
+    fields = {name.upper() for name in Settings.model_fields}
+    assert set(config) <= fields, sorted(set(config) - fields)
+
+
+def test_console_and_relay_select_only_their_own_pods() -> None:
+    relay_pods = _one("Deployment")["spec"]["template"]["metadata"]["labels"]
+    console = _one("Deployment", CONSOLE["Deployment"])
+    console_pods = console["spec"]["template"]["metadata"]["labels"]
+    service = _one("Service", CONSOLE["Service"])
+    assert service["spec"]["selector"].items() <= console_pods.items()
+    assert not service["spec"]["selector"].items() <= relay_pods.items()
+    [port] = service["spec"]["ports"]
+    assert port["targetPort"] == "console"
+    for selector in (
+        _one("Service")["spec"]["selector"],
+        _one("PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
+        _one("Deployment")["spec"]["selector"]["matchLabels"],
+    ):
+        assert not selector.items() <= console_pods.items()

@@ -102,7 +102,7 @@ def test_compose_file_runs_two_replicas_on_postgresql() -> None:
 
     compose = yaml.safe_load((DEFINITIONS.parent / "compose.yaml").read_text())
     services = compose["services"]
-    assert set(services) == {"rabbitmq", "sandbox", "postgres", "relay-a", "relay-b"}
+    assert set(services) == {"rabbitmq", "sandbox", "postgres", "relay-a", "relay-b", "console"}
     egresses = set()
     for name in ("relay-a", "relay-b"):
         env = services[name]["environment"]
@@ -115,6 +115,13 @@ def test_compose_file_runs_two_replicas_on_postgresql() -> None:
         egresses.add(settings.relay_egress)
     assert egresses == {"relay-a", "relay-b"}  # each container leaves from its own address
     assert "rabbitmq-definitions.json" in services["rabbitmq"]["volumes"][0]
+    # the console: the replicas' store and broker, its users file mounted where it is named
+    console = services["console"]
+    assert console["command"][0] == "console"
+    assert console["environment"]["STORE_URL"] == services["relay-a"]["environment"]["STORE_URL"]
+    assert console["environment"]["AMQP_URL"] == services["relay-a"]["environment"]["AMQP_URL"]
+    users = console["environment"]["RELAY_CONSOLE_USERS_FILE"]
+    assert any(volume.endswith(f":{users}:ro") for volume in console["volumes"])
 
 
 def test_cluster_compose_file_runs_quorum_queues_on_three_nodes() -> None:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
+import getpass
 import json
 import sys
+from collections.abc import Callable
+from contextlib import AsyncExitStack
 from datetime import datetime
 
 from aio_pika.exceptions import AMQPError
@@ -13,9 +17,14 @@ from aio_pika.exceptions import AMQPError
 from service.broker.connection import connect_once
 from service.broker.topology import COMMANDS_EXCHANGE, DLQ
 from service.ops.arguments import positive_int, rfc3339
+from service.ops.deployment import Deployment
+from service.ops.replay.audited import finished_in, record_replays
 from service.ops.replay.letter import INVALID_TYPE, TYPES, DeadLetter, Filter
 from service.ops.replay.scanner import Progress, Report, Result, replay, scan
+from service.ops.steering import deployment_over
 from service.settings import Settings
+from service.store import open_store
+from service.store.types import CommandStore
 
 __all__ = ["register_cli"]
 
@@ -31,12 +40,19 @@ examples:
   bss-relay replay --replay --dry-run --type renew    would today's schemas accept them?
   bss-relay replay --replay --partner p-1 --since 2026-01-15T00:00:00Z --limit 100
   bss-relay replay --replay --command-id cmd-42       move one command back to work
+  bss-relay replay --replay --reason CBC.0999 --as alice
 
 Filters combine with AND; a filter given twice matches either value. Listing and dry runs
 change nothing: dead letters are held while scanned and requeued at the end. A replay publishes
 each copy to bss.commands (original routing key, else command.<type>) with publisher confirms
 and only then removes the dead letter, so a crash leaves at most a duplicate, which the
 service's idempotency check (by command_id) absorbs.
+
+A finished command is only re-announced: dry runs and replays look each command_id up in the
+command store (STORE_URL, as for serve), and one whose terminal event is stored is reported
+"would reannounce" / "reannounced" (the service answers its copy with the stored event and
+never carries it out again). Every dead letter moved back is recorded in the audit
+(bss-relay audit, the console) as a replay by --as NAME, else the OS user.
 
 exit status: 0 done; 1 some dead letter would be rejected again (dry run) or could not be
 replayed; 2 bad arguments or configuration, or the broker or queue could not be used."""
@@ -54,8 +70,16 @@ LIST_COLUMNS = (
 )
 
 
-def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the ``replay`` verb to ``bss-relay``."""
+# The deployment over an open store (``service.ops.steering.deployment_over``); tests pass theirs.
+DeploymentOf = Callable[[CommandStore, Settings], Deployment]
+
+
+def register_cli(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    *,
+    deployment: DeploymentOf = deployment_over,
+) -> None:
+    """Add the ``replay`` verb to ``bss-relay``; ``deployment`` records the replays."""
     parser = subparsers.add_parser(
         "replay",
         help="list, check and replay dead letters",
@@ -68,6 +92,20 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         metavar="URL",
         default=None,
         help="broker (default: $AMQP_URL, else the local broker)",
+    )
+    parser.add_argument(
+        "--store-url",
+        metavar="URL",
+        default=None,
+        help="command store, for dry runs and replays (default: $STORE_URL, as for serve)",
+    )
+    parser.add_argument("--env-file", default=None, help="read settings from this file too")
+    parser.add_argument(
+        "--as",
+        dest="actor",
+        metavar="NAME",
+        default=None,
+        help="who replays, for the audit (default: the OS user)",
     )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument(
@@ -91,7 +129,7 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         "--limit", type=positive_int, metavar="N", help="handle at most N matching dead letters"
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per dead letter")
-    parser.set_defaults(func=_run, mode=None)
+    parser.set_defaults(func=functools.partial(_run, deployment=deployment), mode=None)
 
 
 def _add_filters(parser: argparse.ArgumentParser) -> None:
@@ -187,22 +225,44 @@ def _summary(report: Report) -> str:
     return f"bss-relay replay: scanned {report.scanned}, matched {len(report.results)}{done}"
 
 
-async def _execute(args: argparse.Namespace, mode: str, settings: Settings) -> Report:
-    # A plain connection, not a robust one: after a reconnect the held delivery tags would
-    # belong to a dead channel; better to stop and let the broker requeue everything.
-    connection = await connect_once(args.amqp_url or settings.amqp_url)
-    async with connection:
+class StoreUnusable(RuntimeError):
+    """The command store could not be opened or read (the URL is never in the message)."""
+
+
+async def _open_store(stack: AsyncExitStack, url: str) -> CommandStore:
+    try:
+        return await stack.enter_async_context(open_store(url))
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise StoreUnusable(type(exc).__name__) from exc
+
+
+async def _execute(
+    args: argparse.Namespace, mode: str, settings: Settings, deployment: DeploymentOf
+) -> Report:
+    async with AsyncExitStack() as stack:
+        # A plain connection, not a robust one: after a reconnect the held delivery tags would
+        # belong to a dead channel; better to stop and let the broker requeue everything.
+        connection = await connect_once(args.amqp_url or settings.amqp_url)
+        stack.push_async_callback(connection.close)
         where, progress = _filter_from(args), _printer(args, mode)
         if mode == LIST:
             return await scan(connection, where, limit=args.limit, progress=progress)
-        return await replay(
+        store = await _open_store(stack, args.store_url or settings.store_url)
+        # Made before anything moves: a deployment that cannot record stops the run first.
+        steered = deployment(store, settings) if mode == REPLAY else None
+        report = await replay(
             connection,
             where,
             max_body_bytes=settings.relay_max_body_bytes,
             dry_run=mode == DRY_RUN,
             limit=args.limit,
             progress=progress,
+            finished=finished_in(store),
         )
+        if steered is not None:
+            actor = args.actor or getpass.getuser()
+            await record_replays(steered, report.results, actor=actor, via="cli")
+        return report
 
 
 def _mode(args: argparse.Namespace) -> str:
@@ -214,14 +274,16 @@ def _mode(args: argparse.Namespace) -> str:
     return DRY_RUN if args.dry_run else (args.mode or LIST)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, *, deployment: DeploymentOf) -> int:
     try:
         mode = _mode(args)
-        settings = Settings()
+        settings = Settings(_env_file=args.env_file)
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
         return _fail(str(exc))
     try:
-        report = asyncio.run(_execute(args, mode, settings))
+        report = asyncio.run(_execute(args, mode, settings, deployment))
+    except StoreUnusable as exc:
+        return _fail(f"could not use the command store: {exc}")
     except (AMQPError, OSError) as exc:  # the URL is not printed: it may hold a password
         return _fail(f"could not use the broker, {DLQ} or {COMMANDS_EXCHANGE}: {exc!r}")
     print(_summary(report), file=sys.stderr)

@@ -7,6 +7,12 @@
         yes, list or dry run ───────────────────────────▶ reported; nack(requeue) at the end
         yes, replay ──copy──▶ bss.commands (confirmed) ──▶ then ack the dead letter
 
+**A finished command is only re-announced.** Before a match is moved (or judged, in a dry run)
+its ``command_id`` is looked up in the command store (``finished``, given by the caller): the
+service answers a copy of a finished command with its stored event (``duplicate: true``) and
+never carries it out again, so such a match is reported WOULD_REANNOUNCE / REANNOUNCED rather
+than WOULD_REPLAY / REPLAYED. The move itself is the same: the copy goes to ``bss.commands``.
+
 Invariants:
 
 * **Nothing is lost.** A dead letter is acked only after the broker confirmed its copy on
@@ -31,7 +37,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -50,12 +56,14 @@ from service.messages.intake import Rejection, read_command
 from service.messages.publisher import copy_message
 from service.ops.replay.letter import REPLAY_COUNT, REPLAYED_AT, DeadLetter, Filter
 
-__all__ = ["Action", "Report", "Result", "replay", "scan"]
+__all__ = ["Action", "Finished", "Report", "Result", "replay", "scan"]
 
 RELAY_HEADER_PREFIX = "x-relay-"
 PUBLISH_TIMEOUT_S = 30.0  # a confirm slower than this counts as a failed move (dead letter kept)
 
 Clock = Callable[[], datetime]
+# Whether the command store holds a finished command of this id (its terminal event stored).
+Finished = Callable[[str], Awaitable[bool]]
 
 
 def _utcnow() -> datetime:
@@ -65,8 +73,10 @@ def _utcnow() -> datetime:
 class Action(StrEnum):
     LISTED = "listed"
     WOULD_REPLAY = "would replay"
+    WOULD_REANNOUNCE = "would reannounce"  # finished in the store: the service re-announces it
     WOULD_REJECT = "would be rejected again"
     REPLAYED = "replayed"
+    REANNOUNCED = "reannounced"  # moved back; the service answers it with the stored event
     NOT_REPLAYED = "not replayed"  # the copy was not confirmed; the dead letter stays
 
 
@@ -75,6 +85,14 @@ class Result:
     letter: DeadLetter
     action: Action
     detail: str = ""  # "<code> <message>" for WOULD_REJECT, the error for NOT_REPLAYED
+    # The dead letter's body as the broker holds it (for a reader that shows it; never printed
+    # by the CLI). Messages are held until the scan ends anyway, so keeping it costs nothing.
+    body: bytes = field(default=b"", repr=False, compare=False)
+
+    @property
+    def moved(self) -> bool:
+        """The copy was confirmed on ``bss.commands`` and the dead letter acked."""
+        return self.action in MOVED
 
     def as_json(self) -> dict[str, Any]:
         return {"action": self.action.value, "detail": self.detail or None, **self.letter.as_json()}
@@ -91,6 +109,8 @@ class Report:
         bad = (Action.WOULD_REJECT, Action.NOT_REPLAYED)
         return any(r.action in bad for r in self.results)
 
+
+MOVED = frozenset({Action.REPLAYED, Action.REANNOUNCED})
 
 Visit = Callable[[DeadLetter, AbstractIncomingMessage], Awaitable[Result]]
 Progress = Callable[[Result], None]
@@ -114,7 +134,7 @@ async def _walk(
     progress: Progress | None,
 ) -> Report:
     """Read the DLQ once; ``visit`` each wanted dead letter. The one place this module settles
-    messages: a REPLAYED one is acked (its copy is already confirmed), all others are held and
+    messages: a moved one is acked (its copy is already confirmed), all others are held and
     requeued at the end, also when the scan fails or is cancelled."""
     queue = await channel.declare_queue(DLQ, passive=True)
     budget = queue.declaration_result.message_count or 0
@@ -128,7 +148,7 @@ async def _walk(
                 break
             scanned += 1
             result = await _consider(message, where, visit, started)
-            if result is not None and result.action is Action.REPLAYED:
+            if result is not None and result.moved:
                 await message.ack()
             else:
                 held.append(message)
@@ -183,23 +203,37 @@ async def _channel(
 
 
 async def _list(letter: DeadLetter, message: AbstractIncomingMessage) -> Result:
-    return Result(letter, Action.LISTED)
+    return Result(letter, Action.LISTED, body=message.body)
 
 
-def _judge(letter: DeadLetter, body: bytes, *, max_body_bytes: int, now: datetime) -> Result:
-    """What the service would do with the body today: read it, and check its deadline."""
+async def _never_finished(command_id: str) -> bool:
+    return False
+
+
+async def _is_finished(finished: Finished, letter: DeadLetter) -> bool:
+    return letter.command_id is not None and await finished(letter.command_id)
+
+
+def _judge(
+    letter: DeadLetter, body: bytes, *, max_body_bytes: int, now: datetime, done: bool
+) -> Result:
+    """What the service would do with the body today: read it, check its deadline, and answer
+    a command the store has finished with its stored event."""
     read = read_command(body, max_bytes=max_body_bytes)
     if isinstance(read, Rejection):
-        return Result(letter, Action.WOULD_REJECT, f"{read.code} {read.message}")
+        return Result(letter, Action.WOULD_REJECT, f"{read.code} {read.message}", body)
+    if done:  # the claim finds it finished before any deadline is looked at
+        return Result(letter, Action.WOULD_REANNOUNCE, "finished: its stored event", body)
     if read.deadline is not None and read.deadline <= now:
         detail = f"RELAY.DEADLINE_PASSED deadline {read.deadline.isoformat()} has passed"
-        return Result(letter, Action.WOULD_REJECT, detail)
-    return Result(letter, Action.WOULD_REPLAY)
+        return Result(letter, Action.WOULD_REJECT, detail, body)
+    return Result(letter, Action.WOULD_REPLAY, body=body)
 
 
-def _judge_with(max_body_bytes: int, clock: Clock) -> Visit:
+def _judge_with(max_body_bytes: int, clock: Clock, finished: Finished) -> Visit:
     async def visit(letter: DeadLetter, message: AbstractIncomingMessage) -> Result:
-        return _judge(letter, message.body, max_body_bytes=max_body_bytes, now=clock())
+        done = await _is_finished(finished, letter)
+        return _judge(letter, message.body, max_body_bytes=max_body_bytes, now=clock(), done=done)
 
     return visit
 
@@ -228,13 +262,18 @@ async def _move(
             copy, routing_key=letter.routing_key, mandatory=True, timeout=PUBLISH_TIMEOUT_S
         )
     except (AMQPError, TimeoutError) as exc:
-        return Result(letter, Action.NOT_REPLAYED, repr(exc))
-    return Result(letter, Action.REPLAYED)
+        return Result(letter, Action.NOT_REPLAYED, repr(exc), message.body)
+    return Result(letter, Action.REPLAYED, body=message.body)
 
 
-def _move_with(exchange: AbstractExchange, clock: Clock) -> Visit:
+def _move_with(exchange: AbstractExchange, clock: Clock, finished: Finished) -> Visit:
     async def visit(letter: DeadLetter, message: AbstractIncomingMessage) -> Result:
-        return await _move(exchange, letter, message, clock())
+        # Looked up before the move: once the copy is out, the service may finish it.
+        done = await _is_finished(finished, letter)
+        result = await _move(exchange, letter, message, clock())
+        if done and result.action is Action.REPLAYED:
+            return Result(letter, Action.REANNOUNCED, "finished: its stored event", result.body)
+        return result
 
     return visit
 
@@ -266,11 +305,13 @@ async def replay(
     limit: int | None = None,
     clock: Clock = _utcnow,
     progress: Progress | None = None,
+    finished: Finished = _never_finished,
 ) -> Report:
     """Move the dead letters matching ``where`` (at most ``limit``) back to ``bss.commands``.
 
     With ``dry_run`` nothing changes: each match is read with today's schemas and reported as
-    WOULD_REPLAY or WOULD_REJECT. Otherwise each match is REPLAYED (copy confirmed, dead letter
+    WOULD_REPLAY, WOULD_REANNOUNCE (``finished`` says the store has finished its command) or
+    WOULD_REJECT. Otherwise each match is REPLAYED or REANNOUNCED (copy confirmed, dead letter
     acked) or NOT_REPLAYED (dead letter kept; the run stops there).
     """
     started = clock()
@@ -279,7 +320,7 @@ async def replay(
             return await _walk(
                 reader,
                 where or Filter(),
-                _judge_with(max_body_bytes, clock),
+                _judge_with(max_body_bytes, clock, finished),
                 limit=limit,
                 started=started,
                 progress=progress,
@@ -289,7 +330,7 @@ async def replay(
             return await _walk(
                 reader,
                 where or Filter(),
-                _move_with(exchange, clock),
+                _move_with(exchange, clock, finished),
                 limit=limit,
                 started=started,
                 progress=progress,
