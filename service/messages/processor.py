@@ -30,13 +30,14 @@ from handlers.ports import BssApi, Completed, HandlerContext
 from schemas.commands import Command
 from schemas.events import Event, Outcome
 from service.api.client import CallScope
-from service.guardrails.gate import Guard, requester
+from service.broker.headers import H, failed_deliveries, requested_before, requester
+from service.guardrails.gate import Guard
 from service.messages.fingerprint import claim_details, fingerprint
 from service.messages.intake import Rejection, read_command
 from service.messages.journal import StoreJournal
 from service.messages.kinds import KINDS, primary_call
 from service.messages.outcomes import deferred_event, event_for
-from service.messages.publisher import DeadLetterReason, H, failed_deliveries
+from service.messages.publisher import DeadLetterReason
 from service.messages.settlement import (
     Delay,
     Finish,
@@ -329,7 +330,7 @@ class Processor:
             owner=self._owner,
             clock=self._clock,
             scope=scope,
-            requests_before=_requests_before(delivery.message),
+            requests_before=requested_before(delivery.message),
         )
         # Never started before: the deadline holds until the first API call is sent.
         scope.deadline = command.deadline if journal.attempts == 0 else None
@@ -517,11 +518,6 @@ _AFTER_ERROR: Mapping[Disposition, _Rule] = {
     Disposition.WAIT: Processor._wait,
 }
 assert set(_AFTER_ERROR) == set(Disposition), "every disposition needs a settlement rule"
-
-
-def _requests_before(message: AbstractIncomingMessage) -> int:
-    value = (message.headers or {}).get(H.REQUESTS, 0)
-    return int(value) if isinstance(value, int | str) and str(value).isdigit() else 0
 
 
 def _requests_header(attempts: int) -> dict[str, int]:

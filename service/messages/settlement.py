@@ -47,10 +47,10 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from handlers.errors import StoreUnavailable
 from schemas.events import EVENT_ADAPTER, Event, Outcome, routing_key
-from service.guardrails.gate import requester
+from service.broker.headers import failed_deliveries, requester
 from service.messages.intake import Rejection, valid_command_id
 from service.messages.outcomes import announce_again, rejection_event
-from service.messages.publisher import BROKER_ERRORS, DeadLetterReason, Publisher, failed_deliveries
+from service.messages.publisher import BROKER_ERRORS, DeadLetterReason, Publisher
 from service.store.errors import store_call
 from service.store.types import CommandStore, StoredCommand
 from service.telemetry.metrics import Metrics, age_s

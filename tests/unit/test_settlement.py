@@ -21,8 +21,9 @@ from handlers.errors import ApiRefused, ApiUnavailable, RelayError, StoreUnavail
 from handlers.ports import BssApi
 from schemas.bss import AutoRenewalResourcesReq
 from service.api.client import CallScope
+from service.broker.headers import H
 from service.messages.processor import Processor, RetryPolicy
-from service.messages.publisher import DeadLetterReason, H
+from service.messages.publisher import DeadLetterReason
 from service.messages.settlement import Settled, Settler
 from service.pacing.limiter import RateLimiter
 from service.pacing.scheduler import FairScheduler
