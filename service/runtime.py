@@ -28,7 +28,7 @@ from service.api.client import BssHttp, session_from
 from service.api.credentials import CredentialCache
 from service.broker.connection import connect_broker
 from service.broker.topology import DELAY_LEVELS_MS, Topology, declare
-from service.guardrails.gate import Guard
+from service.guardrails.gate import PolicyGate
 from service.guardrails.policy import PolicyError, PolicyHolder
 from service.messages.consumer import Consumer
 from service.messages.processor import Processor, RetryPolicy
@@ -248,7 +248,7 @@ async def start(
             retry=retry,
             max_body_bytes=settings.relay_max_body_bytes,
             metrics=metrics,
-            guard=Guard(policy, store),
+            guard=PolicyGate(policy, store),
             deferred_after_s=settings.relay_deferred_after_s,
             renewals=await stack.enter_async_context(_renewal_locks(store, owner, lease)),
         )

@@ -1,7 +1,7 @@
-"""The guard step: the policy's verdict on a command the processor has claimed, before any API
+"""The policy gate: the policy's verdict on a command the processor has claimed, before any API
 call, and the coupon reservation that makes the caps exact.
 
-Order inside :meth:`Guard.admitted` (entered after the claim, inside the customer's renewal
+Order inside :meth:`PolicyGate.admitted` (entered after the claim, inside the customer's renewal
 lock, right before the handler runs):
 
 1. ``Policy.admit``: producer permissions, ``renew.max_months``, ``issue_coupon.max_face_value``;
@@ -32,7 +32,7 @@ from service.guardrails.policy import POLICY_DENIED, Denial, Policy, PolicyHolde
 from service.store.errors import store_call
 from service.store.types import CommandStore, CouponCaps
 
-__all__ = ["Guard", "PolicyDenied"]
+__all__ = ["PolicyDenied", "PolicyGate"]
 
 log = structlog.get_logger(__name__)
 
@@ -45,7 +45,9 @@ class PolicyDenied(CommandRejected):
         self.denial = denial
 
 
-class Guard:
+class PolicyGate:
+    """The policy step of the message path: admits a claimed command, or refuses it."""
+
     def __init__(self, policy: PolicyHolder, store: CommandStore) -> None:
         self.policy = policy
         self._store = store

@@ -31,7 +31,7 @@ from schemas.commands import Command
 from schemas.events import Event, Outcome
 from service.api.client import CallScope
 from service.broker.headers import H, failed_deliveries, requested_before, requester
-from service.guardrails.gate import Guard
+from service.guardrails.gate import PolicyGate
 from service.messages.fingerprint import claim_details, fingerprint
 from service.messages.intake import Rejection, read_command
 from service.messages.journal import StoreJournal
@@ -115,7 +115,7 @@ class Processor:
         max_body_bytes: int,
         metrics: Metrics | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        guard: Guard | None = None,
+        guard: PolicyGate | None = None,
         deferred_after_s: float = 10.0,
         renewals: RenewalLocks | None = None,
     ) -> None:
