@@ -26,6 +26,7 @@ from aio_pika.abc import AbstractRobustConnection
 from service.api.bss import PartnerApi
 from service.api.client import BssHttp, session_from
 from service.api.credentials import CredentialCache
+from service.api.operations import PUBLISHED_LIMITS
 from service.broker.connection import connect_broker
 from service.broker.topology import DELAY_LEVELS_MS, Topology, declare
 from service.guardrails.gate import PolicyGate
@@ -205,6 +206,7 @@ async def start(
             open_limiter(
                 store,
                 settings.relay_rate_limits,
+                published=PUBLISHED_LIMITS,
                 egress=settings.relay_egress,
                 guard_s=settings.relay_rate_guard_ms / 1000,
                 guard_max_s=settings.relay_rate_guard_max_ms / 1000,

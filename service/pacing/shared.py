@@ -335,6 +335,7 @@ class SharedBuckets:
         pool: Any,
         overrides: Mapping[str, float] | None = None,
         *,
+        published: Mapping[str, float | None] | None = None,
         egress: str = "default",
         guard_s: float = 0.002,
         guard_max_s: float = 0.05,
@@ -344,7 +345,7 @@ class SharedBuckets:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._pool = pool
-        self._table = RateLimiter(overrides)  # the limits table only
+        self._table = RateLimiter(overrides, published=published)  # the limits table only
         self._egress = egress
         self._guard_s = max(guard_s, min(SHARED_GUARD_MIN_S, guard_max_s))
         self._guard_max_s = max(self._guard_s, guard_max_s)
@@ -701,13 +702,13 @@ def open_limiter(
     store: object,
     overrides: Mapping[str, float] | None = None,
     *,
+    published: Mapping[str, float | None] | None = None,
     egress: str = "default",
     guard_s: float = 0.002,
     guard_max_s: float = 0.05,
 ) -> contextlib.AbstractAsyncContextManager[RateLimiter | SharedBuckets]:
     """The limiter for ``store``: shared rows with a PostgreSQL store, in process otherwise."""
+    options: dict[str, Any] = {"egress": egress, "guard_s": guard_s, "guard_max_s": guard_max_s}
     if isinstance(store, PostgresCommandStore):
-        return SharedBuckets(
-            store.pool, overrides, egress=egress, guard_s=guard_s, guard_max_s=guard_max_s
-        )
-    return RateLimiter(overrides, egress=egress, guard_s=guard_s, guard_max_s=guard_max_s)
+        return SharedBuckets(store.pool, overrides, published=published, **options)
+    return RateLimiter(overrides, published=published, **options)

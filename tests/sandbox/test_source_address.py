@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from service.api.client import BssHttp, session_from
-from service.api.operations import OPERATIONS
+from service.api.operations import OPERATIONS, PUBLISHED_LIMITS
 from service.api.signer import Signer
 from service.pacing.limiter import RateLimiter
 from service.sandbox.server import SandboxServer
@@ -23,7 +23,7 @@ async def test_api_calls_leave_from_the_source_address(
                 session=session,
                 bss_endpoint=settings.bss_endpoint,
                 iam_endpoint=settings.bss_endpoint,
-                limiter=RateLimiter(egress=settings.relay_egress),
+                limiter=RateLimiter(published=PUBLISHED_LIMITS, egress=settings.relay_egress),
             )
             answer = await http.call(
                 OPERATIONS["list_quota_coupons"],

@@ -21,6 +21,7 @@ from handlers.errors import ApiRefused, ApiUnavailable, RelayError, StoreUnavail
 from handlers.ports import BssApi
 from schemas.bss import AutoRenewalResourcesReq
 from service.api.client import CallScope
+from service.api.operations import PUBLISHED_LIMITS
 from service.broker.headers import H
 from service.messages.processor import Processor, RetryPolicy
 from service.messages.publisher import DeadLetterReason
@@ -178,7 +179,7 @@ async def rig() -> AsyncIterator[Rig]:
             metrics=Metrics(),
             retry_s=0.5,
         )
-        limiter = RateLimiter({"*": 1000})
+        limiter = RateLimiter({"*": 1000}, published=PUBLISHED_LIMITS)
         processor = Processor(
             store=store,
             settler=settler,
@@ -402,7 +403,8 @@ async def test_a_command_taken_in_before_is_not_parked_behind_its_customers_back
     """A crashed replica's command (redelivered by the broker), or one back from waiting
     out another replica's claim, is carried out now: a takeover must not queue behind the
     customer's backlog. A new command of the same customer is parked."""
-    rig.processor._scheduler = FairScheduler(RateLimiter({"*": 0.1}), hold_s=1.0)
+    slow = RateLimiter({"*": 0.1}, published=PUBLISHED_LIMITS)
+    rig.processor._scheduler = FairScheduler(slow, hold_s=1.0)
     with rig.processor._scheduler.holding("auto_renewal_resources", "cust"):
         await rig.process(FakeMessage(auto_renew("c-new")))
         assert rig.publisher.kinds() == ["delay"]  # parked: its turn is far away
@@ -461,7 +463,8 @@ async def test_a_deadline_that_passed_is_rejected_and_the_claim_given_back(rig: 
 
 
 async def test_a_long_park_sends_one_deferred_event_and_marks_the_copy(rig: Rig) -> None:
-    rig.processor._scheduler = FairScheduler(RateLimiter({"*": 0.1}), hold_s=1.0)
+    slow = RateLimiter({"*": 0.1}, published=PUBLISHED_LIMITS)
+    rig.processor._scheduler = FairScheduler(slow, hold_s=1.0)
     rig.processor._deferred_after_s = 5.0
     with rig.processor._scheduler.holding("auto_renewal_resources", "cust"):
         await rig.process(FakeMessage(auto_renew("c-far")))
