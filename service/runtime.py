@@ -196,7 +196,7 @@ async def start(
     owner = _owner_id()
     async with AsyncExitStack() as stack:
         store = await stack.enter_async_context(open_store(settings.store_url))
-        session = await stack.enter_async_context(session_from(settings))
+        session = await stack.enter_async_context(session_from(settings.api))
         connection = await connect_broker(settings.amqp_url)
         stack.push_async_callback(connection.close)
         publish_channel = await connection.channel(publisher_confirms=True)

@@ -34,7 +34,7 @@ from service.api.operations import Operation
 from service.api.signer import QueryValue, Signer, canonical_query
 from service.pacing.limiter import Limiter
 from service.pacing.scheduler import FairScheduler
-from service.settings import Settings
+from service.settings import ApiSettings
 from service.telemetry.metrics import Metrics
 from service.telemetry.tracing import client_span
 
@@ -144,12 +144,12 @@ class CallScope:
         self.sent += 1
 
 
-def connector_from(settings: Settings) -> aiohttp.TCPConnector:
+def connector_from(settings: ApiSettings) -> aiohttp.TCPConnector:
     """The API connection pool: ``RELAY_HTTP_CONNECTIONS`` connections, each opened from
     ``RELAY_SOURCE_ADDRESS`` when set (any local port), so the API sees that source address."""
-    source = settings.relay_source_address
+    source = settings.source_address
     return aiohttp.TCPConnector(
-        limit=settings.relay_http_connections,
+        limit=settings.http_connections,
         local_addr=(source, 0) if source is not None else None,
     )
 
@@ -173,11 +173,11 @@ def write_trace() -> aiohttp.TraceConfig:
     return trace
 
 
-def session_from(settings: Settings) -> aiohttp.ClientSession:
+def session_from(settings: ApiSettings) -> aiohttp.ClientSession:
     """The one HTTP session of a replica (an async context manager), built from settings."""
     return aiohttp.ClientSession(
         timeout=aiohttp.ClientTimeout(
-            total=settings.relay_http_timeout_s, sock_connect=settings.relay_connect_timeout_s
+            total=settings.http_timeout_s, sock_connect=settings.connect_timeout_s
         ),
         connector=connector_from(settings),
         trace_configs=[write_trace()],

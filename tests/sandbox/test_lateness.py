@@ -48,7 +48,7 @@ async def list_coupons(
 ) -> Response:
     """One partner call through the relay's HTTP client, on a session made as ``serve``'s."""
     settings = Settings(bss_endpoint=url)
-    async with session_from(settings) as session:
+    async with session_from(settings.api) as session:
         http = BssHttp(
             session=session,
             bss_endpoint=settings.bss_endpoint,

@@ -18,7 +18,7 @@ async def test_api_calls_leave_from_the_source_address(
     for source in ("127.0.0.2", "127.0.0.3"):
         settings = Settings(bss_endpoint=sandbox.url, relay_source_address=source)
         assert settings.relay_egress == source  # it names the egress bucket too
-        async with session_from(settings) as session:
+        async with session_from(settings.api) as session:
             http = BssHttp(
                 session=session,
                 bss_endpoint=settings.bss_endpoint,
