@@ -16,7 +16,7 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable
-from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -26,7 +26,7 @@ from aio_pika.abc import AbstractRobustConnection
 from service.api.bss import PartnerApi
 from service.api.client import BssHttp, session_from
 from service.api.credentials import CredentialCache
-from service.api.operations import PUBLISHED_LIMITS
+from service.backend import Backend, open_backend
 from service.broker.connection import connect_broker
 from service.broker.topology import DELAY_LEVELS_MS, Topology, declare
 from service.guardrails.gate import PolicyGate
@@ -37,11 +37,8 @@ from service.messages.publisher import Publisher
 from service.messages.settlement import Settler
 from service.pacing.limiter import Limiter
 from service.pacing.scheduler import FairScheduler
-from service.pacing.shared import open_limiter
 from service.settings import Settings
-from service.store import PostgresCommandStore, open_store
 from service.store.health import StoreHealth
-from service.store.locks import LocalLocks, PostgresLocks, RenewalLocks
 from service.store.types import CommandStore
 from service.telemetry.metrics import Metrics, serve_metrics
 
@@ -153,31 +150,11 @@ class _Background:
             task.cancel()
 
 
-def _renewal_locks(
-    store: CommandStore, owner: str, lease: timedelta
-) -> AbstractAsyncContextManager[RenewalLocks]:
-    """One renewal per customer at a time: across replicas on PostgreSQL (advisory locks on
-    a connection of their own, which also says this process is alive, and which the server
-    ends when it is silent for a lease: a frozen replica holds none past its lease), within
-    the process on SQLite (one process per file)."""
-    if isinstance(store, PostgresCommandStore):
-        return PostgresLocks(
-            store.connect,
-            namespace=f"{store.schema or 'public'}:renew",
-            owner=owner,
-            idle_s=lease.total_seconds(),
-        )
-    return LocalLocks()
-
-
-def _watch_store(store: CommandStore, background: _Background) -> StoreHealth | None:
+def _watch_store(backend: Backend, background: _Background) -> None:
     """PostgreSQL is pinged, so ``/healthz`` says when it cannot be reached (no API call is
     made meanwhile); an SQLite file is part of the process and is not."""
-    if not isinstance(store, PostgresCommandStore):
-        return None
-    health = StoreHealth(store.ping)
-    background.loop("store-health", health.watch())
-    return health
+    if backend.health is not None:
+        background.loop("store-health", backend.health.watch())
 
 
 @contextlib.asynccontextmanager
@@ -195,23 +172,16 @@ async def start(
     lease = timedelta(seconds=settings.relay_lease_s)
     owner = _owner_id()
     async with AsyncExitStack() as stack:
-        store = await stack.enter_async_context(open_store(settings.store_url))
+        backend = await stack.enter_async_context(
+            open_backend(settings.store, settings.pacing, owner=owner)
+        )
+        store, limiter = backend.store, backend.buckets
         session = await stack.enter_async_context(session_from(settings.api))
         connection = await connect_broker(settings.amqp_url)
         stack.push_async_callback(connection.close)
         publish_channel = await connection.channel(publisher_confirms=True)
         declared = await declare(publish_channel, topology)
 
-        limiter = await stack.enter_async_context(
-            open_limiter(
-                store,
-                settings.relay_rate_limits,
-                published=PUBLISHED_LIMITS,
-                egress=settings.relay_egress,
-                guard_s=settings.relay_rate_guard_ms / 1000,
-                guard_max_s=settings.relay_rate_guard_max_ms / 1000,
-            )
-        )
         metrics = Metrics()
         metrics.watch_rates(limiter.rates)
         scheduler = FairScheduler(limiter, hold_s=settings.relay_hold_s)
@@ -252,7 +222,7 @@ async def start(
             metrics=metrics,
             guard=PolicyGate(policy, store),
             deferred_after_s=settings.relay_deferred_after_s,
-            renewals=await stack.enter_async_context(_renewal_locks(store, owner, lease)),
+            renewals=backend.locks,
         )
         tasks = await stack.enter_async_context(asyncio.TaskGroup())
         consumer = Consumer(
@@ -275,7 +245,7 @@ async def start(
         background.loop("watch", consumer.watch())
         retention = timedelta(days=settings.relay_retention_days)
         background.loop("prune", _prune_forever(store, retention))
-        store_health = _watch_store(store, background)
+        _watch_store(backend, background)
         await consumer.start()
         metrics.inflight.set_function(lambda: consumer.tasks_running)
         metrics.set_parked(lambda: consumer.waiting_in_delay_queues)
@@ -291,7 +261,7 @@ async def start(
             metrics=metrics,
             background=background,
             policy=policy,
-            store_health=store_health,
+            store_health=backend.health,
         )
         if settings.relay_metrics_port is not None:
             await stack.enter_async_context(
