@@ -15,7 +15,7 @@ import contextlib
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -31,10 +31,17 @@ from service.broker.connection import connect_broker
 from service.broker.topology import DELAY_LEVELS_MS, Topology, declare
 from service.guardrails.gate import PolicyGate
 from service.guardrails.policy import PolicyError, PolicyHolder
-from service.messages.consumer import Consumer
-from service.messages.processor import Processor, RetryPolicy
+from service.messages.admission import Admission
+from service.messages.claiming import Claiming
+from service.messages.consumer import Consumer, ConsumerOptions
+from service.messages.delivery import ScopedApi
+from service.messages.failures import Failures, RetryPolicy
+from service.messages.leases import Leases
+from service.messages.pipeline import Pipeline, Steps
 from service.messages.publisher import Publisher
-from service.messages.settlement import Settler
+from service.messages.reading import Reader
+from service.messages.running import Runner
+from service.messages.settlement import Settler, SettleRetry
 from service.pacing.limiter import Limiter
 from service.pacing.scheduler import FairScheduler
 from service.settings import Settings
@@ -157,6 +164,62 @@ def _watch_store(backend: Backend, background: _Background) -> None:
         background.loop("store-health", backend.health.watch())
 
 
+def _build_pipeline(
+    settings: Settings,
+    backend: Backend,
+    leases: Leases,
+    *,
+    apis: Mapping[str, ScopedApi],
+    scheduler: FairScheduler,
+    publisher: Publisher,
+    gate: PolicyGate,
+    metrics: Metrics,
+) -> Pipeline:
+    clock = _utc_now
+    failures = Failures(
+        RetryPolicy(
+            settings.relay_max_attempts,
+            settings.relay_retry_base_s,
+            settings.relay_retry_max_s,
+            settings.relay_store_retry_s,
+        ),
+        lease=leases.lease,
+        metrics=metrics,
+        clock=clock,
+    )
+    settler = Settler(
+        store=backend.store,
+        publisher=publisher,
+        leases=leases,
+        clock=clock,
+        metrics=metrics,
+        retry=SettleRetry(settings.relay_settle_retry_s, settings.relay_store_retry_s),
+    )
+    steps = Steps(
+        read=Reader(apis, max_body_bytes=settings.relay_max_body_bytes),
+        admission=Admission(
+            scheduler,
+            metrics=metrics,
+            clock=clock,
+            deferred_after_s=settings.relay_deferred_after_s,
+        ),
+        claim=Claiming(leases, clock=clock),
+        run=Runner(
+            store=backend.store,
+            locks=backend.locks,
+            gate=gate,
+            failures=failures,
+            owner=leases.owner,
+            clock=clock,
+        ),
+    )
+    return Pipeline(steps, settler=settler, leases=leases, failures=failures)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 @contextlib.asynccontextmanager
 async def start(
     settings: Settings, *, policy: PolicyHolder | None = None
@@ -195,53 +258,33 @@ async def start(
             throttle_retries=settings.relay_throttle_retries,
             metrics=metrics,
         )
-        settler = Settler(
-            store=store,
-            publisher=Publisher(channel=publish_channel, events=declared.events, topology=topology),
-            owner=owner,
-            clock=lambda: datetime.now(UTC),
-            metrics=metrics,
-            retry_s=settings.relay_settle_retry_s,
-            store_retry_s=settings.relay_store_retry_s,
-        )
-        retry = RetryPolicy(
-            settings.relay_max_attempts,
-            settings.relay_retry_base_s,
-            settings.relay_retry_max_s,
-            settings.relay_store_retry_s,
-        )
-        processor = Processor(
-            store=store,
-            settler=settler,
+        leases = Leases(backend.store, backend.locks, owner=owner, lease=lease, metrics=metrics)
+        pipeline = _build_pipeline(
+            settings,
+            backend,
+            leases,
             apis=build_apis(settings, http),
             scheduler=scheduler,
-            owner=owner,
-            lease=lease,
-            retry=retry,
-            max_body_bytes=settings.relay_max_body_bytes,
+            publisher=Publisher(channel=publish_channel, events=declared.events, topology=topology),
+            gate=PolicyGate(policy, store),
             metrics=metrics,
-            guard=PolicyGate(policy, store),
-            deferred_after_s=settings.relay_deferred_after_s,
-            renewals=backend.locks,
         )
         tasks = await stack.enter_async_context(asyncio.TaskGroup())
         consumer = Consumer(
             connection=connection,
-            queue_name=topology.work_queue,
-            prefetch=settings.relay_prefetch,
-            processor=processor,
-            settler=settler,
+            pipeline=pipeline,
             tasks=tasks,
-            store=store,
-            owner=owner,
-            lease=lease,
             metrics=metrics,
-            delay_queues=[topology.delay_queue(ms) for ms in DELAY_LEVELS_MS],
-            stall_s=settings.relay_stall_s,
+            options=ConsumerOptions(
+                topology.work_queue,
+                settings.relay_prefetch,
+                tuple(topology.delay_queue(ms) for ms in DELAY_LEVELS_MS),
+                settings.relay_stall_s,
+            ),
         )
         background = _Background(tasks)
         connection.reconnect_callbacks.add(lambda *_: background.once("verify", consumer.verify()))
-        background.loop("heartbeat", consumer.heartbeat())
+        background.loop("heartbeat", leases.renew_forever())
         background.loop("watch", consumer.watch())
         retention = timedelta(days=settings.relay_retention_days)
         background.loop("prune", _prune_forever(store, retention))

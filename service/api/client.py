@@ -42,6 +42,7 @@ __all__ = [
     "THROTTLE_CODES",
     "BssHttp",
     "CallScope",
+    "Preflight",
     "Response",
     "connector_from",
     "map_error",
@@ -113,22 +114,44 @@ def _lost(op: Operation, code: str, message: str) -> RelayError:
     return ApiUnavailable(code, message)
 
 
+@dataclass(frozen=True, slots=True)
+class Preflight:
+    """What must hold right before each send of a mutating (money-moving) request, after its
+    quota wait (429 re-sends included), checked in this order; each raises to stop the send:
+
+    1. ``lock_check``: the customer's renewal lock is still held (one lost with its database
+       connection is not relied on: ``StoreUnavailable``);
+    2. ``record_call``: the journal writes the call to the store, which fails (``LeaseLost``)
+       when this process no longer holds the command's lease, so a process that was frozen
+       past its lease never makes a money-moving call for a command someone else now owns.
+
+    Built for each command by the message path's run step and given to its ``CallScope``.
+    """
+
+    lock_check: Callable[[], None] | None = None
+    record_call: Callable[[], Awaitable[None]] | None = None
+
+    async def check(self) -> None:
+        if self.lock_check is not None:
+            self.lock_check()
+        if self.record_call is not None:
+            await self.record_call()
+
+
 @dataclass(slots=True)
 class CallScope:
     """One command's view of the API requests made for it, passed explicitly with each call.
 
     ``deadline``: the command's start deadline; it holds until the first request is sent (after
     that, what has started must be finished or reconciled, never dropped half-way).
+    ``preflight``: checked right before each send of a mutating request (``Preflight``).
     ``sent``: every request sent for the command, answers of 429 that were waited out included
-    (the event's ``attempts``). ``before_mutation``: run right before each send of a mutating
-    call, after its quota wait: the journal records the call there and checks in the store that
-    this process still owns the command, so a process that was frozen past its lease never
-    makes a money-moving call for a command someone else now owns.
+    (the event's ``attempts``).
     """
 
     deadline: datetime | None = None
+    preflight: Preflight = Preflight()
     sent: int = 0
-    before_mutation: Callable[[], Awaitable[None]] | None = None
 
     async def sending(self, op: Operation) -> None:
         if self.deadline is not None:
@@ -139,8 +162,8 @@ class CallScope:
                     "for its turn",
                 )
             self.deadline = None  # started now
-        if op.mutating and self.before_mutation is not None:
-            await self.before_mutation()
+        if op.mutating:
+            await self.preflight.check()
         self.sent += 1
 
 

@@ -1,5 +1,5 @@
-"""The policy gate: the policy's verdict on a command the processor has claimed, before any API
-call, and the coupon reservation that makes the caps exact.
+"""The policy gate: the policy's verdict on a command the message path has claimed, before any
+API call, and the coupon reservation that makes the caps exact.
 
 Order inside :meth:`PolicyGate.admitted` (entered after the claim, inside the customer's renewal
 lock, right before the handler runs):
