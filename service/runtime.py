@@ -24,7 +24,7 @@ import structlog
 from aio_pika.abc import AbstractRobustConnection
 
 from service.api.bss import PartnerApi
-from service.api.client import BssHttp, session_from
+from service.api.client import BssHttp, Endpoints, session_from
 from service.api.credentials import CredentialCache
 from service.backend import Backend, open_backend
 from service.broker.connection import connect_broker
@@ -251,8 +251,7 @@ async def start(
         stack.push_async_callback(scheduler.aclose)
         http = BssHttp(
             session=session,
-            bss_endpoint=settings.bss_endpoint,
-            iam_endpoint=settings.iam_endpoint,
+            endpoints=Endpoints(bss=settings.bss_endpoint, iam=settings.iam_endpoint),
             limiter=limiter,
             scheduler=scheduler,
             throttle_retries=settings.relay_throttle_retries,

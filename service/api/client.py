@@ -42,6 +42,7 @@ __all__ = [
     "THROTTLE_CODES",
     "BssHttp",
     "CallScope",
+    "Endpoints",
     "Preflight",
     "Response",
     "connector_from",
@@ -234,6 +235,14 @@ class _Lateness:
             self._limiter.late(self._api, self._parent_uid, slot=self._slot, sent_at=at)
 
 
+@dataclass(frozen=True, slots=True)
+class Endpoints:
+    """The base URLs the client calls: ``BSS_ENDPOINT`` and ``IAM_ENDPOINT``."""
+
+    bss: str
+    iam: str
+
+
 class BssHttp:
     """One aiohttp session, two base URLs (BSS and IAM); every call waits for its fair turn."""
 
@@ -241,15 +250,14 @@ class BssHttp:
         self,
         *,
         session: aiohttp.ClientSession,
-        bss_endpoint: str,
-        iam_endpoint: str,
+        endpoints: Endpoints,
         limiter: Limiter,
         scheduler: FairScheduler | None = None,
         throttle_retries: int = 5,
         metrics: Metrics | None = None,
     ) -> None:
         self._session = session
-        self._bases = {"bss": bss_endpoint.rstrip("/"), "iam": iam_endpoint.rstrip("/")}
+        self._bases = {"bss": endpoints.bss.rstrip("/"), "iam": endpoints.iam.rstrip("/")}
         self._limiter = limiter
         self._scheduler = scheduler or FairScheduler(limiter)
         self._throttle_retries = throttle_retries

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.api.client import BssHttp, Response, session_from
+from service.api.client import BssHttp, Endpoints, Response, session_from
 from service.api.operations import OPERATIONS
 from service.api.signer import Signer
 from service.pacing.limiter import RateLimiter
@@ -51,8 +51,7 @@ async def list_coupons(
     async with session_from(settings.api) as session:
         http = BssHttp(
             session=session,
-            bss_endpoint=settings.bss_endpoint,
-            iam_endpoint=settings.bss_endpoint,
+            endpoints=Endpoints(bss=settings.bss_endpoint, iam=settings.bss_endpoint),
             limiter=limiter,
             scheduler=scheduler,
             metrics=metrics,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.api.client import BssHttp, session_from
+from service.api.client import BssHttp, Endpoints, session_from
 from service.api.operations import OPERATIONS, PUBLISHED_LIMITS
 from service.api.signer import Signer
 from service.pacing.limiter import RateLimiter
@@ -21,8 +21,7 @@ async def test_api_calls_leave_from_the_source_address(
         async with session_from(settings.api) as session:
             http = BssHttp(
                 session=session,
-                bss_endpoint=settings.bss_endpoint,
-                iam_endpoint=settings.bss_endpoint,
+                endpoints=Endpoints(bss=settings.bss_endpoint, iam=settings.bss_endpoint),
                 limiter=RateLimiter(published=PUBLISHED_LIMITS, egress=settings.relay_egress),
             )
             answer = await http.call(

@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 
 from handlers.errors import StoreUnavailable, store_unavailable
-from service.api.client import BssHttp, CallScope, Preflight
+from service.api.client import BssHttp, CallScope, Endpoints, Preflight
 from service.api.operations import OPERATIONS, Operation
 from service.api.signer import Signer
 from service.pacing.limiter import RateLimiter
@@ -64,8 +64,7 @@ async def call(url: str, op: Operation, scope: CallScope) -> None:
     async with aiohttp.ClientSession() as session:
         http = BssHttp(
             session=session,
-            bss_endpoint=url,
-            iam_endpoint=url,
+            endpoints=Endpoints(bss=url, iam=url),
             limiter=RateLimiter({"*": 0}),  # unlimited: no quota wait in the way
         )
         await http.call(op, Signer("AK", "SK"), parent_uid="cust", body=b"{}", scope=scope)
