@@ -6,14 +6,14 @@ README's "Configuration" spell it; the runtime hands each of its steps one froze
 them, by concern:
 
 =================  =============================================================================
-``broker``         ``BrokerSettings``: AMQP_URL, the queues (prefix, type), the prefetch window
+``broker``         ``BrokerSettings``: AMQP_URL, the service's queues (prefix, type)
 ``store``          ``StoreSettings``: STORE_URL, the lease (also the renewal locks' idle bound),
                    retention
 ``pacing``         ``PacingSettings``: rate limits, guard, egress, hold window
 ``api``            ``ApiSettings``: endpoints, partner accounts, HTTP pool and timeouts,
                    429 retries, credentials cache
-``messages``       ``MessageSettings``: body size, retries, lease, deferral, settling, stall,
-                   drain, the policy file
+``messages``       ``MessageSettings``: prefetch, body size, retries, deferral, settling,
+                   stall, drain, the policy file
 ``operations``     ``OperationsSettings``: log level, metrics and health endpoint, tracing
 =================  =============================================================================
 """
@@ -111,7 +111,6 @@ class BrokerSettings:
     url: str  # one node, or several nodes of a cluster separated by commas
     queue_prefix: str
     queue_type: Literal["classic", "quorum"]
-    prefetch: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,12 +156,12 @@ class ApiSettings:
 
 @dataclass(frozen=True, slots=True)
 class MessageSettings:
+    prefetch: int  # unacknowledged messages the consumer takes at a time
     max_body_bytes: int
     max_attempts: int
     retry_base_s: float
     retry_max_s: float
     store_retry_s: float
-    lease: timedelta
     deferred_after_s: float
     settle_retry_s: float
     stall_s: float
@@ -194,7 +193,6 @@ class Settings(BaseSettings):
     relay_queue_prefix: str = "bss-relay"
     # quorum: the work, delay and dead-letter queues are quorum queues (a clustered broker).
     relay_queue_type: Literal["classic", "quorum"] = "classic"
-    relay_prefetch: int = Field(default=64, ge=1, le=10_000)
 
     # --- store --------------------------------------------------------------------------------
     store_url: str = DEFAULT_STORE_URL
@@ -240,6 +238,7 @@ class Settings(BaseSettings):
     relay_credential_cache_size: int = Field(default=10_000, ge=1)
 
     # --- message path -------------------------------------------------------------------------
+    relay_prefetch: int = Field(default=64, ge=1, le=10_000)
     relay_max_body_bytes: int = Field(default=256 * 1024, ge=1024)
     relay_max_attempts: int = Field(default=8, ge=1)
     relay_retry_base_s: float = Field(default=1.0, gt=0)
@@ -347,7 +346,6 @@ class Settings(BaseSettings):
             url=self.amqp_url,
             queue_prefix=self.relay_queue_prefix,
             queue_type=self.relay_queue_type,
-            prefetch=self.relay_prefetch,
         )
 
     @property
@@ -396,12 +394,12 @@ class Settings(BaseSettings):
     @property
     def messages(self) -> MessageSettings:
         return MessageSettings(
+            prefetch=self.relay_prefetch,
             max_body_bytes=self.relay_max_body_bytes,
             max_attempts=self.relay_max_attempts,
             retry_base_s=self.relay_retry_base_s,
             retry_max_s=self.relay_retry_max_s,
             store_retry_s=self.relay_store_retry_s,
-            lease=timedelta(seconds=self.relay_lease_s),
             deferred_after_s=self.relay_deferred_after_s,
             settle_retry_s=self.relay_settle_retry_s,
             stall_s=self.relay_stall_s,
