@@ -64,7 +64,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from service.ops.demo import run_demo
+    from service.demo import run_demo
 
     return run_until_signalled(
         lambda stop: run_demo(stop, amqp_url=args.amqp_url, timeout_s=args.timeout)
