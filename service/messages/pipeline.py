@@ -28,8 +28,9 @@ a handler's API calls branch off and come back, and count as one)::
     11. Settler.settle           settle: the one place a message is settled
     12. Settler._apply           dispatches on the settlement (here ``Finish``)
     13. Settler._finish          store the event, then publish it
-    14. Settler._send_event      → Publisher.event: the event, confirmed by the broker
-                                 (then mark it published, then ack)
+    14. Settler._send_event      the event's body and routing key
+    15. Publisher.event          the event, confirmed by the broker (then the command is
+                                 marked published, then the message acked)
 """
 
 from __future__ import annotations
