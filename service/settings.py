@@ -16,6 +16,8 @@ them, by concern:
                    stall, drain, the policy file
 ``operations``     ``OperationsSettings``: log level, metrics and health endpoint, tracing
 =================  =============================================================================
+
+``bss-relay console`` reads its own section (``RELAY_CONSOLE_*``) from the flat fields.
 """
 
 from __future__ import annotations
