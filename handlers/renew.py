@@ -13,10 +13,10 @@ anything else, from the renewal orders that are *new* since then and the resourc
 
 Orders that existed before the call, and orders another command owns (the store's effect
 ledger: a renewal records its order ids, and adopting one claims it atomically), are excluded,
-so another command's renewal of the same customer is never mistaken for this one's. Within
-one process renewals of a customer run one at a time (the processor), so a new order in the
-window is this command's unless another system renewed the same customer meanwhile, which
-makes it undecidable.
+so another command's renewal of the same customer is never mistaken for this one's. Renewals
+of a customer run one at a time (the message path's run step holds the customer's renewal
+lock), so a new order in the window is this command's unless another system renewed the same
+customer meanwhile, which makes it undecidable.
 """
 
 from __future__ import annotations

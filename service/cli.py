@@ -33,7 +33,8 @@ def _serve(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         print(f"bss-relay: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.relay_log_level)
+    operations = settings.operations
+    configure_logging(operations.log_level)
     try:  # validated before anything starts; SIGHUP re-reads it (an invalid file keeps this)
         policy = PolicyHolder.load(settings.relay_policy_file)
     except PolicyError as exc:
@@ -42,7 +43,7 @@ def _serve(args: argparse.Namespace) -> int:
     from service.telemetry.tracing import configure_tracing
 
     try:  # the OTEL_* variables: a no-op when they ask for nothing
-        tracer_provider = configure_tracing()
+        tracer_provider = configure_tracing(operations.tracing)
     except ValueError as exc:
         print(f"bss-relay: invalid OpenTelemetry configuration: {exc}", file=sys.stderr)
         return 2
@@ -63,7 +64,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from service.ops.demo import run_demo
+    from service.demo import run_demo
 
     return run_until_signalled(
         lambda stop: run_demo(stop, amqp_url=args.amqp_url, timeout_s=args.timeout)

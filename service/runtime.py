@@ -1,11 +1,26 @@
-"""The runtime: builds every resource, owns it in one ``AsyncExitStack``, drains on stop.
+"""The runtime: the composition root, in named steps, owned by one ``AsyncExitStack``.
 
 ``start(settings)`` is an async context manager that yields a ``RunningService`` once the
-service consumes; leaving it stops intake, drains within ``RELAY_SHUTDOWN_GRACE_S``, cancels
-what is left (unacked, so redelivered) and closes everything in reverse order of opening:
-command store -> HTTP session -> broker connection -> channels and topology -> consumer.
-Start fails fast: an unreachable broker or store raises before anything is consumed.
-``run(settings, stop=…)`` is ``bss-relay serve``: start, wait for the signal, stop.
+service consumes. Each step opens one resource (an async context manager, in the manner of
+aiohttp's ``cleanup_ctx``: open, yield, close) from its own group of settings, in this order:
+
+1. ``open_backend``    the store, its rate-limit buckets, renewal locks and health probe
+                       (``settings.store``, ``settings.pacing``; in ``service.backend``)
+2. ``open_pacing``     the fair scheduler on the backend's buckets (``settings.pacing``)
+3. ``open_broker``     the robust connection, the publishing channel, the topology declared
+                       (``settings.broker``)
+4. ``open_api``        the HTTP session, the client on the buckets and the scheduler, one
+                       ``PartnerApi`` per partner account (``settings.api``)
+5. ``build_pipeline``  the process's ``Leases`` and the message path: read, admit or park,
+                       claim, run, settle (``settings.messages``)
+6. ``open_consumer``   the consumer in its task group, with the lease heartbeat and the stall
+                       detector beside it; then the store's upkeep loops (``_upkeep``)
+7. ``open_metrics``    ``/metrics`` and ``/healthz`` when a port is set (``settings.operations``)
+
+Leaving it stops intake, drains within ``RELAY_SHUTDOWN_GRACE_S``, cancels what is left
+(unacked, so redelivered) and closes everything in reverse order. Start fails fast: an
+unreachable store or broker raises before anything is consumed. ``run(settings, stop=…)`` is
+``bss-relay serve``: start, wait for the signal, stop.
 """
 
 from __future__ import annotations
@@ -15,36 +30,48 @@ import contextlib
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable
-from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import structlog
 from aio_pika.abc import AbstractRobustConnection
 
 from service.api.bss import PartnerApi
-from service.api.client import BssHttp, session_from
+from service.api.client import BssHttp, Endpoints, session_from
 from service.api.credentials import CredentialCache
+from service.backend import Backend, open_backend
 from service.broker.connection import connect_broker
 from service.broker.topology import DELAY_LEVELS_MS, Topology, declare
-from service.guardrails.gate import Guard
+from service.guardrails.gate import PolicyGate
 from service.guardrails.policy import PolicyError, PolicyHolder
-from service.messages.consumer import Consumer
-from service.messages.processor import Processor, RetryPolicy
+from service.messages.admission import Admission
+from service.messages.claiming import Claiming
+from service.messages.consumer import Consumer, ConsumerOptions
+from service.messages.delivery import ScopedApi
+from service.messages.failures import Failures, RetryPolicy
+from service.messages.leases import Leases
+from service.messages.pipeline import Pipeline, Steps
 from service.messages.publisher import Publisher
-from service.messages.settlement import Settler
-from service.pacing.limiter import Limiter
+from service.messages.reading import Reader
+from service.messages.running import Runner
+from service.messages.settlement import Settler, SettleRetry
 from service.pacing.scheduler import FairScheduler
-from service.pacing.shared import open_limiter
-from service.settings import Settings
-from service.store import PostgresCommandStore, open_store
-from service.store.health import StoreHealth
-from service.store.locks import LocalLocks, PostgresLocks, RenewalLocks
+from service.settings import (
+    ApiSettings,
+    BrokerSettings,
+    MessageSettings,
+    OperationsSettings,
+    PacingSettings,
+    Settings,
+    StoreSettings,
+)
 from service.store.types import CommandStore
 from service.telemetry.metrics import Metrics, serve_metrics
 
-__all__ = ["ConfigurationError", "RunningService", "run", "start"]
+__all__ = ["Broker", "ConfigurationError", "Consuming", "Parts", "RunningService", "run", "start"]
 
 log = structlog.get_logger(__name__)
 
@@ -56,70 +83,65 @@ class ConfigurationError(RuntimeError):
 
 
 @dataclass(frozen=True, slots=True)
+class Broker:
+    """The broker as the service uses it: one robust connection, publishing with confirms."""
+
+    connection: AbstractRobustConnection
+    publisher: Publisher
+    topology: Topology
+
+
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """What the first steps opened: the message path is built from these."""
+
+    backend: Backend
+    broker: Broker
+    scheduler: FairScheduler
+    apis: Mapping[str, ScopedApi]
+    policy: PolicyHolder
+    metrics: Metrics
+
+
+@dataclass(frozen=True, slots=True)
 class RunningService:
     """What a started service is made of, for the CLI, the demo and tests to look at."""
 
     owner: str
     settings: Settings
-    topology: Topology
-    store: CommandStore
-    connection: AbstractRobustConnection
-    consumer: Consumer
-    limiter: Limiter
-    scheduler: FairScheduler
-    metrics: Metrics
-    policy: PolicyHolder
-    background: _Background
-    store_health: StoreHealth | None = None  # PostgreSQL: pinged (SQLite is a local file)
+    parts: Parts
+    running: Consuming
+
+    @property
+    def backend(self) -> Backend:
+        return self.parts.backend
+
+    @property
+    def scheduler(self) -> FairScheduler:
+        return self.parts.scheduler
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.parts.metrics
+
+    @property
+    def policy(self) -> PolicyHolder:
+        return self.parts.policy
+
+    @property
+    def consumer(self) -> Consumer:
+        return self.running.consumer
 
     def problems(self) -> list[str]:
         """Why the service is not healthy now (empty: it is); ``/healthz`` shows them."""
         found = list(self.consumer.problems())
-        if self.store_health is not None:
-            found.extend(self.store_health.problems())
-        if self.connection.is_closed:
+        if self.backend.health is not None:
+            found.extend(self.backend.health.problems())
+        if self.parts.broker.connection.is_closed:
             found.append("broker connection closed; reconnecting")
-        found.extend(f"background loop {name!r} stopped" for name in self.background.failed)
+        failed = self.running.background.failed
+        found.extend(f"background loop {name!r} stopped" for name in failed)
         return found
-
-
-def _owner_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def build_apis(settings: Settings, http: BssHttp) -> dict[str, PartnerApi]:
-    partners = settings.partners()
-    if not partners:
-        raise ConfigurationError(
-            "no partner account: set BSS_PARTNER_ID, BSS_ACCESS_KEY, BSS_SECRET_KEY "
-            "(and BSS_AGENCY_NAME), or BSS_PARTNERS_FILE"
-        )
-    return {
-        pid: PartnerApi(
-            http=http,
-            partner=partner,
-            credentials=CredentialCache(
-                http=http,
-                partner=partner,
-                duration_s=settings.relay_credential_duration_s,
-                refresh_margin_s=settings.relay_credential_refresh_margin_s,
-                max_entries=settings.relay_credential_cache_size,
-            ),
-        )
-        for pid, partner in partners.items()
-    }
-
-
-async def _prune_forever(store: CommandStore, retention: timedelta) -> None:
-    while True:
-        try:
-            removed = await store.prune(finished_before=datetime.now(UTC) - retention)
-        except Exception:  # the store may be away for a while: tried again next round
-            log.exception("store_prune_failed")
-        else:
-            if removed:
-                log.info("store_pruned", removed=removed)
-        await asyncio.sleep(PRUNE_EVERY_S)
 
 
 class _Background:
@@ -152,31 +174,19 @@ class _Background:
             task.cancel()
 
 
-def _renewal_locks(
-    store: CommandStore, owner: str, lease: timedelta
-) -> AbstractAsyncContextManager[RenewalLocks]:
-    """One renewal per customer at a time: across replicas on PostgreSQL (advisory locks on
-    a connection of their own, which also says this process is alive, and which the server
-    ends when it is silent for a lease: a frozen replica holds none past its lease), within
-    the process on SQLite (one process per file)."""
-    if isinstance(store, PostgresCommandStore):
-        return PostgresLocks(
-            store.connect,
-            namespace=f"{store.schema or 'public'}:renew",
-            owner=owner,
-            idle_s=lease.total_seconds(),
-        )
-    return LocalLocks()
+@dataclass(frozen=True, slots=True)
+class Consuming:
+    """What ``open_consumer`` leaves running: the consumer and the loops beside it."""
 
+    consumer: Consumer
+    background: _Background
 
-def _watch_store(store: CommandStore, background: _Background) -> StoreHealth | None:
-    """PostgreSQL is pinged, so ``/healthz`` says when it cannot be reached (no API call is
-    made meanwhile); an SQLite file is part of the process and is not."""
-    if not isinstance(store, PostgresCommandStore):
-        return None
-    health = StoreHealth(store.ping)
-    background.loop("store-health", health.watch())
-    return health
+    async def stop(self, grace_s: float) -> None:
+        """Stop intake, drain within ``grace_s`` (the rest is cancelled, unacked: redelivered
+        later), then cancel the loops."""
+        await self.consumer.stop_intake()
+        await self.consumer.drain(grace_s)
+        self.background.cancel()
 
 
 @contextlib.asynccontextmanager
@@ -185,129 +195,29 @@ async def start(
 ) -> AsyncIterator[RunningService]:
     """``policy``: the holder ``serve`` reloads on SIGHUP; read from RELAY_POLICY_FILE if None
     (an invalid file raises ``ConfigurationError``)."""
-    if policy is None:
-        try:
-            policy = await asyncio.to_thread(PolicyHolder.load, settings.relay_policy_file)
-        except PolicyError as exc:
-            raise ConfigurationError(str(exc)) from None
-    topology = Topology(settings.relay_queue_prefix, settings.relay_queue_type)
-    lease = timedelta(seconds=settings.relay_lease_s)
-    owner = _owner_id()
+    policy = policy if policy is not None else await _load_policy(settings.messages.policy_file)
+    owner, metrics = _owner_id(), Metrics()
     async with AsyncExitStack() as stack:
-        store = await stack.enter_async_context(open_store(settings.store_url))
-        session = await stack.enter_async_context(session_from(settings))
-        connection = await connect_broker(settings.amqp_url)
-        stack.push_async_callback(connection.close)
-        publish_channel = await connection.channel(publisher_confirms=True)
-        declared = await declare(publish_channel, topology)
-
-        limiter = await stack.enter_async_context(
-            open_limiter(
-                store,
-                settings.relay_rate_limits,
-                egress=settings.relay_egress,
-                guard_s=settings.relay_rate_guard_ms / 1000,
-                guard_max_s=settings.relay_rate_guard_max_ms / 1000,
-            )
+        enter = stack.enter_async_context
+        backend = await enter(open_backend(settings.store, settings.pacing, owner=owner))
+        scheduler = await enter(open_pacing(settings.pacing, backend, metrics))
+        broker = await enter(open_broker(settings.broker))
+        apis = await enter(open_api(settings.api, backend, scheduler, metrics))
+        parts = Parts(backend, broker, scheduler, apis, policy, metrics)
+        leases = Leases(
+            backend.store, backend.locks, owner=owner, lease=settings.store.lease, metrics=metrics
         )
-        metrics = Metrics()
-        metrics.watch_rates(limiter.rates)
-        scheduler = FairScheduler(limiter, hold_s=settings.relay_hold_s)
-        stack.push_async_callback(scheduler.aclose)
-        http = BssHttp(
-            session=session,
-            bss_endpoint=settings.bss_endpoint,
-            iam_endpoint=settings.iam_endpoint,
-            limiter=limiter,
-            scheduler=scheduler,
-            throttle_retries=settings.relay_throttle_retries,
-            metrics=metrics,
-        )
-        settler = Settler(
-            store=store,
-            publisher=Publisher(channel=publish_channel, events=declared.events, topology=topology),
-            owner=owner,
-            clock=lambda: datetime.now(UTC),
-            metrics=metrics,
-            retry_s=settings.relay_settle_retry_s,
-            store_retry_s=settings.relay_store_retry_s,
-        )
-        retry = RetryPolicy(
-            settings.relay_max_attempts,
-            settings.relay_retry_base_s,
-            settings.relay_retry_max_s,
-            settings.relay_store_retry_s,
-        )
-        processor = Processor(
-            store=store,
-            settler=settler,
-            apis=build_apis(settings, http),
-            scheduler=scheduler,
-            owner=owner,
-            lease=lease,
-            retry=retry,
-            max_body_bytes=settings.relay_max_body_bytes,
-            metrics=metrics,
-            guard=Guard(policy, store),
-            deferred_after_s=settings.relay_deferred_after_s,
-            renewals=await stack.enter_async_context(_renewal_locks(store, owner, lease)),
-        )
-        tasks = await stack.enter_async_context(asyncio.TaskGroup())
-        consumer = Consumer(
-            connection=connection,
-            queue_name=topology.work_queue,
-            prefetch=settings.relay_prefetch,
-            processor=processor,
-            settler=settler,
-            tasks=tasks,
-            store=store,
-            owner=owner,
-            lease=lease,
-            metrics=metrics,
-            delay_queues=[topology.delay_queue(ms) for ms in DELAY_LEVELS_MS],
-            stall_s=settings.relay_stall_s,
-        )
-        background = _Background(tasks)
-        connection.reconnect_callbacks.add(lambda *_: background.once("verify", consumer.verify()))
-        background.loop("heartbeat", consumer.heartbeat())
-        background.loop("watch", consumer.watch())
-        retention = timedelta(days=settings.relay_retention_days)
-        background.loop("prune", _prune_forever(store, retention))
-        store_health = _watch_store(store, background)
-        await consumer.start()
-        metrics.inflight.set_function(lambda: consumer.tasks_running)
-        metrics.set_parked(lambda: consumer.waiting_in_delay_queues)
-        service = RunningService(
-            owner=owner,
-            settings=settings,
-            topology=topology,
-            store=store,
-            connection=connection,
-            consumer=consumer,
-            limiter=limiter,
-            scheduler=scheduler,
-            metrics=metrics,
-            background=background,
-            policy=policy,
-            store_health=store_health,
-        )
-        if settings.relay_metrics_port is not None:
-            await stack.enter_async_context(
-                serve_metrics(
-                    metrics,
-                    host=settings.relay_metrics_host,
-                    port=settings.relay_metrics_port,
-                    problems=service.problems,
-                )
-            )
-        log.info("service_started", owner=owner, queue=topology.work_queue)
+        pipeline = build_pipeline(settings.messages, leases, parts)
+        running = await enter(open_consumer(settings.messages, pipeline, leases, parts))
+        _upkeep(running.background, backend, settings.store)
+        service = RunningService(owner, settings, parts, running)
+        await enter(open_metrics(settings.operations, metrics, service.problems))
+        log.info("service_started", owner=owner, queue=broker.topology.work_queue)
         try:
             yield service
         finally:
             log.info("service_stopping")
-            await consumer.stop_intake()
-            await consumer.drain(settings.relay_shutdown_grace_s)
-            background.cancel()
+            await running.stop(settings.messages.shutdown_grace_s)
     log.info("service_stopped")
 
 
@@ -315,3 +225,194 @@ async def run(settings: Settings, *, stop: asyncio.Event) -> None:
     """``bss-relay serve``: run until ``stop`` is set (SIGTERM/SIGINT), then drain."""
     async with start(settings):
         await stop.wait()
+
+
+# -- the steps, in the order ``start`` takes them ------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def open_pacing(
+    settings: PacingSettings, backend: Backend, metrics: Metrics
+) -> AsyncIterator[FairScheduler]:
+    """The fair dispatcher on the backend's buckets: admissions and API calls ask it for
+    their turn."""
+    metrics.watch_rates(backend.buckets.rates)
+    scheduler = FairScheduler(backend.buckets, hold_s=settings.hold_s)
+    try:
+        yield scheduler
+    finally:
+        await scheduler.aclose()
+
+
+@contextlib.asynccontextmanager
+async def open_broker(settings: BrokerSettings) -> AsyncIterator[Broker]:
+    """Connect (raises at once if no node answers), then declare the topology on the
+    publishing channel (raises ``TopologyMismatch`` for queues of another type)."""
+    topology = Topology(settings.queue_prefix, settings.queue_type)
+    connection = await connect_broker(settings.url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        declared = await declare(channel, topology)
+        publisher = Publisher(channel=channel, events=declared.events, topology=topology)
+        yield Broker(connection, publisher, topology)
+    finally:
+        await connection.close()
+
+
+@contextlib.asynccontextmanager
+async def open_api(
+    settings: ApiSettings, backend: Backend, scheduler: FairScheduler, metrics: Metrics
+) -> AsyncIterator[dict[str, PartnerApi]]:
+    """One HTTP session; every call waits for its turn on the backend's buckets."""
+    async with session_from(settings) as session:
+        http = BssHttp(
+            session=session,
+            endpoints=Endpoints(bss=settings.bss_endpoint, iam=settings.iam_endpoint),
+            limiter=backend.buckets,
+            scheduler=scheduler,
+            throttle_retries=settings.throttle_retries,
+            metrics=metrics,
+        )
+        yield build_apis(settings, http)
+
+
+def build_pipeline(settings: MessageSettings, leases: Leases, parts: Parts) -> Pipeline:
+    """The message path: read, admit or park, claim, run, settle (``service.messages``)."""
+    retry = RetryPolicy(
+        settings.max_attempts, settings.retry_base_s, settings.retry_max_s, settings.store_retry_s
+    )
+    failures = Failures(retry, lease=leases.lease, metrics=parts.metrics, clock=_utc_now)
+    settler = Settler(
+        store=parts.backend.store,
+        publisher=parts.broker.publisher,
+        leases=leases,
+        clock=_utc_now,
+        metrics=parts.metrics,
+        retry=SettleRetry(settings.settle_retry_s, settings.store_retry_s),
+    )
+    steps = _steps(settings, leases, failures, parts)
+    return Pipeline(steps, settler=settler, leases=leases, failures=failures)
+
+
+def _steps(settings: MessageSettings, leases: Leases, failures: Failures, parts: Parts) -> Steps:
+    store, metrics = parts.backend.store, parts.metrics
+    return Steps(
+        read=Reader(parts.apis, max_body_bytes=settings.max_body_bytes),
+        admission=Admission(
+            parts.scheduler,
+            metrics=metrics,
+            clock=_utc_now,
+            deferred_after_s=settings.deferred_after_s,
+        ),
+        claim=Claiming(leases, clock=_utc_now),
+        run=Runner(
+            store=store,
+            locks=parts.backend.locks,
+            gate=PolicyGate(parts.policy, store),
+            failures=failures,
+            owner=leases.owner,
+            clock=_utc_now,
+        ),
+    )
+
+
+@contextlib.asynccontextmanager
+async def open_consumer(
+    settings: MessageSettings, pipeline: Pipeline, leases: Leases, parts: Parts
+) -> AsyncIterator[Consuming]:
+    """The consumer, its task group (every message's task and every loop), the lease
+    heartbeat and the stall detector; consuming once they run."""
+    connection, topology, metrics = parts.broker.connection, parts.broker.topology, parts.metrics
+    options = ConsumerOptions(
+        topology.work_queue,
+        settings.prefetch,
+        tuple(topology.delay_queue(ms) for ms in DELAY_LEVELS_MS),
+        settings.stall_s,
+    )
+    async with asyncio.TaskGroup() as tasks:
+        consumer = Consumer(
+            connection=connection, pipeline=pipeline, tasks=tasks, metrics=metrics, options=options
+        )
+        background = _Background(tasks)
+        connection.reconnect_callbacks.add(lambda *_: background.once("verify", consumer.verify()))
+        background.loop("heartbeat", leases.renew_forever())
+        background.loop("watch", consumer.watch())
+        await consumer.start()
+        metrics.inflight.set_function(lambda: consumer.tasks_running)
+        metrics.set_parked(lambda: consumer.waiting_in_delay_queues)
+        yield Consuming(consumer, background)
+
+
+def _upkeep(background: _Background, backend: Backend, settings: StoreSettings) -> None:
+    """The store's loops: finished commands pruned after the retention; PostgreSQL pinged, so
+    ``/healthz`` says when it cannot be reached (an SQLite file is part of the process)."""
+    background.loop("prune", _prune_forever(backend.store, settings.retention))
+    if backend.health is not None:
+        background.loop("store-health", backend.health.watch())
+
+
+@contextlib.asynccontextmanager
+async def open_metrics(
+    settings: OperationsSettings, metrics: Metrics, problems: Callable[[], list[str]]
+) -> AsyncIterator[None]:
+    """Prometheus ``/metrics`` and ``/healthz``, when ``RELAY_METRICS_PORT`` is set."""
+    if settings.metrics_port is None:
+        yield
+        return
+    async with serve_metrics(
+        metrics, host=settings.metrics_host, port=settings.metrics_port, problems=problems
+    ):
+        yield
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def build_apis(settings: ApiSettings, http: BssHttp) -> dict[str, PartnerApi]:
+    partners = settings.partners()
+    if not partners:
+        raise ConfigurationError(
+            "no partner account: set BSS_PARTNER_ID, BSS_ACCESS_KEY, BSS_SECRET_KEY "
+            "(and BSS_AGENCY_NAME), or BSS_PARTNERS_FILE"
+        )
+    return {
+        pid: PartnerApi(
+            http=http,
+            partner=partner,
+            credentials=CredentialCache(
+                http=http,
+                partner=partner,
+                duration_s=settings.credential_duration_s,
+                refresh_margin_s=settings.credential_refresh_margin_s,
+                max_entries=settings.credential_cache_size,
+            ),
+        )
+        for pid, partner in partners.items()
+    }
+
+
+async def _load_policy(path: Path | None) -> PolicyHolder:
+    try:
+        return await asyncio.to_thread(PolicyHolder.load, path)
+    except PolicyError as exc:
+        raise ConfigurationError(str(exc)) from None
+
+
+async def _prune_forever(store: CommandStore, retention: timedelta) -> None:
+    while True:
+        try:
+            removed = await store.prune(finished_before=datetime.now(UTC) - retention)
+        except Exception:  # the store may be away for a while: tried again next round
+            log.exception("store_prune_failed")
+        else:
+            if removed:
+                log.info("store_pruned", removed=removed)
+        await asyncio.sleep(PRUNE_EVERY_S)
+
+
+def _owner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)

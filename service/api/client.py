@@ -34,7 +34,7 @@ from service.api.operations import Operation
 from service.api.signer import QueryValue, Signer, canonical_query
 from service.pacing.limiter import Limiter
 from service.pacing.scheduler import FairScheduler
-from service.settings import Settings
+from service.settings import ApiSettings
 from service.telemetry.metrics import Metrics
 from service.telemetry.tracing import client_span
 
@@ -42,6 +42,8 @@ __all__ = [
     "THROTTLE_CODES",
     "BssHttp",
     "CallScope",
+    "Endpoints",
+    "Preflight",
     "Response",
     "connector_from",
     "map_error",
@@ -113,22 +115,44 @@ def _lost(op: Operation, code: str, message: str) -> RelayError:
     return ApiUnavailable(code, message)
 
 
+@dataclass(frozen=True, slots=True)
+class Preflight:
+    """What must hold right before each send of a mutating (money-moving) request, after its
+    quota wait (429 re-sends included), checked in this order; each raises to stop the send:
+
+    1. ``lock_check``: the customer's renewal lock is still held (one lost with its database
+       connection is not relied on: ``StoreUnavailable``);
+    2. ``record_call``: the journal writes the call to the store, which fails (``LeaseLost``)
+       when this process no longer holds the command's lease, so a process that was frozen
+       past its lease never makes a money-moving call for a command someone else now owns.
+
+    Built for each command by the message path's run step and given to its ``CallScope``.
+    """
+
+    lock_check: Callable[[], None] | None = None
+    record_call: Callable[[], Awaitable[None]] | None = None
+
+    async def check(self) -> None:
+        if self.lock_check is not None:
+            self.lock_check()
+        if self.record_call is not None:
+            await self.record_call()
+
+
 @dataclass(slots=True)
 class CallScope:
     """One command's view of the API requests made for it, passed explicitly with each call.
 
     ``deadline``: the command's start deadline; it holds until the first request is sent (after
     that, what has started must be finished or reconciled, never dropped half-way).
+    ``preflight``: checked right before each send of a mutating request (``Preflight``).
     ``sent``: every request sent for the command, answers of 429 that were waited out included
-    (the event's ``attempts``). ``before_mutation``: run right before each send of a mutating
-    call, after its quota wait: the journal records the call there and checks in the store that
-    this process still owns the command, so a process that was frozen past its lease never
-    makes a money-moving call for a command someone else now owns.
+    (the event's ``attempts``).
     """
 
     deadline: datetime | None = None
+    preflight: Preflight = Preflight()
     sent: int = 0
-    before_mutation: Callable[[], Awaitable[None]] | None = None
 
     async def sending(self, op: Operation) -> None:
         if self.deadline is not None:
@@ -139,17 +163,17 @@ class CallScope:
                     "for its turn",
                 )
             self.deadline = None  # started now
-        if op.mutating and self.before_mutation is not None:
-            await self.before_mutation()
+        if op.mutating:
+            await self.preflight.check()
         self.sent += 1
 
 
-def connector_from(settings: Settings) -> aiohttp.TCPConnector:
+def connector_from(settings: ApiSettings) -> aiohttp.TCPConnector:
     """The API connection pool: ``RELAY_HTTP_CONNECTIONS`` connections, each opened from
     ``RELAY_SOURCE_ADDRESS`` when set (any local port), so the API sees that source address."""
-    source = settings.relay_source_address
+    source = settings.source_address
     return aiohttp.TCPConnector(
-        limit=settings.relay_http_connections,
+        limit=settings.http_connections,
         local_addr=(source, 0) if source is not None else None,
     )
 
@@ -173,11 +197,11 @@ def write_trace() -> aiohttp.TraceConfig:
     return trace
 
 
-def session_from(settings: Settings) -> aiohttp.ClientSession:
+def session_from(settings: ApiSettings) -> aiohttp.ClientSession:
     """The one HTTP session of a replica (an async context manager), built from settings."""
     return aiohttp.ClientSession(
         timeout=aiohttp.ClientTimeout(
-            total=settings.relay_http_timeout_s, sock_connect=settings.relay_connect_timeout_s
+            total=settings.http_timeout_s, sock_connect=settings.connect_timeout_s
         ),
         connector=connector_from(settings),
         trace_configs=[write_trace()],
@@ -211,6 +235,14 @@ class _Lateness:
             self._limiter.late(self._api, self._parent_uid, slot=self._slot, sent_at=at)
 
 
+@dataclass(frozen=True, slots=True)
+class Endpoints:
+    """The base URLs the client calls: ``BSS_ENDPOINT`` and ``IAM_ENDPOINT``."""
+
+    bss: str
+    iam: str
+
+
 class BssHttp:
     """One aiohttp session, two base URLs (BSS and IAM); every call waits for its fair turn."""
 
@@ -218,15 +250,14 @@ class BssHttp:
         self,
         *,
         session: aiohttp.ClientSession,
-        bss_endpoint: str,
-        iam_endpoint: str,
+        endpoints: Endpoints,
         limiter: Limiter,
         scheduler: FairScheduler | None = None,
         throttle_retries: int = 5,
         metrics: Metrics | None = None,
     ) -> None:
         self._session = session
-        self._bases = {"bss": bss_endpoint.rstrip("/"), "iam": iam_endpoint.rstrip("/")}
+        self._bases = {"bss": endpoints.bss.rstrip("/"), "iam": endpoints.iam.rstrip("/")}
         self._limiter = limiter
         self._scheduler = scheduler or FairScheduler(limiter)
         self._throttle_retries = throttle_retries

@@ -13,7 +13,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from urllib.parse import quote, unquote
 
-__all__ = ["OPERATIONS", "Caller", "Operation", "match"]
+__all__ = ["OPERATIONS", "PUBLISHED_LIMITS", "Caller", "Operation", "match"]
 
 DEFAULT_LIMIT_PER_SECOND = 10
 
@@ -168,6 +168,12 @@ _ROWS = (
 )
 
 OPERATIONS: MappingProxyType[str, Operation] = MappingProxyType({op.name: op for op in _ROWS})
+
+# The published limits (requests/s; None: not throttled), the table pacing starts from. Pacing
+# sits below the API client in the tree, so it is handed this table rather than importing it.
+PUBLISHED_LIMITS: MappingProxyType[str, int | None] = MappingProxyType(
+    {op.name: op.limit_per_second for op in _ROWS}
+)
 
 
 def match(method: str, path: str) -> tuple[Operation, dict[str, str]] | None:

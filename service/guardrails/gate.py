@@ -1,7 +1,7 @@
-"""The guard step: the policy's verdict on a command the processor has claimed, before any API
-call, and the coupon reservation that makes the caps exact.
+"""The policy gate: the policy's verdict on a command the message path has claimed, before any
+API call, and the coupon reservation that makes the caps exact.
 
-Order inside :meth:`Guard.admitted` (entered after the claim, inside the customer's renewal
+Order inside :meth:`PolicyGate.admitted` (entered after the claim, inside the customer's renewal
 lock, right before the handler runs):
 
 1. ``Policy.admit``: producer permissions, ``renew.max_months``, ``issue_coupon.max_face_value``;
@@ -23,52 +23,20 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
-from typing import Any
 
 import structlog
-from aio_pika.abc import AbstractIncomingMessage
 
 from handlers.errors import CommandRejected, Disposition, RelayError
 from schemas.commands import Command, IssueCouponCommand, RenewCommand
-from service.broker.topology import COMMANDS_EXCHANGE
 from service.guardrails.policy import POLICY_DENIED, Denial, Policy, PolicyHolder
 from service.store.errors import store_call
 from service.store.types import CommandStore, CouponCaps
 
-__all__ = ["REQUESTED_BY", "Guard", "PolicyDenied", "carry_requester", "requester"]
+__all__ = ["PolicyDenied", "PolicyGate"]
 
 log = structlog.get_logger(__name__)
 
 MAX_NAMED = 5
-
-REQUESTED_BY = "x-relay-requested-by"
-"""Header on the service's own copies of a command (delayed retries, parking, dead letters):
-the broker-validated ``user_id`` of the original message, which a copy cannot carry as its
-``user_id`` (the broker refuses a publish whose user_id is not the publisher's)."""
-
-
-def requester(message: AbstractIncomingMessage) -> str | None:
-    """Who asked for this command: the message's ``user_id`` (RabbitMQ validated it against the
-    publishing connection), or, on a copy that came back from the service's own delay queues
-    (not through ``bss.commands``), the header the service put there. On a message from
-    ``bss.commands`` the header is never trusted: a producer could write anything in it."""
-    if message.user_id:
-        return str(message.user_id)
-    if getattr(message, "exchange", COMMANDS_EXCHANGE) == COMMANDS_EXCHANGE:
-        return None  # (a stand-in message without an exchange is not trusted either)
-    value = (message.headers or {}).get(REQUESTED_BY)
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", "replace")
-    return value if isinstance(value, str) and value else None
-
-
-def carry_requester(message: AbstractIncomingMessage, headers: dict[str, Any]) -> None:
-    """Set (or drop) ``REQUESTED_BY`` in the headers of a copy of ``message``."""
-    who = requester(message)
-    if who is None:
-        headers.pop(REQUESTED_BY, None)
-    else:
-        headers[REQUESTED_BY] = who
 
 
 class PolicyDenied(CommandRejected):
@@ -77,7 +45,9 @@ class PolicyDenied(CommandRejected):
         self.denial = denial
 
 
-class Guard:
+class PolicyGate:
+    """The policy step of the message path: admits a claimed command, or refuses it."""
+
     def __init__(self, policy: PolicyHolder, store: CommandStore) -> None:
         self.policy = policy
         self._store = store

@@ -17,9 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -31,13 +30,12 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
-from service.messages.processor import Processor
+from service.messages.pipeline import Pipeline
 from service.messages.publisher import BROKER_ERRORS
-from service.messages.settlement import Redeliver, Settled, Settler
-from service.store.types import CommandStore
+from service.messages.settlement import Settled
 from service.telemetry.metrics import Metrics
 
-__all__ = ["Consumer", "Inflight", "Phase"]
+__all__ = ["Consumer", "ConsumerOptions", "Inflight", "Phase"]
 
 log = structlog.get_logger(__name__)
 
@@ -99,35 +97,34 @@ class Inflight:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class ConsumerOptions:
+    """Which queues the consumer reads and watches, and how."""
+
+    work_queue: str
+    prefetch: int
+    delay_queues: tuple[str, ...] = ()  # counted for the metrics (commands waiting there)
+    stall_s: float = 30.0  # unsettled this long while its channel lives: a new channel
+
+
 class Consumer:
     def __init__(
         self,
         *,
         connection: AbstractRobustConnection,
-        queue_name: str,
-        prefetch: int,
-        processor: Processor,
-        settler: Settler,
+        pipeline: Pipeline,
         tasks: asyncio.TaskGroup,
-        store: CommandStore,
-        owner: str,
-        lease: timedelta,
         metrics: Metrics,
-        delay_queues: Sequence[str] = (),
-        stall_s: float = 30.0,
+        options: ConsumerOptions,
     ) -> None:
         self._connection = connection
-        self._queue_name = queue_name
-        self._prefetch = prefetch
-        self._processor = processor
-        self._settler = settler
+        self._pipeline = pipeline
         self._tasks = tasks
-        self._store = store
-        self._owner = owner
-        self._lease = lease
         self._metrics = metrics
-        self._stall_s = stall_s
-        self._delay_queues = tuple(delay_queues)
+        self._queue_name = options.work_queue
+        self._prefetch = options.prefetch
+        self._stall_s = options.stall_s
+        self._delay_queues = options.delay_queues
         self.waiting_in_delay_queues = 0  # read from the broker every DELAY_POLL_S
         self.inflight = Inflight()
         self._running: set[asyncio.Task[None]] = set()
@@ -185,7 +182,7 @@ class Consumer:
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         if self._stopping:  # delivered between cancel and its answer: leave it to the broker
-            await self._settler.settle(message, Redeliver("stopping"))
+            await self._pipeline.hand_back(message)
             return
         self.inflight.begin(message)
         task = self._tasks.create_task(self._handle(message))
@@ -197,24 +194,11 @@ class Consumer:
         (never silently) stuck."""
         how = Settled.ABANDONED  # cancelled (shutdown): unacked, so redelivered
         try:
-            how = await self._processor.process(message)
+            how = await self._pipeline.process(message)
         finally:
             self.inflight.end(message, how)
 
     # -- background loops, owned by the runtime's TaskGroup ---------------------------------
-
-    async def heartbeat(self) -> None:
-        """Keep the store leases of the commands we work on alive: one statement for all of
-        them every third of a lease, so a short lease stays cheap."""
-        interval = self._lease.total_seconds() / 3
-        while True:
-            await asyncio.sleep(interval)
-            held = set(self._processor.holding)
-            if held:
-                try:
-                    await self._store.renew_leases(self._owner, held, lease=self._lease)
-                except Exception:  # a missed beat is retried next interval
-                    log.exception("lease_renewal_failed", commands=len(held))
 
     async def watch(self) -> None:
         """The stall detector, the age of the oldest unsettled message, and how many commands

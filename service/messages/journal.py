@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from handlers.errors import LeaseLost
-from service.api.client import CallScope
 from service.store.errors import store_call
 from service.store.types import CommandStatus, CommandStore, StoredCommand
 
@@ -26,66 +25,29 @@ class StoreJournal:
     again by each journaled call this attempt sends.
 
     A call is recorded in the store when it is *sent*, not when the handler announces it: the
-    handler's ``call_starting`` only leaves a note, and ``scope.before_mutation`` (run by the
-    HTTP client after the quota wait, right before the request leaves) writes it. The write
-    fails if this process no longer holds the command's lease, so the call is not sent.
-
-    ``attempts`` counts API requests over the command's life: those of earlier deliveries
-    (``base``: the store's count, or the message's header where that is higher) plus every
-    request this delivery sent (``scope.sent``), 429s that were waited out included.
+    handler's ``call_starting`` only leaves a note, and ``record_call`` (the ``Preflight`` the
+    run step gives the command's ``CallScope``: run by the HTTP client after the quota wait,
+    right before the request leaves) writes it. The write fails if this process no longer holds
+    the command's lease, so the call is not sent.
     """
 
     def __init__(
         self,
         store: CommandStore,
-        *,
-        command_id: str,
-        owner: str,
-        clock: Callable[[], datetime],
-        base_attempts: int,
-        uncertain_since: datetime | None,
-        note: bytes | None,
-        scope: CallScope,
-    ) -> None:
-        self._store = store
-        self._command_id = command_id
-        self._owner = owner
-        self._clock = clock
-        self._base = base_attempts
-        self._uncertain_since = uncertain_since
-        self._note = note
-        self._pending: _Pending | None = None
-        self.scope = scope
-        scope.before_mutation = self._record_call
-
-    @classmethod
-    def from_claim(
-        cls,
-        store: CommandStore,
         record: StoredCommand,
         *,
         owner: str,
         clock: Callable[[], datetime],
-        scope: CallScope,
-        requests_before: int = 0,
-    ) -> StoreJournal:
-        """``requests_before``: API requests that earlier deliveries reported in the message's
-        header (calls safe to repeat are not written to the store, so it may know fewer)."""
+    ) -> None:
+        """``record``: what the claim found."""
         in_flight = record.status is CommandStatus.IN_FLIGHT
-        return cls(
-            store,
-            command_id=record.command_id,
-            owner=owner,
-            clock=clock,
-            base_attempts=max(record.attempts, requests_before),
-            uncertain_since=record.call_started_at if in_flight else None,
-            note=record.note if in_flight else None,
-            scope=scope,
-        )
-
-    @property
-    def attempts(self) -> int:
-        return self._base + self.scope.sent
+        self._store = store
+        self._command_id = record.command_id
+        self._owner = owner
+        self._clock = clock
+        self._uncertain_since = record.call_started_at if in_flight else None
+        self._note = record.note if in_flight else None
+        self._pending: _Pending | None = None
 
     @property
     def uncertain_since(self) -> datetime | None:
@@ -111,7 +73,7 @@ class StoreJournal:
         self._pending = _Pending(note, durable)
         return self._clock()
 
-    async def _record_call(self) -> None:
+    async def record_call(self) -> None:
         """Right before a mutating request is sent (each send, 429 re-sends included)."""
         pending = self._pending
         if pending is None or not pending.durable:

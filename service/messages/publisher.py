@@ -20,18 +20,11 @@ from aio_pika.abc import (
     AbstractRobustChannel,
 )
 
+from service.broker.headers import H, carry_requester, original_routing_key
 from service.broker.topology import DLQ, Topology
-from service.guardrails.gate import carry_requester
 from service.telemetry.tracing import publish_span
 
-__all__ = [
-    "BROKER_ERRORS",
-    "DeadLetterReason",
-    "H",
-    "Publisher",
-    "Unroutable",
-    "failed_deliveries",
-]
+__all__ = ["BROKER_ERRORS", "DeadLetterReason", "Publisher", "Unroutable"]
 
 
 class Unroutable(aiormq.exceptions.AMQPError):
@@ -55,45 +48,12 @@ BROKER_ERRORS: tuple[type[BaseException], ...] = (
 JSON = "application/json"
 
 
-class H:
-    """Header names carried by dead letters and delayed retries (documented in AsyncAPI)."""
-
-    REASON = "x-relay-reason"
-    REASON_MESSAGE = "x-relay-reason-message"
-    ATTEMPTS = "x-relay-attempts"
-    FIRST_FAILURE = "x-relay-first-failure"
-    LAST_FAILURE = "x-relay-last-failure"
-    ORIGINAL_ROUTING_KEY = "x-relay-original-routing-key"
-    TICKET = "x-relay-ticket"  # parked for pacing: epoch seconds of the expected turn
-    REPLAYED_AT = "x-relay-replayed-at"  # set by `bss-relay replay` on the copy it republishes
-    REPLAY_COUNT = "x-relay-replay-count"
-    # API requests sent for the command by earlier deliveries (the event's `attempts` goes on
-    # from there; requests of calls safe to repeat are not in the store)
-    REQUESTS = "x-relay-requests"
-    # the command's one `deferred` progress event went out (it is not sent again)
-    DEFERRED = "x-relay-deferred"
-    # admitted once already (it waited for another replica's claim): not parked again
-    ADMITTED = "x-relay-admitted"
-
-
 @dataclass(frozen=True, slots=True)
 class DeadLetterReason:
     code: str
     message: str
     attempts: int
     at: datetime
-
-
-def failed_deliveries(message: AbstractIncomingMessage) -> int:
-    """How many deliveries of this command failed before (our header on a delayed retry)."""
-    value = (message.headers or {}).get(H.ATTEMPTS, 0)
-    return int(value) if isinstance(value, int | str) and str(value).isdigit() else 0
-
-
-def original_routing_key(message: AbstractIncomingMessage) -> str:
-    headers = message.headers or {}
-    value = headers.get(H.ORIGINAL_ROUTING_KEY)
-    return str(value) if value else (message.routing_key or "")
 
 
 def _failure_headers(message: AbstractIncomingMessage, reason: DeadLetterReason) -> dict[str, Any]:
@@ -112,7 +72,7 @@ def copy_message(message: AbstractIncomingMessage, headers: dict[str, Any]) -> a
     """The message again, body and properties unchanged, with ``headers``, persistent.
 
     ``user_id`` is left out: the broker refuses a publish whose user_id is not the publisher's.
-    It travels in a header instead (``service.guardrails.gate.REQUESTED_BY``, issue 12).
+    It travels in a header instead (``service.broker.headers.REQUESTED_BY``, issue 12).
     """
     carry_requester(message, headers)
     return aio_pika.Message(

@@ -1,7 +1,7 @@
-"""What happens to a delivered message: decided once, as a value, and applied in one place.
+"""Step *settle*: what happens to a delivered message, decided once as a value, applied here.
 
-The processor *decides* and returns one of these values; ``Settler.settle`` *applies* it. No
-other code acks, nacks or publishes on a message's behalf.
+The pipeline's steps *decide* and return one of these values; ``Settler.settle`` *applies* it.
+No other code acks, nacks or publishes on a message's behalf.
 
 ==============  =============================================================================
 ``Finish``      a claimed command's terminal event: store it (the first stored event wins),
@@ -9,10 +9,11 @@ other code acks, nacks or publishes on a message's behalf.
 ``Reannounce``  a finished ``command_id`` again: its stored event re-announced with
                 ``duplicate: true`` (or as itself, if it never went out); with ``conflict``
                 the message re-used the id for a different command and a copy is dead-lettered
-``Reject``      the command is unusable: give back its claim if one was taken, dead-letter a
-                copy, publish a ``rejected`` event, ack
+``Reject``      the command is unusable: give back its claim if one was taken (``Leases``),
+                dead-letter a copy, publish a ``rejected`` event, ack
 ``Delay``       back to the work queue later through a delay queue (retry, park, wait out a
-                lease or the store): give back the claim if asked, publish the copy, ack
+                lease or the store): give back the claim if asked (``Leases``), publish the
+                copy, ack
 ``Redeliver``   hand it back to the broker now (``nack`` with requeue): the service is stopping
 ==============  =============================================================================
 
@@ -26,9 +27,9 @@ Guarantee 6 (every delivered message is settled), whatever happens meanwhile:
   is never settled on another channel: settling stops (``Settled.ABANDONED``) and the broker
   redelivers it; the store makes the redelivery finish the job.
 * A publish that fails while the message's channel lives waits for the publishing channel to be
-  restored and tries again, within ``retry_s``. Beyond that the message is ``STUCK``: it holds a
-  prefetch slot that only a new consuming channel frees, which the consumer's stall detector
-  does (and ``/healthz`` says so meanwhile).
+  restored and tries again, within ``SettleRetry.broker_s``. Beyond that the message is
+  ``STUCK``: it holds a prefetch slot that only a new consuming channel frees, which the
+  consumer's stall detector does (and ``/healthz`` says so meanwhile).
 * The store unreachable while storing a terminal event: the message waits in a delay queue
   instead; an uncertain money-moving call is then reconciled by the redelivery.
 """
@@ -47,10 +48,11 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from handlers.errors import StoreUnavailable
 from schemas.events import EVENT_ADAPTER, Event, Outcome, routing_key
-from service.guardrails.gate import requester
+from service.broker.headers import failed_deliveries, requester
 from service.messages.intake import Rejection, valid_command_id
+from service.messages.leases import Leases
 from service.messages.outcomes import announce_again, rejection_event
-from service.messages.publisher import BROKER_ERRORS, DeadLetterReason, Publisher, failed_deliveries
+from service.messages.publisher import BROKER_ERRORS, DeadLetterReason, Publisher
 from service.store.errors import store_call
 from service.store.types import CommandStore, StoredCommand
 from service.telemetry.metrics import Metrics, age_s
@@ -61,6 +63,7 @@ __all__ = [
     "Reannounce",
     "Redeliver",
     "Reject",
+    "SettleRetry",
     "Settled",
     "Settlement",
     "Settler",
@@ -110,6 +113,14 @@ class Redeliver:
 Settlement = Finish | Reannounce | Reject | Delay | Redeliver
 
 
+@dataclass(frozen=True, slots=True)
+class SettleRetry:
+    """How long settling waits out what it depends on."""
+
+    broker_s: float = 30.0  # a publish keeps being tried while the broker reconnects
+    store_s: float = 2.0  # the store away while storing an event: the message waits this long
+
+
 class Settled(StrEnum):
     SETTLED = "settled"  # acked or nacked: the broker has its answer
     ABANDONED = "abandoned"  # its channel closed first: the broker redelivers it
@@ -140,19 +151,17 @@ class Settler:
         *,
         store: CommandStore,
         publisher: Publisher,
-        owner: str,
+        leases: Leases,
         clock: Callable[[], datetime],
         metrics: Metrics,
-        retry_s: float = 30.0,
-        store_retry_s: float = 2.0,
+        retry: SettleRetry = SettleRetry(),
     ) -> None:
         self._store = store
         self._publisher = publisher
-        self._owner = owner
+        self._leases = leases
         self._clock = clock
         self._metrics = metrics
-        self._retry_s = retry_s
-        self._store_retry_s = store_retry_s
+        self._retry = retry
 
     async def settle(self, message: AbstractIncomingMessage, decision: Settlement) -> Settled:
         """Apply ``decision``. Returns how it ended; raises only on a bug of its own (the
@@ -163,7 +172,7 @@ class Settler:
             except StoreUnavailable as exc:
                 self._metrics.store_error()
                 log.warning("store_unavailable_at_settlement", error=exc.message)
-                await self._apply(message, Delay(self._store_retry_s, "wait"))
+                await self._apply(message, Delay(self._retry.store_s, "wait"))
         except DeliveryLost:
             log.info("settlement_abandoned", why="channel closed; the broker redelivers it")
             self._metrics.inc(self._metrics.settlements, Settled.ABANDONED)
@@ -191,7 +200,7 @@ class Settler:
     async def _finish(self, message: AbstractIncomingMessage, decision: Finish) -> None:
         body = decision.event.model_dump_json().encode()
         stored = await store_call(
-            self._store.finish(decision.command_id, owner=self._owner, event=body)
+            self._store.finish(decision.command_id, owner=self._leases.owner, event=body)
         )
         # Another attempt may have finished first: its event is the one, ours is dropped.
         event = decision.event if stored == body else EVENT_ADAPTER.validate_json(stored)
@@ -219,7 +228,7 @@ class Settler:
 
     async def _reject(self, message: AbstractIncomingMessage, decision: Reject) -> None:
         rejection = decision.rejection
-        await self.release(decision.release)
+        await self._leases.release(decision.release)
         log.warning("command_rejected", code=rejection.code, reason=rejection.message)
         now = self._clock()
         reason = DeadLetterReason(
@@ -231,7 +240,7 @@ class Settler:
         await self._ack(message)
 
     async def _delay(self, message: AbstractIncomingMessage, decision: Delay) -> None:
-        await self.release(decision.release)
+        await self._leases.release(decision.release)
         await self._broker(
             message,
             lambda: self._publisher.delay(
@@ -248,17 +257,6 @@ class Settler:
         await self._ack(message)
 
     # -- steps -------------------------------------------------------------------------------
-
-    async def release(self, command_id: str | None) -> None:
-        """Give a claim back, best effort (before a delay or a rejection, or when the
-        message was abandoned to redelivery): if the store is away the lease runs out."""
-        if command_id is None:
-            return
-        try:
-            await store_call(self._store.release(command_id, owner=self._owner))
-        except StoreUnavailable as exc:  # the lease then simply runs out
-            self._metrics.store_error()
-            log.warning("release_failed", error=exc.message)
 
     async def _mark_published(self, command_id: str) -> None:
         try:
@@ -303,9 +301,9 @@ class Settler:
         self, message: AbstractIncomingMessage, step: Callable[[], Awaitable[Any]]
     ) -> None:
         """One broker step for ``message``, only while its channel lives; a failed publish is
-        tried again once the publishing channel is back, within ``retry_s``."""
+        tried again once the publishing channel is back, within ``retry.broker_s``."""
         loop = asyncio.get_running_loop()
-        give_up_at = loop.time() + self._retry_s
+        give_up_at = loop.time() + self._retry.broker_s
         while True:
             if not delivery_alive(message):
                 raise DeliveryLost
@@ -315,7 +313,8 @@ class Settler:
                 if not delivery_alive(message):
                     raise DeliveryLost from exc
                 if loop.time() >= give_up_at:
-                    raise SettlementFailed(f"broker step failed for {self._retry_s:g} s") from exc
+                    why = f"broker step failed for {self._retry.broker_s:g} s"
+                    raise SettlementFailed(why) from exc
                 log.warning("broker_step_retry", error=repr(exc))
                 await asyncio.sleep(RETRY_PAUSE_S)
             else:

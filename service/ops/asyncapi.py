@@ -47,9 +47,8 @@ from schemas.events import (
     RenewEvent,
     SetAutoRenewEvent,
 )
+from service.broker.headers import REQUESTED_BY, H
 from service.broker.topology import COMMANDS_EXCHANGE, DLQ, EVENTS_EXCHANGE
-from service.guardrails.gate import REQUESTED_BY
-from service.messages.publisher import H
 
 __all__ = [
     "COMMAND_MODELS",

@@ -37,8 +37,6 @@ from typing import NamedTuple, Protocol, Self
 
 import structlog
 
-from service.api.operations import OPERATIONS
-
 __all__ = ["Bucket", "Grant", "Guard", "Limiter", "Pick", "RateLimiter"]
 
 log = structlog.get_logger(__name__)
@@ -180,7 +178,10 @@ class RateLimiter:
     """Registry of buckets keyed by (api, "uid", parent_uid) and (api, "egress", egress).
 
     The in-process limiter (one process, or an SQLite store). ``service.pacing.shared``
-    offers the same interface on rows shared by replicas (``shared`` tells them apart)."""
+    offers the same interface on rows shared by replicas (``shared`` tells them apart).
+    ``published``: the limits table (``service.api.operations.PUBLISHED_LIMITS``, handed in by
+    the backend); ``overrides`` (``RELAY_RATE_LIMITS``) win over it, ``"*"`` over every
+    published limit."""
 
     shared = False
 
@@ -188,6 +189,7 @@ class RateLimiter:
         self,
         overrides: Mapping[str, float] | None = None,
         *,
+        published: Mapping[str, float | None] | None = None,
         egress: str = "default",
         guard_s: float = 0.002,
         guard_max_s: float = 0.05,
@@ -198,9 +200,9 @@ class RateLimiter:
         overrides = dict(overrides or {})
         everything = overrides.pop("*", None)  # "*": one limit for every operation
         self._limits: dict[str, float | None] = {
-            name: op.limit_per_second if everything is None else everything
-            for name, op in OPERATIONS.items()
-            if op.limit_per_second is not None or everything is None
+            name: limit if everything is None else everything
+            for name, limit in (published or {}).items()
+            if limit is not None or everything is None
         }
         self._limits.update(overrides)
         self._egress = egress

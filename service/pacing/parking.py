@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from service.messages.publisher import H
+from service.broker.headers import H
 from service.pacing.scheduler import FairScheduler
 
 __all__ = [

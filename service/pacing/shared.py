@@ -30,7 +30,7 @@ If the store cannot be reached, no slot is granted (the quota cannot be checked,
 spent blind): :class:`~handlers.errors.StoreUnavailable` (``RELAY.STORE_UNAVAILABLE``).
 
 With SQLite the buckets stay in process (:class:`service.pacing.limiter.RateLimiter`);
-:func:`open_limiter` picks one from the store.
+``service.backend`` picks one from the store.
 """
 
 from __future__ import annotations
@@ -49,9 +49,8 @@ import structlog
 from handlers.errors import RelayError, store_unavailable
 from service.pacing.limiter import GUARD_STEP_S, LONE_S, NARROW_AFTER_S, Grant, Pick, RateLimiter
 from service.store.errors import STORE_ERRORS
-from service.store.postgres import PostgresCommandStore
 
-__all__ = ["SharedBuckets", "open_limiter"]
+__all__ = ["SharedBuckets"]
 
 log = structlog.get_logger(__name__)
 
@@ -335,6 +334,7 @@ class SharedBuckets:
         pool: Any,
         overrides: Mapping[str, float] | None = None,
         *,
+        published: Mapping[str, float | None] | None = None,
         egress: str = "default",
         guard_s: float = 0.002,
         guard_max_s: float = 0.05,
@@ -344,7 +344,7 @@ class SharedBuckets:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._pool = pool
-        self._table = RateLimiter(overrides)  # the limits table only
+        self._table = RateLimiter(overrides, published=published)  # the limits table only
         self._egress = egress
         self._guard_s = max(guard_s, min(SHARED_GUARD_MIN_S, guard_max_s))
         self._guard_max_s = max(self._guard_s, guard_max_s)
@@ -695,19 +695,3 @@ class SharedBuckets:
         if seen is None:
             seen = self._seen[key] = _Seen()
         seen.ready_at, seen.rate = ready_at, rate
-
-
-def open_limiter(
-    store: object,
-    overrides: Mapping[str, float] | None = None,
-    *,
-    egress: str = "default",
-    guard_s: float = 0.002,
-    guard_max_s: float = 0.05,
-) -> contextlib.AbstractAsyncContextManager[RateLimiter | SharedBuckets]:
-    """The limiter for ``store``: shared rows with a PostgreSQL store, in process otherwise."""
-    if isinstance(store, PostgresCommandStore):
-        return SharedBuckets(
-            store.pool, overrides, egress=egress, guard_s=guard_s, guard_max_s=guard_max_s
-        )
-    return RateLimiter(overrides, egress=egress, guard_s=guard_s, guard_max_s=guard_max_s)

@@ -5,7 +5,7 @@ Tables (column types differ per backend, meaning does not)::
     relay_renewals      one row per resource a renewal command reserved or renewed
         resource_id, command_id   primary key (one command renews a resource once)
         customer_id
-        done                      false: reserved by the guard (the call may still happen);
+        done                      false: reserved by the policy gate (the call may still happen);
                                   true: renewed (``finish`` stored a success)
         renewed_at                reservation time, then the success's time
 
@@ -36,8 +36,8 @@ from typing import Any
 from service.store.types import CapExceeded, CouponCaps
 
 __all__ = [
+    "LedgerState",
     "LedgerUpdate",
-    "Settlement",
     "cap_exceeded",
     "cents",
     "face_value",
@@ -47,7 +47,9 @@ __all__ = [
 ]
 
 
-class Settlement(StrEnum):
+class LedgerState(StrEnum):
+    """What `finish` does to a command's ledger reservations (the stored words are the values)."""
+
     COMMIT = "commit"  # what the API did becomes the ledger's; the other reservations dropped
     RELEASE = "release"  # nothing happened: every uncommitted reservation is dropped
     KEEP = "keep"  # outcome unknown: the reservations stay counted
@@ -57,16 +59,16 @@ class Settlement(StrEnum):
 class LedgerUpdate:
     """What storing one terminal event changes in the ledgers."""
 
-    renewals: Settlement | None = None
+    renewals: LedgerState | None = None
     renewal_failed: frozenset[str] = frozenset()  # on COMMIT: resources NOT renewed
-    coupons: Settlement | None = None
+    coupons: LedgerState | None = None
     issued: tuple[str, ...] = ()  # on COMMIT: customers that got a coupon
 
 
-def _settlement(outcome: object) -> Settlement:
+def _state(outcome: object) -> LedgerState:
     if outcome in ("succeeded", "partial"):
-        return Settlement.COMMIT
-    return Settlement.KEEP if outcome == "unknown" else Settlement.RELEASE
+        return LedgerState.COMMIT
+    return LedgerState.KEEP if outcome == "unknown" else LedgerState.RELEASE
 
 
 def cents(amount: Decimal) -> int:
@@ -98,13 +100,13 @@ def ledger_update(event: bytes) -> LedgerUpdate | None:
     if not isinstance(data, dict) or data.get("duplicate"):
         return None
     kind, result = data.get("type"), data.get("result")
-    settlement = _settlement(data.get("outcome"))
+    state = _state(data.get("outcome"))
     if kind == "renew":
         failed = frozenset(_items(result, "failed_resources", "resource_id"))
-        return LedgerUpdate(renewals=settlement, renewal_failed=failed)
+        return LedgerUpdate(renewals=state, renewal_failed=failed)
     if kind == "issue_coupon":
         issued = tuple(_items(result, "coupons", "customer_id"))
-        return LedgerUpdate(coupons=settlement, issued=issued)
+        return LedgerUpdate(coupons=state, issued=issued)
     return None
 
 

@@ -105,7 +105,7 @@ class RenewalLocks(Protocol):
 
 
 class LocalLocks:
-    """One process: today's ``Processor._one_renewal_at_a_time``, behind the interface."""
+    """One process: an ``asyncio`` lock per key, behind the interface."""
 
     def __init__(self) -> None:
         self._keyed: KeyedLock[str] = KeyedLock()

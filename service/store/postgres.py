@@ -34,7 +34,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 
 from service.store.clock import UtcClock, as_utc
-from service.store.ledger import Settlement, cap_exceeded, cents, ledger_update
+from service.store.ledger import LedgerState, cap_exceeded, cents, ledger_update
 from service.store.records import CLAIM_TRIES, lost_claim, positive
 from service.store.runner import PostgresRunner, Row, Statement
 from service.store.steering import SteeringStore
@@ -152,8 +152,8 @@ _PRUNE_LEDGERS = (
 )
 
 # finish for a money-moving command: the event and the ledgers in one statement. $4: renewal
-# settlement ('commit': record the body's resource_ids except $5; 'release'; '' to keep); $6:
-# coupon settlement (same words); $7: customers issued (recorded as spend even when nothing
+# ledger state ('commit': record the body's resource_ids except $5; 'release'; '' to keep); $6:
+# coupon ledger state (same words); $7: customers issued (recorded as spend even when nothing
 # was reserved: caps that come into force later count it). Times are the database server's.
 _FINISH_WITH_LEDGERS = """
     WITH f AS (
@@ -289,9 +289,9 @@ def _record(row: Any) -> StoredCommand:
     )
 
 
-def _word(settlement: Settlement | None) -> str:
-    """A settlement as the finish statement reads it ('' = leave the ledger alone)."""
-    return "" if settlement in (None, Settlement.KEEP) else str(settlement)
+def _word(state: LedgerState | None) -> str:
+    """A ledger state as the finish statement reads it ('' = leave the ledger alone)."""
+    return "" if state in (None, LedgerState.KEEP) else str(state)
 
 
 def _utc(moment: datetime | None) -> datetime | None:

@@ -36,8 +36,8 @@ from typing import Any, Self
 
 from service.store.clock import UtcClock, as_utc, system_clock
 from service.store.ledger import (
+    LedgerState,
     LedgerUpdate,
-    Settlement,
     cap_exceeded,
     cents,
     face_value,
@@ -590,16 +590,16 @@ def _update_ledgers(
     conn: sqlite3.Connection, command_id: str, update: LedgerUpdate, now: str
 ) -> None:
     key = {"command_id": command_id}
-    if update.renewals is Settlement.COMMIT:
+    if update.renewals is LedgerState.COMMIT:
         row = conn.execute("SELECT body FROM relay_commands WHERE command_id = :command_id", key)
         customer, resources = renewed(row.fetchone()["body"], update.renewal_failed)
         conn.executemany(
             _RECORD_RENEWAL,
             [{**key, "resource_id": r, "customer_id": customer, "now": now} for r in resources],
         )
-    if update.renewals in (Settlement.COMMIT, Settlement.RELEASE):
+    if update.renewals in (LedgerState.COMMIT, LedgerState.RELEASE):
         conn.execute(_RELEASE_RENEWALS, key)  # reserved, not renewed: the failed ones
-    if update.coupons is Settlement.COMMIT:
+    if update.coupons is LedgerState.COMMIT:
         params = {**key, "issued": json.dumps(update.issued), "now": now}
         conn.execute(_COMMIT_COUPONS, params)
         conn.execute(_RELEASE_COUPONS, params)
@@ -615,7 +615,7 @@ def _update_ledgers(
                     for c in update.issued
                 ],
             )
-    elif update.coupons is Settlement.RELEASE:
+    elif update.coupons is LedgerState.RELEASE:
         conn.execute(_RELEASE_COUPONS, {**key, "issued": "[]"})
 
 

@@ -1,8 +1,8 @@
 """The command store's interface and its values, next to the two backends that provide them.
 
-``CommandStore`` is what the processor, the settlement, the journal, the guard and the audit
-view depend on; ``service.store.sqlite`` and ``service.store.postgres`` implement it (the rules they
-share are in :mod:`service.store.records`).
+``CommandStore`` is what the message path (leases, journal, policy gate, settlement) and the
+audit view depend on; ``service.store.sqlite`` and ``service.store.postgres`` implement it (the
+rules they share are in :mod:`service.store.records`).
 """
 
 from __future__ import annotations
@@ -185,7 +185,7 @@ class CommandStore(Protocol):
         ledger and coupon reservations older than the bound go too."""
         ...
 
-    # --- money guardrails (service.guardrails.gate)
+    # --- money guardrails (service.guardrails.gate.PolicyGate)
     # -------------------------------------------------
     # Both ledgers are settled by ``finish`` itself, from the event it stores, in the same
     # transaction: a renewal that succeeded (or partly did) records each renewed resource

@@ -1,8 +1,8 @@
 """Logging configured once: structlog renders one JSON stream, stdlib loggers included.
 
 Per-message context (command_id, type, partner_id, customer_id, retries) is bound with
-``structlog.contextvars.bind_contextvars`` by the processor, in the task the consumer runs
-each message in; every line of that task carries it. A redaction processor drops values of
+``structlog.contextvars.bind_contextvars`` by the pipeline's read step, in the task the consumer
+runs each message in; every line of that task carries it. A redaction processor drops values of
 secret-looking keys as a last line of defence; the code's first line is never to pass secrets
 to a logger at all.
 """

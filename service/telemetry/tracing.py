@@ -7,10 +7,13 @@ publishing the event is a PRODUCER span (``publish_span``) whose context is inje
 event's headers, so the event carries a ``traceparent`` of the same trace on to its consumers.
 Attributes follow the OpenTelemetry messaging (RabbitMQ) and HTTP client semantic conventions.
 
-Configured by the standard variables: ``configure_tracing`` (called once by ``bss-relay
-serve``) sets up the SDK with a batching OTLP/HTTP exporter when ``OTEL_EXPORTER_OTLP_ENDPOINT``,
-``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` or ``OTEL_TRACES_EXPORTER`` ask for it (``otlp``, or
-``console`` to print spans), unless ``OTEL_SDK_DISABLED=true``; the exporter itself reads the
+Configured by the standard variables, read by ``service.settings`` into a ``TracingConfig``:
+``configure_tracing`` (called once by ``bss-relay serve``) sets up the SDK with a batching
+OTLP/HTTP exporter when ``OTEL_EXPORTER_OTLP_ENDPOINT``, ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``
+or ``OTEL_TRACES_EXPORTER`` ask for it (``otlp``, or ``console`` to print spans), unless
+``OTEL_SDK_DISABLED=true`` (protocol: ``OTEL_EXPORTER_OTLP[_TRACES]_PROTOCOL``, http/protobuf
+only; ``OTEL_SERVICE_NAME`` or a ``service.name`` in ``OTEL_RESOURCE_ATTRIBUTES`` replaces the
+default name ``bss-relay``). The exporter itself reads the
 rest (headers, timeout, compression, certificates), the SDK reads ``OTEL_TRACES_SAMPLER``,
 ``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES`` and ``OTEL_PROPAGATORS``. Without them it
 creates no span: each hook costs an ``is None`` test, and a command that carries a
@@ -28,9 +31,9 @@ spans here use the same semantic conventions, only where the relay's own work is
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -44,6 +47,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
 
 __all__ = [
+    "TracingConfig",
     "client_span",
     "configure_tracing",
     "consume_span",
@@ -79,13 +83,31 @@ def enabled() -> bool:
     return _tracer is not None
 
 
-def _exporter(environ: Mapping[str, str]) -> SpanExporter | None:
-    names = [
-        n.strip().lower() for n in environ.get("OTEL_TRACES_EXPORTER", "").split(",") if n.strip()
-    ]
-    endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get(
-        "OTEL_EXPORTER_OTLP_ENDPOINT"
-    )
+@dataclass(frozen=True, slots=True)
+class TracingConfig:
+    """The ``OTEL_*`` variables tracing is set up from (``Settings.operations.tracing``)."""
+
+    sdk_disabled: str = ""  # OTEL_SDK_DISABLED
+    traces_exporter: str = ""  # OTEL_TRACES_EXPORTER
+    endpoint: str | None = None  # OTEL_EXPORTER_OTLP_ENDPOINT
+    traces_endpoint: str | None = None  # OTEL_EXPORTER_OTLP_TRACES_ENDPOINT
+    protocol: str | None = None  # OTEL_EXPORTER_OTLP_PROTOCOL
+    traces_protocol: str | None = None  # OTEL_EXPORTER_OTLP_TRACES_PROTOCOL
+    service_name: str | None = None  # OTEL_SERVICE_NAME
+    resource_attributes: str = ""  # OTEL_RESOURCE_ATTRIBUTES
+
+    @property
+    def disabled(self) -> bool:
+        return self.sdk_disabled.strip().lower() == "true"
+
+    @property
+    def service_named(self) -> bool:
+        return self.service_name is not None or "service.name=" in self.resource_attributes
+
+
+def _exporter(config: TracingConfig) -> SpanExporter | None:
+    names = [n.strip().lower() for n in config.traces_exporter.split(",") if n.strip()]
+    endpoint = config.traces_endpoint or config.endpoint
     if not names:
         names = ["otlp"] if endpoint else []
     if not names or names == ["none"]:
@@ -97,8 +119,8 @@ def _exporter(environ: Mapping[str, str]) -> SpanExporter | None:
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter  # noqa: PLC0415
 
         return ConsoleSpanExporter()
-    protocol = environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or environ.get(
-        "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"
+    protocol = config.traces_protocol or (
+        config.protocol if config.protocol is not None else "http/protobuf"
     )
     if protocol != "http/protobuf":
         raise ValueError(f"OTLP protocol {protocol!r}: bss-relay exports http/protobuf only")
@@ -107,20 +129,19 @@ def _exporter(environ: Mapping[str, str]) -> SpanExporter | None:
     )
 
     # The exporter reads headers, timeout, compression and certificates from the OTEL_*
-    # variables itself; the endpoint is resolved here from the mapping we were given.
-    traces = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    # variables itself; the endpoint is resolved here from the configuration we were given.
+    traces = config.traces_endpoint
     if traces is None and endpoint:
         traces = endpoint.rstrip("/") + "/v1/traces"
     return OTLPSpanExporter(endpoint=traces)
 
 
-def configure_tracing(environ: Mapping[str, str] | None = None) -> TracerProvider | None:
+def configure_tracing(config: TracingConfig) -> TracerProvider | None:
     """Set up tracing from the ``OTEL_*`` variables; None (and nothing set up) when they do
     not ask for it. The caller shuts the returned provider down at exit (flushes spans)."""
-    env = os.environ if environ is None else environ
-    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+    if config.disabled:
         return None
-    exporter = _exporter(env)
+    exporter = _exporter(config)
     if exporter is None:
         return None
     from opentelemetry.sdk.resources import Resource  # noqa: PLC0415
@@ -128,9 +149,7 @@ def configure_tracing(environ: Mapping[str, str] | None = None) -> TracerProvide
     from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415
 
     attributes: dict[str, Any] = {}
-    if "OTEL_SERVICE_NAME" not in env and "service.name=" not in env.get(
-        "OTEL_RESOURCE_ATTRIBUTES", ""
-    ):
+    if not config.service_named:
         attributes["service.name"] = SERVICE_NAME
     provider = TracerProvider(resource=Resource.create(attributes))
     provider.add_span_processor(BatchSpanProcessor(exporter))

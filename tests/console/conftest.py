@@ -24,8 +24,8 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractQueue
 from pydantic import SecretStr
 
+from service.broker.headers import H
 from service.broker.topology import COMMANDS_EXCHANGE, DLQ, Topology, declare
-from service.messages.publisher import H
 from service.ops.console import RunningConsole, Users, start_console
 from service.ops.console.sessions import COOKIE
 from service.ops.console.users import Role

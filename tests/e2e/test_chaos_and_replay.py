@@ -134,7 +134,7 @@ async def test_replayed_dead_letters_pass_the_idempotency_check(
             connection,
             Filter(command_ids=frozenset({other_partner["command_id"], finished["command_id"]})),
             max_body_bytes=256 * 1024,
-            finished=finished_in(restarted.service.store),
+            finished=finished_in(restarted.service.backend.store),
         )
     assert {r.letter.command_id: r.action for r in report.results} == {
         other_partner["command_id"]: Action.REPLAYED,

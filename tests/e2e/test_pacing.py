@@ -124,7 +124,7 @@ async def test_throttling_answers_lower_the_rate_and_are_never_failures(
     statuses = Counter(r["status"] for r in await bss.requests("auto_renewal_resources"))
     assert statuses[200] + statuses[204] == 40
     assert statuses[429] > 0  # the API did throttle ...
-    rates = relay.service.limiter.rates()
+    rates = relay.service.backend.buckets.rates()
     key = f"auto_renewal_resources/uid/{ids.ACME}"
     assert key in rates  # ... and the key was slowed below its configured 10/s
     assert rates[key] < 10

@@ -20,8 +20,8 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 
+from service.broker.headers import H
 from service.broker.topology import COMMANDS_EXCHANGE, DELAY_LEVELS_MS, DLQ, Topology, declare
-from service.messages.publisher import H
 
 FAILED_AT = datetime(2026, 1, 15, 9, 30, tzinfo=UTC)
 SETTLE_TIMEOUT_S = 5.0

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from service.messages.publisher import H
+from service.broker.headers import H
 from service.ops.replay import REPLAY_COUNT, REPLAYED_AT, DeadLetter, Filter
 from tests.replay.conftest import command
 

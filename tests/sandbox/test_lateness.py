@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.api.client import BssHttp, Response, session_from
+from service.api.client import BssHttp, Endpoints, Response, session_from
 from service.api.operations import OPERATIONS
 from service.api.signer import Signer
 from service.pacing.limiter import RateLimiter
@@ -48,11 +48,10 @@ async def list_coupons(
 ) -> Response:
     """One partner call through the relay's HTTP client, on a session made as ``serve``'s."""
     settings = Settings(bss_endpoint=url)
-    async with session_from(settings) as session:
+    async with session_from(settings.api) as session:
         http = BssHttp(
             session=session,
-            bss_endpoint=settings.bss_endpoint,
-            iam_endpoint=settings.bss_endpoint,
+            endpoints=Endpoints(bss=settings.bss_endpoint, iam=settings.bss_endpoint),
             limiter=limiter,
             scheduler=scheduler,
             metrics=metrics,

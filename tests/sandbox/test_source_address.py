@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from service.api.client import BssHttp, session_from
-from service.api.operations import OPERATIONS
+from service.api.client import BssHttp, Endpoints, session_from
+from service.api.operations import OPERATIONS, PUBLISHED_LIMITS
 from service.api.signer import Signer
 from service.pacing.limiter import RateLimiter
 from service.sandbox.server import SandboxServer
@@ -18,12 +18,11 @@ async def test_api_calls_leave_from_the_source_address(
     for source in ("127.0.0.2", "127.0.0.3"):
         settings = Settings(bss_endpoint=sandbox.url, relay_source_address=source)
         assert settings.relay_egress == source  # it names the egress bucket too
-        async with session_from(settings) as session:
+        async with session_from(settings.api) as session:
             http = BssHttp(
                 session=session,
-                bss_endpoint=settings.bss_endpoint,
-                iam_endpoint=settings.bss_endpoint,
-                limiter=RateLimiter(egress=settings.relay_egress),
+                endpoints=Endpoints(bss=settings.bss_endpoint, iam=settings.bss_endpoint),
+                limiter=RateLimiter(published=PUBLISHED_LIMITS, egress=settings.relay_egress),
             )
             answer = await http.call(
                 OPERATIONS["list_quota_coupons"],

@@ -13,9 +13,8 @@ import pytest
 
 from bench.measures import busiest_window as max_in_any_window
 from handlers.errors import StoreUnavailable
-from service.pacing.limiter import RateLimiter
 from service.pacing.scheduler import FairScheduler
-from service.pacing.shared import GIVE_BACK_WITHIN_S, SharedBuckets, open_limiter
+from service.pacing.shared import GIVE_BACK_WITHIN_S, SharedBuckets
 from service.store.postgres import PostgresCommandStore
 from tests.store.conftest import POSTGRES_URL, drop_schema, postgres_schema
 
@@ -33,10 +32,8 @@ async def open_buckets() -> AsyncIterator[OpenBuckets]:
                 store = await stack.enter_async_context(
                     PostgresCommandStore(POSTGRES_URL, schema=schema)
                 )
-                limiter = open_limiter(store, {"op": 10}, **options)  # type: ignore[arg-type]
-                entered = await stack.enter_async_context(limiter)
-                assert isinstance(entered, SharedBuckets)
-                return entered
+                limiter = SharedBuckets(store.pool, {"op": 10}, **options)  # type: ignore[arg-type]
+                return await stack.enter_async_context(limiter)
 
             yield open_one
     finally:
@@ -115,13 +112,6 @@ async def test_store_unreachable_grants_nothing(open_buckets: OpenBuckets) -> No
     scheduler = FairScheduler(buckets)
     with pytest.raises(StoreUnavailable):  # waiters learn it, nothing is sent
         await asyncio.wait_for(scheduler.turn("op", "c1"), 5)
-
-
-async def test_sqlite_keeps_buckets_in_process(tmp_path: object) -> None:
-    from service.store import open_store
-
-    async with open_store("sqlite://:memory:") as store, open_limiter(store, {"op": 10}) as lim:
-        assert isinstance(lim, RateLimiter)
 
 
 async def test_schedulers_of_three_replicas_keep_every_window(open_buckets: OpenBuckets) -> None:

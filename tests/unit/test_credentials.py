@@ -18,8 +18,9 @@ from aiohttp.test_utils import TestServer
 from pydantic import SecretStr
 
 from handlers.errors import ApiRefused, CredentialsUnavailable
-from service.api.client import BssHttp
+from service.api.client import BssHttp, Endpoints
 from service.api.credentials import FAILURE_TTL_S, CredentialCache
+from service.api.operations import PUBLISHED_LIMITS
 from service.pacing.limiter import RateLimiter
 from service.settings import PartnerAccount
 
@@ -80,7 +81,8 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 def make_cache(
     session: aiohttp.ClientSession, url: str, clock: list[datetime], **kwargs: int
 ) -> CredentialCache:
-    http = BssHttp(session=session, bss_endpoint=url, iam_endpoint=url, limiter=RateLimiter())
+    limiter = RateLimiter(published=PUBLISHED_LIMITS)
+    http = BssHttp(session=session, endpoints=Endpoints(bss=url, iam=url), limiter=limiter)
     return CredentialCache(http=http, partner=PARTNER, clock=lambda: clock[0], **kwargs)
 
 

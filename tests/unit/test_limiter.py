@@ -7,6 +7,7 @@ import itertools
 import pytest
 
 from bench.measures import busiest_window as max_in_any_window
+from service.api.operations import PUBLISHED_LIMITS
 from service.pacing.limiter import RateLimiter
 
 
@@ -62,7 +63,7 @@ def test_different_apis_do_not_share_buckets() -> None:
 
 
 def test_defaults_come_from_the_published_table() -> None:
-    limiter = RateLimiter(clock=FakeClock())
+    limiter = RateLimiter(published=PUBLISHED_LIMITS, clock=FakeClock())
     assert limiter.limit("list_rate_on_period_detail") == 30
     assert limiter.limit("list_customer_orders") == 20
     assert limiter.limit("renewal_resources") == 10
@@ -71,7 +72,9 @@ def test_defaults_come_from_the_published_table() -> None:
 
 def test_override_and_unlimited() -> None:
     clock = FakeClock()
-    limiter = RateLimiter({"renewal_resources": 2, "list_customer_orders": 0}, clock=clock)
+    limiter = RateLimiter(
+        {"renewal_resources": 2, "list_customer_orders": 0}, published=PUBLISHED_LIMITS, clock=clock
+    )
     assert limiter.limit("renewal_resources") == 2
     assert all(limiter.reserve("list_customer_orders", "c") == 0 for _ in range(100))
 
@@ -147,14 +150,13 @@ def test_pending_and_throttled_buckets_are_not_swept() -> None:
 
 
 def test_star_overrides_every_published_limit() -> None:
-    limiter = RateLimiter({"*": 0, "renewal_resources": 3}, clock=FakeClock())
+    table = PUBLISHED_LIMITS
+    limiter = RateLimiter({"*": 0, "renewal_resources": 3}, published=table, clock=FakeClock())
     assert limiter.limit("list_customer_orders") is None  # 0 = unlimited
     assert limiter.limit("renewal_resources") == 3
-    assert RateLimiter({"*": 50}, clock=FakeClock()).limit("list_customer_orders") == 50
-    assert (
-        RateLimiter({"*": 50}, clock=FakeClock()).limit("create_temporary_access_key_by_agency")
-        is None
-    )  # IAM is not a throttled BSS API
+    fifty = RateLimiter({"*": 50}, published=table, clock=FakeClock())
+    assert fifty.limit("list_customer_orders") == 50
+    assert fifty.limit("create_temporary_access_key_by_agency") is None  # IAM: not throttled
 
 
 def test_the_guard_starts_small_enough_for_98_percent_of_the_limit() -> None:

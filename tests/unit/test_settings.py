@@ -38,6 +38,36 @@ def test_one_partner_from_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.relay_rate_limits == {"renewal_resources": 5}
 
 
+def test_each_group_hands_on_its_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runtime's steps get one group each; the variables keep their contract names."""
+    env = {
+        "AMQP_URL": "amqp://u:p@node-1/vh",
+        "RELAY_QUEUE_TYPE": "quorum",
+        "STORE_URL": "postgresql://db/relay",
+        "RELAY_LEASE_S": "4",
+        "RELAY_RATE_GUARD_MS": "3",
+        "RELAY_EGRESS": "nat-a",
+        "BSS_ENDPOINT": "http://127.0.0.1:9/",
+        "RELAY_THROTTLE_RETRIES": "2",
+        "RELAY_DEFERRED_AFTER_S": "7",
+        "RELAY_METRICS_PORT": "9100",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318",
+        "OTEL_SERVICE_NAME": "relay-a",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings()
+    assert (settings.broker.url, settings.broker.queue_type) == (env["AMQP_URL"], "quorum")
+    assert (settings.store.url, settings.store.lease.total_seconds()) == (env["STORE_URL"], 4)
+    assert (settings.pacing.guard_s, settings.pacing.egress) == (0.003, "nat-a")
+    assert (settings.api.bss_endpoint, settings.api.throttle_retries) == (env["BSS_ENDPOINT"], 2)
+    assert settings.messages.deferred_after_s == 7
+    operations = settings.operations
+    assert operations.metrics_port == 9100
+    assert operations.tracing.endpoint == "http://collector:4318"
+    assert operations.tracing.service_name == "relay-a"
+
+
 def test_egress_defaults_to_the_source_address(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RELAY_EGRESS", raising=False)
     monkeypatch.delenv("RELAY_SOURCE_ADDRESS", raising=False)

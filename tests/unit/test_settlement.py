@@ -1,4 +1,4 @@
-"""The processor and the one settlement point, against fakes of what they talk to.
+"""The message pipeline and the one settlement point, against fakes of what they talk to.
 
 A real command store (SQLite in memory), a scripted API, a publisher that records what it is
 asked to publish, and messages whose channel can close: what is published, in which order,
@@ -21,13 +21,23 @@ from handlers.errors import ApiRefused, ApiUnavailable, RelayError, StoreUnavail
 from handlers.ports import BssApi
 from schemas.bss import AutoRenewalResourcesReq
 from service.api.client import CallScope
-from service.messages.processor import Processor, RetryPolicy
-from service.messages.publisher import DeadLetterReason, H
-from service.messages.settlement import Settled, Settler
+from service.api.operations import PUBLISHED_LIMITS
+from service.broker.headers import H
+from service.guardrails.gate import PolicyGate
+from service.guardrails.policy import PolicyHolder
+from service.messages.admission import Admission
+from service.messages.claiming import Claiming
+from service.messages.failures import Failures, RetryPolicy
+from service.messages.leases import Leases
+from service.messages.pipeline import Pipeline, Steps
+from service.messages.publisher import DeadLetterReason
+from service.messages.reading import Reader
+from service.messages.running import Runner
+from service.messages.settlement import Settled, Settler, SettleRetry
 from service.pacing.limiter import RateLimiter
 from service.pacing.scheduler import FairScheduler
 from service.store import open_store
-from service.store.locks import LocalLocks
+from service.store.locks import LocalLocks, RenewalLocks
 from service.store.types import CommandStore
 from service.telemetry.metrics import Metrics
 
@@ -153,42 +163,73 @@ class _Scoped:
         await self.enable_auto_renew(customer_id, resource_id, AutoRenewalResourcesReq())
 
 
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
 @dataclass
 class Rig:
     store: CommandStore
     publisher: RecordingPublisher
     api: ScriptedApi
-    processor: Processor
+    pipeline: Pipeline = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.wire()
+
+    def wire(
+        self,
+        *,
+        scheduler: FairScheduler | None = None,
+        locks: RenewalLocks | None = None,
+        claims: Any = None,
+        deferred_after_s: float = 10.0,
+    ) -> None:
+        """The pipeline as the runtime composes it, with these parts swapped in (``claims``:
+        the store the leases are taken in)."""
+        locks = LocalLocks() if locks is None else locks  # (an empty LocalLocks is falsy)
+        metrics = Metrics()
+        claims = self.store if claims is None else claims
+        leases = Leases(claims, locks, owner=OWNER, lease=LEASE, metrics=metrics)
+        retry = RetryPolicy(max_attempts=3, base_s=0.25, max_s=1.0)
+        failures = Failures(retry, lease=LEASE, metrics=metrics, clock=now)
+        settler = Settler(
+            store=self.store,
+            publisher=self.publisher,  # type: ignore[arg-type]
+            leases=leases,
+            clock=now,
+            metrics=metrics,
+            retry=SettleRetry(broker_s=0.5),
+        )
+        limiter = RateLimiter({"*": 1000}, published=PUBLISHED_LIMITS)
+        steps = Steps(
+            read=Reader({"p-1": self.api}, max_body_bytes=256 * 1024),  # type: ignore[dict-item]
+            admission=Admission(
+                FairScheduler(limiter) if scheduler is None else scheduler,
+                metrics=metrics,
+                clock=now,
+                deferred_after_s=deferred_after_s,
+            ),
+            claim=Claiming(leases, clock=now),
+            run=Runner(
+                store=self.store,
+                locks=locks,
+                gate=PolicyGate(PolicyHolder(None, None), self.store),
+                failures=failures,
+                owner=OWNER,
+                clock=now,
+            ),
+        )
+        self.pipeline = Pipeline(steps, settler=settler, leases=leases, failures=failures)
 
     async def process(self, message: FakeMessage) -> Settled:
-        return await self.processor.process(cast(AbstractIncomingMessage, message))
+        return await self.pipeline.process(cast(AbstractIncomingMessage, message))
 
 
 @pytest.fixture
 async def rig() -> AsyncIterator[Rig]:
     async with open_store("sqlite://:memory:") as store:
-        publisher = RecordingPublisher()
-        api = ScriptedApi()
-        settler = Settler(
-            store=store,
-            publisher=publisher,  # type: ignore[arg-type]
-            owner=OWNER,
-            clock=lambda: datetime.now(UTC),
-            metrics=Metrics(),
-            retry_s=0.5,
-        )
-        limiter = RateLimiter({"*": 1000})
-        processor = Processor(
-            store=store,
-            settler=settler,
-            apis={"p-1": api},  # type: ignore[dict-item]
-            scheduler=FairScheduler(limiter),
-            owner=OWNER,
-            lease=LEASE,
-            retry=RetryPolicy(max_attempts=3, base_s=0.25, max_s=1.0),
-            max_body_bytes=256 * 1024,
-        )
-        yield Rig(store, publisher, api, processor)
+        yield Rig(store, RecordingPublisher(), ScriptedApi())
 
 
 def auto_renew(command_id: str = "c-1", **payload: Any) -> bytes:
@@ -346,7 +387,7 @@ async def test_when_processing_and_the_crash_path_fail_the_raw_message_is_dead_l
 
             return fail
 
-    rig.processor._store = BrokenStore()
+    rig.wire(claims=BrokenStore())
     rig.publisher.failures = [TypeError("publisher bug")]  # the crash path's delay fails too
     message = FakeMessage(auto_renew())
     assert await rig.process(message) is Settled.SETTLED
@@ -385,7 +426,7 @@ async def test_a_dead_owners_claim_is_taken_over_at_once(rig: Rig) -> None:
         async def owner_gone(self, owner: str) -> bool:
             return owner == "crashed"
 
-    rig.processor._renewals = DeadOwners()
+    rig.wire(locks=DeadOwners())
     await rig.store.claim("c-1", "set_auto_renew", owner="crashed", lease=LEASE)
     message = FakeMessage(auto_renew())
     await rig.process(message)
@@ -401,8 +442,10 @@ async def test_a_command_taken_in_before_is_not_parked_behind_its_customers_back
     """A crashed replica's command (redelivered by the broker), or one back from waiting
     out another replica's claim, is carried out now: a takeover must not queue behind the
     customer's backlog. A new command of the same customer is parked."""
-    rig.processor._scheduler = FairScheduler(RateLimiter({"*": 0.1}), hold_s=1.0)
-    with rig.processor._scheduler.holding("auto_renewal_resources", "cust"):
+    slow = RateLimiter({"*": 0.1}, published=PUBLISHED_LIMITS)
+    scheduler = FairScheduler(slow, hold_s=1.0)
+    rig.wire(scheduler=scheduler)
+    with scheduler.holding("auto_renewal_resources", "cust"):
         await rig.process(FakeMessage(auto_renew("c-new")))
         assert rig.publisher.kinds() == ["delay"]  # parked: its turn is far away
         rig.publisher.log.clear()
@@ -460,9 +503,10 @@ async def test_a_deadline_that_passed_is_rejected_and_the_claim_given_back(rig: 
 
 
 async def test_a_long_park_sends_one_deferred_event_and_marks_the_copy(rig: Rig) -> None:
-    rig.processor._scheduler = FairScheduler(RateLimiter({"*": 0.1}), hold_s=1.0)
-    rig.processor._deferred_after_s = 5.0
-    with rig.processor._scheduler.holding("auto_renewal_resources", "cust"):
+    slow = RateLimiter({"*": 0.1}, published=PUBLISHED_LIMITS)
+    scheduler = FairScheduler(slow, hold_s=1.0)
+    rig.wire(scheduler=scheduler, deferred_after_s=5.0)
+    with scheduler.holding("auto_renewal_resources", "cust"):
         await rig.process(FakeMessage(auto_renew("c-far")))
         [(kind, (_s, _r, headers)), (progress, event)] = rig.publisher.log
         assert (kind, progress) == ("delay", "event")

@@ -1,20 +1,50 @@
-"""configure_tracing follows the standard OTEL_* variables, and exports OTLP/HTTP for real."""
+"""configure_tracing follows the standard OTEL_* variables (read by Settings), and exports
+OTLP/HTTP for real."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from aiohttp import web
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.trace import TracerProvider
 
+from service.settings import Settings
 from service.telemetry import tracing
+
+Configure = Callable[[dict[str, str]], object]
+OTEL_NAMES = (
+    "OTEL_SDK_DISABLED",
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_SERVICE_NAME",
+    "OTEL_RESOURCE_ATTRIBUTES",
+)
 
 
 @pytest.fixture(autouse=True)
 def _off() -> None:
     tracing.disable()
+
+
+@pytest.fixture
+def configure(monkeypatch: pytest.MonkeyPatch) -> Configure:
+    """``configure_tracing`` from exactly these OTEL_* variables in the environment, read
+    the way ``serve`` reads them (through ``Settings``)."""
+
+    def from_environment(environ: dict[str, str]) -> object:
+        for name in OTEL_NAMES:
+            monkeypatch.delenv(name, raising=False)
+        for name, value in environ.items():
+            monkeypatch.setenv(name, value)
+        return tracing.configure_tracing(Settings().operations.tracing)
+
+    return from_environment
 
 
 @pytest.mark.parametrize(
@@ -26,8 +56,8 @@ def _off() -> None:
         {"OTEL_SDK_DISABLED": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"},
     ],
 )
-def test_no_tracing_unless_asked(environ: dict[str, str]) -> None:
-    assert tracing.configure_tracing(environ) is None
+def test_no_tracing_unless_asked(environ: dict[str, str], configure: Configure) -> None:
+    assert configure(environ) is None
     assert not tracing.enabled()
 
 
@@ -38,9 +68,11 @@ def test_no_tracing_unless_asked(environ: dict[str, str]) -> None:
         {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
     ],
 )
-def test_unsupported_exporters_are_configuration_errors(environ: dict[str, str]) -> None:
+def test_unsupported_exporters_are_configuration_errors(
+    environ: dict[str, str], configure: Configure
+) -> None:
     with pytest.raises(ValueError, match=r"OTEL_TRACES_EXPORTER|protocol"):
-        tracing.configure_tracing(environ)
+        configure(environ)
 
 
 @pytest.fixture
@@ -67,11 +99,11 @@ async def collector() -> AsyncIterator[tuple[str, list[ExportTraceServiceRequest
 
 
 async def test_spans_reach_an_otlp_collector(
-    collector: tuple[str, list[ExportTraceServiceRequest]],
+    collector: tuple[str, list[ExportTraceServiceRequest]], configure: Configure
 ) -> None:
     endpoint, received = collector
-    provider = tracing.configure_tracing({"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint})
-    assert provider is not None
+    provider = configure({"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint})
+    assert isinstance(provider, TracerProvider)
     try:
         assert tracing.enabled()
         with tracing.client_span(

@@ -1,7 +1,7 @@
 """One dead letter as data, and the filter that picks dead letters.
 
 ``DeadLetter.from_message`` never raises: the DLQ holds exactly the messages that could not be
-read, so every field is best-effort. Failure headers (``service.messages.publisher.H``) are typed;
+read, so every field is best-effort. Failure headers (``service.broker.headers.H``) are typed;
 the
 body's ``command_id``, ``type``, partner and customers are read as ``service.messages.intake``
 reads them
@@ -19,7 +19,7 @@ from typing import Any
 from aio_pika.abc import AbstractIncomingMessage
 
 from schemas.commands import CommandType
-from service.messages.publisher import H
+from service.broker.headers import H
 
 __all__ = ["INVALID_TYPE", "REPLAYED_AT", "REPLAY_COUNT", "TYPES", "DeadLetter", "Filter"]
 

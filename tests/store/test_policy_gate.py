@@ -1,4 +1,4 @@
-"""The guard step against a real store (both backends): verdicts, reservations, releases."""
+"""The policy gate against a real store (both backends): verdicts, reservations, releases."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from handlers.errors import ApiRefused, CommandRejected
 from schemas.commands import Command, parse_command
-from service.guardrails.gate import Guard, PolicyDenied
+from service.guardrails.gate import PolicyDenied, PolicyGate
 from service.guardrails.policy import Policy, PolicyHolder
 from service.store.types import CommandStore, CouponCaps
 
@@ -39,18 +39,18 @@ def renewal(command_id: str, extra: str = "") -> Command:
 
 
 async def admit(
-    guard: Guard, store: CommandStore, command: Command, *, user: str | None = "erp", **kw: bool
+    gate: PolicyGate, store: CommandStore, command: Command, *, user: str | None = "erp", **kw: bool
 ) -> None:
     await store.claim(command.command_id, command.type, owner="a", lease=LEASE)
-    async with guard.admitted(command, requested_by=user, partner_id="p-1", **kw):
+    async with gate.admitted(command, requested_by=user, partner_id="p-1", **kw):
         pass
 
 
 async def test_a_refusal_names_the_rule(store: CommandStore) -> None:
-    guard = Guard(PolicyHolder(None, POLICY), store)
+    gate = PolicyGate(PolicyHolder(None, POLICY), store)
 
     with pytest.raises(PolicyDenied) as caught:
-        await admit(guard, store, renewal("r-1"), user="mallory")
+        await admit(gate, store, renewal("r-1"), user="mallory")
 
     assert caught.value.code == "RELAY.POLICY_DENIED"
     assert caught.value.denial.rule == "producers"
@@ -58,40 +58,41 @@ async def test_a_refusal_names_the_rule(store: CommandStore) -> None:
 
 
 async def test_a_rejection_inside_gives_the_reservations_back(store: CommandStore) -> None:
-    guard = Guard(PolicyHolder(None, POLICY), store)
+    gate = PolicyGate(PolicyHolder(None, POLICY), store)
     first = coupon("c-1")
     await store.claim("c-1", "issue_coupon", owner="a", lease=LEASE)
     with pytest.raises(CommandRejected):
-        async with guard.admitted(first, requested_by="erp", partner_id="p-1"):
+        async with gate.admitted(first, requested_by="erp", partner_id="p-1"):
             raise CommandRejected("CBC.0005", "the API says the command is malformed")
 
-    await admit(guard, store, coupon("c-2"))  # the allowance is free again
+    await admit(gate, store, coupon("c-2"))  # the allowance is free again
 
     with pytest.raises(PolicyDenied) as caught:
-        await admit(guard, store, coupon("c-3", "0.01"))
+        await admit(gate, store, coupon("c-3", "0.01"))
     assert caught.value.denial.rule == "issue_coupon.per_customer_per_day"
 
 
 async def test_any_other_error_keeps_the_reservation_for_finish_to_settle(
     store: CommandStore,
 ) -> None:
-    guard = Guard(PolicyHolder(None, POLICY), store)
+    gate = PolicyGate(PolicyHolder(None, POLICY), store)
     await store.claim("r-1", "renew", owner="a", lease=LEASE)
     with pytest.raises(ApiRefused):
-        async with guard.admitted(renewal("r-1"), requested_by="erp", partner_id="p-1"):
+        async with gate.admitted(renewal("r-1"), requested_by="erp", partner_id="p-1"):
             raise ApiRefused("CBC.1", "no")
 
     with pytest.raises(PolicyDenied) as caught:
-        await admit(guard, store, renewal("r-2"))
+        await admit(gate, store, renewal("r-2"))
     assert caught.value.denial.rule == "renew.same_resource_within"
     assert "r-1 (by r-1)" in caught.value.message
-    await admit(guard, store, renewal("r-3", ',"allow_repeat":true'))
+    await admit(gate, store, renewal("r-3", ',"allow_repeat":true'))
 
 
 async def test_an_uncertain_command_and_no_policy_pass_unjudged(store: CommandStore) -> None:
-    await admit(Guard(PolicyHolder(None, None), store), store, coupon("c-1", "500.00"), user=None)
-    guard = Guard(PolicyHolder(None, POLICY), store)
-    await admit(guard, store, coupon("c-2", "500.00"), user=None, uncertain=True)
+    ungated = PolicyGate(PolicyHolder(None, None), store)
+    await admit(ungated, store, coupon("c-1", "500.00"), user=None)
+    gate = PolicyGate(PolicyHolder(None, POLICY), store)
+    await admit(gate, store, coupon("c-2", "500.00"), user=None, uncertain=True)
     assert (
         await store.reserve_coupons(
             "c-9",
@@ -106,10 +107,10 @@ async def test_an_uncertain_command_and_no_policy_pass_unjudged(store: CommandSt
 
 async def test_a_reload_applies_to_the_next_command(store: CommandStore) -> None:
     holder = PolicyHolder(None, POLICY)
-    guard = Guard(holder, store)
+    gate = PolicyGate(holder, store)
     with pytest.raises(PolicyDenied):
-        await admit(guard, store, renewal("r-1"), user="other")
+        await admit(gate, store, renewal("r-1"), user="other")
 
     holder.current = Policy()
 
-    await admit(guard, store, renewal("r-2"), user="other")
+    await admit(gate, store, renewal("r-2"), user="other")
