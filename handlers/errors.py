@@ -12,8 +12,8 @@
     │   └── CredentialsUnavailable              IAM could not give temporary credentials now
     ├── Waiting                      WAIT       not the command's fault: later, no attempt spent
     │   ├── StoreUnavailable                    the command store cannot be reached
-    │   ├── LeaseLost                           another process owns the command now
-    │   └── Paused                              an operator paused the customer's calls
+    │   └── LeaseLost                           another process owns the command now
+    ├── Paused                       PARK       an operator paused the customer's calls
     ├── OutcomeUnknown               RECONCILE  a mutating call may or may not have taken effect
     │   └── CallTimeout (also TimeoutError)     no answer in time after sending
     └── OutcomeUndecidable           UNKNOWN    reconciliation could not tell: a person must look
@@ -59,6 +59,7 @@ class Disposition(StrEnum):
     RECONCILE = "reconcile"  # read the API's state before deciding anything
     UNKNOWN = "unknown"  # terminal `unknown` event + dead letter; never call again
     WAIT = "wait"  # come back later through a delay queue, spending no attempt
+    PARK = "park"  # wait in the customer's parking line until it is resumed; nothing was sent
 
 
 class RelayError(Exception):
@@ -135,13 +136,21 @@ class LeaseLost(Waiting):
     call was not sent; whoever owns the command now carries it out."""
 
 
-class Paused(Waiting):
+class Paused(RelayError):
     """An operator paused this customer's calls (``bss-relay pause``): nothing was sent; the
-    command waits, parked, until it is resumed (or its deadline passes)."""
+    command waits in the customer's parking line until it is resumed (or its deadline
+    passes). No attempt is spent."""
+
+    disposition = Disposition.PARK
+
+    def __init__(self, api: str, customer: str) -> None:
+        super().__init__("RELAY.PAUSED", f"the calls of customer {customer!r} to {api} are paused")
+        self.api = api
+        self.customer = customer
 
 
 def paused(api: str, customer: str) -> Paused:
-    return Paused("RELAY.PAUSED", f"the calls of customer {customer!r} to {api} are paused")
+    return Paused(api, customer)
 
 
 class OutcomeUnknown(RelayError):

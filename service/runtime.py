@@ -5,16 +5,19 @@ service consumes. Each step opens one resource (an async context manager, in the
 aiohttp's ``cleanup_ctx``: open, yield, close) from its own group of settings, in this order:
 
 1. ``open_backend``    the store, its rate-limit buckets, renewal locks and health probe
-                       (``settings.store``, ``settings.pacing``; in ``service.backend``)
-2. ``open_pacing``     the fair scheduler on the backend's buckets (``settings.pacing``)
-3. ``open_broker``     the robust connection, the publishing channel, the topology declared
+                       (``settings.store``; in ``service.backend``)
+2. ``open_broker``     the robust connection, the publishing channel, the topology declared
                        (``settings.broker``)
-4. ``open_api``        the HTTP session, the client on the buckets and the scheduler, one
-                       ``PartnerApi`` per partner account (``settings.api``)
+3. ``open_pacing``     the limits in force, the dispatcher on the backend's buckets, the
+                       parking lines, the steering poller and what the replica publishes
+                       (``settings.pacing``)
+4. ``open_api``        the HTTP session, the client on the dispatcher, one ``PartnerApi`` per
+                       partner account (``settings.api``)
 5. ``build_pipeline``  the process's ``Leases`` and the message path: read, admit or park,
                        claim, run, settle (``settings.messages``)
-6. ``open_consumer``   the consumer in its task group, with the lease heartbeat and the stall
-                       detector beside it; then the store's upkeep loops (``_upkeep``)
+6. ``open_consumer``   the consumer in its task group, with the lease heartbeat, the stall
+                       detector and the intake of pulled lines beside it; then the loops of
+                       the store and of pacing (``_upkeep``)
 7. ``open_metrics``    ``/metrics`` and ``/healthz`` when a port is set (``settings.operations``)
 
 Leaving it stops intake, drains within ``RELAY_SHUTDOWN_GRACE_S``, cancels what is left
@@ -27,8 +30,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
@@ -37,28 +42,34 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import structlog
-from aio_pika.abc import AbstractRobustConnection
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from service.api.bss import PartnerApi
 from service.api.client import BssHttp, Endpoints, session_from
 from service.api.credentials import CredentialCache
+from service.api.operations import PUBLISHED_LIMITS
 from service.backend import Backend, open_backend
 from service.broker.connection import connect_broker
 from service.broker.topology import DELAY_LEVELS_MS, Topology, declare
 from service.guardrails.gate import PolicyGate
 from service.guardrails.policy import PolicyError, PolicyHolder
-from service.messages.admission import Admission
+from service.messages.admission import Admission, Waiting
 from service.messages.claiming import Claiming
-from service.messages.consumer import Consumer, ConsumerOptions
+from service.messages.consumer import Consumer, ConsumerOptions, Pulled
 from service.messages.delivery import ScopedApi
 from service.messages.failures import Failures, RetryPolicy
 from service.messages.leases import Leases
+from service.messages.lines import LineHooks, LineKey, Lines
 from service.messages.pipeline import Pipeline, Steps
 from service.messages.publisher import Publisher
 from service.messages.reading import Reader
 from service.messages.running import Runner
-from service.messages.settlement import Settler, SettleRetry
-from service.pacing.scheduler import FairScheduler
+from service.messages.settlement import Books, Settler, SettleRetry
+from service.messages.whereabouts import Whereabouts
+from service.ops.presence import Presence
+from service.pacing.dispatcher import Dispatcher, PacingConfig
+from service.pacing.limits import Limits, configured_limits
+from service.pacing.steering import PauseState, SteeringPoller
 from service.settings import (
     ApiSettings,
     BrokerSettings,
@@ -76,6 +87,8 @@ __all__ = ["Broker", "ConfigurationError", "Consuming", "Parts", "RunningService
 log = structlog.get_logger(__name__)
 
 PRUNE_EVERY_S = 3600.0
+SWEEP_EVERY_S = 600.0  # idle rate-limit buckets deleted (shared rows; in process it is built in)
+ROOM_MIN, ROOM_MAX = 2, 256  # commands of one line a replica takes in memory at least, at most
 
 
 class ConfigurationError(RuntimeError):
@@ -92,12 +105,27 @@ class Broker:
 
 
 @dataclass(frozen=True, slots=True)
+class Pacing:
+    """Where calls wait for their turn: in memory (the dispatcher) or parked (the lines), with
+    the limits and pauses in force, and what the replica tells the deployment about it."""
+
+    limits: Limits
+    dispatcher: Dispatcher
+    lines: Lines
+    steering: SteeringPoller
+    presence: Presence
+    waiting: Waiting
+    pulled: asyncio.Queue[Pulled]  # pulled from the lines, for the consumer
+    whereabouts: Whereabouts
+
+
+@dataclass(frozen=True, slots=True)
 class Parts:
     """What the first steps opened: the message path is built from these."""
 
     backend: Backend
     broker: Broker
-    scheduler: FairScheduler
+    pacing: Pacing
     apis: Mapping[str, ScopedApi]
     policy: PolicyHolder
     metrics: Metrics
@@ -117,8 +145,12 @@ class RunningService:
         return self.parts.backend
 
     @property
-    def scheduler(self) -> FairScheduler:
-        return self.parts.scheduler
+    def pacing(self) -> Pacing:
+        return self.parts.pacing
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        return self.parts.pacing.dispatcher
 
     @property
     def metrics(self) -> Metrics:
@@ -169,9 +201,16 @@ class _Background:
             if forever:
                 self.failed.append(name)
 
-    def cancel(self) -> None:
-        for task in self.loops:
-            task.cancel()
+    async def stop(self) -> None:
+        """Cancel the loops and wait for them, cancelling again any that is still running a
+        second later: on Python 3.11 a cancel that meets an inner timeout (``wait_for``, in
+        aio-pika too) can be swallowed, and a loop that lost it would hold the task group
+        open for ever."""
+        pending = {task for task in self.loops if not task.done()}
+        while pending:
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=1.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +225,7 @@ class Consuming:
         later), then cancel the loops."""
         await self.consumer.stop_intake()
         await self.consumer.drain(grace_s)
-        self.background.cancel()
+        await self.background.stop()
 
 
 @contextlib.asynccontextmanager
@@ -199,17 +238,17 @@ async def start(
     owner, metrics = _owner_id(), Metrics()
     async with AsyncExitStack() as stack:
         enter = stack.enter_async_context
-        backend = await enter(open_backend(settings.store, settings.pacing, owner=owner))
-        scheduler = await enter(open_pacing(settings.pacing, backend, metrics))
+        backend = await enter(open_backend(settings.store, owner=owner))
         broker = await enter(open_broker(settings.broker))
-        apis = await enter(open_api(settings.api, backend, scheduler, metrics))
-        parts = Parts(backend, broker, scheduler, apis, policy, metrics)
+        pacing = await enter(open_pacing(settings.pacing, backend, broker, metrics, owner))
+        apis = await enter(open_api(settings.api, pacing.dispatcher, metrics))
+        parts = Parts(backend, broker, pacing, apis, policy, metrics)
         leases = Leases(
             backend.store, backend.locks, owner=owner, lease=settings.store.lease, metrics=metrics
         )
         pipeline = build_pipeline(settings.messages, leases, parts)
         running = await enter(open_consumer(settings.messages, pipeline, leases, parts))
-        _upkeep(running.background, backend, settings.store)
+        _upkeep(running.background, parts, settings.store)
         service = RunningService(owner, settings, parts, running)
         await enter(open_metrics(settings.operations, metrics, service.problems))
         log.info("service_started", owner=owner, queue=broker.topology.work_queue)
@@ -231,20 +270,6 @@ async def run(settings: Settings, *, stop: asyncio.Event) -> None:
 
 
 @contextlib.asynccontextmanager
-async def open_pacing(
-    settings: PacingSettings, backend: Backend, metrics: Metrics
-) -> AsyncIterator[FairScheduler]:
-    """The fair dispatcher on the backend's buckets: admissions and API calls ask it for
-    their turn."""
-    metrics.watch_rates(backend.buckets.rates)
-    scheduler = FairScheduler(backend.buckets, hold_s=settings.hold_s)
-    try:
-        yield scheduler
-    finally:
-        await scheduler.aclose()
-
-
-@contextlib.asynccontextmanager
 async def open_broker(settings: BrokerSettings) -> AsyncIterator[Broker]:
     """Connect (raises at once if no node answers), then declare the topology on the
     publishing channel (raises ``TopologyMismatch`` for queues of another type)."""
@@ -260,16 +285,100 @@ async def open_broker(settings: BrokerSettings) -> AsyncIterator[Broker]:
 
 
 @contextlib.asynccontextmanager
+async def open_pacing(
+    settings: PacingSettings, backend: Backend, broker: Broker, metrics: Metrics, owner: str
+) -> AsyncIterator[Pacing]:
+    """The dispatcher on the backend's buckets, the parking lines it pulls as it serves, the
+    live limits and pauses every replica polls, and what this replica publishes."""
+    limits = Limits(configured_limits(PUBLISHED_LIMITS, settings.rate_limits))
+    pauses, served, pulled = PauseState(), asyncio.Event(), asyncio.Queue[Pulled]()
+    guard_min = max(settings.guard_s, backend.guard_min_s)
+    config = PacingConfig(
+        settings.egress,
+        owner,
+        guard_min,
+        max(guard_min, settings.guard_max_s),
+        ahead_s=backend.ahead_s,
+    )
+    dispatcher = Dispatcher(
+        backend.buckets, limits, config=config, is_paused=pauses, on_served=served.set
+    )
+    whereabouts, steering = Whereabouts(), backend.store.steering
+    hooks = LineHooks(_room(dispatcher, settings.hold_s), _deliver(pulled), pauses, served)
+    lines = Lines(
+        broker.connection, broker.topology, steering, hooks=hooks, whereabouts=whereabouts
+    )
+    poller = SteeringPoller(steering, limits, pauses, on_change=dispatcher.steering_changed)
+    await poller.refresh()  # the limits and pauses in force before anything is consumed
+    presence = Presence(
+        steering,
+        dispatcher,
+        limits,
+        whereabouts=whereabouts,
+        identity=(owner, settings.egress),
+        line_deltas=lines.deltas,
+    )
+    metrics.watch_rates(dispatcher.rates)
+    metrics.watch_waiting(lambda: _waiting_by_bucket(dispatcher, whereabouts))
+    waiting = Waiting(dispatcher, lines, pauses, settings.hold_s)
+    try:
+        yield Pacing(limits, dispatcher, lines, poller, presence, waiting, pulled, whereabouts)
+    finally:
+        await presence.retire()
+        await dispatcher.aclose()
+        await lines.aclose()
+
+
+def _room(dispatcher: Dispatcher, hold_s: float) -> Callable[[LineKey], int]:
+    """How many commands of a line this replica takes in memory: the hold window's worth of
+    its customer's turns now (its own rate, or its share of the egress)."""
+
+    def room(line: LineKey) -> int:
+        interval = dispatcher.interval(*line)
+        if interval <= 0:
+            return ROOM_MAX
+        return max(ROOM_MIN, min(ROOM_MAX, math.ceil(hold_s / interval)))
+
+    return room
+
+
+def _deliver(
+    pulled: asyncio.Queue[Pulled],
+) -> Callable[[AbstractIncomingMessage, Callable[[], None]], None]:
+    def deliver(message: AbstractIncomingMessage, done: Callable[[], None]) -> None:
+        pulled.put_nowait((message, done))
+
+    return deliver
+
+
+def _waiting_by_bucket(
+    dispatcher: Dispatcher, whereabouts: Whereabouts
+) -> dict[tuple[str, str, str], tuple[int, float]]:
+    """Per bucket: commands waiting for it here (held, or parked by this replica), and the
+    oldest one's wait (for ``/metrics``; ``quota show`` adds up every replica's)."""
+    now, found = time.time(), dict[tuple[str, str, str], tuple[int, float]]()
+    since = [(w.api, w.kind, w.key, w.since) for w in dispatcher.waiting()]
+    since += [
+        (e.api, e.kind or "customer", e.key, e.since)
+        for e in whereabouts.entries()
+        if e.state != "delayed" and e.api is not None and e.key is not None
+    ]
+    for api, kind, key, at in since:
+        count, oldest = found.get((api, kind, key), (0, 0.0))
+        found[(api, kind, key)] = (count + 1, max(oldest, now - at))
+    return found
+
+
+@contextlib.asynccontextmanager
 async def open_api(
-    settings: ApiSettings, backend: Backend, scheduler: FairScheduler, metrics: Metrics
+    settings: ApiSettings, dispatcher: Dispatcher, metrics: Metrics
 ) -> AsyncIterator[dict[str, PartnerApi]]:
-    """One HTTP session; every call waits for its turn on the backend's buckets."""
+    """One HTTP session; every call waits for its turn (the dispatcher)."""
     async with session_from(settings) as session:
         http = BssHttp(
             session=session,
             endpoints=Endpoints(bss=settings.bss_endpoint, iam=settings.iam_endpoint),
-            limiter=backend.buckets,
-            scheduler=scheduler,
+            dispatcher=dispatcher,
             throttle_retries=settings.throttle_retries,
             metrics=metrics,
         )
@@ -281,29 +390,41 @@ def build_pipeline(settings: MessageSettings, leases: Leases, parts: Parts) -> P
     retry = RetryPolicy(
         settings.max_attempts, settings.retry_base_s, settings.retry_max_s, settings.store_retry_s
     )
-    failures = Failures(retry, lease=leases.lease, metrics=parts.metrics, clock=_utc_now)
+    pacing = parts.pacing
+    admission = Admission(
+        pacing.waiting, clock=_utc_now, deferred_after_s=settings.deferred_after_s
+    )
+    failures = Failures(
+        retry,
+        lease=leases.lease,
+        metrics=parts.metrics,
+        clock=_utc_now,
+        parking=admission.paused,
+    )
+    books = Books(_utc_now, pacing.lines, pacing.whereabouts, parts.backend.store.steering)
     settler = Settler(
         store=parts.backend.store,
         publisher=parts.broker.publisher,
         leases=leases,
-        clock=_utc_now,
+        books=books,
         metrics=parts.metrics,
         retry=SettleRetry(settings.settle_retry_s, settings.store_retry_s),
     )
-    steps = _steps(settings, leases, failures, parts)
+    steps = _steps(settings, leases, failures, parts, admission)
     return Pipeline(steps, settler=settler, leases=leases, failures=failures)
 
 
-def _steps(settings: MessageSettings, leases: Leases, failures: Failures, parts: Parts) -> Steps:
-    store, metrics = parts.backend.store, parts.metrics
+def _steps(
+    settings: MessageSettings,
+    leases: Leases,
+    failures: Failures,
+    parts: Parts,
+    admission: Admission,
+) -> Steps:
+    store = parts.backend.store
     return Steps(
         read=Reader(parts.apis, max_body_bytes=settings.max_body_bytes),
-        admission=Admission(
-            parts.scheduler,
-            metrics=metrics,
-            clock=_utc_now,
-            deferred_after_s=settings.deferred_after_s,
-        ),
+        admission=admission,
         claim=Claiming(leases, clock=_utc_now),
         run=Runner(
             store=store,
@@ -331,24 +452,37 @@ async def open_consumer(
     )
     async with asyncio.TaskGroup() as tasks:
         consumer = Consumer(
-            connection=connection, pipeline=pipeline, tasks=tasks, metrics=metrics, options=options
+            connection=connection,
+            pipeline=pipeline,
+            tasks=tasks,
+            metrics=metrics,
+            options=options,
+            pulled=parts.pacing.pulled,
         )
         background = _Background(tasks)
         connection.reconnect_callbacks.add(lambda *_: background.once("verify", consumer.verify()))
         background.loop("heartbeat", leases.renew_forever())
         background.loop("watch", consumer.watch())
+        background.loop("pulled", consumer.take_pulled())
         await consumer.start()
         metrics.inflight.set_function(lambda: consumer.tasks_running)
         metrics.set_parked(lambda: consumer.waiting_in_delay_queues)
         yield Consuming(consumer, background)
 
 
-def _upkeep(background: _Background, backend: Backend, settings: StoreSettings) -> None:
+def _upkeep(background: _Background, parts: Parts, settings: StoreSettings) -> None:
     """The store's loops: finished commands pruned after the retention; PostgreSQL pinged, so
-    ``/healthz`` says when it cannot be reached (an SQLite file is part of the process)."""
+    ``/healthz`` says when it cannot be reached (an SQLite file is part of the process). And
+    pacing's: live limits and pauses polled, lines pulled, what the replica publishes, idle
+    buckets swept."""
+    backend, pacing = parts.backend, parts.pacing
     background.loop("prune", _prune_forever(backend.store, settings.retention))
     if backend.health is not None:
         background.loop("store-health", backend.health.watch())
+    background.loop("steering", pacing.steering.run())
+    background.loop("lines", pacing.lines.run())
+    background.loop("presence", pacing.presence.run())
+    background.loop("sweep", _sweep_forever(backend))
 
 
 @contextlib.asynccontextmanager
@@ -408,6 +542,18 @@ async def _prune_forever(store: CommandStore, retention: timedelta) -> None:
             if removed:
                 log.info("store_pruned", removed=removed)
         await asyncio.sleep(PRUNE_EVERY_S)
+
+
+async def _sweep_forever(backend: Backend) -> None:
+    while True:
+        await asyncio.sleep(SWEEP_EVERY_S)
+        try:
+            swept = await backend.buckets.sweep()
+        except Exception:  # the store may be away for a while: tried again next round
+            log.exception("buckets_sweep_failed")
+        else:
+            if swept:
+                log.info("buckets_swept", swept=swept)
 
 
 def _owner_id() -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict, deque
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -48,6 +48,10 @@ from schemas.bss import (
     RenewalResourcesReq,
     RenewalResourcesResp,
 )
+from service.api.operations import PUBLISHED_LIMITS
+from service.pacing.dispatcher import Dispatcher, PacingConfig
+from service.pacing.limits import Limits, configured_limits
+from service.pacing.local import LocalBuckets
 
 __all__ = [
     "AUTO_RENEW_POLICY",
@@ -577,3 +581,12 @@ def make_context(
 _API: type[BssApi] = FakeBssApi
 _JOURNAL: type[Journal] = MemoryJournal
 _CLOCK: type[Clock] = FixedClock
+
+
+def dispatcher(
+    overrides: Mapping[str, float | None] | None = None, *, egress: str = "default"
+) -> Dispatcher:
+    """A dispatcher on in-process buckets with the published limits (``overrides`` over them,
+    ``{"*": 0}`` for none): what a client under test waits its turn on."""
+    limits = Limits(configured_limits(PUBLISHED_LIMITS, overrides or {}))
+    return Dispatcher(LocalBuckets(), limits, config=PacingConfig(egress=egress))

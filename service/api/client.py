@@ -32,8 +32,8 @@ from handlers.errors import (
 )
 from service.api.operations import Operation
 from service.api.signer import QueryValue, Signer, canonical_query
-from service.pacing.limiter import Limiter
-from service.pacing.scheduler import FairScheduler
+from service.pacing.buckets import Priority
+from service.pacing.dispatcher import Dispatcher
 from service.settings import ApiSettings
 from service.telemetry.metrics import Metrics
 from service.telemetry.tracing import client_span
@@ -147,12 +147,15 @@ class CallScope:
     that, what has started must be finished or reconciled, never dropped half-way).
     ``preflight``: checked right before each send of a mutating request (``Preflight``).
     ``sent``: every request sent for the command, answers of 429 that were waited out included
-    (the event's ``attempts``).
+    (the event's ``attempts``). ``command_id`` and ``priority``: who waits for a turn, and
+    which turn it takes first (the dispatcher's).
     """
 
     deadline: datetime | None = None
     preflight: Preflight = Preflight()
     sent: int = 0
+    command_id: str | None = None
+    priority: int = Priority.NORMAL
 
     async def sending(self, op: Operation) -> None:
         if self.deadline is not None:
@@ -209,21 +212,23 @@ def session_from(settings: ApiSettings) -> aiohttp.ClientSession:
 
 
 class _Lateness:
-    """Gives a request's lateness for its slot back to the limiter (``Limiter.late``),
+    """Gives a request's lateness for its slot back to the buckets (``Dispatcher.late``),
     measured when its headers were written (``written``, the session's write trace), or when
     it was handed to the session if the session has no such trace (``handed_over``)."""
 
-    __slots__ = ("_api", "_limiter", "_parent_uid", "_slot", "_told")
+    __slots__ = ("_api", "_dispatcher", "_parent_uid", "_slot", "_told")
 
-    def __init__(self, limiter: Limiter, api: str, parent_uid: str, slot: float | None) -> None:
-        self._limiter = limiter
+    def __init__(
+        self, dispatcher: Dispatcher, api: str, parent_uid: str, slot: float | None
+    ) -> None:
+        self._dispatcher = dispatcher
         self._api = api
         self._parent_uid = parent_uid
         self._slot = slot
         self._told = slot is None  # an unlimited API has no slot to be late for
 
     def written(self) -> None:
-        self.handed_over(self._limiter.now())
+        self.handed_over(self._dispatcher.buckets.now())
 
     def handed_over(self, at: float) -> None:
         """The instant the request left, if no write was traced before (else nothing)."""
@@ -232,7 +237,7 @@ class _Lateness:
         self._told = True
         assert self._slot is not None
         if at > self._slot:
-            self._limiter.late(self._api, self._parent_uid, slot=self._slot, sent_at=at)
+            self._dispatcher.late(self._api, self._parent_uid, slot=self._slot, sent_at=at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,15 +256,13 @@ class BssHttp:
         *,
         session: aiohttp.ClientSession,
         endpoints: Endpoints,
-        limiter: Limiter,
-        scheduler: FairScheduler | None = None,
+        dispatcher: Dispatcher,
         throttle_retries: int = 5,
         metrics: Metrics | None = None,
     ) -> None:
         self._session = session
         self._bases = {"bss": endpoints.bss.rstrip("/"), "iam": endpoints.iam.rstrip("/")}
-        self._limiter = limiter
-        self._scheduler = scheduler or FairScheduler(limiter)
+        self._dispatcher = dispatcher
         self._throttle_retries = throttle_retries
         self._metrics = metrics or Metrics()
 
@@ -282,13 +285,13 @@ class BssHttp:
         metrics = self._metrics
         for attempt in range(self._throttle_retries + 1):
             waited = time.perf_counter()
-            slot = await self._turn(op.name, parent_uid)
+            slot = await self._turn(op.name, parent_uid, scope)
             quota_wait_s = time.perf_counter() - waited
             metrics.observe_quota_wait(op.name, quota_wait_s)
             if scope is not None:
                 await scope.sending(op)
-            sent_at = self._limiter.now()
-            late = _Lateness(self._limiter, op.name, parent_uid, slot)
+            sent_at = self._dispatcher.buckets.now()
+            late = _Lateness(self._dispatcher, op.name, parent_uid, slot)
             sent = time.perf_counter()
             try:
                 response = await self._send(
@@ -307,7 +310,7 @@ class BssHttp:
                 metrics.inc(metrics.api_requests, op.name, status)
                 if not isinstance(exc, Throttled):
                     raise
-                await self._limiter.report_throttled(op.name, parent_uid, sent_at=sent_at)
+                await self._dispatcher.throttled(op.name, parent_uid, sent_at=sent_at)
                 log.warning("api_throttled", api=op.name, parent_uid=parent_uid, attempt=attempt)
                 if attempt == self._throttle_retries:
                     raise
@@ -320,21 +323,30 @@ class BssHttp:
                 late.handed_over(sent_at)  # no write was traced
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _turn(self, api: str, parent_uid: str) -> float | None:
+    async def _turn(self, api: str, parent_uid: str, scope: CallScope | None) -> float | None:
         """The call's slot, fresh. Lateness is normally given back once the request is
-        written (``Limiter.late``), which moves the slots reserved after it. A call that
-        wakes up grossly late (``MISSED_SLOT_S``, or the limiter's tolerance if wider) lets
-        its slot go and takes the next one instead: a process that busy may give the lateness
-        back too late for slots reserved meanwhile (the slot is wasted, the limit kept). A
-        machine too busy to wake in time ``MISSED_SLOTS_MAX`` times in a row sends anyway."""
-        limiter = self._limiter
+        written (``Dispatcher.late``), which moves the slots reserved after it. A call that
+        wakes up grossly late (``MISSED_SLOT_S``, or the tolerance if wider) lets its slot go
+        and takes the next one instead: a process that busy may give the lateness back too
+        late for slots reserved meanwhile (the slot is wasted, the limit kept). A machine too
+        busy to wake in time ``MISSED_SLOTS_MAX`` times in a row sends anyway."""
+        dispatcher = self._dispatcher
+        command_id, priority = (
+            (None, Priority.NORMAL)
+            if scope is None
+            else (
+                scope.command_id,
+                scope.priority,
+            )
+        )
+        clock = dispatcher.buckets.now
         for _ in range(MISSED_SLOTS_MAX):
-            slot = await self._scheduler.turn(api, parent_uid)
-            if slot is None or limiter.now() - slot <= max(MISSED_SLOT_S, limiter.tolerance(api)):
+            slot = await dispatcher.turn(api, parent_uid, priority=priority, command_id=command_id)
+            if slot is None or clock() - slot <= max(MISSED_SLOT_S, dispatcher.tolerance(api)):
                 return slot
             self._metrics.inc(self._metrics.missed_slots, api)
-            log.debug("slot_missed", api=api, late_ms=round((limiter.now() - slot) * 1000, 1))
-        return await self._scheduler.turn(api, parent_uid)
+            log.debug("slot_missed", api=api, late_ms=round((clock() - slot) * 1000, 1))
+        return await dispatcher.turn(api, parent_uid, priority=priority, command_id=command_id)
 
     async def _send(
         self,

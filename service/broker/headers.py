@@ -34,7 +34,10 @@ class H:
     FIRST_FAILURE = "x-relay-first-failure"
     LAST_FAILURE = "x-relay-last-failure"
     ORIGINAL_ROUTING_KEY = "x-relay-original-routing-key"
-    TICKET = "x-relay-ticket"  # parked for pacing: epoch seconds of the expected turn
+    # parked in a line (service.messages.lines): pulled from it, it is taken in at once
+    LINE = "x-relay-line"
+    # when the command began to wait for its bucket (epoch seconds, text): kept across parkings
+    WAITING_SINCE = "x-relay-waiting-since"
     REPLAYED_AT = "x-relay-replayed-at"  # set by `bss-relay replay` on the copy it republishes
     REPLAY_COUNT = "x-relay-replay-count"
     # API requests sent for the command by earlier deliveries (the event's `attempts` goes on

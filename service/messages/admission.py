@@ -1,22 +1,31 @@
-"""Step *admit or park*: a command waits for its API turn here, in memory, or on the broker.
+"""Step *admit or park*: a command waits for its API turn here, in memory, or in its parking line.
 
-This is the message path's one way into pacing's admission (``service.pacing.parking``): a
-command whose turn is further away than the hold window is parked on a delay queue with its
-ticket (``x-relay-ticket``), and one expected to wait longer than ``deferred_after_s`` tells
-its producer once with a ``deferred`` event (``x-relay-deferred`` keeps it from saying so
-again). Parking needs no claim: a backlog is read and parked without touching the store.
+A command is *parked* (``Park``: into its line, ``service.messages.lines``) when
 
-Not parked: a command some replica already took in (redelivered after it crashed or lost its
-connection, or back from waiting out a claim): its takeover must not queue behind its
-customer's backlog; and a command whose partner is unknown (it has no pacing key: it goes on
-to be claimed and rejected). An admitted command is counted as held (``holding``) until it
-ends, in the same step as the decision not to park.
+* its customer's calls are paused (``bss-relay pause``): it waits there until resumed;
+* its line already has commands waiting: first in, first out, behind them;
+* its turn is further away than the hold window (``RELAY_HOLD_S``): as the dispatcher says,
+  from the waiters of its customer at its priority or above and its share of the egress.
+
+One expected to wait longer than ``deferred_after_s`` tells its producer once with a
+``deferred`` event (``x-relay-deferred`` keeps it from saying so again). Parking needs no claim:
+a backlog is read and parked without touching the store.
+
+Taken in at once: a command pulled from its line (``x-relay-line``: its turn has come), one
+some replica already took in (redelivered after it crashed or lost its connection, or back
+from waiting out a claim: its takeover must not queue behind its customer's backlog), one of
+an operation that is not paced, and one whose partner is unknown (it has no pacing key: it goes
+on to be claimed and rejected). An admitted command counts as held (``holding``) until it ends,
+in the same step as the decision not to park.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+import time
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,67 +34,131 @@ import structlog
 from schemas.commands import Command
 from service.broker.headers import H
 from service.messages.delivery import Delivery, Partner
-from service.messages.kinds import primary_call
+from service.messages.kinds import PRIORITIES, primary_call
+from service.messages.lines import LineKey, Lines
 from service.messages.outcomes import deferred_event
-from service.messages.settlement import Delay
-from service.pacing.parking import Park, parking, ticket_from_headers, ticket_header
-from service.pacing.scheduler import FairScheduler
-from service.telemetry.metrics import Metrics
+from service.messages.settlement import Park
+from service.messages.whereabouts import Noted
+from service.pacing.dispatcher import Dispatcher
 
-__all__ = ["Admission"]
+__all__ = ["Admission", "Waiting", "waiting_since"]
 
 log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """Where commands wait: the dispatcher (in memory) and the parking lines (the broker)."""
+
+    dispatcher: Dispatcher
+    lines: Lines
+    paused: Callable[[str, str], bool]
+    hold_s: float
 
 
 class Admission:
     def __init__(
         self,
-        scheduler: FairScheduler,
+        waiting: Waiting,
         *,
-        metrics: Metrics,
         clock: Callable[[], datetime],
         deferred_after_s: float,
     ) -> None:
-        self._scheduler = scheduler
-        self._metrics = metrics
+        self._waiting = waiting
         self._clock = clock
         self._deferred_after_s = deferred_after_s
 
-    async def admit(self, delivery: Delivery, command: Command) -> Delay | None:
-        """None: go on now. A ``Delay``: park on the broker. Raises ``RelayError`` when a
-        shared ticket needs the store and the store is away."""
-        key = _key(delivery, command)
-        if key is None or delivery.taken_in_before:
+    async def admit(self, delivery: Delivery, command: Command) -> Park | None:
+        """None: go on now. A ``Park``: into the command's line."""
+        line = _line(delivery, command)
+        if line is None:
             return None
-        park = await parking(self._scheduler, key, ticket_from_headers(delivery.headers))
-        if park is None:
+        w = self._waiting
+        api, customer, priority = line
+        if w.paused(api, customer):
+            return self.park(delivery, command, line, paused=True)
+        if H.LINE in delivery.headers or delivery.taken_in_before:
             return None
-        self._metrics.inc(self._metrics.parked, key[0])
-        log.debug("command_parked", api=key[0], wait_s=round(park.seconds, 2))
-        return self._park(delivery, command, park)
+        if not w.dispatcher.limited(api):
+            return None
+        if w.lines.active(line) or w.dispatcher.expected_wait(api, customer, priority) > w.hold_s:
+            return self.park(delivery, command, line, paused=False)
+        return None
 
     def holding(self, delivery: Delivery, command: Command) -> AbstractContextManager[None]:
-        """The admitted command counted as held for its key while it is claimed and run. Enter
+        """The admitted command counted as held for its line while it is claimed and run. Enter
         it right after ``admit`` (no await between), so a burst cannot slip more than the hold
         window past the decision."""
-        key = _key(delivery, command)
-        return nullcontext() if key is None else self._scheduler.holding(*key)
+        line = _line(delivery, command)
+        return nullcontext() if line is None else self._waiting.dispatcher.coming(*line)
 
-    def _park(self, delivery: Delivery, command: Command, park: Park) -> Delay:
-        headers: dict[str, Any] = dict(ticket_header(park.ticket))
+    def paused(self, delivery: Delivery, command: Command, line: LineKey) -> Park:
+        """A command whose call found its customer paused: into its line until resumed."""
+        return self.park(delivery, command, line, paused=True)
+
+    def park(self, delivery: Delivery, command: Command, line: LineKey, *, paused: bool) -> Park:
+        """Into its line; what ``why`` says of it meanwhile; a ``deferred`` event if it is
+        expected to wait long (and has not said so before)."""
+        w = self._waiting
+        api, customer, priority = line
+        now = time.time()
+        since = waiting_since(delivery.headers) or now
+        interval = w.dispatcher.interval(api, customer, priority)
+        # the commands held for its customer, then those parked in its line before it
+        wait = w.dispatcher.expected_wait(api, customer, priority) + interval * w.lines.waiting(
+            line
+        )
+        expected = None if paused else now + wait
+        # its place in the line, taken now: commands read at once count each other
+        place = w.lines.parked(line, command.deadline)
+        noted = Noted(
+            command.command_id,
+            "paused" if paused else "waiting",
+            api,
+            "customer",
+            customer,
+            priority,
+            since,
+            expected,
+            line,
+            place,
+        )
+        headers: dict[str, Any] = {H.LINE: "1", H.WAITING_SINCE: f"{since:.3f}"}
         progress = None
-        expected = datetime.fromtimestamp(park.ticket, UTC)
-        now = self._clock()
-        told = H.DEFERRED in delivery.headers
-        if not told and (expected - now).total_seconds() > self._deferred_after_s:
+        if (
+            expected is not None
+            and H.DEFERRED not in delivery.headers
+            and (wait > self._deferred_after_s)
+        ):
             progress = deferred_event(
-                command, now=now, expected_start_at=expected, requested_by=delivery.requested_by
+                command,
+                now=self._clock(),
+                expected_start_at=datetime.fromtimestamp(expected, UTC),
+                requested_by=delivery.requested_by,
             )
             headers[H.DEFERRED] = "1"
-        return Delay(park.seconds, "park", headers=headers, progress=progress)
+        log.debug("command_parked", api=api, paused=paused, wait_s=round(wait, 2))
+        return Park(line, noted, headers=headers, release=delivery.claimed, progress=progress)
 
 
-def _key(delivery: Delivery, command: Command) -> tuple[str, str] | None:
-    """(API, ParentUid) of the call that paces the command; None when its partner is unknown."""
+def _line(delivery: Delivery, command: Command) -> LineKey | None:
+    """(API, ParentUid, priority) of the call that paces the command; None when its partner
+    is unknown."""
     partner = delivery.partner
-    return primary_call(command, partner.partner_id) if isinstance(partner, Partner) else None
+    if not isinstance(partner, Partner):
+        return None
+    api, customer = primary_call(command, partner.partner_id)
+    return api, customer, PRIORITIES[command.priority]
+
+
+def waiting_since(headers: Mapping[str, Any]) -> float | None:
+    """When the command began to wait (our header; text, not a float header: pamqp sends a
+    float as 32 bits, 128 s apart at epoch scale)."""
+    value = headers.get(H.WAITING_SINCE)
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    try:
+        since = float(str(value)) if value is not None else None
+    except ValueError:
+        return None
+    return since if since is not None and math.isfinite(since) else None

@@ -107,6 +107,10 @@ class ConsumerOptions:
     stall_s: float = 30.0  # unsettled this long while its channel lives: a new channel
 
 
+Pulled = tuple[AbstractIncomingMessage, Callable[[], None]]
+"""A message pulled from a parking line, and what to call once it is settled."""
+
+
 class Consumer:
     def __init__(
         self,
@@ -116,8 +120,10 @@ class Consumer:
         tasks: asyncio.TaskGroup,
         metrics: Metrics,
         options: ConsumerOptions,
+        pulled: asyncio.Queue[Pulled],
     ) -> None:
         self._connection = connection
+        self._pulled = pulled
         self._pipeline = pipeline
         self._tasks = tasks
         self._metrics = metrics
@@ -189,7 +195,9 @@ class Consumer:
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
-    async def _handle(self, message: AbstractIncomingMessage) -> None:
+    async def _handle(
+        self, message: AbstractIncomingMessage, done: Callable[[], None] | None = None
+    ) -> None:
         """One message's task: it ends with the message settled, abandoned to redelivery, or
         (never silently) stuck."""
         how = Settled.ABANDONED  # cancelled (shutdown): unacked, so redelivered
@@ -197,6 +205,22 @@ class Consumer:
             how = await self._pipeline.process(message)
         finally:
             self.inflight.end(message, how)
+            if done is not None:
+                done()
+
+    async def take_pulled(self) -> None:
+        """Messages pulled from parking lines (``service.messages.lines``) go the way of
+        consumed ones: a task of their own each, tracked until settled. A background loop."""
+        while True:
+            message, done = await self._pulled.get()
+            if self._stopping:  # back to its line, undecided
+                await self._pipeline.hand_back(message)
+                done()
+                continue
+            self.inflight.begin(message)
+            task = self._tasks.create_task(self._handle(message, done))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
 
     # -- background loops, owned by the runtime's TaskGroup ---------------------------------
 

@@ -10,6 +10,7 @@ UNKNOWN        ``Finish`` ``unknown``, a copy dead-lettered for a person to look
 RETRY          ``Delay`` with backoff while attempts are left; then ``failed``, or
 RECONCILE      ``unknown`` if a money-moving call may have happened
 WAIT           ``Delay`` without spending an attempt: the store is away, or the lease was lost
+PARK           ``Park``: its customer is paused; into its line (nothing was sent)
 =============  ===========================================================================
 
 A bug (any other exception) is ``crashed``: kept and tried later, and after ``max_attempts``
@@ -21,20 +22,29 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import structlog
 
-from handlers.errors import Disposition, LeaseLost, RelayError, Retryable, StoreUnavailable
+from handlers.errors import (
+    Disposition,
+    LeaseLost,
+    Paused,
+    RelayError,
+    Retryable,
+    StoreUnavailable,
+)
 from schemas.commands import Command
 from schemas.events import Event, Outcome
 from service.broker.headers import H
 from service.messages.delivery import Delivery, rejection_of
 from service.messages.intake import Rejection
+from service.messages.kinds import PRIORITIES
+from service.messages.lines import LineKey
 from service.messages.outcomes import event_for
 from service.messages.publisher import DeadLetterReason
-from service.messages.settlement import Delay, Finish, Reject, Settlement
+from service.messages.settlement import Delay, Finish, Park, Reject, Settlement
 from service.telemetry.metrics import Metrics
 
 __all__ = ["Failures", "RetryPolicy"]
@@ -63,11 +73,13 @@ class Failures:
         lease: timedelta,
         metrics: Metrics,
         clock: Callable[[], datetime],
+        parking: Callable[[Delivery, Command, LineKey], Park],
     ) -> None:
         self._retry = retry
         self._lease = lease
         self._metrics = metrics
         self._clock = clock
+        self._parking = parking
 
     def after_error(
         self, delivery: Delivery, exc: RelayError, *, attempts: int, uncertain: bool
@@ -132,6 +144,7 @@ class Failures:
                 headers={H.REQUESTS: attempts},
                 at_least=wait_out,
                 release=d.claimed,
+                command_id=command.command_id,
             )
         code, outcome = (
             ("RELAY.OUTCOME_UNKNOWN", Outcome.UNKNOWN)
@@ -157,7 +170,16 @@ class Failures:
             self._metrics.store_error()
         seconds = self._lease.total_seconds() if isinstance(exc, LeaseLost) else self._retry.wait_s
         log.warning("command_waiting", code=exc.code, wait_s=seconds)
-        return Delay(seconds, "wait", headers={H.REQUESTS: attempts})
+        return Delay(seconds, "wait", headers={H.REQUESTS: attempts}, command_id=_c.command_id)
+
+    def _park(
+        self, d: Delivery, command: Command, exc: RelayError, _a: int, _u: bool
+    ) -> Settlement:
+        """PARK: the customer was paused while the command waited for its turn."""
+        assert isinstance(exc, Paused), "only a pause parks a command"
+        log.info("command_paused", api=exc.api)
+        parked = self._parking(d, command, (exc.api, exc.customer, PRIORITIES[command.priority]))
+        return replace(parked, release=d.claimed)
 
     def _event(
         self, d: Delivery, command: Command, outcome: Outcome, attempts: int, error: RelayError
@@ -182,5 +204,6 @@ _AFTER_ERROR: Mapping[Disposition, _Rule] = {
     Disposition.RETRY: Failures._retry_or_give_up,
     Disposition.RECONCILE: Failures._retry_or_give_up,
     Disposition.WAIT: Failures._wait,
+    Disposition.PARK: Failures._park,
 }
 assert set(_AFTER_ERROR) == set(Disposition), "every disposition needs a settlement rule"

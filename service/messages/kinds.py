@@ -21,8 +21,12 @@ from schemas.commands import (
     RenewCommand,
     SetAutoRenewCommand,
 )
+from schemas.commands import (
+    Priority as SchemaPriority,
+)
+from service.pacing.buckets import Priority
 
-__all__ = ["KINDS", "CommandKind", "primary_call"]
+__all__ = ["KINDS", "PRIORITIES", "CommandKind", "primary_call"]
 
 Handler = Callable[[Any, HandlerContext], Awaitable[Completed]]
 
@@ -74,6 +78,16 @@ KINDS: Mapping[str, CommandKind] = MappingProxyType(
             CommandKind(CommandType.INQUIRE_PRICE, inquire_price, False, _price_call),
             CommandKind(CommandType.ISSUE_COUPON, issue_coupon, True, _coupon_call),
         )
+    }
+)
+
+
+# A command's priority (CONTRACT §2) as pacing ranks it: high goes first.
+PRIORITIES: Mapping[str, int] = MappingProxyType(
+    {
+        SchemaPriority.HIGH.value: Priority.HIGH,
+        SchemaPriority.NORMAL.value: Priority.NORMAL,
+        SchemaPriority.LOW.value: Priority.LOW,
     }
 )
 

@@ -27,12 +27,12 @@ the line, so that the replica's room for the customer frees up.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import hashlib
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import structlog
@@ -44,7 +44,7 @@ from service.messages.whereabouts import Whereabouts
 from service.store.errors import STORE_ERRORS
 from service.store.steering import LineDelta, SteeringStore
 
-__all__ = ["EMPTY_S", "LineKey", "Lines", "line_queue"]
+__all__ = ["EMPTY_S", "LineHooks", "LineKey", "Lines", "line_queue"]
 
 log = structlog.get_logger(__name__)
 
@@ -86,6 +86,21 @@ class _Line:
         return max(0, self.parked - self.pulled)
 
 
+@dataclass(frozen=True, slots=True)
+class LineHooks:
+    """What the lines ask and tell the rest of the replica.
+
+    ``room``: how many commands of a line this replica takes in memory now; ``deliver``: a
+    pulled message, to the message path, with what to call once it is settled; ``paused``:
+    whether a customer's calls are paused; ``poked``: set when there may be room (someone was
+    served)."""
+
+    room: Callable[[LineKey], int]
+    deliver: Callable[[AbstractIncomingMessage, Callable[[], None]], None]
+    paused: Callable[[str, str], bool]
+    poked: asyncio.Event = field(default_factory=asyncio.Event)
+
+
 class Lines:
     def __init__(
         self,
@@ -93,20 +108,19 @@ class Lines:
         topology: Topology,
         steering: SteeringStore,
         *,
-        room: Callable[[LineKey], int],
-        deliver: Callable[[AbstractIncomingMessage, LineKey], None],
-        paused: Callable[[str, str], bool],
+        hooks: LineHooks,
+        whereabouts: Whereabouts,
     ) -> None:
         self._connection = connection
         self._topology = topology
         self._steering = steering
-        self._room = room
-        self._deliver = deliver
-        self._paused = paused
+        self._room = hooks.room
+        self._deliver = hooks.deliver
+        self._paused = hooks.paused
+        self._poked = hooks.poked
         self._lines: dict[LineKey, _Line] = {}
         self._channel: AbstractChannel | None = None
-        self._poked = asyncio.Event()
-        self.whereabouts = Whereabouts()
+        self._whereabouts = whereabouts
 
     # -- parking ------------------------------------------------------------------------------
 
@@ -137,7 +151,8 @@ class Lines:
         return line.queue
 
     def parked(self, key: LineKey, deadline: datetime | None) -> int:
-        """A command was parked in the line: its place (the line's parked count)."""
+        """A command takes its place in the line (decided to be parked there): its place, the
+        line's parked count."""
         line = self._line(key)
         line.parked += 1
         line.parked_here += 1
@@ -189,8 +204,13 @@ class Lines:
                 await self._read_store()
             await self._pull_all()
             self._poked.clear()
-            with contextlib.suppress(TimeoutError):  # a tick: look again anyway
-                await asyncio.wait_for(self._poked.wait(), TICK_S)
+            # a tick, or a poke, whichever first. Not wait_for in a loop: on 3.11 a cancel
+            # that meets its timeout can be swallowed as the timeout, and the loop goes on.
+            waker = asyncio.ensure_future(self._poked.wait())
+            try:
+                await asyncio.wait({waker}, timeout=TICK_S)
+            finally:
+                waker.cancel()
 
     async def _read_store(self) -> None:
         try:
@@ -204,7 +224,7 @@ class Lines:
             line.parked = max(line.parked, int(row["parked"]) + line.parked_here)
             line.pulled = max(line.pulled, int(row["pulled"]) + line.pulled_here)
             line.deadline_seen = row["next_deadline"]
-            self.whereabouts.pulled(line.key, line.pulled)
+            self._whereabouts.pulled(line.key, line.pulled)
 
     async def _pull_all(self) -> None:
         lines = sorted(self._lines.values(), key=lambda line: -line.key[2])  # high first
@@ -241,7 +261,7 @@ class Lines:
         line.pulled += 1
         line.pulled_here += 1
         line.transit += 1
-        self._deliver(message, line.key)
+        self._deliver(message, functools.partial(self.settled, line.key))
         return True
 
     async def _sweep(self, line: _Line) -> None:

@@ -164,6 +164,16 @@ class Publisher:
         await self._to_queue(copy_message(message, headers), self._topology.delay_queue(level))
         return level
 
+    async def park(
+        self, message: AbstractIncomingMessage, *, queue: str, extra_headers: dict[str, Any]
+    ) -> None:
+        """Put the command in a parking line's ``queue`` (``service.messages.lines``)."""
+        headers: dict[str, Any] = dict(message.headers or {})
+        headers.pop("x-death", None)
+        headers[H.ORIGINAL_ROUTING_KEY] = original_routing_key(message)
+        headers.update(extra_headers)
+        await self._to_queue(copy_message(message, headers), queue)
+
     async def _to_queue(self, message: aio_pika.Message, queue: str) -> None:
         """Publish straight into ``queue``; confirmed, and refused if the queue is missing
         (the broker returns the message instead of storing it)."""

@@ -35,7 +35,7 @@ from service.guardrails.gate import PolicyGate
 from service.messages.delivery import Delivery, Partner, rejection_of
 from service.messages.failures import Failures
 from service.messages.journal import StoreJournal
-from service.messages.kinds import KINDS
+from service.messages.kinds import KINDS, PRIORITIES
 from service.messages.outcomes import event_for
 from service.messages.settlement import Finish, Reject, Settlement
 from service.store.locks import Held, RenewalLocks
@@ -94,6 +94,8 @@ class Runner:
                         lock_check=None if held is None else held.check,
                         record_call=journal.record_call,
                     ),
+                    command_id=command.command_id,
+                    priority=PRIORITIES[command.priority],
                 )
                 context = HandlerContext(
                     command_id=command.command_id,

@@ -11,9 +11,12 @@ No other code acks, nacks or publishes on a message's behalf.
                 the message re-used the id for a different command and a copy is dead-lettered
 ``Reject``      the command is unusable: give back its claim if one was taken (``Leases``),
                 dead-letter a copy, publish a ``rejected`` event, ack
-``Delay``       back to the work queue later through a delay queue (retry, park, wait out a
-                lease or the store): give back the claim if asked (``Leases``), publish the
-                copy, ack
+``Delay``       back to the work queue later through a delay queue (retry, wait out a lease
+                or the store): give back the claim if asked (``Leases``), publish the copy,
+                note where it is (``why``), ack
+``Park``        into its parking line (``service.messages.lines``) until its bucket can serve
+                it or its customer is resumed: give back the claim if asked, publish the copy
+                to the line's queue, note where it is, ack
 ``Redeliver``   hand it back to the broker now (``nack`` with requeue): the service is stopping
 ==============  =============================================================================
 
@@ -37,6 +40,7 @@ Guarantee 6 (every delivered message is settled), whatever happens meanwhile:
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -51,15 +55,20 @@ from schemas.events import EVENT_ADAPTER, Event, Outcome, routing_key
 from service.broker.headers import failed_deliveries, requester
 from service.messages.intake import Rejection, valid_command_id
 from service.messages.leases import Leases
+from service.messages.lines import LineKey, Lines
 from service.messages.outcomes import announce_again, rejection_event
-from service.messages.publisher import BROKER_ERRORS, DeadLetterReason, Publisher
-from service.store.errors import store_call
+from service.messages.publisher import BROKER_ERRORS, DeadLetterReason, Publisher, Unroutable
+from service.messages.whereabouts import Noted, Whereabouts
+from service.store.errors import STORE_ERRORS, store_call
+from service.store.steering import SteeringStore
 from service.store.types import CommandStore, StoredCommand
 from service.telemetry.metrics import Metrics, age_s
 
 __all__ = [
+    "Books",
     "Delay",
     "Finish",
+    "Park",
     "Reannounce",
     "Redeliver",
     "Reject",
@@ -103,6 +112,19 @@ class Delay:
     at_least: bool = False  # never sooner than ``seconds`` (else: the step not above it)
     release: str | None = None
     progress: Event | None = None  # a `deferred` event to publish once the copy is stored
+    command_id: str | None = None  # noted as delayed until it comes back (``why``)
+
+
+@dataclass(frozen=True, slots=True)
+class Park:
+    """Into the parking line ``line``, whose place it took when it was decided (the line's
+    count, with its deadline); ``noted`` says where and until when (``why``)."""
+
+    line: LineKey
+    noted: Noted
+    headers: Mapping[str, Any] = field(default_factory=dict)
+    release: str | None = None
+    progress: Event | None = None  # a `deferred` event to publish once the copy is stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +132,27 @@ class Redeliver:
     why: str
 
 
-Settlement = Finish | Reannounce | Reject | Delay | Redeliver
+Settlement = Finish | Reannounce | Reject | Delay | Park | Redeliver
+
+
+@dataclass(frozen=True, slots=True)
+class Books:
+    """Where the settler writes down what it did besides the broker: the clock it stamps
+    with, the parking lines, where commands are (``why``) and the dead-letter records."""
+
+    clock: Callable[[], datetime]
+    lines: Lines
+    whereabouts: Whereabouts
+    steering: SteeringStore
+
+
+@dataclass(frozen=True, slots=True)
+class _Who:
+    """A dead letter's command, for its record in the store (``why``)."""
+
+    command_id: str | None
+    type: str | None
+    customer_id: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,14 +194,15 @@ class Settler:
         store: CommandStore,
         publisher: Publisher,
         leases: Leases,
-        clock: Callable[[], datetime],
+        books: Books,
         metrics: Metrics,
         retry: SettleRetry = SettleRetry(),
     ) -> None:
         self._store = store
         self._publisher = publisher
         self._leases = leases
-        self._clock = clock
+        self._books = books
+        self._clock = books.clock
         self._metrics = metrics
         self._retry = retry
 
@@ -194,6 +237,8 @@ class Settler:
                 await self._reject(message, decision)
             case Delay():
                 await self._delay(message, decision)
+            case Park():
+                await self._park(message, decision)
             case Redeliver():
                 await self._broker(message, lambda: message.nack(requeue=True))
 
@@ -205,7 +250,8 @@ class Settler:
         # Another attempt may have finished first: its event is the one, ours is dropped.
         event = decision.event if stored == body else EVENT_ADAPTER.validate_json(stored)
         if decision.dead_letter is not None:
-            await self._dead_letter(message, decision.dead_letter)
+            who = _Who(decision.command_id, event.type, event.customer_id)
+            await self._dead_letter(message, decision.dead_letter, who)
         await self._send_event(message, event, stored, issued_at=decision.issued_at)
         await self._mark_published(decision.command_id)
         await self._ack(message)
@@ -219,7 +265,7 @@ class Settler:
             await self._send_event(message, EVENT_ADAPTER.validate_json(stored), stored)
             await self._mark_published(record.command_id)
         if decision.conflict is not None:
-            await self._dead_letter(message, decision.conflict)
+            await self._dead_letter(message, decision.conflict, _Who(None, None, None))
         if record.published or decision.conflict is not None:
             event = announce_again(stored, conflict=decision.conflict is not None)
             log.info("command_duplicate", conflict=event.conflict, original=event.outcome)
@@ -234,7 +280,8 @@ class Settler:
         reason = DeadLetterReason(
             rejection.code, rejection.message, failed_deliveries(message), now
         )
-        await self._dead_letter(message, reason)
+        who = _Who(rejection.command_id, rejection.type, rejection.customer_id)
+        await self._dead_letter(message, reason, who)
         event = rejection_event(rejection, now=now, requested_by=requester(message))
         await self._send_event(message, event)
         await self._ack(message)
@@ -252,6 +299,35 @@ class Settler:
             ),
         )
         self._metrics.inc(self._metrics.delayed, decision.why)
+        if decision.command_id is not None:
+            retry_at = self._clock().timestamp() + decision.seconds
+            self._books.whereabouts.note(
+                Noted(decision.command_id, "delayed", None, None, None, None, time.time(), retry_at)
+            )
+        if decision.progress is not None:
+            await self._send_event(message, decision.progress)
+        await self._ack(message)
+
+    async def _park(self, message: AbstractIncomingMessage, decision: Park) -> None:
+        lines = self._books.lines
+        await self._leases.release(decision.release)
+
+        async def to_line() -> None:
+            queue = await lines.queue(decision.line)
+            try:
+                await self._publisher.park(
+                    message, queue=queue, extra_headers=dict(decision.headers)
+                )
+            except Unroutable:  # deleted (it was empty) since it was declared here: again
+                queue = await lines.queue(decision.line, again=True)
+                await self._publisher.park(
+                    message, queue=queue, extra_headers=dict(decision.headers)
+                )
+
+        await self._broker(message, to_line)
+        self._books.whereabouts.note(decision.noted)
+        self._metrics.inc(self._metrics.parked, decision.line[0])
+        self._metrics.inc(self._metrics.delayed, "park")
         if decision.progress is not None:
             await self._send_event(message, decision.progress)
         await self._ack(message)
@@ -268,9 +344,22 @@ class Settler:
             log.warning("mark_published_failed", error=exc.message)
 
     async def _dead_letter(
-        self, message: AbstractIncomingMessage, reason: DeadLetterReason
+        self, message: AbstractIncomingMessage, reason: DeadLetterReason, who: _Who
     ) -> None:
         await self._broker(message, lambda: self._publisher.dead_letter(message, reason))
+        command_id = who.command_id or _safe_id(message)
+        if command_id is None:
+            return
+        try:  # for `why`; the copy in the DLQ is what counts
+            await self._books.steering.dead_lettered(
+                command_id,
+                type=who.type,
+                customer_id=who.customer_id,
+                reason=reason.code,
+                message=reason.message[:1000],
+            )
+        except STORE_ERRORS as exc:
+            log.warning("dead_letter_not_recorded", error=repr(exc))
 
     async def _send_event(
         self,
@@ -333,7 +422,7 @@ class Settler:
         text = f"internal error: {type(exc).__name__}: {exc}"[:1000]
         reason = DeadLetterReason("RELAY.INTERNAL", text, failed_deliveries(message), self._clock())
         try:
-            await self._dead_letter(message, reason)
+            await self._dead_letter(message, reason, _Who(_safe_id(message), None, None))
             try:
                 rejection = Rejection("RELAY.INTERNAL", text, command_id=_safe_id(message))
                 event = rejection_event(rejection, now=reason.at, requested_by=requester(message))

@@ -13,11 +13,14 @@ Invariant 1 -- never over a limit.
 Reserving (``reserve``, one call per slot)
     An :class:`Offer` names the caller's candidate customers in its order (priority first,
     then round-robin: the dispatcher's business). The first candidate whose joint slot
-    ``max(now, egress.tat, customer.tat)`` is due within ``within`` seconds gets it, and both
+    ``max(now, egress.tat, customer.tat)`` is due within ``within`` seconds (plus
+    ``EPSILON_S``) gets it, and both
     buckets move one interval on from the slot. Nothing is reserved further ahead, so a replica
-    never holds slots that another could use. Exception: a caller that lost the race for the
-    egress's slot (another replica on the same egress took it just now) may take the next
-    one, one egress interval on, in the same call.
+    never holds slots that another could use. Exception: a caller asking ahead (``within`` >
+    0, replicas whose answer takes a round trip) that lost the race for the egress's slot
+    (another replica on the same egress took it just now) may take the next one, one egress
+    interval on, in the same call. In process, slots are asked for when due (``within`` 0):
+    a request sent late then gives its lateness back before the next slot is granted.
 
 Invariant 2 -- priority.
     A candidate of priority ``p`` that could not be granted leaves a *want* on both buckets
@@ -79,6 +82,7 @@ from enum import IntEnum
 from typing import Literal, Protocol
 
 __all__ = [
+    "EPSILON_S",
     "FLOOR_RATE",
     "GUARD_STEP_S",
     "HOLD_FIRST_S",
@@ -112,6 +116,7 @@ FLOOR_RATE = 0.5  # requests/s a cut never goes below
 STEP_SHARE = 0.05  # the first climbing step: this share of the limit in force ...
 STEP_MIN = 0.5  # ... and at least this many requests/s
 IDLE_S = 3600.0  # an idle bucket at rest is deleted after this long
+EPSILON_S = 1e-6  # a slot due within a microsecond counts as due (float rounding of instants)
 
 Blame = Literal["customer", "egress", "both"]
 

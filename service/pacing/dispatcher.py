@@ -5,8 +5,8 @@ waiting customers in one reservation (``Buckets.reserve``): priority first (high
 and within a priority round-robin, least recently served first -- so one customer's burst
 gets one slot in N when N customers of its priority wait, and a customer whose own bucket is
 busy is passed over for the next rather than leaving the egress's slot unused. It asks only
-when a slot is nearly due (``NEARLY_DUE_S``, or half an egress interval), and once a slot is
-granted it waits for the slot's instant and hands it to the customer's longest waiter. A
+when a slot is due (on shared rows, a round trip ahead: ``PacingConfig.ahead_s``), and once a
+slot is granted it waits for the slot's instant and hands it to the customer's longest waiter. A
 waiter of a higher priority than any the dispatcher has left a want for wakes it at once, so
 its want stands on the buckets (for every replica) before the slot comes.
 
@@ -30,14 +30,16 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import structlog
 
 from handlers.errors import RelayError, paused
 from service.pacing.buckets import (
+    EPSILON_S,
     LONE_S,
     Blame,
     Buckets,
@@ -56,7 +58,6 @@ __all__ = ["Dispatcher", "PacingConfig", "Usage", "Waiting"]
 log = structlog.get_logger(__name__)
 
 INF = math.inf
-NEARLY_DUE_S = 0.02  # a slot is asked for when it is at most this far away (at least)
 CANDIDATES = 16  # customers offered per reservation
 GIVE_BACK_WITHIN_S = 0.25  # lateness no reservation carried this soon goes alone
 SPIN_PAUSE_S = 0.002  # a due slot refused (another replica's want or lock): ask again after
@@ -73,6 +74,9 @@ class PacingConfig:
     owner: str = ""
     guard_min: float = 0.002
     guard_max: float = 0.05
+    # how far ahead of a slot to ask for it: 0 in process (asked when due, so a late send's
+    # give-back lands before the next grant); a round trip's worth on shared rows
+    ahead_s: float = 0.0
 
 
 @dataclass(slots=True)
@@ -139,13 +143,16 @@ class Dispatcher:
         *,
         config: PacingConfig,
         is_paused: Callable[[str, str], bool] = lambda _api, _uid: False,
+        on_served: Callable[[], None] = lambda: None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._buckets = buckets
         self._limits = limits
         self._config = config
         self._is_paused = is_paused
+        self._on_served = on_served
         self._sleep = sleep
+        self._coming: Counter[tuple[str, str, int]] = Counter()  # admitted, not waiting yet
         self._lanes: dict[str, _Lane] = {}
         self._late: dict[str, list[tuple[str, float]]] = {}
         self._flusher: asyncio.Task[None] | None = None
@@ -232,8 +239,14 @@ class Dispatcher:
     # -- the dispatcher of one API ---------------------------------------------------------
 
     def _near(self, api: str) -> float:
+        """How far ahead of a slot to ask for it: on shared rows, ``ahead_s`` or half an egress
+        interval (a customer whose own bucket frees a little after the egress slot still takes
+        it rather than skipping its turn); in process, when it is due."""
+        ahead = self._config.ahead_s
+        if ahead <= 0:
+            return 0.0
         limit = self._limits.egress(api, self._config.egress) or INF
-        return max(NEARLY_DUE_S, 0.5 / limit)
+        return max(ahead, 0.5 / limit)
 
     async def _dispatch(self, lane: _Lane) -> None:
         try:
@@ -242,14 +255,17 @@ class Dispatcher:
                 if not lane:
                     return
                 now, near = self._buckets.now(), self._near(lane.api)
-                wanting = max((p for _, p in lane.queues if p > Priority.LOW), default=0)
-                if lane.egress_ready - now > near and wanting <= lane.wanted:
-                    await self._idle(lane, lane.egress_ready - now - near / 2)
-                    continue
                 candidates = self._candidates(lane, now, near)
                 if not candidates:
                     soonest = min(lane.ready.get(uid, now) for uid, _ in lane.queues)
                     await self._idle(lane, soonest - now - near / 2)
+                    continue
+                # while the egress is busy, ask only to leave a want a higher priority needs
+                wanting = max(
+                    (c.priority for c in candidates if c.priority > Priority.LOW), default=0
+                )
+                if lane.egress_ready - now > near + EPSILON_S and wanting <= lane.wanted:
+                    await self._idle(lane, lane.egress_ready - now - near / 2)
                     continue
                 reservation = await self._reserve(lane, candidates, near)
                 if reservation is None:
@@ -266,7 +282,7 @@ class Dispatcher:
         offered: set[str] = set()
         for priority in PRIORITIES:
             for uid in lane.rotation[priority]:
-                if uid in offered or lane.ready.get(uid, 0.0) > now + near:
+                if uid in offered or lane.ready.get(uid, 0.0) > now + near + EPSILON_S:
                     continue
                 offered.add(uid)
                 limit = self._limits.customer(lane.api, uid) or INF
@@ -333,6 +349,7 @@ class Dispatcher:
             self._drop_queue(lane, key)
         if not waiter.future.done():
             waiter.future.set_result(slot)
+        self._on_served()
 
     async def _idle(self, lane: _Lane, delay: float) -> None:
         """Sleep up to ``delay``, or until a waiter or a steering change wakes the lane."""
@@ -490,12 +507,29 @@ class Dispatcher:
         rate = min(rate_c, rate_e / len(sharing))
         return 0.0 if rate == INF else 1.0 / rate
 
+    @contextmanager
+    def coming(self, api: str, uid: str, priority: int) -> Iterator[None]:
+        """A command admitted to wait here, on its way (being claimed): it counts as held, so
+        that a burst read at once cannot slip more than the hold window past the decision."""
+        key = (api, uid, priority)
+        self._coming[key] += 1
+        try:
+            yield
+        finally:
+            self._coming[key] -= 1
+            if self._coming[key] <= 0:
+                del self._coming[key]
+
     def held(self, api: str, uid: str, priority: int = Priority.LOW) -> int:
-        """Calls of the customer waiting here at ``priority`` or above."""
+        """Calls of the customer waiting here (or on their way) at ``priority`` or above."""
+        coming = sum(
+            n for (a, u, p), n in self._coming.items() if a == api and u == uid and p >= priority
+        )
         lane = self._lanes.get(api)
         if lane is None:
-            return 0
-        return sum(len(q) for (u, p), q in lane.queues.items() if u == uid and p >= priority)
+            return coming
+        waiting = sum(len(q) for (u, p), q in lane.queues.items() if u == uid and p >= priority)
+        return max(coming, waiting)
 
     def expected_wait(self, api: str, uid: str, priority: int = Priority.NORMAL) -> float:
         """Seconds until a new call of the customer at ``priority`` would be sent."""

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from service.pacing.buckets import (
+    EPSILON_S,
     FLOOR_RATE,
     GUARD_STEP_S,
     HOLD_FIRST_S,
@@ -213,7 +214,7 @@ class LocalBuckets:
         rate_e = rate(e, o.egress_limit)
         ival_e = (1 + g) / rate_e
         horizon = o.within
-        if e.tat - now > o.within and e.tat - now <= o.within + ival_e:
+        if 0 < o.within < e.tat - now <= o.within + ival_e:
             horizon = e.tat - now  # another replica took the slot this one came for
         looked: list[Looked] = []
         soonest = INF
@@ -226,7 +227,7 @@ class LocalBuckets:
             ival_u = (1 + gmax) / rate_u
             slot = max(now, e.tat, u.tat)
             soonest = min(soonest, slot)
-            if slot - now <= horizon and not (
+            if slot - now <= horizon + EPSILON_S and not (
                 blocks(e, c.priority, slot + ival_e, now)
                 or blocks(u, c.priority, slot + ival_u, now)
             ):

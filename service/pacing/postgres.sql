@@ -176,7 +176,7 @@ BEGIN
     rate_e := least(p_egress_limit, e.cap);
     ival_e := (1 + g) / rate_e;
     horizon := p_within;
-    IF e.tat - now_ > p_within AND e.tat - now_ <= p_within + ival_e THEN
+    IF p_within > 0 AND e.tat - now_ > p_within AND e.tat - now_ <= p_within + ival_e THEN
         horizon := e.tat - now_;  -- another replica took the slot this one came for
     END IF;
     FOR i IN 1 .. coalesce(cardinality(p_uids), 0) LOOP
@@ -196,7 +196,7 @@ BEGIN
         ival_u := (1 + gmax) / rate_u;
         slot_ := greatest(now_, e.tat, u.tat);
         soonest := least(soonest, slot_);
-        IF slot_ - now_ <= horizon
+        IF slot_ - now_ <= horizon + 1e-6  -- EPSILON_S: float rounding of instants
            AND NOT (relay_pacing_blocks(e, p_prios[i], slot_ + ival_e, now_)
                     OR relay_pacing_blocks(u, p_prios[i], slot_ + ival_u, now_)) THEN
             e.tat := slot_ + ival_e;

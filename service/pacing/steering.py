@@ -19,7 +19,7 @@ from service.pacing.limits import Limits, LiveLimit
 from service.store.errors import STORE_ERRORS
 from service.store.steering import SteeringStore
 
-__all__ = ["POLL_S", "Pauses", "SteeringPoller"]
+__all__ = ["POLL_S", "PauseState", "Pauses", "SteeringPoller"]
 
 log = structlog.get_logger(__name__)
 
@@ -48,23 +48,35 @@ class Pauses:
         return bool(self.everything or self.per_api)
 
 
+class PauseState:
+    """The pauses in force as last read: what the dispatcher and the lines ask, what the poller
+    updates. Callable: ``paused(api, customer)``."""
+
+    def __init__(self) -> None:
+        self.current = Pauses()
+
+    def __call__(self, api: str, customer: str) -> bool:
+        return self.current(api, customer)
+
+
 class SteeringPoller:
     def __init__(
         self,
         steering: SteeringStore,
         limits: Limits,
+        pauses: PauseState,
         *,
         on_change: Callable[[], None] = lambda: None,
         poll_s: float = POLL_S,
     ) -> None:
         self._steering = steering
         self._limits = limits
+        self._pauses = pauses
         self._on_change = on_change
         self._poll_s = poll_s
-        self.pauses = Pauses()
 
     def paused(self, api: str, customer: str) -> bool:
-        return self.pauses(api, customer)
+        return self._pauses(api, customer)
 
     async def refresh(self) -> bool:
         """Read the live limits and pauses once; True when something changed."""
@@ -73,8 +85,8 @@ class SteeringPoller:
         changed = self._limits.replace_live(
             LiveLimit(row["api"], row["kind"], row["key"], row["rate"]) for row in limits
         )
-        if pauses != self.pauses:
-            self.pauses, changed = pauses, True
+        if pauses != self._pauses.current:
+            self._pauses.current, changed = pauses, True
         if changed:
             log.info(
                 "steering_changed",

@@ -60,6 +60,34 @@ class _RateCollector(Collector):
         yield family
 
 
+WaitingByBucket = Callable[[], dict[tuple[str, str, str], tuple[int, float]]]
+
+
+class _WaitingCollector(Collector):
+    """Commands this replica knows to wait per bucket (held for a slot, or parked in a line by
+    it), and how long the oldest has waited: ``(api, kind, key) -> (count, oldest_s)``."""
+
+    def __init__(self, waiting: WaitingByBucket) -> None:
+        self._waiting = waiting
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        count = GaugeMetricFamily(
+            "bss_relay_bucket_waiting",
+            "Commands waiting for a rate-limit bucket, held here or parked by this replica",
+            labels=["api", "kind", "key"],
+        )
+        oldest = GaugeMetricFamily(
+            "bss_relay_bucket_oldest_wait_seconds",
+            "How long the oldest command waiting for the bucket has waited",
+            labels=["api", "kind", "key"],
+        )
+        for (api, kind, key), (n, age) in self._waiting().items():
+            count.add_metric([api, kind, key], n)
+            oldest.add_metric([api, kind, key], age)
+        yield count
+        yield oldest
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
@@ -181,6 +209,9 @@ class Metrics:
 
     def watch_rates(self, rates: Callable[[], dict[str, float]]) -> None:
         self.registry.register(_RateCollector(rates))
+
+    def watch_waiting(self, waiting: WaitingByBucket) -> None:
+        self.registry.register(_WaitingCollector(waiting))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -18,7 +18,8 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from service.broker.topology import Topology
 from service.messages import lines as lines_module
-from service.messages.lines import LineKey, Lines, line_queue
+from service.messages.lines import LineHooks, LineKey, Lines, line_queue
+from service.messages.whereabouts import Whereabouts
 from service.store import open_store
 from service.store.steering import Publication
 from service.store.types import CommandStore
@@ -53,16 +54,16 @@ class Replica:
 
     lines: Lines
     got: list[AbstractIncomingMessage] = field(default_factory=list)
+    done: list[Callable[[], None]] = field(default_factory=list)
     room: dict[LineKey, int] = field(default_factory=dict)
     paused: set[str] = field(default_factory=set)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def settle(self, n: int = 1) -> None:
-        for message in self.got[:n]:
+        for message, done in zip(self.got[:n], self.done[:n], strict=True):
             await message.ack()
-        del self.got[:n]
-        for _ in range(n):
-            self.lines.settled(KEY)
+            done()
+        del self.got[:n], self.done[:n]
 
     async def wait_for(self, count: int, within: float = 5.0) -> None:
         async def enough() -> None:
@@ -86,18 +87,17 @@ async def make(
     def one() -> Replica:
         replica: Replica
 
-        def deliver(message: AbstractIncomingMessage, key: LineKey) -> None:
+        def deliver(message: AbstractIncomingMessage, done: Callable[[], None]) -> None:
             replica.got.append(message)
+            replica.done.append(done)
             replica.arrived.set()
 
-        lines = Lines(
-            connection,
-            topology,
-            store.steering,
+        hooks = LineHooks(
             room=lambda key: replica.room.get(key, 2),
             deliver=deliver,
             paused=lambda _api, customer: customer in replica.paused,
         )
+        lines = Lines(connection, topology, store.steering, hooks=hooks, whereabouts=Whereabouts())
         replica = Replica(lines)
         made.append(replica)
         tasks.append(asyncio.create_task(lines.run()))

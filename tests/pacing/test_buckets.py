@@ -258,7 +258,7 @@ async def test_lateness_is_given_back_and_small_lateness_absorbed(buckets: Bucke
         now=T0 + 0.12,
     )
     second = await buckets.reserve(late)
-    assert second.granted == "c-1"  # the give-back moved the next slot on first
+    assert second.granted is None  # the give-back moved the next slot on first
     assert second.slot == pytest.approx(T0 + (1 + G) / 10 + 0.05, abs=1e-6)
 
 
@@ -285,7 +285,7 @@ async def test_a_customer_bucket_is_spaced_by_the_widest_guard(buckets: Buckets)
 async def test_a_high_want_keeps_its_slot_from_normal_and_low_ones(buckets: Buckets) -> None:
     first = await buckets.reserve(offer(T0, "bulk-1"))
     assert first.granted
-    raced = await buckets.reserve(offer(T0, "bulk-2"))  # lost the race: the next slot
+    raced = await buckets.reserve(offer(T0, "bulk-2", within=0.02))  # lost the race: next slot
     assert raced.granted == "bulk-2"
     nxt = raced.egress_ready_at
     high = await buckets.reserve(offer(T0 + 0.01, "vip", priority=Priority.HIGH, owner="r-2"))
@@ -296,6 +296,18 @@ async def test_a_high_want_keeps_its_slot_from_normal_and_low_ones(buckets: Buck
     assert taken.granted == "vip"
     after = await buckets.reserve(offer(taken.egress_ready_at, "bulk-3"))
     assert after.granted == "bulk-3"  # the want went with the grant
+
+
+async def test_asking_ahead_a_replica_that_lost_the_race_takes_the_next_slot(
+    buckets: Buckets,
+) -> None:
+    first = await buckets.reserve(offer(T0, "a"))
+    assert first.granted == "a"
+    when_due = await buckets.reserve(offer(T0, "b"))  # in process: asked when due
+    assert when_due.granted is None
+    ahead = await buckets.reserve(offer(T0, "b", within=0.02))  # a replica asking ahead
+    assert ahead.granted == "b"
+    assert ahead.slot == pytest.approx(first.egress_ready_at, abs=1e-6)
 
 
 async def test_a_slot_that_ends_before_the_wanted_one_stays_usable(buckets: Buckets) -> None:

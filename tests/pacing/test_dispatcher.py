@@ -16,7 +16,7 @@ from service.pacing.buckets import Priority
 from service.pacing.dispatcher import Dispatcher, PacingConfig
 from service.pacing.limits import Limits, LiveLimit
 from service.pacing.local import LocalBuckets
-from service.pacing.steering import SteeringPoller
+from service.pacing.steering import PauseState, SteeringPoller
 from service.store import open_store
 
 API = "renewal_resources"
@@ -211,7 +211,9 @@ async def test_live_limits_and_pauses_reach_the_dispatcher(tmp_path: Path) -> No
     async with open_store(f"sqlite:///{tmp_path / 'store.db'}") as store:
         limits = Limits({API: 10.0})
         told: list[bool] = []
-        poller = SteeringPoller(store.steering, limits, on_change=lambda: told.append(True))
+        poller = SteeringPoller(
+            store.steering, limits, PauseState(), on_change=lambda: told.append(True)
+        )
         assert not await poller.refresh()
 
         await store.steering.set_limit(API, "customer", "c-1", 2.0, actor="alice")

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from service.api.client import BssHttp, Endpoints, session_from
-from service.api.operations import OPERATIONS, PUBLISHED_LIMITS
+from service.api.operations import OPERATIONS
 from service.api.signer import Signer
-from service.pacing.limiter import RateLimiter
 from service.sandbox.server import SandboxServer
 from service.settings import Settings
+from tests.fakes import dispatcher
 from tests.sandbox import demo_ids as ids
 from tests.sandbox.conftest import Control
 
@@ -22,7 +22,7 @@ async def test_api_calls_leave_from_the_source_address(
             http = BssHttp(
                 session=session,
                 endpoints=Endpoints(bss=settings.bss_endpoint, iam=settings.bss_endpoint),
-                limiter=RateLimiter(published=PUBLISHED_LIMITS, egress=settings.relay_egress),
+                dispatcher=dispatcher(egress=settings.relay_egress),
             )
             answer = await http.call(
                 OPERATIONS["list_quota_coupons"],

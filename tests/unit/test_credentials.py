@@ -20,9 +20,8 @@ from pydantic import SecretStr
 from handlers.errors import ApiRefused, CredentialsUnavailable
 from service.api.client import BssHttp, Endpoints
 from service.api.credentials import FAILURE_TTL_S, CredentialCache
-from service.api.operations import PUBLISHED_LIMITS
-from service.pacing.limiter import RateLimiter
 from service.settings import PartnerAccount
+from tests.fakes import dispatcher
 
 PARTNER = PartnerAccount(
     partner_id="p1", access_key="AK", secret_key=SecretStr("SK"), agency_name="relay-agency"
@@ -81,8 +80,7 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 def make_cache(
     session: aiohttp.ClientSession, url: str, clock: list[datetime], **kwargs: int
 ) -> CredentialCache:
-    limiter = RateLimiter(published=PUBLISHED_LIMITS)
-    http = BssHttp(session=session, endpoints=Endpoints(bss=url, iam=url), limiter=limiter)
+    http = BssHttp(session=session, endpoints=Endpoints(bss=url, iam=url), dispatcher=dispatcher())
     return CredentialCache(http=http, partner=PARTNER, clock=lambda: clock[0], **kwargs)
 
 

@@ -13,7 +13,7 @@ from handlers.errors import StoreUnavailable, store_unavailable
 from service.api.client import BssHttp, CallScope, Endpoints, Preflight
 from service.api.operations import OPERATIONS, Operation
 from service.api.signer import Signer
-from service.pacing.limiter import RateLimiter
+from tests.fakes import dispatcher
 
 RENEW = OPERATIONS["renewal_resources"]  # mutating: money moves
 QUOTE = OPERATIONS["list_renew_rate_on_period"]  # safe to repeat
@@ -65,7 +65,7 @@ async def call(url: str, op: Operation, scope: CallScope) -> None:
         http = BssHttp(
             session=session,
             endpoints=Endpoints(bss=url, iam=url),
-            limiter=RateLimiter({"*": 0}),  # unlimited: no quota wait in the way
+            dispatcher=dispatcher({"*": 0}),  # unlimited: no quota wait in the way
         )
         await http.call(op, Signer("AK", "SK"), parent_uid="cust", body=b"{}", scope=scope)
 

@@ -21,25 +21,27 @@ from handlers.errors import ApiRefused, ApiUnavailable, RelayError, StoreUnavail
 from handlers.ports import BssApi
 from schemas.bss import AutoRenewalResourcesReq
 from service.api.client import CallScope
-from service.api.operations import PUBLISHED_LIMITS
 from service.broker.headers import H
+from service.broker.topology import Topology
 from service.guardrails.gate import PolicyGate
 from service.guardrails.policy import PolicyHolder
-from service.messages.admission import Admission
+from service.messages.admission import Admission, Waiting
 from service.messages.claiming import Claiming
 from service.messages.failures import Failures, RetryPolicy
 from service.messages.leases import Leases
+from service.messages.lines import LineHooks, Lines
 from service.messages.pipeline import Pipeline, Steps
 from service.messages.publisher import DeadLetterReason
 from service.messages.reading import Reader
 from service.messages.running import Runner
-from service.messages.settlement import Settled, Settler, SettleRetry
-from service.pacing.limiter import RateLimiter
-from service.pacing.scheduler import FairScheduler
+from service.messages.settlement import Books, Settled, Settler, SettleRetry
+from service.messages.whereabouts import Whereabouts
+from service.pacing.dispatcher import Dispatcher
 from service.store import open_store
 from service.store.locks import LocalLocks, RenewalLocks
 from service.store.types import CommandStore
 from service.telemetry.metrics import Metrics
+from tests.fakes import dispatcher as make_dispatcher
 
 OWNER = "test-owner"
 LEASE = timedelta(seconds=10)
@@ -129,6 +131,10 @@ class RecordingPublisher:
         self.log.append(("delay", (seconds, reason, extra_headers)))
         return 250
 
+    async def park(self, message: Any, *, queue: str, extra_headers: dict[str, Any]) -> None:
+        self._maybe_fail()
+        self.log.append(("park", (queue, extra_headers)))
+
     def kinds(self) -> list[str]:
         return [kind for kind, _ in self.log]
 
@@ -167,12 +173,30 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+class _Channel:
+    is_closed = False
+
+    async def declare_queue(self, name: str, **_: Any) -> None:
+        return None
+
+
+class _Connection:
+    """Enough of a broker connection for parking lines to declare their queues."""
+
+    async def channel(self) -> _Channel:
+        return _Channel()
+
+
 @dataclass
 class Rig:
     store: CommandStore
     publisher: RecordingPublisher
     api: ScriptedApi
     pipeline: Pipeline = field(init=False)
+    paused_customers: set[str] = field(default_factory=set)
+
+    def paused(self, _api: str, customer: str) -> bool:
+        return customer in self.paused_customers
 
     def __post_init__(self) -> None:
         self.wire()
@@ -180,7 +204,8 @@ class Rig:
     def wire(
         self,
         *,
-        scheduler: FairScheduler | None = None,
+        dispatcher: Dispatcher | None = None,
+        hold_s: float = 2.0,
         locks: RenewalLocks | None = None,
         claims: Any = None,
         deferred_after_s: float = 10.0,
@@ -192,24 +217,36 @@ class Rig:
         claims = self.store if claims is None else claims
         leases = Leases(claims, locks, owner=OWNER, lease=LEASE, metrics=metrics)
         retry = RetryPolicy(max_attempts=3, base_s=0.25, max_s=1.0)
-        failures = Failures(retry, lease=LEASE, metrics=metrics, clock=now)
+        dispatcher = make_dispatcher({"*": 1000}) if dispatcher is None else dispatcher
+        whereabouts = Whereabouts()
+        hooks = LineHooks(room=lambda _line: 2, deliver=lambda _m, _d: None, paused=self.paused)
+        lines = Lines(
+            _Connection(),  # type: ignore[arg-type]
+            Topology("t"),
+            self.store.steering,
+            hooks=hooks,
+            whereabouts=whereabouts,
+        )
+        self.lines, self.whereabouts = lines, whereabouts
+        admission = Admission(
+            Waiting(dispatcher, lines, self.paused, hold_s),
+            clock=now,
+            deferred_after_s=deferred_after_s,
+        )
+        failures = Failures(
+            retry, lease=LEASE, metrics=metrics, clock=now, parking=admission.paused
+        )
         settler = Settler(
             store=self.store,
             publisher=self.publisher,  # type: ignore[arg-type]
             leases=leases,
-            clock=now,
+            books=Books(now, lines, whereabouts, self.store.steering),
             metrics=metrics,
             retry=SettleRetry(broker_s=0.5),
         )
-        limiter = RateLimiter({"*": 1000}, published=PUBLISHED_LIMITS)
         steps = Steps(
             read=Reader({"p-1": self.api}, max_body_bytes=256 * 1024),  # type: ignore[dict-item]
-            admission=Admission(
-                FairScheduler(limiter) if scheduler is None else scheduler,
-                metrics=metrics,
-                clock=now,
-                deferred_after_s=deferred_after_s,
-            ),
+            admission=admission,
             claim=Claiming(leases, clock=now),
             run=Runner(
                 store=self.store,
@@ -442,12 +479,11 @@ async def test_a_command_taken_in_before_is_not_parked_behind_its_customers_back
     """A crashed replica's command (redelivered by the broker), or one back from waiting
     out another replica's claim, is carried out now: a takeover must not queue behind the
     customer's backlog. A new command of the same customer is parked."""
-    slow = RateLimiter({"*": 0.1}, published=PUBLISHED_LIMITS)
-    scheduler = FairScheduler(slow, hold_s=1.0)
-    rig.wire(scheduler=scheduler)
-    with scheduler.holding("auto_renewal_resources", "cust"):
+    slow = make_dispatcher({"*": 0.1})
+    rig.wire(dispatcher=slow, hold_s=1.0)
+    with slow.coming("auto_renewal_resources", "cust", 2):
         await rig.process(FakeMessage(auto_renew("c-new")))
-        assert rig.publisher.kinds() == ["delay"]  # parked: its turn is far away
+        assert rig.publisher.kinds() == ["park"]  # parked: its turn is far away
         rig.publisher.log.clear()
         taken = FakeMessage(
             auto_renew("c-taken"),
@@ -503,17 +539,18 @@ async def test_a_deadline_that_passed_is_rejected_and_the_claim_given_back(rig: 
 
 
 async def test_a_long_park_sends_one_deferred_event_and_marks_the_copy(rig: Rig) -> None:
-    slow = RateLimiter({"*": 0.1}, published=PUBLISHED_LIMITS)
-    scheduler = FairScheduler(slow, hold_s=1.0)
-    rig.wire(scheduler=scheduler, deferred_after_s=5.0)
-    with scheduler.holding("auto_renewal_resources", "cust"):
+    slow = make_dispatcher({"*": 0.1})
+    rig.wire(dispatcher=slow, hold_s=1.0, deferred_after_s=5.0)
+    with slow.coming("auto_renewal_resources", "cust", 2):
         await rig.process(FakeMessage(auto_renew("c-far")))
-        [(kind, (_s, _r, headers)), (progress, event)] = rig.publisher.log
-        assert (kind, progress) == ("delay", "event")
+        [(kind, (queue, headers)), (progress, event)] = rig.publisher.log
+        assert (kind, progress) == ("park", "event")
+        assert queue == "t.line.auto_renewal_resources.cust.normal"
         assert headers[H.DEFERRED] == "1"
+        assert headers[H.LINE] == "1"
         assert event["outcome"] == "deferred"
         assert event["expected_start_at"] is not None
         rig.publisher.log.clear()
         # parked again later (its copy carries the header): no second progress event
         await rig.process(FakeMessage(auto_renew("c-far"), headers={H.DEFERRED: "1"}))
-        assert rig.publisher.kinds() == ["delay"]
+        assert rig.publisher.kinds() == ["park"]
