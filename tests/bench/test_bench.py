@@ -17,7 +17,9 @@ from typing import Any
 
 import pytest
 
-pytestmark = pytest.mark.e2e
+# one worker runs both, one after the other: each compares the broker's bench vhosts before
+# and after, and would see the other's
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("bench")]
 
 BENCH = [sys.executable, "-m", "service.cli", "bench"]
 RUN_TIMEOUT_S = 110.0
