@@ -92,9 +92,8 @@ def test_quick_run_prints_every_figure_with_its_baseline(tmp_path: Path) -> None
     rate = rows[("overhead", "commands/s")]
     assert _value(rate, "ours") > 0
     assert _value(rate, "baseline") > 0
-    assert float(rate["ratio"]) == pytest.approx(
-        _value(rate, "ours") / _value(rate, "baseline"), 0.01
-    )
+    # the ratio as printed, two decimals (a relative 1 % missed the rounding below 0.5)
+    assert rate["ratio"] == f"{_value(rate, 'ours') / _value(rate, 'baseline'):.2f}"
     assert rate["met"] in (True, False)
     assert rate["target"] == "≥ 0.7"
     cpu = rows[("overhead", "CPU time per command of the relaying process")]

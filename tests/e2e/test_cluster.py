@@ -1,11 +1,11 @@
 """Losing a broker node: quorum queues on a three-node cluster (``scripts/rabbitmq-cluster``).
 
-The cluster's node names, ports and data directory are fixed: under xdist these tests are one
-group (``xdist_group("cluster")``), run by one worker one after the other. The cluster is
-started for them (about 25 s) unless it already runs, and stopped after the last of them if
-this run started it and no other test session on the machine still uses it (each user holds a
-shared lock on ``<RELAY_CLUSTER_DIR>.users`` meanwhile). A cluster that cannot start fails the
-tests: it is never a reason to skip them.
+The cluster's node names, ports and data directory are fixed, and these tests stop its nodes:
+under xdist they are one group (``xdist_group("cluster")``), run by one worker one after the
+other, and one test session on the machine at a time runs them (an exclusive lock on
+``<RELAY_CLUSTER_DIR>.tests``; another session's waits). The cluster is started for them
+(about 25 s) unless it already runs, and stopped after the last of them if this session
+started it. A cluster that cannot start fails the tests: it is never a reason to skip them.
 
 The test's own connection (publishing commands, collecting events) is on relay-a; the service
 is given the nodes in the order b, c, a, so it connects to relay-b, and relay-b is the node
@@ -40,8 +40,8 @@ from tests.e2e.test_crash import mixed_commands
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.xdist_group("cluster")]
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "rabbitmq-cluster"
-# the script's data directory; the users' lock sits beside it, as the script's own lock does
-USERS = Path(os.environ.get("RELAY_CLUSTER_DIR", "/tmp/bss-relay-cluster").rstrip("/") + ".users")
+# beside the script's data directory, as the script's own lock is (which covers start and stop)
+IN_USE = Path(os.environ.get("RELAY_CLUSTER_DIR", "/tmp/bss-relay-cluster").rstrip("/") + ".tests")
 NODES = {5681: "relay-a@localhost", 5682: "relay-b@localhost", 5683: "relay-c@localhost"}
 
 
@@ -66,22 +66,21 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def cluster_users_lock() -> Iterator[int]:
-    """The users' lock file, open; unlocked and closed at the end."""
-    fd = os.open(USERS, os.O_RDWR | os.O_CREAT, 0o666)
+def cluster_in_use() -> Iterator[int]:
+    """The lock file, open; unlocked and closed at the end."""
+    fd = os.open(IN_USE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         yield fd
     finally:
-        os.close(fd)  # releases any lock still held
+        os.close(fd)  # releases the lock
 
 
 @pytest.fixture(scope="module")
 async def cluster() -> AsyncIterator[Cluster]:
     """Module scope: the cluster stops right after these tests (while the other workers go
     on), not at the end of the worker's session."""
-    with cluster_users_lock() as users:
-        # shared while in use; a session stopping the cluster holds it exclusively meanwhile
-        await asyncio.to_thread(fcntl.flock, users, fcntl.LOCK_SH)
+    with cluster_in_use() as lock:
+        await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)  # another session's turn
         status, _ = await cluster_script("status")
         started_here = status != 0
         if started_here:
@@ -97,19 +96,9 @@ async def cluster() -> AsyncIterator[Cluster]:
             yield Cluster(vhost)
         finally:
             await rabbitmqctl("-n", node, "delete_vhost", vhost)
-            if started_here and last_user(users):
+            if started_here:
                 code, out = await cluster_script("stop")
                 assert code == 0, out
-
-
-def last_user(users: int) -> bool:
-    """Whether no other session holds the users' lock: then this one holds it exclusively
-    (and may stop the cluster) until the file is closed."""
-    try:
-        fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
 
 
 @pytest.fixture

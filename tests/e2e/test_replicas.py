@@ -45,6 +45,7 @@ from tests.store.conftest import POSTGRES_URL
 
 pytestmark = [
     pytest.mark.e2e,
+    pytest.mark.timing,
     pytest.mark.parametrize("e2e_store", ["postgres"], indirect=True),
 ]
 

@@ -33,7 +33,7 @@ from tests.conftest import unique_name
 from tests.e2e.conftest import EventLog, Sandbox, Spawn, adopted_orders, eventually, publish
 from tests.e2e.test_crash import mixed_commands
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timing]
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 DOWN_S = 8.0

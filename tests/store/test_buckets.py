@@ -18,6 +18,8 @@ from service.pacing.shared import GIVE_BACK_WITHIN_S, SharedBuckets
 from service.store.postgres import PostgresCommandStore
 from tests.store.conftest import POSTGRES_URL, drop_schema, postgres_schema
 
+pytestmark = pytest.mark.timing  # slots and waits on the real clock
+
 OpenBuckets = Callable[..., Awaitable[SharedBuckets]]
 
 

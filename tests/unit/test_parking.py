@@ -14,6 +14,8 @@ import asyncio
 import time
 from collections import Counter
 
+import pytest
+
 from service.broker.topology import Topology
 from service.pacing.limiter import RateLimiter
 from service.pacing.parking import park_decision
@@ -23,6 +25,7 @@ SCALE = 4.0  # the run is this many times faster than the service's delays
 LIMIT = 20.0  # requests/s on the one egress (and per customer)
 
 
+@pytest.mark.timing
 async def test_hot_customers_take_the_freed_capacity_within_seconds() -> None:
     limiter = RateLimiter({"op": LIMIT}, guard_s=0.001)
     scheduler = FairScheduler(limiter, hold_s=2.0 / SCALE)
