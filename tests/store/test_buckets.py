@@ -13,6 +13,7 @@ import pytest
 
 from bench.measures import busiest_window as max_in_any_window
 from handlers.errors import StoreUnavailable
+from service.pacing.limiter import Grant
 from service.pacing.scheduler import FairScheduler
 from service.pacing.shared import GIVE_BACK_WITHIN_S, SharedBuckets
 from service.store.postgres import PostgresCommandStore
@@ -88,21 +89,43 @@ async def test_a_429_seen_by_one_replica_lowers_the_rate_for_all(
     assert await two.report_throttled("op", "c2", pause_s=0.0) is False
 
 
+CLOCK_SLACK_S = 0.005  # how far the estimate of the server's clock may move between answers
+
+
+async def acquire_timed(
+    buckets: SharedBuckets, uid: str, within: float
+) -> tuple[Grant, float, float]:
+    """The grant, and the server's clock (estimated) just before and just after the call."""
+    before = buckets.now()
+    grant = await buckets.acquire("op", uid, within=within)
+    return grant, before, buckets.now()
+
+
+def waited_from_the_call(wait: float, instant: float, before: float, after: float) -> bool:
+    """``wait`` is what remained until ``instant`` when the server answered, some time during
+    the call: true however long the round trip took."""
+    return before - CLOCK_SLACK_S <= instant - wait <= after + CLOCK_SLACK_S
+
+
 async def test_far_slots_are_not_reserved(open_buckets: OpenBuckets) -> None:
     buckets = await open_buckets()
-    assert (await buckets.acquire("op", "c1", within=0.0)).granted
+    first = await buckets.acquire("op", "c1", within=0.0)
+    assert first.granted
     # the egress's next slot, one interval on, is taken for a caller that came for the slot
     # another replica on its egress just took (asking once more would be a wasted round trip)
-    second = await buckets.acquire("op", "c1", within=0.0)
+    second, before, after = await acquire_timed(buckets, "c1", within=0.0)
     assert second.granted
-    assert second.wait == pytest.approx(0.1, abs=0.02)
-    refused = await buckets.acquire("op", "c1", within=0.0)
+    assert second.at - first.at == pytest.approx(0.101, abs=1e-6)  # one interval, guard included
+    assert waited_from_the_call(second.wait, second.at, before, after)
+    refused, before, after = await acquire_timed(buckets, "c1", within=0.0)
     assert not refused.granted  # two intervals away: nothing reserved
-    assert refused.uid_wait == pytest.approx(0.2, abs=0.02)
-    assert buckets.delay("op", "c1") == pytest.approx(0.2, abs=0.02)  # known without I/O
-    granted = await buckets.acquire("op", "c1", within=0.3)
+    assert waited_from_the_call(refused.uid_wait, first.at + 2 * 0.101, before, after)
+    # known without I/O: what the refusal said, less the microseconds since
+    assert buckets.delay("op", "c1") == pytest.approx(refused.uid_wait, abs=0.002)
+    granted, before, after = await acquire_timed(buckets, "c1", within=0.3)
     assert granted.granted
-    assert granted.wait == pytest.approx(0.2, abs=0.02)
+    assert granted.at - first.at == pytest.approx(2 * 0.101, abs=1e-6)
+    assert waited_from_the_call(granted.wait, granted.at, before, after)
 
 
 async def test_store_unreachable_grants_nothing(open_buckets: OpenBuckets) -> None:
