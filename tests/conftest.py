@@ -37,7 +37,7 @@ from _pytest.nodeid import NodeId
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """A test marked ``timing`` and in no group of its own joins the ``timing`` group; then
+    """A test marked ``timing`` and in no other group joins the ``timing`` group; then
     the ``xdist_group`` marks go into the node ids, as ``--dist loadgroup`` needs.
 
     xdist does the latter itself (``<nodeid>@<group>``, which its controller reads back), but

@@ -33,7 +33,9 @@ from tests.conftest import unique_name
 from tests.e2e.conftest import EventLog, Sandbox, Spawn, adopted_orders, eventually, publish
 from tests.e2e.test_crash import mixed_commands
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timing]
+# timing (it times the resumption) but a group of its own: it runs beside the timing group,
+# not after it (the two private-PostgreSQL runs are ~40 s)
+pytestmark = [pytest.mark.e2e, pytest.mark.timing, pytest.mark.xdist_group("store-down")]
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 DOWN_S = 8.0
