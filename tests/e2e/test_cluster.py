@@ -33,7 +33,7 @@ from pamqp.commands import Basic
 
 from service.broker.connection import open_broker
 from service.broker.topology import DLQ
-from tests.conftest import rabbitmqctl, unique_name
+from tests.conftest import Quiet, rabbitmqctl, unique_name
 from tests.e2e.conftest import Relay, RelayFactory, Sandbox, eventually
 from tests.e2e.test_crash import mixed_commands
 
@@ -76,7 +76,7 @@ def cluster_in_use() -> Iterator[int]:
 
 
 @pytest.fixture(scope="module")
-async def cluster() -> AsyncIterator[Cluster]:
+async def cluster(quiet: Quiet) -> AsyncIterator[Cluster]:
     """Module scope: the cluster stops right after these tests (while the other workers go
     on), not at the end of the worker's session."""
     with cluster_in_use() as lock:
@@ -85,7 +85,8 @@ async def cluster() -> AsyncIterator[Cluster]:
         started_here = status != 0
         if started_here:
             began = time.monotonic()
-            code, out = await cluster_script("start")
+            async with quiet():  # no timing test while three nodes boot
+                code, out = await cluster_script("start")
             assert code == 0, f"scripts/rabbitmq-cluster start failed:\n{out}"
             print(f"\ncluster started in {time.monotonic() - began:.1f} s")
         vhost = unique_name("relay-cluster")
@@ -97,7 +98,7 @@ async def cluster() -> AsyncIterator[Cluster]:
         finally:
             await rabbitmqctl("-n", node, "delete_vhost", vhost)
             if started_here:
-                code, out = await cluster_script("stop")
+                code, out = await cluster_script("stop")  # a signal each: no boot's load
                 assert code == 0, out
 
 
