@@ -197,7 +197,7 @@ async def start_all(processes: list[ServeProcess]) -> None:
 
 # solo: three replicas, the sandbox, the broker and PostgreSQL fill both cores; beside the
 # other workers' traffic on the broker and PostgreSQL (which no nice reaches) a replica sent a
-# request late into a full window in 3 of 12 parallel runs
+# request late into a full window in 4 of 12 parallel runs
 @pytest.mark.solo
 @pytest.mark.timeout(150)
 async def test_three_replicas_share_the_quota_and_renew_one_customer_at_a_time(
