@@ -17,7 +17,9 @@ from typing import Any
 
 import pytest
 
-pytestmark = pytest.mark.e2e
+# one worker runs both, one after the other: each compares the broker's bench vhosts before
+# and after, and would see the other's
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("bench")]
 
 BENCH = [sys.executable, "-m", "service.cli", "bench"]
 RUN_TIMEOUT_S = 110.0
@@ -90,9 +92,8 @@ def test_quick_run_prints_every_figure_with_its_baseline(tmp_path: Path) -> None
     rate = rows[("overhead", "commands/s")]
     assert _value(rate, "ours") > 0
     assert _value(rate, "baseline") > 0
-    assert float(rate["ratio"]) == pytest.approx(
-        _value(rate, "ours") / _value(rate, "baseline"), 0.01
-    )
+    # the ratio as printed, two decimals (a relative 1 % missed the rounding below 0.5)
+    assert rate["ratio"] == f"{_value(rate, 'ours') / _value(rate, 'baseline'):.2f}"
     assert rate["met"] in (True, False)
     assert rate["target"] == "≥ 0.7"
     cpu = rows[("overhead", "CPU time per command of the relaying process")]

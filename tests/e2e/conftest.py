@@ -1,6 +1,11 @@
-"""End-to-end fixtures: a fresh RabbitMQ vhost per test run, the sandbox on loopback, and the
-real service (``service.runtime.run``, the code ``bss-relay serve`` runs) with its own queues
-and store per test. Every fixture owns its teardown."""
+"""End-to-end fixtures: a fresh RabbitMQ vhost per session (per xdist worker), the sandbox on
+loopback, and the real service (``service.runtime.run``, the code ``bss-relay serve`` runs)
+with its own queues and store per test. Every fixture owns its teardown.
+
+A test marked ``own_vhost`` gets a vhost to itself as ``amqp_url``: it closes every connection
+of its vhost (``rabbitmqctl close_all_connections -p``), which must reach neither the
+connections other tests of its worker keep open (replay's session connection) nor another
+worker's."""
 
 from __future__ import annotations
 
@@ -32,9 +37,18 @@ from service.runtime import RunningService, start
 from service.sandbox.gateway import IAM_OPERATION
 from service.sandbox.server import SandboxServer
 from service.settings import Settings
+from tests.conftest import VhostFactory, unique_name
 from tests.store.conftest import POSTGRES_URL, drop_schema, postgres_schema
 
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+async def amqp_url(request: pytest.FixtureRequest, amqp_url: str, vhosts: VhostFactory) -> str:
+    """The worker's session vhost, or one of the test's own for a test marked ``own_vhost``."""
+    if request.node.get_closest_marker("own_vhost") is None:
+        return amqp_url
+    return await vhosts("relay-own")
 
 
 @pytest.fixture(scope="session")
@@ -199,7 +213,7 @@ async def start_relay(amqp_url: str, bss: Sandbox, e2e_store: str) -> AsyncItera
     queues deleted at teardown."""
     connection: AbstractRobustConnection = await aio_pika.connect_robust(amqp_url)
     channel = await connection.channel(publisher_confirms=True)
-    prefix = f"relay-{uuid.uuid4().hex[:8]}"
+    prefix = unique_name("relay", length=8)
     events = EventLog()
     # A named queue that outlives the test's own connection: events the service publishes
     # while that connection is kicked (test_settlement, test_crash) wait there, not lost with
@@ -314,7 +328,7 @@ Spawn = Callable[..., ServeProcess]
 async def serve(
     amqp_url: str, bss: Sandbox, tmp_path: Path, e2e_store: str
 ) -> AsyncIterator[tuple[Spawn, aio_pika.abc.AbstractChannel, EventLog, str]]:
-    prefix = f"relay-{uuid.uuid4().hex[:8]}"
+    prefix = unique_name("relay", length=8)
     state = await bss.state()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("BSS_", "RELAY_"))},

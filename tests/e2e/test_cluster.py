@@ -1,8 +1,11 @@
 """Losing a broker node: quorum queues on a three-node cluster (``scripts/rabbitmq-cluster``).
 
-The cluster is started once per session (about 25 s) unless it already runs, and stopped at the
-end if this session started it. A cluster that cannot start fails the tests: it is never a
-reason to skip them.
+The cluster's node names, ports and data directory are fixed, and these tests stop its nodes:
+under xdist they are one group (``xdist_group("cluster")``), run by one worker one after the
+other, and one test session on the machine at a time runs them (an exclusive lock on
+``<RELAY_CLUSTER_DIR>.tests``; another session's waits). The cluster is started for them
+(about 25 s) unless it already runs, and stopped after the last of them if this session
+started it. A cluster that cannot start fails the tests: it is never a reason to skip them.
 
 The test's own connection (publishing commands, collecting events) is on relay-a; the service
 is given the nodes in the order b, c, a, so it connects to relay-b, and relay-b is the node
@@ -12,11 +15,13 @@ stopped mid-run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import itertools
+import os
 import time
-import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,13 +33,15 @@ from pamqp.commands import Basic
 
 from service.broker.connection import open_broker
 from service.broker.topology import DLQ
-from tests.conftest import rabbitmqctl
+from tests.conftest import Quiet, rabbitmqctl, unique_name
 from tests.e2e.conftest import Relay, RelayFactory, Sandbox, eventually
 from tests.e2e.test_crash import mixed_commands
 
-pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
+pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.xdist_group("cluster")]
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "rabbitmq-cluster"
+# beside the script's data directory, as the script's own lock is (which covers start and stop)
+IN_USE = Path(os.environ.get("RELAY_CLUSTER_DIR", "/tmp/bss-relay-cluster").rstrip("/") + ".tests")
 NODES = {5681: "relay-a@localhost", 5682: "relay-b@localhost", 5683: "relay-c@localhost"}
 
 
@@ -58,26 +65,41 @@ class Cluster:
         return ",".join(self.url(port) for port in ports)
 
 
-@pytest.fixture(scope="session")
-async def cluster() -> AsyncIterator[Cluster]:
-    status, _ = await cluster_script("status")
-    started_here = status != 0
-    if started_here:
-        began = time.monotonic()
-        code, out = await cluster_script("start")
-        assert code == 0, f"scripts/rabbitmq-cluster start failed:\n{out}"
-        print(f"\ncluster started in {time.monotonic() - began:.1f} s")
-    vhost = f"relay-cluster-{uuid.uuid4().hex[:12]}"
-    node = NODES[5681]
-    await rabbitmqctl("-n", node, "add_vhost", vhost)
+@contextlib.contextmanager
+def cluster_in_use() -> Iterator[int]:
+    """The lock file, open; unlocked and closed at the end."""
+    fd = os.open(IN_USE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        await rabbitmqctl("-n", node, "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-        yield Cluster(vhost)
+        yield fd
     finally:
-        await rabbitmqctl("-n", node, "delete_vhost", vhost)
+        os.close(fd)  # releases the lock
+
+
+@pytest.fixture(scope="module")
+async def cluster(quiet: Quiet) -> AsyncIterator[Cluster]:
+    """Module scope: the cluster stops right after these tests (while the other workers go
+    on), not at the end of the worker's session."""
+    with cluster_in_use() as lock:
+        await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)  # another session's turn
+        status, _ = await cluster_script("status")
+        started_here = status != 0
         if started_here:
-            code, out = await cluster_script("stop")
-            assert code == 0, out
+            began = time.monotonic()
+            async with quiet():  # no timing test while three nodes boot
+                code, out = await cluster_script("start")
+            assert code == 0, f"scripts/rabbitmq-cluster start failed:\n{out}"
+            print(f"\ncluster started in {time.monotonic() - began:.1f} s")
+        vhost = unique_name("relay-cluster")
+        node = NODES[5681]
+        await rabbitmqctl("-n", node, "add_vhost", vhost)
+        try:
+            await rabbitmqctl("-n", node, "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+            yield Cluster(vhost)
+        finally:
+            await rabbitmqctl("-n", node, "delete_vhost", vhost)
+            if started_here:
+                code, out = await cluster_script("stop")  # a signal each: no boot's load
+                assert code == 0, out
 
 
 @pytest.fixture

@@ -146,6 +146,7 @@ async def test_sigterm_drains_in_flight_commands_and_exits_cleanly(
         assert len(events.terminal(command["command_id"])) == 1
 
 
+@pytest.mark.own_vhost
 async def test_broker_closing_connections_mid_run(
     start_relay: RelayFactory, bss: Sandbox, amqp_url: str
 ) -> None:

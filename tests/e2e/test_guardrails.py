@@ -22,7 +22,7 @@ from aio_pika.exceptions import AMQPError
 from service.broker.topology import COMMANDS_EXCHANGE
 from service.ops.audit import AuditFilter, read_audit
 from service.store import open_store
-from tests.conftest import rabbitmqctl
+from tests.conftest import rabbitmqctl, unique_name
 from tests.e2e.conftest import BOTH_STORES, Relay, RelayFactory, Sandbox, new_id
 from tests.sandbox import demo_ids as ids
 
@@ -66,7 +66,7 @@ async def broker_user(amqp_url: str) -> AsyncIterator[BrokerUsers]:
     created: list[str] = []
 
     async def create(role: str, pattern: str) -> BrokerUser:
-        name, password = f"t-{role}-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+        name, password = unique_name(f"t-{role}", length=8), uuid.uuid4().hex
         await rabbitmqctl("add_user", name, password)
         created.append(name)
         await rabbitmqctl("set_permissions", "-p", vhost, name, "^$", "^bss\\.commands$", "^$")

@@ -22,7 +22,7 @@ from tests.e2e.conftest import Relay, RelayFactory, Sandbox, eventually
 from tests.e2e.test_reliability import auto_renew
 from tests.sandbox import demo_ids as ids
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timing]
 
 HOT = ["acme-ecs-01", "acme-ecs-02", "acme-eip-01"]
 

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import sys
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from service.broker.topology import (
     EVENTS_EXCHANGE,
     Topology,
 )
+from tests.conftest import unique_name
 from tests.e2e.conftest import Sandbox, new_id
 from tests.sandbox import demo_ids as ids
 
@@ -104,7 +104,7 @@ async def start_serve(env: dict[str, str]) -> asyncio.subprocess.Process:
 async def broker(amqp_url: str) -> AsyncIterator[tuple[aio_pika.abc.AbstractChannel, str]]:
     connection = await aio_pika.connect_robust(amqp_url)
     channel = await connection.channel(publisher_confirms=True)
-    prefix = f"relay-{uuid.uuid4().hex[:8]}"
+    prefix = unique_name("relay", length=8)
     yield channel, prefix
     topology = Topology(prefix)
     for name in [topology.work_queue, *(topology.delay_queue(ms) for ms in DELAY_LEVELS_MS)]:

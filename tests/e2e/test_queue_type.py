@@ -7,7 +7,6 @@ import asyncio
 import os
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractQueue
 
 from service.broker.topology import DLQ, WORK_DELIVERY_LIMIT, QueueType, Topology, declare
-from tests.conftest import fresh_vhost
+from tests.conftest import fresh_vhost, unique_name
 from tests.e2e.conftest import Sandbox, partner_env
 
 pytestmark = pytest.mark.e2e
@@ -100,7 +99,7 @@ async def test_queues_of_the_other_type_stop_serve_with_what_to_do(
     existing: QueueType,
     wanted: str,
 ) -> None:
-    prefix = f"relay-{uuid.uuid4().hex[:8]}"
+    prefix = unique_name("relay", length=8)
     await declare(channel, Topology(prefix, existing))
     await channel.default_exchange.publish(
         aio_pika.Message(b"waiting", delivery_mode=aio_pika.DeliveryMode.PERSISTENT),

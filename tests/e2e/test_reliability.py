@@ -260,6 +260,7 @@ async def test_retries_exhausted_fail_and_dead_letter(
     assert letter.headers["x-relay-original-routing-key"] == "command.inquire_price"
 
 
+@pytest.mark.timing
 async def test_fifty_commands_for_one_customer_stay_within_the_limit(
     start_relay: RelayFactory, bss: Sandbox
 ) -> None:

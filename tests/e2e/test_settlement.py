@@ -94,6 +94,7 @@ def check_money(
     return outcomes
 
 
+@pytest.mark.own_vhost
 async def test_crash_restart_then_connection_loss_settles_everything(
     serve: tuple[Spawn, aio_pika.abc.AbstractChannel, EventLog, str],
     bss: Sandbox,
@@ -138,6 +139,7 @@ async def test_crash_restart_then_connection_loss_settles_everything(
     assert await second.wait() == 0
 
 
+@pytest.mark.own_vhost
 async def test_connection_kicks_at_random_moments_leave_nothing_unsettled(
     start_relay: RelayFactory, bss: Sandbox, amqp_url: str
 ) -> None:

@@ -19,7 +19,6 @@ import shutil
 import socket
 import tempfile
 import time
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -30,10 +29,13 @@ import aio_pika
 import aiohttp
 import pytest
 
+from tests.conftest import unique_name
 from tests.e2e.conftest import EventLog, Sandbox, Spawn, adopted_orders, eventually, publish
 from tests.e2e.test_crash import mixed_commands
 
-pytestmark = pytest.mark.e2e
+# timing (it times the resumption) but a group of its own: it runs beside the timing group,
+# not after it (the two private-PostgreSQL runs are ~40 s)
+pytestmark = [pytest.mark.e2e, pytest.mark.timing, pytest.mark.xdist_group("store-down")]
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 DOWN_S = 8.0
@@ -120,7 +122,7 @@ async def private_postgres() -> AsyncIterator[PrivatePostgres]:
 @pytest.fixture
 async def e2e_store(private_postgres: PrivatePostgres) -> str:
     """This module's STORE_URL: a fresh schema in the private server (dropped with it)."""
-    return f"{private_postgres.url}?schema=relay_{uuid.uuid4().hex[:12]}"
+    return f"{private_postgres.url}?schema={unique_name('relay', sep='_')}"
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Replay fixtures on the real broker.
 
-``amqp_url`` is a fresh vhost ``relay-test-<uuid>`` for the session, deleted afterwards. Per
+``amqp_url`` is a fresh vhost ``relay-test-<worker>-<hex>`` for the session, deleted afterwards. Per
 test, ``broker`` declares the service's topology (its own queue prefix), starts with an empty
 ``bss.commands.dlq`` and binds a ``tap`` queue to ``bss.commands`` with ``#`` so a test sees
 every copy a replay publishes; teardown deletes the test's queues and empties the DLQ again.
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,6 +21,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 
 from service.broker.headers import H
 from service.broker.topology import COMMANDS_EXCHANGE, DELAY_LEVELS_MS, DLQ, Topology, declare
+from tests.conftest import unique_name
 
 FAILED_AT = datetime(2026, 1, 15, 9, 30, tzinfo=UTC)
 SETTLE_TIMEOUT_S = 5.0
@@ -158,7 +158,7 @@ class Broker:
 @pytest.fixture
 async def broker(connection: AbstractConnection) -> AsyncIterator[Broker]:
     channel = await connection.channel(publisher_confirms=True)
-    topology = Topology(f"replay-{uuid.uuid4().hex[:8]}")
+    topology = Topology(unique_name("replay", length=8))
     declared = await declare(channel, topology)
     await declared.dlq.purge()
     tap = await channel.declare_queue(f"{topology.prefix}.tap", exclusive=True)

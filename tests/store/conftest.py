@@ -1,15 +1,14 @@
 """Fixtures for the command store: both backends on real databases, time under test control.
 
 ``store_url`` is parametrised over SQLite (a file in ``tmp_path``) and PostgreSQL (a schema
-``relay_test_<uuid>`` of its own per test, dropped with CASCADE afterwards). ``open_replica``
-opens further stores on the same database, as another replica or a restarted process would;
-the factory closes them all, in reverse order, before the database is removed.
+``relay_test_<worker>_<hex>`` of its own per test, dropped with CASCADE afterwards).
+``open_replica`` opens further stores on the same database, as another replica or a restarted
+process would; the factory closes them all, in reverse order, before the database is removed.
 """
 
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
@@ -20,6 +19,7 @@ import pytest
 
 from service.store import open_store
 from service.store.types import CommandStore
+from tests.conftest import unique_name
 
 POSTGRES_URL = os.environ.get(
     "BSS_RELAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -51,7 +51,8 @@ async def drop_schema(schema: str) -> None:
 
 
 def postgres_schema() -> str:
-    return f"relay_test_{uuid.uuid4().hex}"
+    """A schema name no other test, worker or run uses: ``relay_test_<worker>_<hex>``."""
+    return unique_name("relay_test", sep="_", length=32)
 
 
 @pytest.fixture

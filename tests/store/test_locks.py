@@ -10,7 +10,6 @@ import signal
 import sys
 import textwrap
 import time
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pytest
 
 from handlers.errors import StoreUnavailable
 from service.store.locks import LocalLocks, PostgresLocks, lock_id
+from tests.conftest import unique_name
 from tests.store.conftest import POSTGRES_URL
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout, for a holder in another process
@@ -30,7 +30,7 @@ async def connect() -> asyncpg.Connection:
 
 @pytest.fixture
 def namespace() -> str:
-    return f"test-{uuid.uuid4().hex}"
+    return unique_name("test")
 
 
 @pytest.fixture

@@ -16,11 +16,17 @@ from service.telemetry.logging import configure_logging
 
 @pytest.fixture
 def stream() -> Iterator[io.StringIO]:
+    """Logging configured into a string; the process's configuration put back afterwards (the
+    next test in this worker, whichever it is, logs as before: at INFO, into pytest's capture)."""
+    root = logging.getLogger()
+    saved = structlog.get_config(), root.level, root.handlers[:]
     out = io.StringIO()
     configure_logging("DEBUG", stream=out)
     yield out
-    structlog.reset_defaults()
-    logging.getLogger().handlers.clear()
+    config, level, handlers = saved
+    structlog.configure(**config)
+    root.setLevel(level)
+    root.handlers[:] = handlers
 
 
 def lines(stream: io.StringIO) -> list[dict[str, object]]:
