@@ -38,6 +38,7 @@ from datetime import UTC, datetime
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
+from service.broker.fetch import cancel_pending, get_one
 from service.broker.topology import Topology
 from service.messages.publisher import BROKER_ERRORS
 from service.messages.whereabouts import Whereabouts
@@ -78,6 +79,7 @@ class _Line:
     next_deadline: datetime | None = None  # soonest deadline parked here since then
     deadline_seen: datetime | None = None  # the store's soonest deadline in the line
     transit: int = 0  # pulled by this replica and not settled yet
+    landing: int = 0  # decided to be parked here, not in the queue yet
     empty_since: float | None = None
     declared: bool = False
 
@@ -156,10 +158,25 @@ class Lines:
         line = self._line(key)
         line.parked += 1
         line.parked_here += 1
+        line.landing += 1
         line.empty_since = None
         if deadline is not None and (line.next_deadline is None or deadline < line.next_deadline):
             line.next_deadline = deadline
         return line.parked
+
+    def landed(self, key: LineKey) -> None:
+        """A command taken its place is in the line's queue now: it may be pulled."""
+        line = self._line(key)
+        line.landing = max(0, line.landing - 1)
+        line.empty_since = None
+        self._poked.set()
+
+    def unparked(self, key: LineKey) -> None:
+        """A command that took its place never reached the queue (its settlement failed)."""
+        line = self._line(key)
+        line.landing = max(0, line.landing - 1)
+        line.parked = max(line.pulled, line.parked - 1)
+        line.parked_here = max(0, line.parked_here - 1)
 
     def settled(self, key: LineKey) -> None:
         """A command pulled from the line was settled: room for the next."""
@@ -199,6 +216,8 @@ class Lines:
         """Pull lines with room until cancelled; read the store's lines every ``TICK_S``."""
         read_at = 0.0
         while True:
+            if cancel_pending():  # asked to stop during a broker call that dropped the request
+                raise asyncio.CancelledError
             if time.monotonic() - read_at >= TICK_S:
                 read_at = time.monotonic()
                 await self._read_store()
@@ -246,16 +265,17 @@ class Lines:
         try:
             channel = await self._open()
             queue = await channel.get_queue(line.queue, ensure=False)
-            message = await queue.get(no_ack=False, fail=False)
+            # cancelled meanwhile: the message goes back to the line when the channel closes
+            message = await get_one(queue, hold=lambda _message: None)
         except CHANNEL_ERRORS as exc:  # the queue is gone, or the broker is away
             log.info("line_not_pulled", queue=line.queue, error=repr(exc))
             self._channel = None
             line.declared = False
             line.empty_since = line.empty_since or time.monotonic()
             return False
-        if message is None:
+        if message is None:  # none in the queue: all but those on their way were pulled
             line.empty_since = line.empty_since or time.monotonic()
-            line.pulled = max(line.pulled, line.parked)
+            line.pulled = max(line.pulled, line.parked - line.landing)
             return False
         line.empty_since = None
         line.pulled += 1
@@ -278,16 +298,18 @@ class Lines:
                 break
 
     async def _maybe_delete(self, line: _Line) -> None:
-        if line.empty_since is None or time.monotonic() - line.empty_since < EMPTY_S:
+        if line.landing or line.transit or line.empty_since is None:
+            return  # on its way in, or pulled here and not settled: its queue must stay
+        if time.monotonic() - line.empty_since < EMPTY_S:
             return
         try:
             channel = await self._open()
             queue = await channel.get_queue(line.queue, ensure=False)
             await queue.delete(if_unused=True, if_empty=True)
-        except CHANNEL_ERRORS as exc:  # not empty, in use, or gone already
+        except CHANNEL_ERRORS as exc:  # not empty (counts went wrong), in use, or gone already
             log.info("line_kept", queue=line.queue, why=repr(exc))
             self._channel = None
-            line.empty_since = time.monotonic()
+            line.empty_since = None  # pulled again from the next round on
             return
         del self._lines[line.key]
         try:

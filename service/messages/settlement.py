@@ -324,7 +324,12 @@ class Settler:
                     message, queue=queue, extra_headers=dict(decision.headers)
                 )
 
-        await self._broker(message, to_line)
+        try:
+            await self._broker(message, to_line)
+        except BaseException:
+            lines.unparked(decision.line)
+            raise
+        lines.landed(decision.line)
         self._books.whereabouts.note(decision.noted)
         self._metrics.inc(self._metrics.parked, decision.line[0])
         self._metrics.inc(self._metrics.delayed, "park")

@@ -79,7 +79,7 @@ Make = Callable[[], Replica]
 
 @pytest.fixture
 async def make(
-    connection: AbstractRobustConnection, store: CommandStore, topology: Topology
+    connection: AbstractRobustConnection, store: CommandStore, topology: Topology, amqp_url: str
 ) -> AsyncIterator[Make]:
     tasks: list[asyncio.Task[None]] = []
     made: list[Replica] = []
@@ -109,9 +109,12 @@ async def make(
     await asyncio.gather(*tasks, return_exceptions=True)
     for replica in made:
         await replica.lines.aclose()
-    channel = await connection.channel()  # the test's line, if it is still there
-    await channel.queue_delete(line_queue(topology, KEY))
-    await channel.close()
+    # the test's line, if it is still there, on a connection of its own (the test's own may be
+    # reconnecting after its lines were cancelled mid-request)
+    cleanup = await aio_pika.connect(amqp_url)
+    async with cleanup:
+        channel = await cleanup.channel()
+        await channel.queue_delete(line_queue(topology, KEY))
 
 
 async def park(
@@ -124,6 +127,7 @@ async def park(
         await channel.default_exchange.publish(aio_pika.Message(body), routing_key=queue)
         deadline = kw.get("deadline")
         replica.lines.parked(KEY, deadline if isinstance(deadline, datetime) else None)
+        replica.lines.landed(KEY)  # as the settler says once the copy is in the queue
     await channel.close()
 
 
@@ -205,3 +209,41 @@ async def test_an_empty_line_is_deleted(
     channel = await connection.channel()
     with pytest.raises(aio_pika.exceptions.ChannelNotFoundEntity):
         await channel.declare_queue(line_queue(topology, KEY), passive=True)
+
+
+async def test_a_command_still_on_its_way_when_the_line_looked_empty_is_pulled(
+    make: Make, connection: AbstractRobustConnection
+) -> None:
+    """The place is taken when the command is decided to be parked; if the line is found
+    empty before the copy lands, the copy must still be pulled once it does (it was lost
+    in the line before: the empty queue made its count look pulled)."""
+    replica = make()
+    queue = await replica.lines.queue(KEY)
+    replica.lines.parked(KEY, None)  # decided, not published yet
+    replica.lines.poke()
+    await asyncio.sleep(0.3)  # a pull finds the queue empty meanwhile
+    assert replica.got == []
+    channel = await connection.channel()
+    await channel.default_exchange.publish(aio_pika.Message(b'{"n": 0}'), routing_key=queue)
+    await channel.close()
+    replica.lines.landed(KEY)
+    await replica.wait_for(1, within=3.0)
+
+
+async def test_a_line_is_kept_while_a_command_pulled_from_it_is_not_settled(
+    make: Make,
+    connection: AbstractRobustConnection,
+    topology: Topology,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Deleting the queue would drop the pulled copy if this replica died before settling it
+    (the broker requeues an unsettled message into its queue, which must still be there)."""
+    monkeypatch.setattr(lines_module, "EMPTY_S", 0.5)
+    replica = make()
+    await park(replica, connection, 1)
+    replica.lines.poke()
+    await replica.wait_for(1)
+    await asyncio.sleep(2.5)  # empty for five times EMPTY_S, its one command unsettled
+    channel = await connection.channel()
+    await channel.declare_queue(line_queue(topology, KEY), passive=True)  # still there
+    await channel.close()

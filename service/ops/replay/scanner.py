@@ -34,7 +34,6 @@ Invariants:
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -51,6 +50,7 @@ from aio_pika.abc import (
 )
 from aio_pika.exceptions import AMQPError
 
+from service.broker.fetch import get_one
 from service.broker.topology import COMMANDS_EXCHANGE, DLQ
 from service.messages.intake import Rejection, read_command
 from service.messages.publisher import copy_message
@@ -167,17 +167,8 @@ async def _walk(
 async def _next(
     queue: AbstractQueue, held: list[AbstractIncomingMessage]
 ) -> AbstractIncomingMessage | None:
-    """``basic.get`` one message, honouring cancellation. aiormq awaits through
-    ``asyncio.wait_for``, which on Python 3.11 can return a result and drop a pending
-    cancellation; a cancel that arrived during this or an earlier await of the scan (a
-    publish, an ack) is raised here, with the message held so that it is requeued."""
-    message = await queue.get(no_ack=False, fail=False)
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        if message is not None:
-            held.append(message)
-        raise asyncio.CancelledError
-    return message
+    """``basic.get`` one message; on cancellation it is held, so that it is requeued."""
+    return await get_one(queue, hold=held.append)
 
 
 async def _consider(
