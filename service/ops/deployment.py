@@ -191,6 +191,7 @@ def _iso(moment: datetime | None) -> str | None:
 @dataclass(slots=True)
 class _Bucket:
     report_at: datetime | None = None
+    limit: float | None = None  # in force on the replica that reported last
     rate: float | None = None
     throttled: int = 0
     waiting: int = 0
@@ -303,6 +304,7 @@ class StoreDeployment:
             bucket.throttled += report["throttled_5m"]
             if bucket.report_at is None or report["used_at"] > bucket.report_at:
                 bucket.report_at, bucket.rate = report["used_at"], report["rate"]
+                bucket.limit = report["limit_rate"]
         for row in await self._steering.waiting():
             if row["state"] in WAITING_STATES and row["api"] and row["kind"] and row["key"]:
                 key = (row["api"], row["kind"], row["key"])
@@ -323,11 +325,11 @@ class StoreDeployment:
         paused: set[tuple[str, str]],
     ) -> QuotaRow:
         api, kind, name = key
-        limit = (
-            self._limits.customer(api, name)
-            if kind == "customer"
-            else self._limits.egress(api, name)
-        )
+        # a live limit (quota set) wins; else what the replicas run with (their configured
+        # table, which this process's may not be); else this process's table
+        limit = self._limits.live_for(api, "customer" if kind == "customer" else "egress", name)
+        if limit is None:
+            limit = bucket.limit if bucket.report_at is not None else self._limits.configured(api)
         rate = bucket.rate if bucket.rate is not None else limit
         if rate is not None and limit is not None:
             rate = min(rate, limit)

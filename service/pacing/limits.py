@@ -66,16 +66,17 @@ class Limits:
     def live(self) -> Mapping[tuple[str, str, str], float]:
         return self._live
 
-    def _in_force(self, api: str, kind: str, key: str) -> float | None:
+    def live_for(self, api: str, kind: str, key: str) -> float | None:
+        """The live limit of a bucket, if one applies: its own, else its operation's."""
         live = self._live
-        if live:
-            own = live.get((api, kind, key))
-            if own is not None:
-                return own
-            every = live.get((api, "all", ""))
-            if every is not None:
-                return every
-        return self.configured(api)
+        if not live:
+            return None
+        own = live.get((api, kind, key))
+        return own if own is not None else live.get((api, "all", ""))
+
+    def _in_force(self, api: str, kind: str, key: str) -> float | None:
+        live = self.live_for(api, kind, key)
+        return live if live is not None else self.configured(api)
 
     def customer(self, api: str, key: str) -> float | None:
         return self._in_force(api, "customer", key)

@@ -296,3 +296,29 @@ def test_why_says_where_a_command_is(cli: Cli, store_url: str) -> None:
     _, out, _ = cli("why", "second")
     assert out.startswith("second: waiting")
     assert "position=2" in out
+
+
+def test_quota_show_gives_the_limit_the_replicas_run_with(cli: Cli, store_url: str) -> None:
+    """The replicas' configured limit (their RELAY_RATE_LIMITS: 2/s here) is the one in force,
+    not the table of the process that asks (10/s published); a live limit wins over both."""
+
+    async def publish() -> None:
+        now = datetime.now(UTC)
+        async with open_store(store_url) as store:
+            await store.steering.publish(
+                Publication(
+                    owner="r-1",
+                    egress="default",
+                    started_at=now,
+                    renew_until=now + timedelta(seconds=30),
+                    waiting=[],
+                    reports=[BucketReport(API, "customer", "c-1", 2.0, 2.0, 0, now)],
+                )
+            )
+
+    asyncio.run(publish())
+    [row] = lines(cli("quota", "show", "--json")[1])
+    assert (row["limit"], row["rate"]) == (2.0, 2.0)
+    assert cli("quota", "set", API, "1", "--customer", "c-1")[0] == 0
+    [row] = lines(cli("quota", "show", "--json")[1])
+    assert (row["limit"], row["rate"]) == (1.0, 1.0)
