@@ -11,6 +11,7 @@ viewer's action is refused. The test leaves a screenshot of the overview (for th
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 from datetime import UTC, datetime, timedelta
@@ -24,7 +25,7 @@ from selenium.webdriver.support.ui import Select
 
 from service.ops.console import RunningConsole, start_console
 from service.settings import Settings
-from tests.console.conftest import OPERATOR_TOKEN, VIEWER_TOKEN, publish_backlog, users
+from tests.console.conftest import OPERATOR_TOKEN, VIEWER_TOKEN, users
 from tests.e2e.browser import Browser, open_browser
 from tests.e2e.conftest import Relay, RelayFactory, Sandbox, eventually, new_id, partner_env
 from tests.sandbox import demo_ids as ids
@@ -89,6 +90,27 @@ async def traffic(relay: Relay) -> dict[str, str]:
     }
 
 
+BACKLOG_API = "auto_renewal_resources"
+BACKLOG = 15
+
+
+def enable_auto_renew(customer: str) -> dict[str, Any]:
+    return {
+        "command_id": new_id("auto"),
+        "type": "set_auto_renew",
+        "payload": {"customer_id": customer, "resource_id": "acme-ecs-01", "enabled": True},
+    }
+
+
+async def backlog_waiting(browser: Browser) -> int:
+    """The overview's `waiting` for the backlog's bucket, -1 when its row is gone."""
+    for row in await browser.texts("#quota-rows tr"):
+        words = row.split()
+        if words[:3] == [BACKLOG_API, "customer", ids.ACME]:
+            return int(words[5])
+    return -1
+
+
 async def sign_in(browser: Browser, token: str) -> None:
     await browser.open("/")
     assert browser.path.startswith("/login"), browser.path  # no page before signing in
@@ -132,14 +154,15 @@ async def keep_screenshot(browser: Browser, tmp_path: Path) -> Path:
 async def test_an_operator_and_a_viewer_in_a_real_browser(
     start_relay: RelayFactory, bss: Sandbox, amqp_url: str, e2e_store: str, tmp_path: Path
 ) -> None:
-    relay = await start_relay()
+    relay = await start_relay(relay_rate_limits=json.dumps({BACKLOG_API: 1}))
     named = await traffic(relay)
     state = await bss.state()
     settings = Settings(amqp_url=amqp_url, store_url=e2e_store, **partner_env(state))
     async with start_console(settings, users(), port=0) as console:
-        # What replicas publish about their buckets once a second (the pacing engine's part),
-        # here as one replica would: a backlog for one customer.
-        await publish_backlog(console.console.store, customer=ids.ACME, waiting=4)
+        # A real backlog: one customer's commands at 1/s, which the replica publishes about
+        # once a second, as every replica does.
+        for _ in range(BACKLOG):
+            await relay.publish(enable_auto_renew(ids.ACME))
         seen: list[str] = []
         async with open_browser(console.url, tmp_path / "alice") as alice:
             await operator_session(alice, console, relay, named, tmp_path, seen)
@@ -162,16 +185,20 @@ async def operator_session(
     await sign_in(alice, OPERATOR_TOKEN)
     assert await alice.text("#who") == "alice (operator)"
 
-    # The overview: the backlog, refreshed live without a reload.
+    # The overview: the backlog, refreshed live without a reload as it drains.
     await alice.wait(lambda d: d.find_element(By.ID, "quota-updated").get_attribute("data-live"))
-    row = [r for r in await alice.texts("#quota-rows tr") if ids.ACME in r]
-    assert row
-    assert "renewal_resources customer" in row[0]
-    assert " 4 " in f" {row[0]} "
+    await alice.wait_for_text("#quota-rows tr.waiting", f"{BACKLOG_API} customer {ids.ACME}")
+    first = await backlog_waiting(alice)
+    assert 0 < first <= BACKLOG
     assert await alice.text("#dead-letter-count") == "5 in bss.commands.dlq"
     await alice.script("window.stillHere = true;")
-    await publish_backlog(console.console.store, customer=ids.ACME, waiting=6)
-    await alice.wait_for_text("#quota-rows tr.waiting", " 6 ")
+
+    for _ in range(40):  # 1/s: a few seconds for the count to fall
+        if 0 <= await backlog_waiting(alice) < first:
+            break
+        await asyncio.sleep(0.25)
+    else:
+        raise AssertionError(f"the overview still shows {first} waiting")
     assert await alice.script("return window.stillHere === true;")  # no full reload
 
     # Steering through the page's forms: a customer's limit, a pause.
