@@ -292,17 +292,7 @@ async def open_pacing(
     live limits and pauses every replica polls, and what this replica publishes."""
     limits = Limits(configured_limits(PUBLISHED_LIMITS, settings.rate_limits))
     pauses, served, pulled = PauseState(), asyncio.Event(), asyncio.Queue[Pulled]()
-    guard_min = max(settings.guard_s, backend.guard_min_s)
-    config = PacingConfig(
-        settings.egress,
-        owner,
-        guard_min,
-        max(guard_min, settings.guard_max_s),
-        ahead_s=backend.ahead_s,
-    )
-    dispatcher = Dispatcher(
-        backend.buckets, limits, config=config, is_paused=pauses, on_served=served.set
-    )
+    dispatcher = _dispatcher(settings, backend, limits, owner, pauses=pauses, served=served)
     whereabouts, steering = Whereabouts(), backend.store.steering
     hooks = LineHooks(_room(dispatcher, settings.hold_s), _deliver(pulled), pauses, served)
     lines = Lines(
@@ -310,13 +300,9 @@ async def open_pacing(
     )
     poller = SteeringPoller(steering, limits, pauses, on_change=dispatcher.steering_changed)
     await poller.refresh()  # the limits and pauses in force before anything is consumed
+    identity = (owner, settings.egress)
     presence = Presence(
-        steering,
-        dispatcher,
-        limits,
-        whereabouts=whereabouts,
-        identity=(owner, settings.egress),
-        line_deltas=lines.deltas,
+        steering, dispatcher, limits, whereabouts, identity=identity, line_deltas=lines.deltas
     )
     metrics.watch_rates(dispatcher.rates)
     metrics.watch_waiting(lambda: _waiting_by_bucket(dispatcher, whereabouts))
@@ -327,6 +313,24 @@ async def open_pacing(
         await presence.retire()
         await dispatcher.aclose()
         await lines.aclose()
+
+
+def _dispatcher(
+    settings: PacingSettings,
+    backend: Backend,
+    limits: Limits,
+    owner: str,
+    *,
+    pauses: PauseState,
+    served: asyncio.Event,
+) -> Dispatcher:
+    """This replica's dispatcher: its egress and guard bounds, on the backend's buckets."""
+    guard_min = max(settings.guard_s, backend.guard_min_s)
+    guard_max = max(guard_min, settings.guard_max_s)
+    config = PacingConfig(settings.egress, owner, guard_min, guard_max, ahead_s=backend.ahead_s)
+    return Dispatcher(
+        backend.buckets, limits, config=config, is_paused=pauses, on_served=served.set
+    )
 
 
 def _room(dispatcher: Dispatcher, hold_s: float) -> Callable[[LineKey], int]:
@@ -444,19 +448,13 @@ async def open_consumer(
     """The consumer, its task group (every message's task and every loop), the lease
     heartbeat and the stall detector; consuming once they run."""
     connection, topology, metrics = parts.broker.connection, parts.broker.topology, parts.metrics
-    options = ConsumerOptions(
-        topology.work_queue,
-        settings.prefetch,
-        tuple(topology.delay_queue(ms) for ms in DELAY_LEVELS_MS),
-        settings.stall_s,
-    )
     async with asyncio.TaskGroup() as tasks:
         consumer = Consumer(
             connection=connection,
             pipeline=pipeline,
             tasks=tasks,
             metrics=metrics,
-            options=options,
+            options=_consumer_options(settings, topology),
             pulled=parts.pacing.pulled,
         )
         background = _Background(tasks)
@@ -468,6 +466,11 @@ async def open_consumer(
         metrics.inflight.set_function(lambda: consumer.tasks_running)
         metrics.set_parked(lambda: consumer.waiting_in_delay_queues)
         yield Consuming(consumer, background)
+
+
+def _consumer_options(settings: MessageSettings, topology: Topology) -> ConsumerOptions:
+    delay_queues = tuple(topology.delay_queue(ms) for ms in DELAY_LEVELS_MS)
+    return ConsumerOptions(topology.work_queue, settings.prefetch, delay_queues, settings.stall_s)
 
 
 def _upkeep(background: _Background, parts: Parts, settings: StoreSettings) -> None:

@@ -62,8 +62,8 @@ class Presence:
         steering: SteeringStore,
         dispatcher: Dispatcher,
         limits: Limits,
-        *,
         whereabouts: Whereabouts,
+        *,
         identity: tuple[str, str],  # (owner, egress)
         line_deltas: Callable[[], Iterable[LineDelta]] = tuple,
     ) -> None:

@@ -182,3 +182,16 @@ def test_no_class_on_the_message_path_takes_more_than_six_parameters(name: str, 
     if name.rsplit(":", 1)[1] in PARAMETERS_EXEMPT:
         return
     assert count <= MAX_PARAMETERS, f"{name} takes {count}: group what belongs together"
+
+
+def _runtime_steps() -> Iterator[tuple[str, int]]:
+    tree = ast.parse((ROOT / "service" / "runtime.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            assert node.end_lineno is not None
+            yield node.name, node.end_lineno - node.lineno + 1
+
+
+@pytest.mark.parametrize(("name", "length"), list(_runtime_steps()))
+def test_each_step_of_the_composition_root_is_under_30_lines(name: str, length: int) -> None:
+    assert length < 30, f"service/runtime.py:{name} is {length} lines: split it into named steps"
