@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -146,7 +146,7 @@ _RENEW_WAITING = """
 _REPORT = """
     INSERT INTO relay_bucket_reports (owner, api, kind, key, limit_rate, rate, throttled_5m,
                                       used_at)
-    VALUES (:owner, :api, :kind, :key, :limit_rate, :rate, :throttled_5m, :used_at)
+    VALUES (:owner, :api, :kind, :key, :limit, :rate, :throttled_5m, :used_at)
     ON CONFLICT (owner, api, kind, key) DO UPDATE
         SET limit_rate = excluded.limit_rate, rate = excluded.rate,
             throttled_5m = excluded.throttled_5m, used_at = excluded.used_at
@@ -307,13 +307,13 @@ class SteeringStore:
                 Statement(_GONE, many=[{**owner, "command_id": cid} for cid in p.gone])
             )
         if p.waiting:
-            rows = [{**owner, **_waiting_params(entry)} for entry in p.waiting]
+            rows = [{**owner, **asdict(entry)} for entry in p.waiting]
             statements.append(Statement(_WAITING, many=rows))
         if p.reports:
-            rows = [{**owner, **_report_params(report)} for report in p.reports]
+            rows = [{**owner, **asdict(report)} for report in p.reports]
             statements.append(Statement(_REPORT, many=rows))
         if p.lines:
-            rows = [_line_params(line) for line in p.lines]
+            rows = [asdict(line) for line in p.lines]
             statements.append(Statement(_LINE, many=rows))
         await self._runner.run(statements)
 
@@ -430,41 +430,3 @@ class SteeringStore:
 def _on(api: str, kind: LimitKind, key: str) -> dict[str, Any]:
     """What a limit change was on, for its audit entry: the operation and its key, if any."""
     return {"api": api} if kind == "all" else {"api": api, kind: key}
-
-
-def _waiting_params(entry: WaitingEntry) -> dict[str, Any]:
-    return {
-        "command_id": entry.command_id,
-        "state": entry.state,
-        "api": entry.api,
-        "kind": entry.kind,
-        "key": entry.key,
-        "priority": entry.priority,
-        "since": entry.since,
-        "expected_at": entry.expected_at,
-        "until": entry.until,
-    }
-
-
-def _report_params(report: BucketReport) -> dict[str, Any]:
-    return {
-        "api": report.api,
-        "kind": report.kind,
-        "key": report.key,
-        "limit_rate": report.limit,
-        "rate": report.rate,
-        "throttled_5m": report.throttled_5m,
-        "used_at": report.used_at,
-    }
-
-
-def _line_params(line: LineDelta) -> dict[str, Any]:
-    return {
-        "api": line.api,
-        "customer": line.customer,
-        "priority": line.priority,
-        "queue": line.queue,
-        "parked": line.parked,
-        "pulled": line.pulled,
-        "next_deadline": line.next_deadline,
-    }
