@@ -24,7 +24,6 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractQueue
 from pydantic import SecretStr
 
-from service.broker.headers import H
 from service.broker.topology import COMMANDS_EXCHANGE, DLQ, Topology, declare
 from service.ops.console import RunningConsole, Users, start_console
 from service.ops.console.sessions import COOKIE
@@ -33,6 +32,7 @@ from service.settings import Settings
 from service.store.steering import BucketReport, Publication, WaitingEntry
 from service.store.types import CommandStore
 from tests.conftest import fresh_vhost
+from tests.replay.conftest import put_dead_letter
 
 OPERATOR_TOKEN = "op-token-7d0c5b2e9a41f3c6-alice"
 VIEWER_TOKEN = "view-token-1b8e4f02c7d9a653-bob"
@@ -75,25 +75,16 @@ class Broker:
         failed_at: datetime | None = None,
     ) -> None:
         """A dead letter with the headers ``Publisher.dead_letter`` writes."""
-        if isinstance(body, dict):
-            message_id = message_id or body.get("command_id")
-            body = json.dumps(body).encode()
-        at = (failed_at or datetime.now(UTC)).isoformat()
-        headers: dict[str, Any] = {
-            H.REASON: reason,
-            H.REASON_MESSAGE: reason_message or f"{reason} for the test",
-            H.ATTEMPTS: 3,
-            H.FIRST_FAILURE: at,
-            H.LAST_FAILURE: at,
-        }
-        message = aio_pika.Message(
+        await put_dead_letter(
+            self.channel,
             body,
-            headers=headers,
-            content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             message_id=message_id,
+            reason=reason,
+            reason_message=reason_message,
+            attempts=3,
+            failed_at=failed_at or datetime.now(UTC),
+            routing_key=None,
         )
-        await self.channel.default_exchange.publish(message, routing_key=DLQ)
 
     async def dlq_count(self) -> int:
         queue = await self.channel.declare_queue(DLQ, passive=True)

@@ -79,6 +79,43 @@ class Seen:
         )
 
 
+async def put_dead_letter(
+    channel: AbstractChannel,
+    body: dict[str, Any] | bytes,
+    *,
+    message_id: str | None = None,
+    reason: str = "RELAY.RETRIES_EXHAUSTED",
+    reason_message: str | None = None,
+    attempts: int = 8,
+    failed_at: datetime = FAILED_AT,
+    routing_key: str | None = "command.renew",
+    **properties: Any,
+) -> None:
+    """A dead letter in the DLQ with the headers ``Publisher.dead_letter`` writes."""
+    if isinstance(body, dict):
+        message_id = message_id or body.get("command_id")
+        body = json.dumps(body).encode()
+    headers: dict[str, Any] = {
+        H.REASON: reason,
+        H.REASON_MESSAGE: reason_message or f"{reason} for the test",
+        H.ATTEMPTS: attempts,
+        H.FIRST_FAILURE: failed_at.isoformat(),
+        H.LAST_FAILURE: failed_at.isoformat(),
+        **properties.pop("headers", {}),
+    }
+    if routing_key is not None:
+        headers[H.ORIGINAL_ROUTING_KEY] = routing_key
+    message = aio_pika.Message(
+        body,
+        headers=headers,
+        content_type="application/json",
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=message_id,
+        **properties,
+    )
+    await channel.default_exchange.publish(message, routing_key=DLQ)
+
+
 @dataclass
 class Broker:
     connection: AbstractConnection
@@ -98,28 +135,16 @@ class Broker:
         **properties: Any,
     ) -> None:
         """Put a dead letter in the DLQ with the headers ``Publisher.dead_letter`` writes."""
-        if isinstance(body, dict):
-            message_id = message_id or body["command_id"]
-            body = json.dumps(body).encode()
-        headers: dict[str, Any] = {
-            H.REASON: reason,
-            H.REASON_MESSAGE: f"{reason} for the test",
-            H.ATTEMPTS: attempts,
-            H.FIRST_FAILURE: failed_at.isoformat(),
-            H.LAST_FAILURE: failed_at.isoformat(),
-            **properties.pop("headers", {}),
-        }
-        if routing_key is not None:
-            headers[H.ORIGINAL_ROUTING_KEY] = routing_key
-        message = aio_pika.Message(
+        await put_dead_letter(
+            self.channel,
             body,
-            headers=headers,
-            content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             message_id=message_id,
+            reason=reason,
+            attempts=attempts,
+            failed_at=failed_at,
+            routing_key=routing_key,
             **properties,
         )
-        await self.channel.default_exchange.publish(message, routing_key=DLQ)
 
     async def dlq_count(self) -> int:
         queue = await self.channel.declare_queue(DLQ, passive=True)
