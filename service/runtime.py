@@ -53,7 +53,7 @@ from service.broker.connection import connect_broker
 from service.broker.topology import DELAY_LEVELS_MS, Topology, declare
 from service.guardrails.gate import PolicyGate
 from service.guardrails.policy import PolicyError, PolicyHolder
-from service.messages.admission import Admission, Waiting
+from service.messages.admission import Admission, WaitingRoom
 from service.messages.claiming import Claiming
 from service.messages.consumer import Consumer, ConsumerOptions, Pulled
 from service.messages.delivery import ScopedApi
@@ -114,7 +114,7 @@ class Pacing:
     lines: Lines
     steering: SteeringPoller
     presence: Presence
-    waiting: Waiting
+    waiting: WaitingRoom
     pulled: asyncio.Queue[Pulled]  # pulled from the lines, for the consumer
     whereabouts: Whereabouts
 
@@ -300,13 +300,13 @@ async def open_pacing(
     )
     poller = SteeringPoller(steering, limits, pauses, on_change=dispatcher.steering_changed)
     await poller.refresh()  # the limits and pauses in force before anything is consumed
+    waiting = WaitingRoom(dispatcher, lines, pauses, settings.hold_s)
     identity = (owner, settings.egress)
     presence = Presence(
-        steering, dispatcher, limits, whereabouts, identity=identity, line_deltas=lines.deltas
+        steering, dispatcher, limits, whereabouts, identity=identity, parked=waiting
     )
     metrics.watch_rates(dispatcher.rates)
     metrics.watch_waiting(lambda: _waiting_by_bucket(dispatcher, whereabouts))
-    waiting = Waiting(dispatcher, lines, pauses, settings.hold_s)
     try:
         yield Pacing(limits, dispatcher, lines, poller, presence, waiting, pulled, whereabouts)
     finally:

@@ -41,13 +41,13 @@ from service.messages.settlement import Park
 from service.messages.whereabouts import Noted
 from service.pacing.dispatcher import Dispatcher
 
-__all__ = ["Admission", "Waiting", "waiting_since"]
+__all__ = ["Admission", "WaitingRoom", "waiting_since"]
 
 log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
-class Waiting:
+class WaitingRoom:
     """Where commands wait: the dispatcher (in memory) and the parking lines (the broker)."""
 
     dispatcher: Dispatcher
@@ -55,11 +55,19 @@ class Waiting:
     paused: Callable[[str, str], bool]
     hold_s: float
 
+    def expected_wait(self, line: LineKey, ahead_in_line: int) -> float:
+        """Seconds until a command of ``line`` with ``ahead_in_line`` parked commands before it
+        starts: the commands held for its customer go first, then those ahead in its line,
+        at its bucket's pace now."""
+        api, customer, priority = line
+        interval = self.dispatcher.interval(api, customer, priority)
+        return self.dispatcher.expected_wait(api, customer, priority) + interval * ahead_in_line
+
 
 class Admission:
     def __init__(
         self,
-        waiting: Waiting,
+        waiting: WaitingRoom,
         *,
         clock: Callable[[], datetime],
         deferred_after_s: float,
@@ -103,11 +111,7 @@ class Admission:
         api, customer, priority = line
         now = time.time()
         since = waiting_since(delivery.headers) or now
-        interval = w.dispatcher.interval(api, customer, priority)
-        # the commands held for its customer, then those parked in its line before it
-        wait = w.dispatcher.expected_wait(api, customer, priority) + interval * w.lines.waiting(
-            line
-        )
+        wait = w.expected_wait(line, w.lines.waiting(line))
         expected = None if paused else now + wait
         # its place in the line, taken now: commands read at once count each other
         place = w.lines.parked(line, command.deadline)

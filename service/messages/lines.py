@@ -141,6 +141,13 @@ class Lines:
         line = self._lines.get(key)
         return 0 if line is None else line.waiting
 
+    def ahead_of(self, key: LineKey, place: int) -> int:
+        """Commands still in the line ahead of the one parked at ``place`` (its count when it
+        was parked), as far as known here."""
+        line = self._lines.get(key)
+        pulled = 0 if line is None else line.pulled
+        return max(0, place - 1 - pulled)
+
     async def queue(self, key: LineKey, *, again: bool = False) -> str:
         """The line's queue, declared (once, or ``again`` after the broker said it is gone)."""
         line = self._line(key)

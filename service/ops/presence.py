@@ -13,19 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import structlog
 
+from service.messages.admission import WaitingRoom
 from service.messages.whereabouts import Noted, Whereabouts
 from service.pacing.dispatcher import Dispatcher, Waiting
 from service.pacing.limits import Limits
 from service.store.errors import STORE_ERRORS
 from service.store.steering import (
     BucketReport,
-    LineDelta,
     Publication,
     SteeringStore,
     WaitingEntry,
@@ -65,14 +64,14 @@ class Presence:
         whereabouts: Whereabouts,
         *,
         identity: tuple[str, str],  # (owner, egress)
-        line_deltas: Callable[[], Iterable[LineDelta]] = tuple,
+        parked: WaitingRoom | None = None,  # the parking lines and what their commands wait for
     ) -> None:
         self._steering = steering
         self._dispatcher = dispatcher
         self._limits = limits
         self._whereabouts = whereabouts
         self._owner, self._egress = identity
-        self._line_deltas = line_deltas
+        self._parked = parked
         self._started_at = datetime.now(UTC)
         self._shown: dict[str, _Shown] = {}
         self._published = 0
@@ -92,7 +91,7 @@ class Presence:
         current = self._entries(now)
         changed = [entry for entry in current.values() if self._changed(entry)]
         gone = [cid for cid in self._shown if cid not in current]
-        lines = list(self._line_deltas())
+        lines = [] if self._parked is None else self._parked.lines.deltas()
         await self._steering.publish(
             Publication(
                 owner=self._owner,
@@ -130,11 +129,25 @@ class Presence:
     def _entries(self, now: float) -> dict[str, WaitingEntry]:
         found: dict[str, WaitingEntry] = {}
         for noted in self._whereabouts.entries():
-            found[noted.command_id] = _noted(noted, now)
+            found[noted.command_id] = _noted(self._now_for(noted, now), now)
         for waiting in self._dispatcher.waiting():
             if waiting.command_id is not None:  # held here: what the dispatcher says wins
                 found[waiting.command_id] = _held(waiting, now)
         return found
+
+    def _now_for(self, noted: Noted, now: float) -> Noted:
+        """A parked command as things stand now: paused while its customer is, else expected
+        when its bucket's pace now brings it (a limit changed, a pause lifted since)."""
+        parked = self._parked
+        if parked is None or noted.line is None or noted.state == "delayed":
+            return noted
+        api, customer, _ = noted.line
+        if parked.paused(api, customer):
+            return replace(noted, state="paused", expected_at=None)
+        ahead = parked.lines.ahead_of(noted.line, noted.seq)
+        return replace(
+            noted, state="waiting", expected_at=now + parked.expected_wait(noted.line, ahead)
+        )
 
     def _changed(self, entry: WaitingEntry) -> bool:
         shown = self._shown.get(entry.command_id)

@@ -6,19 +6,25 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
+import aio_pika
 import pytest
 
+from service.broker.topology import Topology
+from service.messages.admission import WaitingRoom
+from service.messages.lines import LineHooks, Lines
 from service.messages.whereabouts import Noted, Whereabouts
 from service.ops.presence import Presence
 from service.pacing.buckets import Priority
 from service.pacing.dispatcher import Dispatcher, PacingConfig
-from service.pacing.limits import Limits
+from service.pacing.limits import Limits, LiveLimit
 from service.pacing.local import LocalBuckets
 from service.store import open_store
 from service.store.runner import Statement
 from service.store.types import CommandStore
+from tests.conftest import unique_name
 
 API = "renewal_resources"
 
@@ -85,3 +91,51 @@ async def test_the_waiting_set_goes_as_changes(store: CommandStore) -> None:
     await dispatcher.aclose()
     await presence.retire()
     assert await store.steering.replicas() == []
+
+
+async def test_a_parked_command_is_shown_as_things_stand_now(
+    store: CommandStore, amqp_url: str
+) -> None:
+    """Parked at 1/s behind 9 others, then paused, then resumed at a live 0.5/s: ``why``
+    says paused while it is, and expects it when the bucket's pace now brings it (not when
+    it was parked)."""
+    limits = Limits({API: 1.0})
+    paused: set[str] = set()
+    dispatcher = Dispatcher(LocalBuckets(), limits, config=PacingConfig(egress="e", owner="r-1"))
+    whereabouts = Whereabouts()
+    connection = await aio_pika.connect_robust(amqp_url)
+    is_paused = lambda _api, customer: customer in paused  # noqa: E731
+    hooks = LineHooks(room=lambda _key: 0, deliver=lambda *_: None, paused=is_paused)
+    lines = Lines(
+        connection, Topology(unique_name("t")), store.steering, hooks=hooks, whereabouts=whereabouts
+    )
+    room = WaitingRoom(dispatcher, lines, is_paused, 2.0)
+    presence = Presence(
+        store.steering, dispatcher, limits, whereabouts, identity=("r-1", "e"), parked=room
+    )
+    key = (API, "c-1", Priority.NORMAL)
+    for _ in range(10):
+        place = lines.parked(key, None)
+        lines.landed(key)
+    now = time.time()
+    whereabouts.note(Noted("last", "waiting", API, "customer", "c-1", 2, now, now + 10, key, place))
+
+    async def shown() -> dict[str, object]:
+        await presence.publish()
+        [row] = [r for r in await store.steering.waiting() if r["command_id"] == "last"]
+        return dict(row)
+
+    row = await shown()
+    assert row["state"] == "waiting"
+    assert 8 <= (row["expected_at"] - datetime.now(UTC)).total_seconds() <= 10  # type: ignore[operator]
+    paused.add("c-1")
+    row = await shown()
+    assert (row["state"], row["expected_at"]) == ("paused", None)
+    paused.clear()
+    limits.replace_live([LiveLimit(API, "customer", "c-1", 0.5)])
+    row = await shown()
+    assert row["state"] == "waiting"
+    assert 17 <= (row["expected_at"] - datetime.now(UTC)).total_seconds() <= 20  # type: ignore[operator]
+    await dispatcher.aclose()
+    await lines.aclose()
+    await connection.close()

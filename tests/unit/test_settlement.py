@@ -25,7 +25,7 @@ from service.broker.headers import H
 from service.broker.topology import Topology
 from service.guardrails.gate import PolicyGate
 from service.guardrails.policy import PolicyHolder
-from service.messages.admission import Admission, Waiting
+from service.messages.admission import Admission, WaitingRoom
 from service.messages.claiming import Claiming
 from service.messages.failures import Failures, RetryPolicy
 from service.messages.leases import Leases
@@ -229,7 +229,7 @@ class Rig:
         )
         self.lines, self.whereabouts = lines, whereabouts
         admission = Admission(
-            Waiting(dispatcher, lines, self.paused, hold_s),
+            WaitingRoom(dispatcher, lines, self.paused, hold_s),
             clock=now,
             deferred_after_s=deferred_after_s,
         )
