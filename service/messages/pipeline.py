@@ -19,7 +19,7 @@ a handler's API calls branch off and come back, and count as one)::
      3. Pipeline.process         the command's trace span; decide, then settle
      4. Pipeline.decide          the four deciding steps, in order
      5. Reader.read              read: the command and its partner, or ``Reject``
-     6. Admission.admit          admit or park: ``None``, or ``Delay`` ("park") with a ticket
+     6. Admission.admit          admit or park: ``None``, or ``Park`` into its line
      7. Claiming.claim           claim: the claimed record, ``Reannounce`` or ``Delay`` ("busy")
      8. Leases.claim             the store's claim; a dead owner's taken over
      9. Runner.run               run: lock, policy gate, preflight, then the handler
@@ -117,7 +117,7 @@ class Pipeline:
                 if isinstance(claimed, Reannounce | Delay):
                     return claimed
                 return await steps.run.run(delivery, command, claimed)
-        except RelayError as exc:  # the store, away, was needed for a shared ticket or the claim
+        except RelayError as exc:  # the store, away, was needed for the claim (or a paced call)
             return self._failures.after_error(delivery, exc, attempts=0, uncertain=False)
         except Exception as exc:  # a bug, not input: the per-message boundary
             log.exception("processing_crashed")
