@@ -11,7 +11,9 @@ The sandbox runs in a process of its own at a raised priority, as the bench runs
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import math
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -138,3 +140,88 @@ async def test_one_busy_customer_uses_the_whole_quota_on_postgres(
     assert statuses[429] == 0
     assert busiest(rows, "parent_uid") <= LIMIT
     assert busiest(rows, "source") <= LIMIT
+
+
+# -- issue 18 item 5: the API changes its mind ----------------------------------------------
+
+LOWERED = 5  # requests/s the sandbox lowers the API to, without telling the service
+CUT_AT_S = 3.0  # after the first request
+RAISE_AT_S = 23.0  # the hold after a failed probe (30 s) sets the run's length, not this
+STOP_WITHIN_S = 10.0  # the 429s stop this soon after the cut
+RECOVER_WITHIN_S = 30.0  # back at 0.9 of the limit this soon after the raise
+RECOVERED_OVER_S = 2.0  # ... measured over this long
+
+
+def per_second(instants: list[float], origin: float) -> list[int]:
+    counts = Counter(int(t - origin) for t in instants if t >= origin)
+    return [counts[s] for s in range(max(counts, default=-1) + 1)]
+
+
+def recovered_at(instants: list[float], since: float) -> float | None:
+    """The first accepted request from which ``RECOVERED_OVER_S`` seconds hold at least 0.9 of
+    the limit's worth."""
+    wanted = 0.9 * LIMIT * RECOVERED_OVER_S
+    after = [t for t in instants if t >= since]
+    for i, start in enumerate(after):
+        if len(in_window(after[i:], start, start + RECOVERED_OVER_S)) >= wanted:
+            return start
+    return None
+
+
+@pytest.mark.timeout(90)
+async def test_the_api_lowers_and_raises_its_limit_mid_run(
+    serve: Serve, bss: Sandbox, customers: tuple[BenchCustomer, ...]
+) -> None:
+    """One customer's backlog at the limit; the sandbox lowers the API to 5/s without telling
+    the service, then raises it back. The run lasts about 42 s whatever the raise's instant:
+    the slow-down's failed probe (about 3 s after the cut) holds the level found for
+    ``HOLD_FIRST_S`` (30 s) before it climbs again. Before the pacing rewrite: 429s until 16 s
+    after the cut and 0.46 of the lowered limit."""
+    spawn, channel, events, _ = serve
+    await spawn().start()
+    commands = [enable(customers[2]) for _ in range(600)]
+    await publish_all(channel, commands)
+    await eventually(lambda: bool(events.by_command), within=20)
+    first = accepted(await calls(bss))[0]
+    await asyncio.sleep(first + CUT_AT_S - time.time())
+    cut = time.time()  # instants taken before the change: the sandbox's clock is this one
+    await bss.put("limits", {API: LOWERED})
+    await asyncio.sleep(first + RAISE_AT_S - time.time())
+    raised = time.time()
+    await bss.put("limits", {})
+
+    async def back() -> bool:
+        instants = accepted(await calls(bss))
+        found = recovered_at(instants, raised)
+        return found is not None and instants[-1] >= found + RECOVERED_OVER_S
+
+    with contextlib.suppress(AssertionError):
+        await eventually(back, within=RECOVER_WITHIN_S + RECOVERED_OVER_S + 1, step=0.5)
+    rows = await calls(bss)
+    instants = accepted(rows)
+    refused = [r["at"] for r in rows if r["status"] == 429]
+    back_at = recovered_at(instants, raised)
+    calm_from = cut + STOP_WITHIN_S
+    low = len(in_window(instants, calm_from, raised)) / (raised - calm_from)
+    print(
+        f"\ncut at {cut - first:.1f} s, raised at {raised - first:.1f} s; accepted per second:"
+        f" {per_second(instants, first)}\n429s at (s): {[round(t - first, 1) for t in refused]}"
+        f"\nfrom {STOP_WITHIN_S:g} s after the cut to the raise: {low:.2f}/s ="
+        f" {low / LOWERED:.2f} of the lowered limit; back at 0.9 of the limit"
+        f" {(back_at or math.inf) - raised:.1f} s after the raise"
+    )
+    assert all(cut <= t <= cut + STOP_WITHIN_S for t in refused), (
+        f"429s at {[round(t - cut, 1) for t in refused]} s after the cut"
+    )
+    assert low >= 0.85 * LOWERED, f"{low / LOWERED:.2f} of the lowered limit"
+    assert back_at is not None, "not back at 0.9 of the limit"
+    assert back_at - raised <= RECOVER_WITHIN_S
+    # windows of what was sent (refused requests too) never hold more than the limit in force,
+    # except the requests the API refused right after the cut, when it changed without notice
+    sent = [r["checked_at"] for r in rows]
+    assert busiest_window(in_window(sent, 0, cut)) <= LIMIT
+    assert busiest_window(in_window(instants, cut, raised)) <= LOWERED
+    assert busiest_window(in_window(sent, raised, math.inf)) <= LIMIT
+    outcomes = [e["outcome"] for c in commands for e in events.terminal(c["command_id"])]
+    assert len(outcomes) >= len(instants) - LIMIT  # all but those still being settled
+    assert set(outcomes) == {"succeeded"}
