@@ -26,7 +26,7 @@ import pytest
 from bench.dataset import API, BenchCustomer, generate
 from bench.measures import busiest_window, in_window
 from bench.processes import sandbox_process
-from tests.e2e.conftest import EventLog, Sandbox, Spawn, eventually, new_id
+from tests.e2e.conftest import EventLog, Sandbox, Spawn, eventually, new_id, publish
 from tests.e2e.test_replicas import finished, one_terminal_each, publish_all
 
 pytestmark = [
@@ -224,4 +224,82 @@ async def test_the_api_lowers_and_raises_its_limit_mid_run(
     assert busiest_window(in_window(sent, raised, math.inf)) <= LIMIT
     outcomes = [e["outcome"] for c in commands for e in events.terminal(c["command_id"])]
     assert len(outcomes) >= len(instants) - LIMIT  # all but those still being settled
+    assert set(outcomes) == {"succeeded"}
+
+
+# -- issue 18 item 1: a priority lane through a saturated egress, two replicas ----------------
+
+BACKLOG_CUSTOMERS = 10  # sharing one egress at LIMIT: each about 1/s, 30 commands deep
+BACKLOG = 300  # 30 s of the egress
+HIGH = 10
+HIGH_EVERY_S = 1.2
+SATURATED_AFTER_S = 4.0  # the highs start this long after the backlog's first request
+SLOT_S = (1 + 0.002) / LIMIT  # the egress's slot interval (1 s + the least guard, per request)
+# Publish -> the service: on an idle egress the request left 5-27 ms after the publish here
+PATH_S = 0.05
+
+
+def high(customer: BenchCustomer) -> dict[str, Any]:
+    """A ``high`` command; its request is told apart in the log by its resource (the backlog
+    uses the customer's first)."""
+    return {**enable(customer, 1), "priority": "high"}
+
+
+@pytest.mark.timeout(75)
+async def test_high_commands_overtake_a_normal_backlog_on_two_replicas(
+    serve: Serve, bss: Sandbox, customers: tuple[BenchCustomer, ...]
+) -> None:
+    """Two replicas on one egress (same source address, same egress name) drain a ``normal``
+    backlog of ten customers; a ``high`` command of one of them, each 1.2 s, leaves within
+    two slot intervals of its arrival (plus the path to the service). Without priority it
+    would wait behind its customer's 30 commands at about 1/s."""
+    spawn, channel, events, _ = serve
+    replicas = [spawn(RELAY_SOURCE_ADDRESS="127.0.0.2") for _ in range(2)]
+    await asyncio.gather(*(r.start() for r in replicas))
+    crowd = customers[:BACKLOG_CUSTOMERS]
+    backlog = [enable(crowd[i % len(crowd)]) for i in range(BACKLOG)]
+    await publish_all(channel, backlog)
+    await eventually(lambda: bool(events.by_command), within=20)
+    first = accepted(await calls(bss))[0]
+    await asyncio.sleep(first + SATURATED_AFTER_S - time.time())
+    highs: list[tuple[dict[str, Any], float]] = []
+    for i in range(HIGH):
+        command = high(crowd[i % len(crowd)])
+        highs.append((command, time.time()))  # the sandbox logs on this clock
+        await publish(channel, command)
+        await asyncio.sleep(HIGH_EVERY_S)
+    for command, _ in highs:
+        await events.wait_for(command["command_id"], within=20)
+
+    rows = await calls(bss)
+    latencies = []
+    for command, published in highs:
+        resource = command["payload"]["resource_id"]
+        [row] = [r for r in rows if r["path"].endswith(f"/{resource}")]
+        latencies.append(row["at"] - published)
+    begin, end = highs[0][1], highs[-1][1] + max(latencies)
+    during = in_window(accepted(rows), begin, end)
+    before = in_window(accepted(rows), first + 1, begin)
+    total, previous = len(during) / (end - begin), len(before) / (begin - first - 1)
+    ordered = sorted(latencies)
+    print(
+        f"\nhigh: publish -> request (s): {[round(x, 3) for x in latencies]}; slot interval"
+        f" {SLOT_S:.3f} s\negress: {previous:.2f}/s before the highs, {total:.2f}/s while they"
+        f" came ({HIGH} of them); accepted per second: {per_second(accepted(rows), first)}"
+    )
+    # 9 of 10 within two slot intervals of their arrival at the service; every one within
+    # four (behind its customer's backlog it would have waited some 20 s)
+    assert ordered[-2] <= 2 * SLOT_S + PATH_S, latencies
+    assert ordered[-1] <= 4 * SLOT_S + PATH_S, latencies
+    # the backlog lost only the slots the highs took: the egress stayed full
+    assert total >= 0.95 * LIMIT
+    assert len(during) - HIGH >= 0.95 * LIMIT * (end - begin) - HIGH
+    assert not [r for r in rows if r["status"] == 429]
+    assert busiest(rows, "parent_uid") <= LIMIT
+    assert busiest(rows, "source") <= LIMIT
+    outcomes = [
+        e["outcome"]
+        for c in backlog + [c for c, _ in highs]
+        for e in events.terminal(c["command_id"])
+    ]
     assert set(outcomes) == {"succeeded"}
