@@ -8,7 +8,8 @@ busy is passed over for the next rather than leaving the egress's slot unused. I
 when a slot is due (on shared rows, a round trip ahead: ``PacingConfig.ahead_s``), and once a
 slot is granted it waits for the slot's instant and hands it to the customer's longest waiter. A
 waiter of a higher priority than any the dispatcher has left a want for wakes it at once, so
-its want stands on the buckets (for every replica) before the slot comes.
+its want stands on the buckets (for every replica) before the slot comes -- also while a slot
+granted ahead is being kept, and also when its customer's own bucket is busy.
 
 Also here, because they are questions about who waits: a 429's report to the backend
 (``throttled``, which also decides whom to blame), lateness to give back (``late``: it rides on
@@ -277,12 +278,17 @@ class Dispatcher:
 
     def _candidates(self, lane: _Lane, now: float, near: float) -> list[Candidate]:
         """Each waiting customer once, at its highest waiting priority, priority first, then
-        round-robin; those whose own bucket is busy beyond ``near`` left out."""
+        round-robin; those whose own bucket is busy beyond ``near`` left out, unless a lower
+        priority waits too: their wants must stand on the egress before their own buckets
+        free up, or the lower ones (of this replica or another) book the egress's next slots
+        meanwhile."""
         found: list[Candidate] = []
         offered: set[str] = set()
+        lowest = min((p for _, p in lane.queues), default=Priority.LOW)
         for priority in PRIORITIES:
             for uid in lane.rotation[priority]:
-                if uid in offered or lane.ready.get(uid, 0.0) > now + near + EPSILON_S:
+                busy = lane.ready.get(uid, 0.0) > now + near + EPSILON_S
+                if uid in offered or (busy and priority <= lowest):
                     continue
                 offered.add(uid)
                 limit = self._limits.customer(lane.api, uid) or INF
@@ -331,11 +337,30 @@ class Dispatcher:
                 await self._idle(lane, SPIN_PAUSE_S)  # due, but another's want or lock
             return
         priority = next(c.priority for c in candidates if c.uid == r.granted)
-        wait = r.slot - self._buckets.now()
-        if wait > 0:
-            await self._sleep(wait)  # the slot is ours: keep it, on time
+        await self._keep(lane, r.slot, priority, near)
         self._used(lane.api, r, r.granted)
         self._serve(lane, (r.granted, priority), r.slot)
+
+    async def _keep(self, lane: _Lane, slot: float, priority: int, near: float) -> None:
+        """Wait for the instant of a slot granted ahead (the slot is ours: keep it, on time).
+        A waiter of a higher priority arriving meanwhile leaves its want at once: else another
+        replica asking ahead books the egress's next slot before it, and it waits a third."""
+        while (wait := slot - self._buckets.now()) > 0:
+            await self._idle(lane, wait)
+            now = self._buckets.now()
+            higher = [c for c in self._candidates(lane, now, near) if c.priority > priority]
+            if higher and max(c.priority for c in higher) > lane.wanted:
+                await self._want(lane, higher)
+
+    async def _want(self, lane: _Lane, candidates: list[Candidate]) -> None:
+        """Leave the candidates' wants on the buckets without taking a slot."""
+        reservation = await self._reserve(lane, candidates, -INF)
+        if reservation is None:
+            return  # the store is away: every waiter got the error
+        for looked in reservation.looked:
+            lane.ready[looked.uid] = looked.ready_at
+            lane.rates[looked.uid] = looked.rate
+        lane.wanted = max(c.priority for c in candidates)
 
     def _serve(self, lane: _Lane, key: tuple[str, int], slot: float) -> None:
         queue = lane.queues.get(key)

@@ -117,6 +117,37 @@ async def test_a_high_command_is_served_before_the_normal_backlog() -> None:
     await dispatcher.aclose()
 
 
+async def test_a_high_command_on_one_of_two_replicas_asking_ahead_waits_two_slots_at_most() -> None:
+    """Replicas on shared rows ask for a slot a little ahead (half an interval here) and keep
+    it until its instant. A high command arriving meanwhile must still leave its want at once,
+    or the other replica books the egress's next slot meanwhile (0.29 s seen, 2.9 intervals).
+    What was booked before it came goes first: up to the lookahead and two intervals."""
+    time = VirtualTime()
+    buckets = LocalBuckets(clock=time.now)
+    limits = Limits({API: 10.0})
+    replicas = [
+        Dispatcher(
+            buckets,
+            limits,
+            config=PacingConfig(egress="e-1", owner=f"r-{n}", guard_min=0.0, ahead_s=0.02),
+            sleep=time.sleep,
+        )
+        for n in (1, 2)
+    ]
+    backlog = [asyncio.create_task(replicas[n % 2].turn(API, f"bulk-{n % 6}")) for n in range(120)]
+    waited = []
+    for k in range(10):
+        await time.sleep(1.0 + 0.037 * k)  # arrivals at every phase of the slots
+        arrived = time.now()
+        slot = await replicas[0].turn(API, f"bulk-{k % 6}", priority=Priority.HIGH)
+        assert slot is not None
+        waited.append(slot - arrived)
+    assert max(waited) <= (0.5 + 2) * (1.0 / 10.0) + 1e-9, waited
+    for replica in replicas:
+        await replica.aclose()
+    await asyncio.gather(*backlog, return_exceptions=True)
+
+
 async def test_low_takes_only_slots_no_higher_command_wants() -> None:
     dispatcher, _, limits = make(limit=10.0)
     limits.replace_live([LiveLimit(API, "customer", "slow", 1.0)])  # 1/s for one customer
