@@ -293,13 +293,14 @@ class Lines:
 
     async def _sweep(self, line: _Line) -> None:
         """A paused line with a deadline passed: pull every command once (the message path
-        rejects the late ones and parks the others again)."""
-        log.info("line_swept", queue=line.queue, waiting=line.waiting)
+        rejects the late ones and parks the others again), if no other replica does."""
         line.deadline_seen = None
         try:
-            await self._steering.clear_line_deadline(*_names(line.key))
-        except STORE_ERRORS as exc:
+            if not await self._steering.clear_line_deadline(*_names(line.key)):
+                return  # another replica cleared it: it sweeps
+        except STORE_ERRORS as exc:  # swept here all the same: late is worse than twice
             log.warning("line_deadline_not_cleared", error=repr(exc))
+        log.info("line_swept", queue=line.queue, waiting=line.waiting)
         for _ in range(line.waiting):
             if not await self._pull(line):
                 break
