@@ -17,6 +17,7 @@ import os
 import sys
 import time
 from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aio_pika
@@ -207,3 +208,97 @@ async def test_a_live_limit_is_obeyed_by_both_replicas_within_2_s_and_reset(
         {"actor": "alice", "action": "quota_set", "api": API, "customer": ids.ACME, "rate": 4},
         {"actor": "bob", "action": "quota_reset", "api": API, "customer": ids.ACME, "rate": None},
     ]
+
+
+# -- 2. pause and resume ----------------------------------------------------------------------
+
+PACE = 5  # requests/s of the API per customer and per replica's egress, service and sandbox
+PAUSED_S = 9.0  # from the pause command's return to the resume command's start
+PUBLISHED_S = 1.5  # a replica's waiting set is published about once a second
+
+
+def events_between(
+    events: EventLog, commands: Iterable[Row], since: float, until: float
+) -> list[Row]:
+    """Events for ``commands`` the test received within ``[since, until)`` (monotonic)."""
+    return [
+        e
+        for c in commands
+        for e in events.by_command.get(c["command_id"], [])
+        if since <= events.received_at[e["event_id"]] < until
+    ]
+
+
+@pytest.mark.timeout(90)
+async def test_a_paused_customer_waits_without_failing_and_resumes_within_2_s(
+    serve: Serve, bss: Sandbox, e2e_store: str
+) -> None:
+    """acme and globex share the API on two replicas. ``pause --customer acme``: no acme request
+    reaches the sandbox from 2 s after the command returned, no acme command ends (one whose
+    deadline passes meanwhile ends ``rejected``/``RELAY.DEADLINE_PASSED``, uncalled), globex
+    keeps its rate, ``why`` says ``paused`` and ``quota show`` counts every acme command still
+    unfinished, on either replica. ``resume``: acme's requests restart within 2 s, all succeed."""
+    spawn, channel, events, _ = serve
+    await limit_sandbox(bss, PACE)
+    await two_replicas(spawn, PACE)
+    acme = backlog(ids.ACME, "acme", 50)
+    globex = backlog(ids.GLOBEX, "globex", 110)  # busy until after the resume
+    mixed = [c for pair in zip(acme, globex, strict=False) for c in pair] + globex[len(acme) :]
+    await publish_all(channel, mixed)
+    await eventually(lambda: finished(events, acme) >= 8, within=30)
+
+    _, paused = await relay_cli(e2e_store, "pause", "--customer", ids.ACME, "--as", "alice")
+    paused_m = time.monotonic()
+    await sleep_until(paused + OBEYED_S)
+    late = auto_renew("acme-eip-01", True, customer=ids.ACME)
+    late["deadline"] = (datetime.now(UTC) + timedelta(seconds=1.5)).isoformat()
+    await publish(channel, late)
+    # while still paused: not when the resume lets the late command's line go
+    [rejected] = await events.wait_for(late["command_id"], within=paused + PAUSED_S - time.time())
+    rejected_after = events.received_at[rejected["event_id"]] - paused_m
+    await asyncio.sleep(PUBLISHED_S)  # the line swept for it is in the replicas' rows again
+    unfinished = [c for c in acme if not events.terminal(c["command_id"])]
+    (shown, _), (why, _) = await asyncio.gather(
+        relay_cli(e2e_store, "quota", "show", "--json"),
+        relay_cli(e2e_store, "why", unfinished[-1]["command_id"], "--json"),
+    )
+    await sleep_until(paused + PAUSED_S)
+    # in force once written, maybe before the command returns: "paused" ends when it starts
+    resuming, resuming_m = time.time(), time.monotonic()
+    _, resumed = await relay_cli(e2e_store, "resume", "--customer", ids.ACME, "--as", "bob")
+    await eventually(lambda: finished(events, acme + globex) == len(acme + globex), within=40)
+
+    acme_calls, globex_calls = await calls_of(bss, ids.ACME), await calls_of(bss, ids.GLOBEX)
+    last = max(r["at"] for r in acme_calls if r["at"] < resuming)
+    first = min(r["at"] for r in acme_calls if r["at"] >= resumed)
+    kept = rate(globex_calls, paused + OBEYED_S, resuming)
+    row = json.loads(
+        json.dumps(
+            [r for r in json_lines(shown) if r["kind"] == "customer" and r["key"] == ids.ACME]
+        )
+    )
+    print(
+        f"\npause -> last acme request {last - paused:+.2f} s; deadline-passed command rejected "
+        f"{rejected_after:.2f} s after the pause; globex {kept:.2f}/s while acme paused; "
+        f"quota show's acme rows {row} ({len(unfinished)} unfinished); resume -> first acme "
+        f"request {first - resumed:+.2f} s"
+    )
+    assert last <= paused + OBEYED_S
+    assert first <= resumed + OBEYED_S
+    assert events_between(events, acme, paused_m + OBEYED_S, resuming_m) == []
+    assert outcomes(events, acme) == {"succeeded": len(acme)}
+    assert outcomes(events, globex) == {"succeeded": len(globex)}
+    assert (rejected["outcome"], rejected["error"]["code"]) == ("rejected", "RELAY.DEADLINE_PASSED")
+    assert len(events.terminal(late["command_id"])) == 1
+    assert len(acme_calls) == len(acme)  # one call per acme command: none for the late one
+    assert all(r["status"] != 429 for r in acme_calls + globex_calls)
+    assert kept >= USED * PACE
+    assert max(r["at"] for r in globex_calls) > resumed  # globex was busy all along
+    assert json.loads(why)["state"] == "paused"
+    assert {k: json.loads(why).get(k) for k in ("api", "customer")} == {
+        "api": API,
+        "customer": ids.ACME,
+    }
+    [acme_row] = row
+    assert acme_row["paused"] is True
+    assert acme_row["waiting"] == len(unfinished)  # on both replicas; nothing moves meanwhile
