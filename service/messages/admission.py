@@ -129,6 +129,7 @@ class Admission:
             expected,
             line,
             place,
+            others=w.lines.others(line),
         )
         headers: dict[str, Any] = {H.LINE: "1", H.WAITING_SINCE: f"{since:.3f}"}
         progress = None
