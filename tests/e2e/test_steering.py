@@ -305,7 +305,7 @@ async def test_a_paused_customer_waits_without_failing_and_resumes_within_2_s(
     [acme_row] = row
     assert acme_row["paused"] is True
     # deployment-wide (about half of it waits on each replica), nothing moves meanwhile; one to
-    # four of 21-33 have been seen missing (not understood yet: reported on issue 18)
+    # four of 21-33 have been seen missing (not understood yet)
     assert 0.8 * len(unfinished) <= acme_row["waiting"] <= len(unfinished)
 
 
