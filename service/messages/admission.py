@@ -11,12 +11,13 @@ One expected to wait longer than ``deferred_after_s`` tells its producer once wi
 ``deferred`` event (``x-relay-deferred`` keeps it from saying so again). Parking needs no claim:
 a backlog is read and parked without touching the store.
 
-Taken in at once: a command pulled from its line (``x-relay-line``: its turn has come), one
-some replica already took in (redelivered after it crashed or lost its connection, or back
-from waiting out a claim: its takeover must not queue behind its customer's backlog), one of
-an operation that is not paced, and one whose partner is unknown (it has no pacing key: it goes
-on to be claimed and rejected). An admitted command counts as held (``holding``) until it ends,
-in the same step as the decision not to park.
+Taken in at once: a command past its deadline (it goes on to be rejected: a paused line is
+swept for these, ``service.messages.lines``), one pulled from its line (``x-relay-line``: its
+turn has come), one some replica already took in (redelivered after it crashed or lost its
+connection, or back from waiting out a claim: its takeover must not queue behind its
+customer's backlog), one of an operation that is not paced, and one whose partner is unknown
+(it has no pacing key: it goes on to be claimed and rejected). An admitted command counts as
+held (``holding``) until it ends, in the same step as the decision not to park.
 """
 
 from __future__ import annotations
@@ -79,7 +80,9 @@ class Admission:
     async def admit(self, delivery: Delivery, command: Command) -> Park | None:
         """None: go on now. A ``Park``: into the command's line."""
         line = _line(delivery, command)
-        if line is None:
+        # past its deadline: on to be claimed and rejected (step *run*), uncalled. Parked
+        # again, one swept from a paused line brings its deadline back, swept until resumed
+        if line is None or (command.deadline is not None and command.deadline <= self._clock()):
             return None
         w = self._waiting
         api, customer, priority = line
@@ -126,6 +129,7 @@ class Admission:
             expected,
             line,
             place,
+            others=w.lines.others(line),
         )
         headers: dict[str, Any] = {H.LINE: "1", H.WAITING_SINCE: f"{since:.3f}"}
         progress = None

@@ -75,6 +75,7 @@ class _Line:
     parked: int = 0  # ever parked into it, deployment-wide (as last read, plus ours since)
     pulled: int = 0  # ever pulled out of it, likewise
     parked_here: int = 0  # parked by this replica since the last publication
+    mine: int = 0  # ever parked into it by this replica
     pulled_here: int = 0
     next_deadline: datetime | None = None  # soonest deadline parked here since then
     deadline_seen: datetime | None = None  # the store's soonest deadline in the line
@@ -141,6 +142,11 @@ class Lines:
         line = self._lines.get(key)
         return 0 if line is None else line.waiting
 
+    def others(self, key: LineKey) -> int:
+        """Commands other replicas parked into the line, as far as known here."""
+        line = self._lines.get(key)
+        return 0 if line is None else max(0, line.parked - line.mine)
+
     def ahead_of(self, key: LineKey, place: int) -> int:
         """Commands still in the line ahead of the one parked at ``place`` (its count when it
         was parked), as far as known here."""
@@ -165,6 +171,7 @@ class Lines:
         line = self._line(key)
         line.parked += 1
         line.parked_here += 1
+        line.mine += 1
         line.landing += 1
         line.empty_since = None
         if deadline is not None and (line.next_deadline is None or deadline < line.next_deadline):
@@ -250,7 +257,7 @@ class Lines:
             line.parked = max(line.parked, int(row["parked"]) + line.parked_here)
             line.pulled = max(line.pulled, int(row["pulled"]) + line.pulled_here)
             line.deadline_seen = row["next_deadline"]
-            self._whereabouts.pulled(line.key, line.pulled)
+            self._whereabouts.pulled(line.key, line.pulled, others=line.parked - line.mine)
 
     async def _pull_all(self) -> None:
         lines = sorted(self._lines.values(), key=lambda line: -line.key[2])  # high first
@@ -293,13 +300,14 @@ class Lines:
 
     async def _sweep(self, line: _Line) -> None:
         """A paused line with a deadline passed: pull every command once (the message path
-        rejects the late ones and parks the others again)."""
-        log.info("line_swept", queue=line.queue, waiting=line.waiting)
+        rejects the late ones and parks the others again), if no other replica does."""
         line.deadline_seen = None
         try:
-            await self._steering.clear_line_deadline(*_names(line.key))
-        except STORE_ERRORS as exc:
+            if not await self._steering.clear_line_deadline(*_names(line.key)):
+                return  # another replica cleared it: it sweeps
+        except STORE_ERRORS as exc:  # swept here all the same: late is worse than twice
             log.warning("line_deadline_not_cleared", error=repr(exc))
+        log.info("line_swept", queue=line.queue, waiting=line.waiting)
         for _ in range(line.waiting):
             if not await self._pull(line):
                 break

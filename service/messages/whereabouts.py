@@ -5,6 +5,13 @@ dispatcher holds (``service.ops.presence``), so ``why`` can find a command anywh
 An entry goes when the command comes back to this replica (:meth:`back`), when its line has
 been pulled past it (:meth:`pulled`: another replica took it, and published it), or when it is
 older than ``MAX_AGE_S``; memory follows what is parked or delayed now.
+
+A parked command's place is the line's parked count as this replica knew it: other replicas
+parking into the same line at the same time number theirs alike, not knowing of each other
+yet. Its place for sure (``bound``) adds the commands the others parked that were not known
+here when it was parked, as the store tells them ``PLACE_SETTLED_S`` later (once the others
+published theirs): only a line pulled that far has surely taken it out. Counted without them,
+two replicas' backlogs went twice as fast as the line, and ``quota show`` lost half of them.
 """
 
 from __future__ import annotations
@@ -12,9 +19,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 
-__all__ = ["MAX_AGE_S", "Noted", "Whereabouts"]
+__all__ = ["MAX_AGE_S", "PLACE_SETTLED_S", "Noted", "Whereabouts"]
 
 MAX_AGE_S = 3600.0
+PLACE_SETTLED_S = 2.5  # > a publication period (service.ops.presence.PUBLISH_S) and a read
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +40,8 @@ class Noted:
     line: tuple[str, str, int] | None = None  # (api, customer, priority) of its line
     seq: int = 0  # its place in the line: the line's parked count when it was parked
     noted_at: float = 0.0
+    others: int = 0  # commands other replicas parked in its line, as known here then
+    bound: int | None = None  # its place for sure, once the others' parks are known
 
 
 class Whereabouts:
@@ -47,10 +57,21 @@ class Whereabouts:
         """The command is with this replica again (delivered, or pulled from its line)."""
         self._entries.pop(command_id, None)
 
-    def pulled(self, line: tuple[str, str, int], count: int) -> None:
-        """Line ``line`` has had ``count`` commands pulled out of it, deployment-wide: those
-        parked in it at or before that place are out of it."""
-        gone = [cid for cid, e in self._entries.items() if e.line == line and 0 < e.seq <= count]
+    def pulled(self, line: tuple[str, str, int], count: int, *, others: int) -> None:
+        """Line ``line`` has had ``count`` commands pulled out of it, deployment-wide, and
+        ``others`` parked into it by other replicas: those surely parked at or before that
+        place are out of it."""
+        settled = time.time() - PLACE_SETTLED_S
+        gone = []
+        for command_id, noted in self._entries.items():
+            if noted.line != line or noted.seq <= 0:
+                continue
+            entry = noted
+            if entry.bound is None and entry.noted_at <= settled:
+                entry = replace(entry, bound=entry.seq + max(0, others - entry.others))
+                self._entries[command_id] = entry
+            if entry.bound is not None and entry.bound <= count:
+                gone.append(command_id)
         for command_id in gone:
             del self._entries[command_id]
 

@@ -385,18 +385,19 @@ class SteeringStore:
             ]
         )
 
-    async def clear_line_deadline(self, api: str, customer: str, priority: str) -> None:
-        """A paused line was swept: its commands past their deadline are out of it, and the
-        ones parked again bring their deadlines again."""
-        await self._runner.run(
-            [
-                Statement(
-                    """UPDATE relay_lines SET next_deadline = NULL
-                       WHERE api = :api AND customer = :customer AND priority = :priority""",
-                    {"api": api, "customer": customer, "priority": priority},
-                )
-            ]
+    async def clear_line_deadline(self, api: str, customer: str, priority: str) -> bool:
+        """A paused line is to be swept: its commands past their deadline are out of it, and
+        the ones parked again bring their deadlines again. True for the one caller that
+        cleared it: every replica reads the deadline, one sweeps (two sweeps pull each
+        command twice and run the line's pulled count past the places of those parked again)."""
+        cleared = await self._runner.fetch(
+            """UPDATE relay_lines SET next_deadline = NULL
+               WHERE api = :api AND customer = :customer AND priority = :priority
+                 AND next_deadline IS NOT NULL
+               RETURNING api""",
+            {"api": api, "customer": customer, "priority": priority},
         )
+        return bool(cleared)
 
     # -- dead letters ------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import aio_pika
 import pytest
+import structlog.testing
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from service.broker.topology import Topology
@@ -191,6 +192,33 @@ async def test_a_paused_line_is_swept_when_a_deadline_passes(
     await replica.wait_for(4, within=3.0)  # each once, whatever the room
     [row] = await store.steering.lines()
     assert row["next_deadline"] is None  # the ones parked again bring theirs again
+
+
+async def test_a_paused_line_is_swept_by_one_replica_only(
+    make: Make,
+    connection: AbstractRobustConnection,
+    store: CommandStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every replica reads the line's deadline; the one that clears it sweeps. Two sweeps pull
+    each command twice, and the line's pulled count, run past the places of the commands
+    parked again, takes them out of ``quota show`` and ``why`` while they wait."""
+    first, second = make(), make()
+    for replica in (first, second):
+        replica.paused.add("cust-1")
+    clear = store.steering.clear_line_deadline
+
+    async def slowly(*args: str) -> object:  # a store round trip as slow as a tick
+        await asyncio.sleep(1.2)
+        return await clear(*args)
+
+    monkeypatch.setattr(store.steering, "clear_line_deadline", slowly)
+    with structlog.testing.capture_logs() as logs:
+        await park(first, connection, 4, deadline=datetime.now(UTC) + timedelta(seconds=1.5))
+        await publish_deltas(first, store, "first")  # both read the deadline at their next tick
+        await asyncio.sleep(4.5)
+    assert len(first.got) + len(second.got) == 4  # each once
+    assert [log["event"] for log in logs].count("line_swept") == 1
 
 
 async def test_an_empty_line_is_deleted(

@@ -185,6 +185,27 @@ def test_quota_show_adds_up_what_replicas_publish(cli: Cli, store_url: str) -> N
     ]
 
 
+def test_quota_show_counts_a_command_two_replicas_publish_once(cli: Cli, store_url: str) -> None:
+    """One replica parked it and has not learnt yet that another pulled it and holds it: the
+    two rows are one waiting command."""
+
+    async def publish() -> None:
+        now = datetime.now(UTC)
+        async with open_store(store_url) as store:
+            for owner in ("parker", "holder"):
+                entry = WaitingEntry(
+                    "cmd-1", "waiting", API, "customer", "c-1", "normal", now, now,
+                    now + timedelta(seconds=30),
+                )  # fmt: skip
+                await store.steering.publish(
+                    Publication(owner, "default", now, now + timedelta(seconds=30), waiting=[entry])
+                )
+
+    asyncio.run(publish())
+    [row] = lines(cli("quota", "show", "--json")[1])
+    assert row["waiting"] == 1
+
+
 def test_why_says_where_a_command_is(cli: Cli, store_url: str) -> None:
     async def prepare() -> None:
         now = datetime.now(UTC)

@@ -196,6 +196,12 @@ async def test_reports_and_line_counts_accumulate(store: CommandStore) -> None:
     assert (counts["parked"], counts["pulled"]) == (15, 8)
     assert counts["next_deadline"] == later.next_deadline
 
+    # one replica clears a passed deadline (and sweeps the line); for the next, it is gone
+    assert await steering.clear_line_deadline("renewal_resources", "c-1", "normal") is True
+    assert await steering.clear_line_deadline("renewal_resources", "c-1", "normal") is False
+    [counts] = await steering.lines()
+    assert counts["next_deadline"] is None
+
     await steering.forget_line("renewal_resources", "c-1", "normal")
     assert await steering.lines() == []
 

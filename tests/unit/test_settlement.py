@@ -538,6 +538,24 @@ async def test_a_deadline_that_passed_is_rejected_and_the_claim_given_back(rig: 
     assert record.lease_until is None
 
 
+@pytest.mark.parametrize("pulled", [True, False], ids=["swept-from-its-line", "new"])
+async def test_a_paused_customers_command_past_its_deadline_is_rejected_not_parked(
+    rig: Rig, pulled: bool
+) -> None:
+    """A paused line whose command's deadline passed is swept: the message path must end that
+    command (``RELAY.DEADLINE_PASSED``, no call), or it goes back to the line with its deadline
+    and the line is swept again and again while the producer waits for the pause to end."""
+    rig.paused_customers.add("cust")
+    body = json.loads(auto_renew())
+    body["deadline"] = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
+    message = FakeMessage(json.dumps(body).encode(), headers={H.LINE: "1"} if pulled else {})
+    await rig.process(message)
+    assert rig.publisher.kinds() == ["dead_letter", "event"]
+    assert rig.publisher.events()[0]["error"]["code"] == "RELAY.DEADLINE_PASSED"
+    assert rig.api.calls == 0
+    assert message.settled == ["ack"]
+
+
 async def test_a_long_park_sends_one_deferred_event_and_marks_the_copy(rig: Rig) -> None:
     slow = make_dispatcher({"*": 0.1})
     rig.wire(dispatcher=slow, hold_s=1.0, deferred_after_s=5.0)
