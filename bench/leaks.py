@@ -39,6 +39,7 @@ from service.settings import Settings
 from service.telemetry.logging import configure_logging
 
 DEFAULT_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
+OUR_MODULES = ("service.", "handlers.", "schemas.")
 NOT_OURS = ("service/sandbox/", "aiohttp/web_", os.path.basename(__file__))
 # Errors and lost answers, so that retries and reconciliation run too.
 FAULTS = {
@@ -78,6 +79,8 @@ def _cyclic_garbage() -> Counter[str]:
     gc.set_debug(gc.DEBUG_SAVEALL)
     gc.collect()
     counts = Counter(_name(o) for o in gc.garbage)
+    size = sum(sys.getsizeof(o) for o in gc.garbage)
+    print(f"cyclic garbage: {len(gc.garbage)} objects, {size / 1024:.1f} KiB (shallow)")
     gc.garbage.clear()
     gc.set_debug(0)
     gc.collect()  # what the list held is unreachable again: free it for good
@@ -99,8 +102,11 @@ def _report(
     top: int,
 ) -> None:
     print(f"\n== round {n}: {per} commands, {failed} not succeeded")
-    print(f"cyclic garbage: {sum(garbage.values())} objects ({per} commands)")
     for name, count in garbage.most_common(top):
+        print(f"  {count / per:8.2f}/cmd  {count:7d}  {name}")
+    ours_left = {n: c for n, c in garbage.items() if n.startswith(OUR_MODULES)}
+    print(f"of which our own classes: {sum(ours_left.values())}")
+    for name, count in sorted(ours_left.items(), key=lambda item: -item[1]):
         print(f"  {count / per:8.2f}/cmd  {count:7d}  {name}")
     # the in-process sandbox keeps orders, coupons and its log by design
     ours = [tracemalloc.Filter(False, f"*{p}*", all_frames=True) for p in NOT_OURS]
@@ -156,6 +162,14 @@ async def probe(args: argparse.Namespace) -> None:
             print(f"warm-up: {args.warmup} commands, {failed} not succeeded", file=sys.stderr)
             _cyclic_garbage()
             tracemalloc.start(args.frames)
+            if args.idle:
+                gc.disable()
+                await asyncio.sleep(args.idle)
+                print(f"\n== idle for {args.idle:g} s")
+                idle = _cyclic_garbage()
+                gc.enable()
+                for name, count in idle.most_common(args.top):
+                    print(f"  {count:7d}  {name}")
             for n in range(args.rounds):
                 before = tracemalloc.take_snapshot()
                 gc.disable()  # what only the collector frees stays for _cyclic_garbage to see
@@ -184,6 +198,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--frames", type=int, default=4)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--idle", type=float, default=0.0, help="seconds without commands")
     parser.add_argument("--log-level", default="WARNING")
     parser.add_argument(
         "--faults",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import statistics
 import time
 import uuid
@@ -27,7 +28,7 @@ import asyncpg
 
 from bench.dataset import mixed_command
 from bench.driver import Batch
-from bench.processes import memory_kib
+from bench.processes import TRACE_DIR, memory_kib
 from bench.report import Figure, Row
 from bench.stage import LIFTED, Stage
 
@@ -36,6 +37,8 @@ __all__ = ["POSTGRES_URL", "soak"]
 POSTGRES_URL = os.environ.get(
     "BSS_RELAY_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
+# Both by default; one of them for a debugging run.
+STORES = os.environ.get("BSS_RELAY_BENCH_SOAK_STORES", "sqlite,postgresql").lower().split(",")
 SAMPLE_EVERY_S = 1.0
 TICK_S = 0.1  # commands are published in a batch every tick: rate x tick each
 WARMUP_FRACTION = 0.20
@@ -90,9 +93,13 @@ class Soaked:
 
 
 async def _sample(pid: int, batch: Batch, sent: list[int], into: list[Sample], t0: float) -> None:
+    reported = 0.0  # under bench.traced: a memory report at each fifth of the run
     while True:
         rss = memory_kib(pid).get("VmRSS", 0)
         into.append(Sample(time.monotonic() - t0, sent[0], len(batch.arrived), rss))
+        if TRACE_DIR and len(batch.arrived) >= (reported + 0.2) * len(batch.ids):
+            reported += 0.2
+            os.kill(pid, signal.SIGUSR1)
         await asyncio.sleep(SAMPLE_EVERY_S)
 
 
@@ -142,6 +149,9 @@ async def _soak_on(stage: Stage, store: str, store_url: str | None) -> Soaked:
                 await asyncio.sleep(SAMPLE_EVERY_S * END_SAMPLES)  # the end samples, at rest
             finally:
                 sampler.cancel()
+        if TRACE_DIR:  # a last report, after a full collection
+            os.kill(proc.pid, signal.SIGUSR2)
+            await asyncio.sleep(2.0)
         if not proc.alive:
             raise proc.failed("exited during the soak")
     stage.driver.forget(batch)
@@ -203,13 +213,16 @@ def _rows(seen: Soaked) -> list[Row]:
 
 
 async def soak(stage: Stage) -> list[Row]:
-    await stage.sandbox.set_limits(LIFTED)
-    rows = _rows(await _soak_on(stage, "SQLite", None))
-    await stage.sandbox.reset()
-    await stage.sandbox.set_limits(LIFTED)
-    schema = f"bench_soak_{uuid.uuid4().hex[:10]}"
-    try:
-        rows += _rows(await _soak_on(stage, "PostgreSQL", f"{POSTGRES_URL}?schema={schema}"))
-    finally:
-        await asyncio.shield(_drop_schema(schema))
+    rows: list[Row] = []
+    if "sqlite" in STORES:
+        await stage.sandbox.set_limits(LIFTED)
+        rows += _rows(await _soak_on(stage, "SQLite", None))
+        await stage.sandbox.reset()
+    if "postgresql" in STORES:
+        await stage.sandbox.set_limits(LIFTED)
+        schema = f"bench_soak_{uuid.uuid4().hex[:10]}"
+        try:
+            rows += _rows(await _soak_on(stage, "PostgreSQL", f"{POSTGRES_URL}?schema={schema}"))
+        finally:
+            await asyncio.shield(_drop_schema(schema))
     return rows
