@@ -10,6 +10,8 @@ warm-up and at the end).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import gc
 import signal
 import sys
@@ -32,13 +34,50 @@ def _rss_kib() -> int:
     return 0
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+def _malloc() -> str:
+    """glibc's view: bytes from the system (arena, hblkhd: mmapped), in use, free."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = _MallInfo2
+        info = libc.mallinfo2()
+    except (OSError, AttributeError):
+        return "malloc n/a"
+    kib = {field[0]: getattr(info, field[0]) // 1024 for field in _MallInfo2._fields_}
+    return "malloc_kib " + " ".join(f"{k}={v}" for k, v in kib.items())
+
+
+def _trim() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def _report(out: Path, n: int, *, collect: bool) -> None:
-    lines = [f"rss_kib {_rss_kib()}", f"gc.get_count {gc.get_count()}"]
+    lines = [f"rss_kib {_rss_kib()}", _malloc(), f"gc.get_count {gc.get_count()}"]
     lines += [f"gc.get_stats gen{g} {s}" for g, s in enumerate(gc.get_stats())]
     lines.append(f"gc.get_freeze_count {gc.get_freeze_count()}")
     if collect:
         freed = gc.collect()
         lines.append(f"gc.collect() freed {freed} objects; rss_kib now {_rss_kib()}")
+        _trim()
+        lines.append(f"after malloc_trim(0): rss_kib {_rss_kib()} {_malloc()}")
     kinds = Counter(
         f"{type(o).__module__}.{type(o).__qualname__}"
         for o in gc.get_objects()
