@@ -57,9 +57,9 @@ scenarios:
                call, failover after SIGKILL (only when named; needs PostgreSQL at
                BSS_RELAY_BENCH_POSTGRES_URL, default postgresql://postgres@127.0.0.1:5432/test)
   soak         50,000 mixed commands (auto-renew, renewals, price inquiries, coupons) over 50
-               customers at a steady 200/s, limits lifted, on SQLite then on PostgreSQL (a
+               customers at a steady 150/s, limits lifted, on SQLite then on PostgreSQL (a
                fresh schema): the service's RSS after warm-up (20 % of the commands) vs at
-               the end, and its slope per 10,000 commands (only when named; about 10 minutes)
+               the end, and its slope per 10,000 commands (only when named; about 12 minutes)
 
 The full run takes several minutes (memory alone a few); --quick is a smoke run with small
 sizes. Progress goes to stderr, the table to stdout (--json: the raw figures instead).

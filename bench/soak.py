@@ -44,7 +44,7 @@ TICK_S = 0.1  # commands are published in a batch every tick: rate x tick each
 WARMUP_FRACTION = 0.20
 END_SAMPLES = 5  # the end figure: the median of the last samples
 GROWTH_TARGET_MIB = 5.0
-DRAIN_TIMEOUT_S = 120.0  # after the last publish, for the last events
+DRAIN_TIMEOUT_S = 300.0  # after the last publish, for the last events
 MIB = 1024.0
 PER = 10_000  # commands per slope unit
 
@@ -65,6 +65,7 @@ class Soaked:
     samples: list[Sample]
     elapsed_s: float
     failed: int
+    done: int  # events received; fewer than ``commands``: the run did not keep up
 
     def _after_warmup(self) -> list[Sample]:
         mark = self.commands * WARMUP_FRACTION
@@ -156,10 +157,9 @@ async def _soak_on(stage: Stage, store: str, store_url: str | None) -> Soaked:
             raise proc.failed("exited during the soak")
     stage.driver.forget(batch)
     elapsed = (batch.last if batch.arrived else time.monotonic()) - started
-    if not finished:
-        done = f"{len(batch.arrived):,} of {len(commands):,}"
-        raise TimeoutError(f"soak on {store}: {done} events in {elapsed:.0f} s")
-    return Soaked(store, len(commands), idle, samples, elapsed, batch.failed())
+    if not finished:  # reported, not raised: the other store's figures still count
+        stage.say(f"soak on {store}: {len(batch.arrived):,} of {len(commands):,} events")
+    return Soaked(store, len(commands), idle, samples, elapsed, batch.failed(), len(batch.arrived))
 
 
 async def _drop_schema(schema: str) -> None:
@@ -178,6 +178,7 @@ def _rows(seen: Soaked) -> list[Row]:
         "commands": seen.commands,
         "commands_per_s": seen.commands / seen.elapsed_s,
         "failed_events": seen.failed,
+        "events": seen.done,
         "idle_rss_kib": seen.idle_kib,
         "warm_rss_kib": seen.warm_kib,
         "end_rss_kib": seen.end_kib,
@@ -187,16 +188,18 @@ def _rows(seen: Soaked) -> list[Row]:
         ],
     }
     mark = f"{seen.commands * WARMUP_FRACTION:,.0f}"
+    complete = seen.done == seen.commands
+    lag = "" if complete else f" (INCOMPLETE: {seen.done:,} events within the drain time)"
     return [
         Row(
             "soak",
             f"{seen.store}: RSS after {seen.commands:,} mixed commands vs after {mark} "
-            f"(warm-up), same process",
+            f"(warm-up), same process{lag}",
             Figure(seen.end_kib / MIB, "MiB", 1),
             Figure(seen.warm_kib / MIB, "MiB", 1),
             f"{growth:+.1f} MiB",
             f"≤ +{GROWTH_TARGET_MIB:g} MiB",
-            growth <= GROWTH_TARGET_MIB,
+            complete and growth <= GROWTH_TARGET_MIB,
             detail,
         ),
         Row(

@@ -58,7 +58,7 @@ class Sizes:
     parking_hot: int = 150  # commands per hot customer (parking: 3 of them)
     parking_adapt_s: float = 3.0  # from the light ones' last request to the window
     soak_commands: int = 50_000  # per store (soak)
-    soak_rate: float = 200.0  # commands/s, steady
+    soak_rate: float = 150.0  # commands/s, steady
     soak_customers: int = 50
 
     @property
