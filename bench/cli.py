@@ -28,9 +28,10 @@ SCENARIO_NAMES = (
     "parking",
     "memory",
     "replicas",
+    "soak",
 )
-# Run only when named: it needs PostgreSQL (BSS_RELAY_BENCH_POSTGRES_URL) and takes minutes.
-ON_REQUEST = frozenset({"replicas"})
+# Run only when named: they need PostgreSQL (BSS_RELAY_BENCH_POSTGRES_URL) and take minutes.
+ON_REQUEST = frozenset({"replicas", "soak"})
 DEFAULT_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
 INTERRUPTED = 130
 
@@ -55,6 +56,10 @@ scenarios:
                (API, ParentUid) and (API, source), 429s, shares, store round trips per
                call, failover after SIGKILL (only when named; needs PostgreSQL at
                BSS_RELAY_BENCH_POSTGRES_URL, default postgresql://postgres@127.0.0.1:5432/test)
+  soak         50,000 mixed commands (auto-renew, renewals, price inquiries, coupons) over 50
+               customers at a steady 150/s, limits lifted, on SQLite then on PostgreSQL (a
+               fresh schema): the service's RSS after warm-up (20 % of the commands) vs at
+               the end, and its slope per 10,000 commands (only when named; about 12 minutes)
 
 The full run takes several minutes (memory alone a few); --quick is a smoke run with small
 sizes. Progress goes to stderr, the table to stdout (--json: the raw figures instead).

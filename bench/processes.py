@@ -43,6 +43,7 @@ STOP_GRACE_S = 15.0  # after SIGTERM, before SIGKILL
 SANDBOX_START_S = 120.0  # loading a 100,000-customer data set takes a while on a busy box
 POLL_S = 0.1
 SANDBOX_NICE = -10  # the sandbox's scheduling priority (see sandbox_process)
+TRACE_DIR = os.environ.get("BSS_RELAY_BENCH_TRACE_DIR", "")  # see bench.traced
 _PR_SET_PDEATHSIG = 1
 _LISTENING = re.compile(r"listening on (http://\S+)")
 # Settings read these (case-insensitively): the caller's own must not leak into a scenario.
@@ -196,8 +197,13 @@ async def sandbox_process(
 async def service_process(
     env: Mapping[str, str], *, log: Path, name: str = "service"
 ) -> AsyncIterator[Child]:
-    """``bss-relay serve`` with exactly the settings in ``env``."""
-    async with child(name, relay_command("serve"), env=clean_environment(env), log=log) as proc:
+    """``bss-relay serve`` with exactly the settings in ``env`` (under ``bench.traced``, which
+    reports its memory on SIGUSR1, when ``BSS_RELAY_BENCH_TRACE_DIR`` is set)."""
+    argv = relay_command("serve")
+    if TRACE_DIR:
+        extra = ["--tracemalloc"] if os.environ.get("BSS_RELAY_BENCH_TRACEMALLOC") else []
+        argv = [sys.executable, "-m", "bench.traced", f"{TRACE_DIR}/{log.stem}", *extra, "serve"]
+    async with child(name, argv, env=clean_environment(env), log=log) as proc:
         yield proc
 
 

@@ -32,6 +32,7 @@ from bench.processes import ProcessFailed, sandbox_process, vhost
 from bench.quota import fair_share, hot_key, many_keys
 from bench.replicas import parking, replicas
 from bench.report import Report, Row
+from bench.soak import soak
 from bench.stage import Sizes, Stage
 
 __all__ = ["SCENARIOS", "Options", "run_bench"]
@@ -48,6 +49,7 @@ SCENARIOS: dict[str, Scenario] = {
     "parking": parking,
     "memory": memory,
     "replicas": replicas,
+    "soak": soak,
 }
 OWN_SANDBOX = frozenset({"memory"})
 SHARED_LOG_SIZE = 100_000  # sandbox request log entries: enough for every shared scenario

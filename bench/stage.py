@@ -57,6 +57,9 @@ class Sizes:
     parking_light: int = 10  # commands per light customer (parking: 5 of them)
     parking_hot: int = 150  # commands per hot customer (parking: 3 of them)
     parking_adapt_s: float = 3.0  # from the light ones' last request to the window
+    soak_commands: int = 50_000  # per store (soak)
+    soak_rate: float = 150.0  # commands/s, steady
+    soak_customers: int = 50
 
     @property
     def small_customers(self) -> int:
@@ -66,6 +69,7 @@ class Sizes:
             self.fair_customers,
             self.overhead_customers,
             self.light_load_customers,
+            self.soak_customers,
             2,
         )
 
@@ -93,6 +97,9 @@ QUICK = Sizes(
     parking_light=4,
     parking_hot=40,
     parking_adapt_s=2.0,
+    soak_commands=2_000,
+    soak_rate=100.0,
+    soak_customers=20,
 )
 
 

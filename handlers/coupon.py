@@ -78,7 +78,14 @@ def _completed(answer: CreatePartnerCouponsResp) -> Completed:
 async def _reconcile(command: IssueCouponCommand, ctx: HandlerContext) -> Completed | None:
     started = ctx.journal.uncertain_since
     assert started is not None
-    records = await ctx.api.coupon_issue_records_since(started - CLOCK_MARGIN)
+    # Only the records this command could have made: its quota's, and its customer's when it
+    # has one. Every record of the partner since the call (the whole deployment's coupons of
+    # the last minutes, page after page) would be read into memory to find a handful.
+    records = await ctx.api.coupon_issue_records_since(
+        started - CLOCK_MARGIN,
+        quota_id=command.payload.quota_id,
+        customer_id=command.customer_id,
+    )
     mine = [r for r in records if _is_mine(r, command.command_id)]
     if not mine:
         return None

@@ -69,8 +69,11 @@ class BssApi(Protocol):
         """The customer's renewal orders (order_type 2) created since ``since``, all pages."""
         ...
 
-    async def coupon_issue_records_since(self, since: datetime) -> list[CouponRecord]:
-        """The partner's coupon issue records since ``since``, all pages."""
+    async def coupon_issue_records_since(
+        self, since: datetime, *, quota_id: str, customer_id: str | None = None
+    ) -> list[CouponRecord]:
+        """The partner's coupon issue records since ``since`` from quota ``quota_id`` (and to
+        ``customer_id`` when given), all pages."""
         ...
 
 

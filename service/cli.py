@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from service.lifecycle import run_until_signalled, tune_gc
+from service.lifecycle import give_back_free_memory, run_until_signalled, tune_gc
 
 __all__ = ["main"]
 
@@ -51,7 +51,11 @@ def _serve(args: argparse.Namespace) -> int:
     async def body(stop: asyncio.Event) -> None:
         async with start(settings, policy=policy):
             tune_gc()
-            await stop.wait()
+            trimming = asyncio.create_task(give_back_free_memory())
+            try:
+                await stop.wait()
+            finally:
+                trimming.cancel()
 
     try:
         return run_until_signalled(body, on_hangup=policy.request_reload)

@@ -7,12 +7,19 @@ without importing the command line (which imports them back to register their ve
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import signal
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-__all__ = ["GC_THRESHOLDS", "run_until_signalled", "tune_gc"]
+__all__ = [
+    "GC_THRESHOLDS",
+    "TRIM_EVERY_S",
+    "give_back_free_memory",
+    "run_until_signalled",
+    "tune_gc",
+]
 
 # Per command the service allocates many short-lived objects (futures, dicts, models),
 # nearly all freed by reference counting. With the default gen-0 threshold (700 net
@@ -26,6 +33,38 @@ def tune_gc() -> None:
     """Call once, after start-up, in a long-running process of ours."""
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+# How often a long-running process of ours hands the C heap's free pages back to the system.
+TRIM_EVERY_S = 30.0
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``; None where the C library has none (musl, macOS)."""
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    return trim
+
+
+async def give_back_free_memory(every_s: float = TRIM_EVERY_S) -> None:
+    """Hand the C heap's free pages back to the system every ``every_s`` (until cancelled).
+
+    glibc returns freed memory to the system only from the top of its heap. Per command the
+    service's buffers above pymalloc's 512-byte objects (HTTP and AMQP frames, database
+    protocol buffers, JSON text) come and go by the thousand; a few longer-lived blocks placed
+    between them leave the freed memory in holes, kept as the process's own. Measured in
+    ``bss-relay bench --scenario soak`` on PostgreSQL: the heap's memory in use stayed at 16 MB
+    over 50,000 commands while its free part grew from 13 to 30 MB, and RSS with it (+23 MB);
+    one ``malloc_trim(0)`` gave 29 MB back. Nothing of a command stays alive: this only
+    returns what is already free (a few milliseconds for a 50 MB heap)."""
+    trim = _malloc_trim()
+    if trim is None:
+        return
+    while True:
+        await asyncio.sleep(every_s)
+        trim(0)
 
 
 def run_until_signalled(

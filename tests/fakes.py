@@ -314,11 +314,18 @@ class FakeBssApi:
         found = [o.listed() for o in self.orders_of(customer_id) if o.create_time >= start]
         return self._leave(fault, found)
 
-    async def coupon_issue_records_since(self, since: datetime) -> list[CouponRecord]:
-        fault = self._enter("coupon_issue_records_since", since)
+    async def coupon_issue_records_since(
+        self, since: datetime, *, quota_id: str, customer_id: str | None = None
+    ) -> list[CouponRecord]:
+        fault = self._enter("coupon_issue_records_since", since, quota_id, customer_id)
         start = since.replace(microsecond=0)
         found = [
-            r for r in self.records if r.operation_time is not None and r.operation_time >= start
+            r
+            for r in self.records
+            if r.operation_time is not None
+            and r.operation_time >= start
+            and r.quota_id == quota_id
+            and (customer_id is None or r.customer_id == customer_id)
         ]
         return self._leave(fault, found)
 

@@ -195,10 +195,14 @@ class PartnerApi:
 
         return await _all_pages(page, key=lambda o: o.order_id)
 
-    async def coupon_issue_records_since(self, since: datetime) -> list[CouponRecord]:
+    async def coupon_issue_records_since(
+        self, since: datetime, *, quota_id: str, customer_id: str | None = None
+    ) -> list[CouponRecord]:
         query: list[tuple[str, QueryValue | None]] = [
             ("operation_types", [ISSUE_OPERATION]),
             ("operation_time_begin", _bss_time(since)),
+            ("quota_id", quota_id),
+            ("customer_id", customer_id),
         ]
 
         async def page(offset: int) -> tuple[int, list[CouponRecord]]:

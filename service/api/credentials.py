@@ -105,19 +105,33 @@ class CredentialCache:
                     remembered = CredentialsUnavailable(error.code, error.message)
                     remembered.retry_after = left  # a retry sooner would only meet it again
                     raise remembered
-                raise error
+                raise _again(error)
+            del self._failures[customer_id]
         try:
             entry = await self._fetch(customer_id)
         except RelayError as exc:
-            if len(self._failures) >= self._max_entries:
-                self._failures.clear()  # bounded: stale failures only save one IAM call each
-            self._failures[customer_id] = (self._clock(), exc)
+            self._remember(customer_id, exc)
             raise
         self._failures.pop(customer_id, None)
         self._entries[customer_id] = entry
         while len(self._entries) > self._max_entries:
             self._entries.popitem(last=False)
         return entry
+
+    def _remember(self, customer_id: str, error: RelayError) -> None:
+        """Keep a failure for ``FAILURE_TTL_S``: a copy without its traceback (which holds the
+        frames of the command that met it), and only while it can still serve; the expired
+        ones of other customers go now, so memory follows the failures of the last second."""
+        now = self._clock()
+        for gone in [
+            c
+            for c, (at, _) in self._failures.items()
+            if (now - at).total_seconds() >= FAILURE_TTL_S
+        ]:
+            del self._failures[gone]
+        if len(self._failures) >= self._max_entries:
+            self._failures.clear()  # bounded: stale failures only save one IAM call each
+        self._failures[customer_id] = (now, _again(error))
 
     async def _fetch(self, customer_id: str) -> _Entry:
         if not self._partner.agency_name:
@@ -147,3 +161,15 @@ class CredentialCache:
         log.info("customer_credentials_issued", customer_id=customer_id)
         signer = Signer(credential.access, credential.secret, credential.securitytoken)
         return _Entry(signer=signer, expires_at=credential.expires_at.astimezone(UTC))
+
+
+def _again(error: RelayError) -> RelayError:
+    """A new exception like ``error``, without its traceback and context. Raising one stored
+    exception object again and again chains each raiser's frames onto its traceback (and the
+    commands those frames hold): kept for as long as the object is."""
+    again = type(error)(
+        error.code, error.message, http_status=error.http_status, request_id=error.request_id
+    )
+    if isinstance(error, Retryable) and isinstance(again, Retryable):
+        again.retry_after = error.retry_after
+    return again

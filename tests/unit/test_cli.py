@@ -57,3 +57,36 @@ def test_tune_gc_raises_the_thresholds_and_freezes_what_start_up_made() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_serve_gives_the_c_heaps_free_memory_back_periodically() -> None:
+    """Issue 17: freed memory left in holes of glibc's heap was RSS growth in the soak bench.
+    In a child: a heap full of holes (a long-lived block between freed ones) shrinks once
+    ``give_back_free_memory`` has run."""
+    code = """
+import asyncio, ctypes, pathlib
+from service.lifecycle import give_back_free_memory
+
+def rss():
+    for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+
+async def main():
+    ctypes.CDLL(None).mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: glibc never trims on its own
+    kept, churn = [], [bytearray(3000) for _ in range(20000)]
+    kept += [bytearray(3000) for _ in range(0, 20000, 50)]
+    del churn
+    before = rss()
+    task = asyncio.create_task(give_back_free_memory(every_s=0.05))
+    await asyncio.sleep(0.2)
+    task.cancel()
+    after = rss()
+    assert before - after > 20_000, (before, after)
+
+asyncio.run(main())
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr

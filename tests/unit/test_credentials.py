@@ -189,6 +189,51 @@ async def test_a_remembered_failure_says_when_a_retry_can_succeed(
     assert len(fake.calls) == 2
 
 
+def _depth(error: BaseException) -> int:
+    depth, tb = 0, error.__traceback__
+    while tb is not None:
+        depth, tb = depth + 1, tb.tb_next
+    return depth
+
+
+async def test_a_remembered_refusal_is_raised_anew_not_grown(
+    iam: tuple[FakeIam, str], session: aiohttp.ClientSession
+) -> None:
+    """Issue 17 (memory): the remembered exception itself was raised to every waiter, and
+    each raise chained the waiter's frames (its command's journal, scope, message) onto its
+    traceback, kept with the entry. Each waiter gets an exception of its own."""
+    fake, url = iam
+    fake.status = 403
+    cache = make_cache(session, url, [fake.now])
+    raised: list[ApiRefused] = []
+    for _ in range(5):
+        with pytest.raises(ApiRefused) as refused:
+            await cache.signer_for("c1")
+        raised.append(refused.value)
+    assert len(fake.calls) == 1  # remembered
+    assert len({id(e) for e in raised}) == len(raised)
+    assert {_depth(e) for e in raised[1:]} == {_depth(raised[1])}
+    assert {(e.code, e.http_status) for e in raised} == {("IAM.0001", 403)}
+
+
+async def test_expired_failures_are_swept(
+    iam: tuple[FakeIam, str], session: aiohttp.ClientSession
+) -> None:
+    """A failure is kept for FAILURE_TTL_S, not until its customer is asked for again: memory
+    follows the failures of the last second, not every customer that ever failed."""
+    fake, url = iam
+    fake.status = 503
+    clock = [fake.now]
+    cache = make_cache(session, url, clock)
+    for customer in ("a", "b", "c"):
+        with pytest.raises(CredentialsUnavailable):
+            await cache.signer_for(customer)
+    clock[0] += timedelta(seconds=FAILURE_TTL_S)
+    with pytest.raises(CredentialsUnavailable):
+        await cache.signer_for("d")
+    assert list(cache._failures) == ["d"]
+
+
 async def test_request_is_signed_by_the_partner(
     iam: tuple[FakeIam, str], session: aiohttp.ClientSession
 ) -> None:

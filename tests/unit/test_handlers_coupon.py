@@ -158,8 +158,31 @@ async def test_answer_lost_after_issuing_adopts_the_records_with_the_marker(worl
         ],
     )
     [since] = world.api.args_of("coupon_issue_records_since")
-    assert since == (T0 - CLOCK_MARGIN,)
+    assert since == (T0 - CLOCK_MARGIN, QUOTA, None)  # several customers: the quota's records
     assert "call_had_no_effect" not in journal.log
+
+
+async def test_reconciliation_reads_only_the_records_of_the_commands_quota_and_customer(
+    world: World,
+) -> None:
+    """Issue 17 (memory): reconciling read every issue record of the partner since the call,
+    page after page -- on a busy deployment the coupons of every command of the last minutes,
+    held in memory to find one. It reads those of the command's quota and customer only."""
+    world.api.add_quota("quota-other", Decimal("100.00"))
+    for n, (quota, customer) in enumerate([("quota-other", "c1"), (QUOTA, "c2")]):
+        other = IssueCouponPayload(quota_id=quota, customer_ids=[customer], face_value=FACE)
+        await issue_coupon(
+            IssueCouponCommand(command_id=f"busy-{n}", payload=other),
+            world.context(f"busy-{n}"),
+        )
+    world.api.script("issue_coupons", Fault(timeout(), after_effect=True))
+
+    done = await issue_coupon(command("c1"), world.context("cmd-1"))
+
+    assert [c.customer_id for c in result_of(done.result).coupons] == ["c1"]
+    [asked] = world.api.args_of("coupon_issue_records_since")
+    assert asked[1:] == (QUOTA, "c1")
+    assert world.api.count("issue_coupons") == 3  # the lost one adopted, not sent again
 
 
 async def test_answer_lost_with_every_customer_issued_is_a_plain_success(world: World) -> None:
