@@ -20,6 +20,10 @@ one run on one machine state rather than from two runs minutes apart.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import signal
 import statistics
 import time
 from collections.abc import AsyncIterator, Callable
@@ -38,6 +42,9 @@ OVERHEAD_TARGET = 0.8  # issue 17 (0.7 in issue 5)
 # Diagnostic third variant: the same service without a durable store, to show its share.
 IN_MEMORY_STORE = "sqlite://:memory:"
 RUN_TIMEOUT_S = 600.0
+# A profile of each timed run (a development aid: py-spy is not a dependency): the path of a
+# py-spy executable; each run's raw (collapsed) stacks land in the workdir beside its log.
+PYSPY_ENV = "BSS_RELAY_BENCH_PYSPY"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +73,7 @@ async def _timed(
 ) -> Run:
     commands = _commands(stage, label)
     batch = stage.driver.expect(cid for cid, _ in commands)
-    async with start(commands) as proc:
+    async with start(commands) as proc, _profiled(stage, proc, label):
         cpu0, sandbox0 = cpu_seconds(proc.pid), cpu_seconds(stage.sandbox_pid)
         if not await batch.wait(RUN_TIMEOUT_S):
             raise TimeoutError(f"{label}: {len(batch.arrived)} of {len(commands)} events")
@@ -79,6 +86,27 @@ async def _timed(
         sandbox_cpu_ms=(sandbox1 - sandbox0) / n * 1000,
         failed=batch.failed(),
     )
+
+
+@contextlib.asynccontextmanager
+async def _profiled(stage: Stage, proc: Child, label: str) -> AsyncIterator[None]:
+    """With ``BSS_RELAY_BENCH_PYSPY`` set: ``py-spy record`` on ``proc`` (GIL holders only,
+    100 Hz) while the body runs, its stacks written to ``<workdir>/<label>-<pid>.pyspy``."""
+    pyspy = os.environ.get(PYSPY_ENV)
+    if not pyspy:
+        yield
+        return
+    out = stage.workdir / f"{label}-{proc.pid}.pyspy"
+    argv = [pyspy, "record", "--gil", "--format", "raw", "--pid", str(proc.pid), "-o", str(out)]
+    spy = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        await spy.wait()
 
 
 async def _ours(stage: Stage, store_url: str | None = None, other: Path | None = None) -> Run:
