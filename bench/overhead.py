@@ -115,7 +115,8 @@ async def _ours(stage: Stage, store_url: str | None = None, other: Path | None =
             "overhead", limits=LIFTED, preload=commands, store_url=store_url, other=other
         )
 
-    return await _timed(stage, "other" if other else "ours", start)
+    label = "other" if other else "memory" if store_url else "ours"
+    return await _timed(stage, label, start)
 
 
 async def _baseline(stage: Stage) -> Run:
