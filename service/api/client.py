@@ -291,10 +291,12 @@ class BssHttp:
         ``scope``: the command the call is made for (IAM calls have none)."""
         path = op.render(**(path_params or {}))
         query_string = canonical_query(query)
-        metrics = self._metrics
+        metrics, dispatcher = self._metrics, self._dispatcher
         for attempt in range(self._throttle_retries + 1):
             waited = time.perf_counter()
-            slot = await self._turn(op.name, parent_uid, scope)
+            slot = None  # an unlimited API has no turn to wait for (Dispatcher.turn)
+            if dispatcher.limited(op.name):
+                slot = await self._turn(op.name, parent_uid, scope)
             quota_wait_s = time.perf_counter() - waited
             metrics.observe_quota_wait(op.name, quota_wait_s)
             if scope is not None:
