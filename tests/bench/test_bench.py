@@ -136,3 +136,20 @@ def test_ctrl_c_stops_everything_it_started(tmp_path: Path) -> None:
         time.sleep(0.2)  # processes that just exited may linger as zombies briefly
     assert _processes_mentioning(str(work)) == []
     assert _bench_vhosts() <= before
+
+
+def test_compare_with_a_checkout_without_its_own_service_is_refused_before_anything_starts(
+    tmp_path: Path,
+) -> None:
+    before = _bench_vhosts()
+    done = subprocess.run(
+        [*BENCH, "--quick", "--scenario", "overhead", "--compare-with", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert f"{tmp_path}/.venv/bin/bss-relay is not there" in done.stderr
+    assert "make .venv/.installed" in done.stderr
+    assert _bench_vhosts() <= before  # refused before any vhost was made
