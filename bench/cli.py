@@ -96,6 +96,13 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         help="keep the data sets, stores and process logs here (default: a temporary directory)",
     )
     parser.add_argument(
+        "--compare-with",
+        type=Path,
+        metavar="CHECKOUT",
+        help="overhead: also run CHECKOUT's own service (CHECKOUT/.venv/bin/bss-relay serve) in "
+        "the same rounds, same commands and sandbox, e.g. a git worktree of an older commit",
+    )
+    parser.add_argument(
         "--amqp-url",
         default=DEFAULT_AMQP,
         help=f"broker and user (a fresh vhost is created on it; default {DEFAULT_AMQP})",
@@ -112,6 +119,8 @@ def command_line(args: argparse.Namespace) -> str:
         words.append("--quick")
     if args.keys is not None:
         words += ["--keys", str(args.keys)]
+    if args.compare_with is not None:
+        words += ["--compare-with", str(args.compare_with)]
     if args.amqp_url != DEFAULT_AMQP:
         words += ["--amqp-url", mask_url(args.amqp_url)]  # printed in reports: no password
     return shlex.join(words)
@@ -119,17 +128,25 @@ def command_line(args: argparse.Namespace) -> str:
 
 def _command(args: argparse.Namespace) -> int:
     # Imported here, not at the top: registering the verb must not load the benchmark.
+    from bench.processes import other_checkout  # noqa: PLC0415
     from bench.runner import Options, run_bench  # noqa: PLC0415
     from bench.stage import QUICK, Sizes  # noqa: PLC0415
     from service.lifecycle import run_until_signalled  # noqa: PLC0415
 
     chosen = args.scenario or [name for name in SCENARIO_NAMES if name not in ON_REQUEST]
+    if args.compare_with is not None:
+        try:
+            other_checkout(args.compare_with)
+        except ValueError as exc:
+            print(f"bss-relay bench: --compare-with: {exc}", file=sys.stderr)
+            return 2
     options = Options(
         scenarios=[name for name in SCENARIO_NAMES if name in chosen],
         sizes=(QUICK if args.quick else Sizes()).with_keys(args.keys),
         amqp_url=args.amqp_url,
         command=command_line(args),
         workdir=args.workdir,
+        compare_with=None if args.compare_with is None else args.compare_with.resolve(),
     )
 
     async def body(stop: asyncio.Event) -> int:

@@ -53,9 +53,8 @@ async def _output(*argv: str, cwd: Path) -> str:
     return out.decode().strip() if proc.returncode == 0 else ""
 
 
-async def _revision() -> str:
+async def _revision(tree: Path = SOURCE_TREE) -> str:
     """The commit measured, and whether the working tree differed from it."""
-    tree = SOURCE_TREE
     commit = await _output("git", "rev-parse", "--short", "HEAD", cwd=tree)
     if not commit:
         return "unknown (not a git checkout)"
@@ -64,7 +63,7 @@ async def _revision() -> str:
     return commit + (f" + uncommitted changes in {dirty} files" if dirty else "")
 
 
-async def describe_machine() -> dict[str, str]:
+async def describe_machine(compare_with: Path | None = None) -> dict[str, str]:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return {
@@ -75,4 +74,8 @@ async def describe_machine() -> dict[str, str]:
         "RabbitMQ": await _rabbitmq(),
         "load average at start": load,
         "code": await _revision(),
-    }
+    } | (
+        {"compared with": f"{compare_with}: {await _revision(compare_with)}"}
+        if compare_with
+        else {}
+    )

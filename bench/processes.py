@@ -33,6 +33,7 @@ __all__ = [
     "clean_environment",
     "cpu_seconds",
     "memory_kib",
+    "other_checkout",
     "rabbitmqctl",
     "sandbox_process",
     "service_process",
@@ -81,8 +82,9 @@ async def vhost(base_url: str, name: str) -> AsyncIterator[str]:
 CHECKOUT = str(Path(__file__).resolve().parent.parent)
 
 
-def clean_environment(extra: Mapping[str, str]) -> dict[str, str]:
-    """This process's environment without any service setting, plus ``extra``."""
+def clean_environment(extra: Mapping[str, str], *, checkout: str = CHECKOUT) -> dict[str, str]:
+    """This process's environment without any service setting, plus ``extra``; imports find
+    ``checkout`` first (this one, or another one's for ``--compare-with``)."""
     env = {
         key: value
         for key, value in os.environ.items()
@@ -91,7 +93,7 @@ def clean_environment(extra: Mapping[str, str]) -> dict[str, str]:
     env.update(extra)
     # The harness is not installed (it ships in neither the wheel nor the image): children
     # that import it (the baseline loop) find it in this checkout.
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [CHECKOUT, env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [checkout, env.get("PYTHONPATH")]))
     return env
 
 
@@ -193,17 +195,31 @@ async def sandbox_process(
         yield sandbox, found.group(1)
 
 
+def other_checkout(path: Path) -> Path:
+    """``path``'s own ``bss-relay`` (its virtualenv's), for ``--compare-with``; raises
+    ``ValueError`` naming what is missing."""
+    program = path / ".venv" / "bin" / "bss-relay"
+    if not os.access(program, os.X_OK):
+        raise ValueError(f"{program} is not there: run `make .venv/.installed` in {path}")
+    return program
+
+
 @asynccontextmanager
 async def service_process(
-    env: Mapping[str, str], *, log: Path, name: str = "service"
+    env: Mapping[str, str], *, log: Path, name: str = "service", other: Path | None = None
 ) -> AsyncIterator[Child]:
     """``bss-relay serve`` with exactly the settings in ``env`` (under ``bench.traced``, which
-    reports its memory on SIGUSR1, when ``BSS_RELAY_BENCH_TRACE_DIR`` is set)."""
-    argv = relay_command("serve")
-    if TRACE_DIR:
+    reports its memory on SIGUSR1, when ``BSS_RELAY_BENCH_TRACE_DIR`` is set); with ``other``
+    (a checkout), that checkout's own ``bss-relay`` in its own virtualenv, importing its own
+    code (an absolute path: the child runs elsewhere)."""
+    argv, environment = relay_command("serve"), clean_environment(env)
+    if other is not None:
+        argv = [str(other_checkout(other)), "serve"]
+        environment = clean_environment(env, checkout=str(other))
+    elif TRACE_DIR:
         extra = ["--tracemalloc"] if os.environ.get("BSS_RELAY_BENCH_TRACEMALLOC") else []
         argv = [sys.executable, "-m", "bench.traced", f"{TRACE_DIR}/{log.stem}", *extra, "serve"]
-    async with child(name, argv, env=clean_environment(env), log=log) as proc:
+    async with child(name, argv, env=environment, log=log) as proc:
         yield proc
 
 

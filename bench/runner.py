@@ -65,6 +65,7 @@ class Options:
     amqp_url: str
     command: str
     workdir: Path | None = None  # kept afterwards (logs, data sets, stores); else a temp dir
+    compare_with: Path | None = None  # another checkout's service beside ours (overhead)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +93,7 @@ async def _stage(run: _Run, customers: int, *, name: str, log_size: int) -> Asyn
             workdir=run.workdir,
             sizes=run.options.sizes,
             sandbox_pid=proc.pid,
+            compare_with=run.options.compare_with,
         )
 
 
@@ -108,7 +110,7 @@ async def _scenario(stage: Stage, name: str, report: Report) -> None:
 
 
 async def run_bench(options: Options) -> Report:
-    report = Report(options.command, await describe_machine())
+    report = Report(options.command, await describe_machine(options.compare_with))
     started = time.monotonic()
     shared = [s for s in options.scenarios if s not in OWN_SANDBOX]
     alone = [s for s in options.scenarios if s in OWN_SANDBOX]

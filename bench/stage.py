@@ -112,6 +112,7 @@ class Stage:
     workdir: Path
     sizes: Sizes
     sandbox_pid: int
+    compare_with: Path | None = None  # another checkout whose service runs beside ours
 
     @property
     def customers(self) -> tuple[BenchCustomer, ...]:
@@ -159,15 +160,17 @@ class Stage:
         limits: Mapping[str, float | None] | None = None,
         preload: Sequence[tuple[str, bytes]] = (),
         store_url: str | None = None,
+        other: Path | None = None,
     ) -> AsyncIterator[Child]:
-        """``bss-relay serve``; ``preload`` is published before it starts."""
+        """``bss-relay serve``; ``preload`` is published before it starts. With ``other``, the
+        service of that checkout (``--compare-with``), same settings and queues."""
         prefix = f"bench-{label}-{uuid.uuid4().hex[:6]}"
         await self.driver.declare_service_queues(prefix)
         try:
             await self.driver.publish_many(preload)
             log = self.workdir / f"{prefix}.log"
             env = self.settings(prefix, limits, store_url)
-            async with service_process(env, log=log) as proc:
+            async with service_process(env, log=log, other=other) as proc:
                 await self._ready(proc, Topology(prefix).work_queue)
                 yield proc
         finally:

@@ -7,7 +7,6 @@ credentials and spend the customer's rate limit (ParentUid = customer); partner 
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -74,7 +73,8 @@ class PartnerApi:
     def scoped(self, scope: CallScope) -> PartnerApi:
         """This partner's API for one command: every request is counted in ``scope``, and
         the command's start deadline and journal are applied before each send."""
-        scoped = copy.copy(self)
+        scoped = object.__new__(PartnerApi)  # once per command: copy.copy costs 4x this
+        scoped.__dict__.update(self.__dict__)
         scoped._scope = scope
         return scoped
 

@@ -261,6 +261,15 @@ class BssHttp:
         metrics: Metrics | None = None,
     ) -> None:
         self._session = session
+        # A call with no slot (its API unlimited) has no lateness to give back, so it needs no
+        # write trace; aiohttp's trace machinery costs a Trace, its context and six awaited
+        # signals per request. Such calls go through a twin session on the same connection
+        # pool (the same RELAY_HTTP_CONNECTIONS), without traces. Closed with the pool.
+        self._untraced = session
+        if session.trace_configs:
+            self._untraced = aiohttp.ClientSession(
+                connector=session.connector, connector_owner=False, timeout=session.timeout
+            )
         self._bases = {"bss": endpoints.bss.rstrip("/"), "iam": endpoints.iam.rstrip("/")}
         self._dispatcher = dispatcher
         self._throttle_retries = throttle_retries
@@ -282,10 +291,12 @@ class BssHttp:
         ``scope``: the command the call is made for (IAM calls have none)."""
         path = op.render(**(path_params or {}))
         query_string = canonical_query(query)
-        metrics = self._metrics
+        metrics, dispatcher = self._metrics, self._dispatcher
         for attempt in range(self._throttle_retries + 1):
             waited = time.perf_counter()
-            slot = await self._turn(op.name, parent_uid, scope)
+            slot = None  # an unlimited API has no turn to wait for (Dispatcher.turn)
+            if dispatcher.limited(op.name):
+                slot = await self._turn(op.name, parent_uid, scope)
             quota_wait_s = time.perf_counter() - waited
             metrics.observe_quota_wait(op.name, quota_wait_s)
             if scope is not None:
@@ -302,7 +313,7 @@ class BssHttp:
                     body=body,
                     domain_id=domain_id,
                     quota_wait_s=quota_wait_s,
-                    written=late.written,
+                    written=None if slot is None else late.written,
                 )
             except RelayError as exc:
                 status = str(exc.http_status) if exc.http_status else exc.code
@@ -382,7 +393,8 @@ class BssHttp:
             quota_wait_s=quota_wait_s,
         ) as span:
             try:
-                async with self._session.request(
+                session = self._untraced if written is None else self._session
+                async with session.request(
                     op.method,
                     url,
                     headers=signed,

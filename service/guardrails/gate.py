@@ -21,7 +21,7 @@ released; every other end settles them in ``store.finish`` (see ``service.store.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from datetime import timedelta
 
 import structlog
@@ -37,6 +37,7 @@ __all__ = ["PolicyDenied", "PolicyGate"]
 log = structlog.get_logger(__name__)
 
 MAX_NAMED = 5
+_ADMITTED: AbstractAsyncContextManager[None] = nullcontext()  # reusable: it keeps no state
 
 
 class PolicyDenied(CommandRejected):
@@ -52,20 +53,24 @@ class PolicyGate:
         self.policy = policy
         self._store = store
 
-    @asynccontextmanager
-    async def admitted(
+    def admitted(
         self,
         command: Command,
         *,
         requested_by: str | None,
         partner_id: str,
         uncertain: bool = False,
-    ) -> AsyncIterator[None]:
+    ) -> AbstractAsyncContextManager[None]:
         """Raise :class:`PolicyDenied`, or let the handler run inside."""
         policy = self.policy.current  # one policy for the whole check, whatever a reload does
         if policy is None or uncertain:
-            yield
-            return
+            return _ADMITTED  # nothing to check: no generator per command
+        return self._judged(policy, command, requested_by=requested_by, partner_id=partner_id)
+
+    @asynccontextmanager
+    async def _judged(
+        self, policy: Policy, command: Command, *, requested_by: str | None, partner_id: str
+    ) -> AsyncIterator[None]:
         denial = policy.admit(command, requested_by, partner_id=partner_id)
         release: Callable[[str], Awaitable[None]] | None = None
         if denial is None and isinstance(command, RenewCommand):

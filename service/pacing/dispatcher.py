@@ -33,7 +33,6 @@ import math
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import structlog
@@ -532,18 +531,10 @@ class Dispatcher:
         rate = min(rate_c, rate_e / len(sharing))
         return 0.0 if rate == INF else 1.0 / rate
 
-    @contextmanager
-    def coming(self, api: str, uid: str, priority: int) -> Iterator[None]:
+    def coming(self, api: str, uid: str, priority: int) -> _Coming:
         """A command admitted to wait here, on its way (being claimed): it counts as held, so
         that a burst read at once cannot slip more than the hold window past the decision."""
-        key = (api, uid, priority)
-        self._coming[key] += 1
-        try:
-            yield
-        finally:
-            self._coming[key] -= 1
-            if self._coming[key] <= 0:
-                del self._coming[key]
+        return _Coming(self._coming, (api, uid, priority))
 
     def held(self, api: str, uid: str, priority: int = Priority.LOW) -> int:
         """Calls of the customer waiting here (or on their way) at ``priority`` or above."""
@@ -595,3 +586,23 @@ class Dispatcher:
             for waiter in lane.waiters():
                 waiter.future.cancel()
         self._lanes.clear()
+
+
+class _Coming:
+    """``Dispatcher.coming``: a plain context manager (one per command; a generator-based
+    one costs a generator and its frame)."""
+
+    __slots__ = ("_counts", "_key")
+
+    def __init__(self, counts: Counter[tuple[str, str, int]], key: tuple[str, str, int]) -> None:
+        self._counts = counts
+        self._key = key
+
+    def __enter__(self) -> None:
+        self._counts[self._key] += 1
+
+    def __exit__(self, *_: object) -> None:
+        counts, key = self._counts, self._key
+        counts[key] -= 1
+        if counts[key] <= 0:
+            del counts[key]
