@@ -57,6 +57,13 @@ class Sizes:
     parking_light: int = 10  # commands per light customer (parking: 5 of them)
     parking_hot: int = 150  # commands per hot customer (parking: 3 of them)
     parking_adapt_s: float = 3.0  # from the light ones' last request to the window
+    parking_drain: bool = True  # wait for every parking command (the deferred estimates)
+    uneven_hot: int = 90  # replicas: commands per hot customer (3 of them)
+    uneven_light: int = 10  # replicas: commands per light customer (5 of them)
+    quota_pg_backlog: int = 250  # quota-pg: the one customer's commands
+    mind_backlog: int = 600  # api-mind: the one customer's commands
+    priority_backlog: int = 5_000  # priority: normal commands over many_keys customers
+    priority_high: int = 100  # priority: high commands, one customer
 
     @property
     def small_customers(self) -> int:
@@ -93,6 +100,13 @@ QUICK = Sizes(
     parking_light=4,
     parking_hot=40,
     parking_adapt_s=2.0,
+    parking_drain=False,
+    uneven_hot=30,
+    uneven_light=4,
+    quota_pg_backlog=60,
+    mind_backlog=600,
+    priority_backlog=500,
+    priority_high=10,
 )
 
 
