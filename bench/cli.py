@@ -32,9 +32,12 @@ SCENARIO_NAMES = (
     "quota-pg",
     "api-mind",
     "priority",
+    "store-calls",
 )
 # Run only when named: PostgreSQL (BSS_RELAY_BENCH_POSTGRES_URL) or minutes each.
-ON_REQUEST = frozenset({"replicas", "replicas-steady", "quota-pg", "api-mind", "priority"})
+ON_REQUEST = frozenset(
+    {"replicas", "replicas-steady", "quota-pg", "api-mind", "priority", "store-calls"}
+)
 DEFAULT_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
 INTERRUPTED = 130
 
@@ -68,6 +71,8 @@ scenarios:
                it at 40 s, unannounced: 429s, rate after, recovery (SQLite, one serve)
   priority     5,000 normal commands saturate the egress; 100 high ones arrive one every
                0.4 s: their wait for a request, and the egress rate before and during
+  store-calls  PostgreSQL transactions per granted API call (pg_stat_database of a database
+               of its own), presence published every second vs once at start
 
 The full run takes several minutes (memory alone a few); --quick is a smoke run with small
 sizes. Progress goes to stderr, the table to stdout (--json: the raw figures instead).

@@ -194,10 +194,12 @@ async def sandbox_process(
 
 @asynccontextmanager
 async def service_process(
-    env: Mapping[str, str], *, log: Path, name: str = "service"
+    env: Mapping[str, str], *, log: Path, name: str = "service", presence: bool = True
 ) -> AsyncIterator[Child]:
-    """``bss-relay serve`` with exactly the settings in ``env``."""
-    async with child(name, relay_command("serve"), env=clean_environment(env), log=log) as proc:
+    """``bss-relay serve`` with exactly the settings in ``env``; ``presence=False``: through
+    ``bench.quiet_serve``, which publishes the replica's presence once, at start."""
+    argv = relay_command("serve") if presence else [sys.executable, "-m", "bench.quiet_serve"]
+    async with child(name, argv, env=clean_environment(env), log=log) as proc:
         yield proc
 
 

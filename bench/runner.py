@@ -34,6 +34,7 @@ from bench.replicas import parking, replicas, replicas_steady
 from bench.report import Report, Row
 from bench.stage import Sizes, Stage
 from bench.steering import api_mind, priority, quota_pg
+from bench.storecalls import store_calls
 
 __all__ = ["SCENARIOS", "Options", "run_bench"]
 
@@ -53,6 +54,7 @@ SCENARIOS: dict[str, Scenario] = {
     "quota-pg": quota_pg,
     "api-mind": api_mind,
     "priority": priority,
+    "store-calls": store_calls,
 }
 OWN_SANDBOX = frozenset({"memory"})
 SHARED_LOG_SIZE = 100_000  # sandbox request log entries: enough for every shared scenario

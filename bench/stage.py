@@ -64,6 +64,7 @@ class Sizes:
     mind_backlog: int = 600  # api-mind: the one customer's commands
     priority_backlog: int = 5_000  # priority: normal commands over many_keys customers
     priority_high: int = 100  # priority: high commands, one customer
+    calls_each: int = 40  # store-calls: commands per customer (5 of them)
 
     @property
     def small_customers(self) -> int:
@@ -104,9 +105,10 @@ QUICK = Sizes(
     uneven_hot=30,
     uneven_light=4,
     quota_pg_backlog=60,
-    mind_backlog=600,
+    mind_backlog=450,
     priority_backlog=500,
     priority_high=10,
+    calls_each=8,
 )
 
 
