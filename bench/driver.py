@@ -51,6 +51,8 @@ class Batch:
     started: asyncio.Event = field(default_factory=asyncio.Event)  # the first event came
 
     def record(self, command_id: str, outcome: str, at: float) -> None:
+        if outcome == "deferred":
+            return  # progress only (CONTRACT §8): the terminal event comes later
         if command_id in self.arrived:
             return  # a duplicate announcement; the first event is the one that counts
         self.arrived[command_id] = at

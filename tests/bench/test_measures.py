@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from bench.driver import Batch
 from bench.measures import (
     busiest_window,
     estimate_errors,
@@ -122,3 +123,13 @@ def test_estimate_errors_allow_twenty_percent_of_the_wait_or_two_seconds() -> No
 def test_per_second_counts_whole_seconds_from_the_first() -> None:
     assert per_second([10.0, 10.5, 11.2, 13.9]) == [2, 1, 0, 1]
     assert per_second([]) == []
+
+
+def test_a_batch_waits_for_terminal_events_not_deferred_ones() -> None:
+    batch = Batch(frozenset({"a"}))
+    batch.record("a", "deferred", 1.0)
+    assert not batch.done.is_set()
+    batch.record("a", "succeeded", 2.0)
+    assert batch.done.is_set()
+    assert batch.arrived == {"a": 2.0}
+    assert batch.failed() == 0
