@@ -419,6 +419,10 @@ UNEVEN = Setup("3 replicas, 2 sources", ("127.0.0.2", "127.0.0.3", "127.0.0.2"))
 KILL_AT_S = 8.0  # from the first accepted request: replica 0 (one of the two on 127.0.0.2)
 
 
+def _ok(row: dict[str, Any]) -> bool:
+    return 200 <= (row["status"] or 0) < 300
+
+
 async def _uneven_run(  # noqa: PLR0917 (one call site, every argument named there)
     stage: Stage,
     backlog: list[tuple[str, bytes]],
@@ -436,12 +440,17 @@ async def _uneven_run(  # noqa: PLR0917 (one call site, every argument named the
             stage.say(f"{label}: {len(backlog)} commands, 3 hot and 5 light customers")
             batch = stage.driver.expect(commands)
             await stage.driver.publish_many(backlog)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + FIRST_REQUEST_TIMEOUT_S
             while True:
                 rows = await stage.sandbox.requests(since)
-                if any(r["parent_uid"] in uids and r["status"] == 200 for r in rows):
+                ok = [r["at"] for r in rows if r["parent_uid"] in uids and _ok(r)]
+                if ok:
                     break
+                if loop.time() > deadline:
+                    raise TimeoutError("no request accepted")
                 await asyncio.sleep(0.1)
-            first = min(r["at"] for r in rows if r["parent_uid"] in uids and r["status"] == 200)
+            first = min(ok)
             await asyncio.sleep(max(0.0, first + KILL_AT_S - time.time()))
             taken, failover = await _failover(stage, procs[0], schema)
             if not await batch.wait(FAILOVER_TIMEOUT_S * 2):
