@@ -11,7 +11,7 @@ from bench.processes import rabbitmqctl
 
 __all__ = ["describe_machine"]
 
-SOURCE_TREE = Path(__file__).resolve().parents[2]  # the checkout this package runs from
+SOURCE_TREE = Path(__file__).resolve().parents[1]  # the checkout (bench/ is at its root)
 
 
 def _cpu_model() -> str:
