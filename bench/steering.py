@@ -191,8 +191,9 @@ async def api_mind(stage: Stage) -> list[Row]:
     recovery = recovery_after(times, rise, MIND_RECOVER * LIMIT)
 
     def limit_at(at: float) -> float:
-        # a window that reaches back over the change is held to the lower limit
-        return MIND_LOW if cut <= at < rise + 1.0 else LIMIT
+        # the 1-s window ending at ``at``: held to 5/s when it lies wholly under the cut
+        # limit; a window that straddles a change is held to the higher of the two
+        return MIND_LOW if cut + 1.0 <= at < rise else LIMIT
 
     worst = worst_window_ratio([r["at"] for r in rows], limit_at)
     failed = batch.failed()
