@@ -29,9 +29,16 @@ SCENARIO_NAMES = (
     "memory",
     "replicas",
     "soak",
+    "replicas-steady",
+    "quota-pg",
+    "api-mind",
+    "priority",
+    "store-calls",
 )
-# Run only when named: they need PostgreSQL (BSS_RELAY_BENCH_POSTGRES_URL) and take minutes.
-ON_REQUEST = frozenset({"replicas", "soak"})
+# Run only when named: PostgreSQL (BSS_RELAY_BENCH_POSTGRES_URL) or minutes each.
+ON_REQUEST = frozenset(
+    {"replicas", "soak", "replicas-steady", "quota-pg", "api-mind", "priority", "store-calls"}
+)
 DEFAULT_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
 INTERRUPTED = 130
 
@@ -51,11 +58,22 @@ scenarios:
   light-load   publish -> event latency at 5 commands/s, service vs the minimal loop
   parking      one process, 8 customers at 5/s: the 3 hot ones' rate once 5 light finish
   memory       peak RSS after 100,000 distinct customers (--keys)
-  replicas     1, 2 and 4 serve processes on one PostgreSQL store, each its own source
-               address (127.0.0.2...), and 2 sharing one egress: per-window maxima per
-               (API, ParentUid) and (API, source), 429s, shares, store round trips per
-               call, failover after SIGKILL (only when named; needs PostgreSQL at
-               BSS_RELAY_BENCH_POSTGRES_URL, default postgresql://postgres@127.0.0.1:5432/test)
+  parking and the scenarios below also score the deferred events' expected_start_at
+  against each command's actual start (share within max(20 %, 2 s), median, worst).
+  Only when named (PostgreSQL at BSS_RELAY_BENCH_POSTGRES_URL, default
+  postgresql://postgres@127.0.0.1:5432/test, a fresh schema per setup):
+  replicas     3 serve processes on 2 source addresses, 3 hot + 5 light customers at a
+               strict 5/s, one replica SIGKILLed 8 s in: quota used over the whole run,
+               tail included; 1-s maxima per (API, ParentUid) and (API, source); 429s
+  replicas-steady  1, 2 and 4 replicas (own addresses) and 2 sharing one egress: a 20 s
+               steady window, shares, store round trips per call, failover after SIGKILL
+  quota-pg     one hot customer alone on PostgreSQL, 1 and 2 replicas: requests/s vs 10/s
+  api-mind     one customer at 10/s; the sandbox cuts the limit to 5/s at 15 s and raises
+               it at 40 s, unannounced: 429s, rate after, recovery (SQLite, one serve)
+  priority     5,000 normal commands saturate the egress; 100 high ones arrive one every
+               0.4 s: their wait for a request, and the egress rate before and during
+  store-calls  PostgreSQL transactions per granted API call (pg_stat_database of a database
+               of its own), presence published every second vs once at start
   soak         50,000 mixed commands (auto-renew, renewals, price inquiries, coupons) over 50
                customers at a steady 150/s, limits lifted, on SQLite then on PostgreSQL (a
                fresh schema): the service's RSS after warm-up (20 % of the commands) vs at

@@ -171,14 +171,18 @@ def _product(demo: Dataset) -> dict[str, str]:
     }
 
 
-def auto_renew_command(command_id: str, customer: BenchCustomer, n: int = 0) -> bytes:
+def auto_renew_command(
+    command_id: str, customer: BenchCustomer, n: int = 0, priority: str | None = None
+) -> bytes:
     """A ``set_auto_renew`` command (enable) for one of the customer's resources."""
     resource = customer.resource_ids[n % len(customer.resource_ids)]
-    body = {
+    body: dict[str, object] = {
         "command_id": command_id,
         "type": "set_auto_renew",
         "payload": {"customer_id": customer.customer_id, "resource_id": resource, "enabled": True},
     }
+    if priority is not None:
+        body["priority"] = priority
     return json.dumps(body, separators=(",", ":")).encode()
 
 

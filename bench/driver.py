@@ -51,6 +51,8 @@ class Batch:
     started: asyncio.Event = field(default_factory=asyncio.Event)  # the first event came
 
     def record(self, command_id: str, outcome: str, at: float) -> None:
+        if outcome == "deferred":
+            return  # progress only (CONTRACT §8): the terminal event comes later
         if command_id in self.arrived:
             return  # a duplicate announcement; the first event is the one that counts
         self.arrived[command_id] = at
@@ -92,6 +94,8 @@ class Driver:
         self._channel = channel
         self._commands = commands
         self._batches: dict[str, Batch] = {}
+        # every event seen, in arrival order (the fields the estimate and start measures need)
+        self.events: list[dict[str, Any]] = []
 
     def expect(self, ids: Iterable[str]) -> Batch:
         batch = Batch(frozenset(ids))
@@ -106,6 +110,15 @@ class Driver:
     async def on_event(self, message: AbstractIncomingMessage) -> None:
         at = time.monotonic()
         event = json.loads(message.body)
+        self.events.append(
+            {
+                "command_id": event.get("command_id"),
+                "outcome": event.get("outcome"),
+                "occurred_at": event.get("occurred_at"),
+                "expected_start_at": event.get("expected_start_at"),
+                "seen_at": time.time(),
+            }
+        )
         batch = self._batches.get(event.get("command_id") or "")
         if batch is not None:
             batch.record(event["command_id"], event.get("outcome", "?"), at)

@@ -206,16 +206,24 @@ def other_checkout(path: Path) -> Path:
 
 @asynccontextmanager
 async def service_process(
-    env: Mapping[str, str], *, log: Path, name: str = "service", other: Path | None = None
+    env: Mapping[str, str],
+    *,
+    log: Path,
+    name: str = "service",
+    other: Path | None = None,
+    presence: bool = True,
 ) -> AsyncIterator[Child]:
     """``bss-relay serve`` with exactly the settings in ``env`` (under ``bench.traced``, which
     reports its memory on SIGUSR1, when ``BSS_RELAY_BENCH_TRACE_DIR`` is set); with ``other``
     (a checkout), that checkout's own ``bss-relay`` in its own virtualenv, importing its own
-    code (an absolute path: the child runs elsewhere)."""
+    code (an absolute path: the child runs elsewhere); ``presence=False``: through
+    ``bench.quiet_serve``, which publishes the replica's presence once, at start."""
     argv, environment = relay_command("serve"), clean_environment(env)
     if other is not None:
         argv = [str(other_checkout(other)), "serve"]
         environment = clean_environment(env, checkout=str(other))
+    elif not presence:
+        argv = [sys.executable, "-m", "bench.quiet_serve"]
     elif TRACE_DIR:
         extra = ["--tracemalloc"] if os.environ.get("BSS_RELAY_BENCH_TRACEMALLOC") else []
         argv = [sys.executable, "-m", "bench.traced", f"{TRACE_DIR}/{log.stem}", *extra, "serve"]

@@ -34,14 +34,16 @@ from typing import Any
 import asyncpg
 
 from bench.dataset import API, BenchCustomer
-from bench.measures import busiest_window, shares
+from bench.driver import Batch
+from bench.estimates import estimate_rows, where
+from bench.measures import busiest_window, per_second, shares
 from bench.processes import Child, service_process
 from bench.quota import FIRST_REQUEST_TIMEOUT_S, LOG_SETTLE_S, _backlog, _interleave
 from bench.report import Figure, Row, ratio
 from bench.stage import Stage
 from service.broker.topology import Topology
 
-__all__ = ["parking", "replicas"]
+__all__ = ["parking", "replicas", "replicas_steady"]
 
 POSTGRES_URL = os.environ.get(
     "BSS_RELAY_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -84,13 +86,13 @@ async def _drop_schema(schema: str) -> None:
 
 @asynccontextmanager
 async def _replicas(
-    stage: Stage, setup: Setup, schema: str, prefix: str
+    stage: Stage, setup: Setup, schema: str, prefix: str, limit: float = REPLICAS_LIMIT
 ) -> AsyncIterator[list[Child]]:
     store_url = f"{POSTGRES_URL}?schema={schema}"
     async with AsyncExitStack() as stack:
         procs: list[Child] = []
         for n, source in enumerate(setup.sources):
-            env = stage.settings(prefix, {API: REPLICAS_LIMIT}, store_url)
+            env = stage.settings(prefix, {API: limit}, store_url)
             env.update(
                 RELAY_SOURCE_ADDRESS=source,
                 RELAY_LEASE_S=str(LEASE_S),
@@ -242,6 +244,7 @@ async def _one_setup(
     ours = [r for r in rows if r["parent_uid"] in uids]
     # the sandbox's log of the setup, kept with the process logs for a closer look
     (stage.workdir / f"{prefix}-requests.json").write_text(json.dumps(ours))
+    stage.say(f"{label}: request log in {prefix}-requests.json")
     accepted = [r for r in ours if 200 <= (r["status"] or 0) < 300]
     window = [r for r in accepted if start <= r["at"] < end]
     binding = REPLICAS_LIMIT * min(setup.egresses, len(customers))
@@ -331,7 +334,7 @@ async def _one_setup(
     ]
 
 
-async def replicas(stage: Stage) -> list[Row]:
+async def replicas_steady(stage: Stage) -> list[Row]:
     customers = stage.customers
     hot, light = customers[0], customers[1 : 1 + stage.sizes.replicas_light]
     rows: list[Row] = []
@@ -352,11 +355,17 @@ async def parking(stage: Stage) -> list[Row]:
         [_backlog("park", c, sizes.parking_light) for c in light]
         + [_backlog("park", c, sizes.parking_hot) for c in hot]
     )
+    commands: dict[str, tuple[str, str]] = {}
+    for c in light:
+        commands |= where("park", c, sizes.parking_light)
+    for c in hot:
+        commands |= where("park", c, sizes.parking_hot)
     light_uids = {c.customer_id for c in light}
     hot_uids = {c.customer_id for c in hot}
     since = time.time()
     async with stage.service("parking", limits={API: limit}):
         stage.say(f"parking: {len(backlog)} commands, 5 light and 3 hot customers at {limit:g}/s")
+        batch = stage.driver.expect(commands)
         await stage.driver.publish_many(backlog)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + FIRST_REQUEST_TIMEOUT_S * 2
@@ -377,6 +386,9 @@ async def parking(stage: Stage) -> list[Row]:
         end = start + sizes.window_s
         stage.say(f"light customers done; measuring the hot ones for {sizes.window_s:g} s")
         await asyncio.sleep(max(0.0, end - time.time()) + LOG_SETTLE_S)
+        if stage.sizes.parking_drain:  # the deferred estimates need every command's start
+            await batch.wait(FAILOVER_TIMEOUT_S)
+            await asyncio.sleep(LOG_SETTLE_S)
         rows = [r for r in await stage.sandbox.requests(since) if r["api"] == API]
     window = [
         r
@@ -399,4 +411,149 @@ async def parking(stage: Stage) -> list[Row]:
             achieved / limit >= PARKING_TARGET,
         ),
         Row("parking", "HTTP 429 answers", Figure(throttled), Figure(0), "—", "0", throttled == 0),
+        *estimate_rows(stage, "parking", rows, commands),
+    ]
+
+
+UNEVEN = Setup("3 replicas, 2 sources", ("127.0.0.2", "127.0.0.3", "127.0.0.2"))
+KILL_AT_S = 8.0  # from the first accepted request: replica 0 (one of the two on 127.0.0.2)
+
+
+def _ok(row: dict[str, Any]) -> bool:
+    return 200 <= (row["status"] or 0) < 300
+
+
+async def _uneven_run(  # noqa: PLR0917 (one call site, every argument named there)
+    stage: Stage,
+    backlog: list[tuple[str, bytes]],
+    commands: dict[str, tuple[str, str]],
+    uids: set[str],
+    prefix: str,
+    schema: str,
+) -> tuple[list[dict[str, Any]], float, float, Batch]:
+    """Run the backlog on ``UNEVEN``, SIGKILL replica 0 ``KILL_AT_S`` after the first
+    accepted request, wait for every event; the sandbox's log of the run."""
+    label = UNEVEN.label
+    since = time.time()
+    try:
+        async with _replicas(stage, UNEVEN, schema, prefix) as procs:
+            stage.say(f"{label}: {len(backlog)} commands, 3 hot and 5 light customers")
+            batch = stage.driver.expect(commands)
+            await stage.driver.publish_many(backlog)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + FIRST_REQUEST_TIMEOUT_S
+            while True:
+                rows = await stage.sandbox.requests(since)
+                ok = [r["at"] for r in rows if r["parent_uid"] in uids and _ok(r)]
+                if ok:
+                    break
+                if loop.time() > deadline:
+                    raise TimeoutError("no request accepted")
+                await asyncio.sleep(0.1)
+            first = min(ok)
+            await asyncio.sleep(max(0.0, first + KILL_AT_S - time.time()))
+            taken, failover = await _failover(stage, procs[0], schema)
+            if not await batch.wait(FAILOVER_TIMEOUT_S * 2):
+                stage.say(f"{label}: {len(batch.arrived)} of {len(commands)} finished")
+            await asyncio.sleep(LOG_SETTLE_S)
+            rows = [r for r in await stage.sandbox.requests(since) if r["api"] == API]
+    finally:
+        await asyncio.shield(stage.driver.delete_service_queues(prefix))
+        await asyncio.shield(_drop_schema(schema))
+    return rows, taken, failover, batch
+
+
+async def replicas(stage: Stage) -> list[Row]:
+    """Issue 17's shape: 3 replicas on 2 source addresses, 3 hot and 5 light customers, strict
+    5/s; replica 0 SIGKILLed ``KILL_AT_S`` after the first request (its address keeps a
+    replica, so the binding quota stays 2 x 5/s); the light ones finish first and the hot
+    ones are left alone. Utilisation over the whole run, first accepted request to last."""
+    sizes = stage.sizes
+    hot = list(stage.customers[:3])
+    light = list(stage.customers[3:8])
+    customers = hot + light
+    uids = {c.customer_id for c in customers}
+    prefix = f"bench-replicas-{uuid.uuid4().hex[:6]}"
+    schema = f"bench_replicas_{uuid.uuid4().hex[:10]}"
+    label = UNEVEN.label
+    await stage.sandbox.reset()
+    await stage.sandbox.set_limits({API: REPLICAS_LIMIT})
+    await stage.driver.declare_service_queues(prefix)
+    tag = f"rep{prefix[-6:]}"
+    backlog = _interleave(
+        [_backlog(tag, c, sizes.uneven_hot) for c in hot]
+        + [_backlog(tag, c, sizes.uneven_light) for c in light]
+    )
+    commands: dict[str, tuple[str, str]] = {}
+    for c in hot:
+        commands |= where(tag, c, sizes.uneven_hot)
+    for c in light:
+        commands |= where(tag, c, sizes.uneven_light)
+    rows, taken, failover, batch = await _uneven_run(stage, backlog, commands, uids, prefix, schema)
+    ours = [r for r in rows if r["parent_uid"] in uids]
+    (stage.workdir / f"{prefix}-requests.json").write_text(json.dumps(ours))
+    times = sorted(r["at"] for r in ours if 200 <= (r["status"] or 0) < 300)
+    span = times[-1] - times[0]
+    binding = REPLICAS_LIMIT * UNEVEN.egresses
+    achieved = (len(times) - 1) / span if span > 0 else math.nan
+    light_uids = {c.customer_id for c in light}
+    light_done = max(r["at"] for r in ours if r["parent_uid"] in light_uids)
+    tail = [t for t in times if t > light_done]
+    tail_rate = (len(tail) - 1) / (tail[-1] - tail[0]) if len(tail) > 1 else math.nan
+    per_uid = max(busiest_window([r["at"] for r in ours if r["parent_uid"] == u]) for u in uids)
+    sources = {r["source"] for r in ours}
+    per_source = max(busiest_window([r["at"] for r in ours if r["source"] == s]) for s in sources)
+    throttled = sum(1 for r in ours if r["status"] == 429)
+    failed = batch.failed()
+    return [
+        Row(
+            label,
+            f"accepted requests/s over the whole run ({len(times)} in {span:.1f} s, tail "
+            "included) vs binding quota (2 egresses)",
+            Figure(achieved, "req/s", 2),
+            Figure(binding, "req/s", 0),
+            ratio(achieved, binding, 3),
+            f"≥ {UTILISATION_MANY}",
+            achieved / binding >= UTILISATION_MANY,
+            {"per_second": per_second(times)},
+        ),
+        Row(
+            label,
+            f"hot customers alone (after the light ones' last request, {len(tail)} requests)",
+            Figure(tail_rate, "req/s", 2),
+            Figure(binding, "req/s", 0),
+            ratio(tail_rate, binding, 3),
+            "reported",
+            None,
+        ),
+        Row(
+            label,
+            "busiest 1-s window, any (API, ParentUid)",
+            Figure(per_uid, "req"),
+            Figure(REPLICAS_LIMIT, "req"),
+            ratio(per_uid, REPLICAS_LIMIT),
+            "≤ 1",
+            per_uid <= REPLICAS_LIMIT,
+        ),
+        Row(
+            label,
+            "busiest 1-s window, any (API, source)",
+            Figure(per_source, "req"),
+            Figure(REPLICAS_LIMIT, "req"),
+            ratio(per_source, REPLICAS_LIMIT),
+            "≤ 1",
+            per_source <= REPLICAS_LIMIT,
+        ),
+        Row(label, "HTTP 429 answers", Figure(throttled), Figure(0), "—", "0", throttled == 0),
+        Row(label, "commands not succeeded", Figure(failed), Figure(0), "—", "0", failed == 0),
+        Row(
+            label,
+            f"SIGKILL at {KILL_AT_S:g} s -> its claimed commands taken over / all finished",
+            Figure(taken, "s", 1),
+            Figure(failover, "s", 1),
+            "—",
+            f"reported (lease {LEASE_S:g} s)",
+            None,
+        ),
+        *estimate_rows(stage, label, ours, commands),
     ]

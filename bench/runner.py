@@ -30,10 +30,12 @@ from bench.memory import memory
 from bench.overhead import overhead
 from bench.processes import ProcessFailed, sandbox_process, vhost
 from bench.quota import fair_share, hot_key, many_keys
-from bench.replicas import parking, replicas
+from bench.replicas import parking, replicas, replicas_steady
 from bench.report import Report, Row
 from bench.soak import soak
 from bench.stage import Sizes, Stage
+from bench.steering import api_mind, priority, quota_pg
+from bench.storecalls import store_calls
 
 __all__ = ["SCENARIOS", "Options", "run_bench"]
 
@@ -50,6 +52,11 @@ SCENARIOS: dict[str, Scenario] = {
     "memory": memory,
     "replicas": replicas,
     "soak": soak,
+    "replicas-steady": replicas_steady,
+    "quota-pg": quota_pg,
+    "api-mind": api_mind,
+    "priority": priority,
+    "store-calls": store_calls,
 }
 OWN_SANDBOX = frozenset({"memory"})
 SHARED_LOG_SIZE = 100_000  # sandbox request log entries: enough for every shared scenario

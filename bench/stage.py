@@ -60,6 +60,14 @@ class Sizes:
     soak_commands: int = 50_000  # per store (soak)
     soak_rate: float = 150.0  # commands/s, steady
     soak_customers: int = 50
+    parking_drain: bool = True  # wait for every parking command (the deferred estimates)
+    uneven_hot: int = 90  # replicas: commands per hot customer (3 of them)
+    uneven_light: int = 10  # replicas: commands per light customer (5 of them)
+    quota_pg_backlog: int = 250  # quota-pg: the one customer's commands
+    mind_backlog: int = 600  # api-mind: the one customer's commands
+    priority_backlog: int = 5_000  # priority: normal commands over many_keys customers
+    priority_high: int = 100  # priority: high commands, one customer
+    calls_each: int = 40  # store-calls: commands per customer (5 of them)
 
     @property
     def small_customers(self) -> int:
@@ -100,6 +108,14 @@ QUICK = Sizes(
     soak_commands=2_000,
     soak_rate=100.0,
     soak_customers=20,
+    parking_drain=False,
+    uneven_hot=30,
+    uneven_light=4,
+    quota_pg_backlog=60,
+    mind_backlog=450,
+    priority_backlog=500,
+    priority_high=10,
+    calls_each=8,
 )
 
 

@@ -6,7 +6,19 @@ import math
 
 import pytest
 
-from bench.measures import busiest_window, in_window, jain_index, percentile, shares
+from bench.driver import Batch
+from bench.measures import (
+    busiest_window,
+    estimate_errors,
+    in_window,
+    jain_index,
+    match_starts,
+    per_second,
+    percentile,
+    recovery_after,
+    shares,
+    worst_window_ratio,
+)
 from bench.report import Figure, Report, Row, difference_ms, ratio
 
 
@@ -69,3 +81,55 @@ def test_ratio_and_difference_texts() -> None:
     assert ratio(1, 0) == "n/a"
     assert difference_ms(0.2, 0.05) == "+150 ms"
     assert difference_ms(0.0042, 0.0050, digits=1) == "-0.8 ms"
+
+
+def test_worst_window_ratio_holds_each_window_to_the_limit_of_its_moment() -> None:
+    times = [0.0, 0.2, 0.4, 0.6, 0.8, 5.0, 5.1, 5.2, 5.3]
+
+    def limit_at(at: float) -> float:
+        return 3.0 if at >= 4.0 else 10.0
+
+    assert worst_window_ratio(times, limit_at) == 4 / 3  # four within a second under 3/s
+    assert worst_window_ratio(times[:5], limit_at) == 0.5
+    assert worst_window_ratio([], limit_at) == 0.0
+
+
+def test_recovery_after_is_the_first_request_from_which_the_rate_holds() -> None:
+    slow = [10.0 + n * 0.5 for n in range(10)]  # 2/s from 10 s to 14.5 s
+    fast = [15.0 + n * 0.1 for n in range(60)]  # 10/s from 15 s
+    # [14.5, 19.5) holds the last slow one and 45 fast ones: 46 >= 9 x 5
+    assert recovery_after(slow + fast, 10.0, rate=9.0) == pytest.approx(4.5)
+    assert recovery_after(slow, 10.0, rate=9.0) == math.inf
+    assert recovery_after(fast, 15.0, rate=9.0, span=5.0) == 0.0
+
+
+def test_match_starts_takes_the_latest_free_request_of_the_key_before_the_finish() -> None:
+    requests = [("a", 1.0), ("a", 2.0), ("b", 1.5), ("a", 3.0)]
+    finishes = [("c2", "a", 2.01), ("c1", "a", 1.01), ("c3", "a", 3.02), ("d", "b", 1.6)]
+    assert match_starts(requests, finishes) == {"c1": 1.0, "c2": 2.0, "c3": 3.0, "d": 1.5}
+    assert match_starts([("a", 5.0)], [("x", "a", 4.0)]) == {}  # no request before it ended
+
+
+def test_estimate_errors_allow_twenty_percent_of_the_wait_or_two_seconds() -> None:
+    deferred = {"near": (0.0, 9.0), "long": (0.0, 80.0), "off": (0.0, 20.0), "lost": (0, 1)}
+    started = {"near": 10.5, "long": 100.0, "off": 30.0}
+    errors = dict(zip(["near", "long", "off"], estimate_errors(deferred, started), strict=True))
+    assert errors["near"] == (1.5, True)  # 1.5 s late, within 2 s
+    assert errors["long"] == (20.0, True)  # 20 s late on a 100 s wait: 20 %
+    assert errors["off"] == (10.0, False)  # 10 s late on a 30 s wait: a third
+    assert len(errors) == 3  # a command that never started is not scored
+
+
+def test_per_second_counts_whole_seconds_from_the_first() -> None:
+    assert per_second([10.0, 10.5, 11.2, 13.9]) == [2, 1, 0, 1]
+    assert per_second([]) == []
+
+
+def test_a_batch_waits_for_terminal_events_not_deferred_ones() -> None:
+    batch = Batch(frozenset({"a"}))
+    batch.record("a", "deferred", 1.0)
+    assert not batch.done.is_set()
+    batch.record("a", "succeeded", 2.0)
+    assert batch.done.is_set()
+    assert batch.arrived == {"a": 2.0}
+    assert batch.failed() == 0
