@@ -273,26 +273,7 @@ async def _one_setup(
             achieved / binding >= target,
             {"window_s": sizes.window_s, "replicas": len(setup.sources)},
         ),
-        Row(
-            label,
-            "busiest 1-s window, any (API, ParentUid)",
-            Figure(per_uid, "req"),
-            Figure(REPLICAS_LIMIT, "req"),
-            ratio(per_uid, REPLICAS_LIMIT),
-            "≤ 1",
-            per_uid <= REPLICAS_LIMIT,
-        ),
-        Row(
-            label,
-            "busiest 1-s window, any (API, source)",
-            Figure(per_source, "req"),
-            Figure(REPLICAS_LIMIT, "req"),
-            ratio(per_source, REPLICAS_LIMIT),
-            "≤ 1",
-            per_source <= REPLICAS_LIMIT,
-            {"sources": sorted(sources)},
-        ),
-        Row(label, "HTTP 429 answers", Figure(throttled), Figure(0), "—", "0", throttled == 0),
+        *_limits_held(label, per_uid, per_source, throttled, {"sources": sorted(sources)}),
         Row(
             label,
             "worst customer share vs equal share (hot + light)",
@@ -526,6 +507,27 @@ async def replicas(stage: Stage) -> list[Row]:
             "reported",
             None,
         ),
+        *_limits_held(label, per_uid, per_source, throttled),
+        Row(label, "commands not succeeded", Figure(failed), Figure(0), "—", "0", failed == 0),
+        Row(
+            label,
+            f"SIGKILL at {KILL_AT_S:g} s -> its claimed commands taken over / all finished",
+            Figure(taken, "s", 1),
+            Figure(failover, "s", 1),
+            "—",
+            f"reported (lease {LEASE_S:g} s)",
+            None,
+        ),
+        *estimate_rows(stage, label, ours, commands),
+    ]
+
+
+def _limits_held(
+    label: str, per_uid: int, per_source: int, throttled: int, detail: dict[str, Any] | None = None
+) -> list[Row]:
+    """The rows saying the limits held: the busiest 1-s window per (API, ParentUid) and per
+    (API, source) against the limit, and the 429s."""
+    return [
         Row(
             label,
             "busiest 1-s window, any (API, ParentUid)",
@@ -543,17 +545,7 @@ async def replicas(stage: Stage) -> list[Row]:
             ratio(per_source, REPLICAS_LIMIT),
             "≤ 1",
             per_source <= REPLICAS_LIMIT,
+            detail or {},
         ),
         Row(label, "HTTP 429 answers", Figure(throttled), Figure(0), "—", "0", throttled == 0),
-        Row(label, "commands not succeeded", Figure(failed), Figure(0), "—", "0", failed == 0),
-        Row(
-            label,
-            f"SIGKILL at {KILL_AT_S:g} s -> its claimed commands taken over / all finished",
-            Figure(taken, "s", 1),
-            Figure(failover, "s", 1),
-            "—",
-            f"reported (lease {LEASE_S:g} s)",
-            None,
-        ),
-        *estimate_rows(stage, label, ours, commands),
     ]
