@@ -307,8 +307,21 @@ class Lines:
                 return  # another replica cleared it: it sweeps
         except STORE_ERRORS as exc:  # swept here all the same: late is worse than twice
             log.warning("line_deadline_not_cleared", error=repr(exc))
-        log.info("line_swept", queue=line.queue, waiting=line.waiting)
-        for _ in range(line.waiting):
+        # every message the queue holds now, as the broker counts them (this replica's count
+        # may lag another's parking); those parked again meanwhile go in behind them
+        try:
+            channel = await self._open()
+            # not channel.declare_queue: a robust channel answers a queue it declared before
+            # from its cache, with the count of that first declaration
+            underlay = await channel.get_underlay_channel()
+            declared = await underlay.queue_declare(line.queue, passive=True)
+            ready = declared.message_count or 0
+        except CHANNEL_ERRORS as exc:
+            log.info("line_not_counted", queue=line.queue, error=repr(exc))
+            self._channel = None
+            ready = line.waiting
+        log.info("line_swept", queue=line.queue, waiting=ready)
+        for _ in range(ready):
             if not await self._pull(line):
                 break
 

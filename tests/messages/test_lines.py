@@ -194,6 +194,24 @@ async def test_a_paused_line_is_swept_when_a_deadline_passes(
     assert row["next_deadline"] is None  # the ones parked again bring theirs again
 
 
+async def test_a_sweep_pulls_every_command_in_the_queue_however_many_were_counted(
+    make: Make, connection: AbstractRobustConnection, store: CommandStore
+) -> None:
+    """The sweeping replica's count of a line can lag: another replica parked into it and
+    its publication is not read yet. The late command is the last one parked; a sweep of the
+    counted number of commands stops before it, clears the deadline, and the late command
+    waits, not rejected, until the customer resumes (seen in the two-replica pause test)."""
+    replica = make()
+    replica.paused.add("cust-1")
+    queue = await replica.lines.queue(KEY)
+    channel = await connection.channel()
+    for i in range(3):  # another replica's, its publication not read yet: counted nowhere
+        await channel.default_exchange.publish(aio_pika.Message(b"%d" % i), routing_key=queue)
+    await channel.close()
+    await park(replica, connection, 1, deadline=datetime.now(UTC) + timedelta(seconds=0.5))
+    await publish_deltas(replica, store, "r")
+    await replica.wait_for(4, within=4.0)
+
 async def test_a_paused_line_is_swept_by_one_replica_only(
     make: Make,
     connection: AbstractRobustConnection,
