@@ -110,7 +110,11 @@ LONE_S = 2.0  # a 429 is lone when its egress saw none for this long
 NARROW_AFTER_S = 60.0  # a widened guard halves after this long without a 429
 PAUSE_AFTER_CUT_S = 1.0  # a bucket whose rate was cut sends nothing for this long
 PROBE_EVERY_S = 1.0  # a cut rate climbs one step per this long without a new episode
-HOLD_FIRST_S = 30.0  # a level found by a failed probe is held this long before probing again
+# A level found by a failed probe is held this long before probing again: long enough that the
+# 429s of a lowered limit stop (one failed probe per hold), short enough that a limit raised
+# right after the failed probe is used again within 30 s (the hold, a second's pause, and
+# about four doubling steps to the limit).
+HOLD_FIRST_S = 25.0
 HOLD_MAX_S = 300.0  # ... doubling per failed probe, up to this
 FLOOR_RATE = 0.5  # requests/s a cut never goes below
 STEP_SHARE = 0.05  # the first climbing step: this share of the limit in force ...

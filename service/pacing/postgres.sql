@@ -54,7 +54,7 @@ BEGIN
     END IF;
     IF b.good > 0 AND current_ > b.good THEN  -- probing above a known-good level failed
         b.cap := b.good;
-        b.hold_s := least(300.0, greatest(2 * b.hold_s, 30.0));  -- HOLD_MAX_S, HOLD_FIRST_S
+        b.hold_s := least(300.0, greatest(2 * b.hold_s, 25.0));  -- HOLD_MAX_S, HOLD_FIRST_S
         b.probe_at := p_now + 1.0 + b.hold_s;  -- PAUSE_AFTER_CUT_S
     ELSE  -- the API lowered its limit below where we run: halve (FLOOR_RATE), search
         b.cap := greatest(0.5, current_ / 2);
