@@ -169,15 +169,18 @@ def relay_command(*args: str) -> list[str]:
 
 @asynccontextmanager
 async def sandbox_process(
-    data: Path, *, log: Path, log_size: int
+    data: Path | None, *, log: Path, log_size: int
 ) -> AsyncIterator[tuple[Child, str]]:
-    """``bss-relay sandbox`` on a free port; yields the child and its URL once it listens.
+    """``bss-relay sandbox`` on a free port (on ``data``, or its demo data set when None);
+    yields the child and its URL once it listens.
 
     The sandbox stands in for a remote gateway, which does not share the relay's cores: it
     runs at a raised scheduling priority where allowed (``SANDBOX_NICE``, as root), so that
     the arrival instants it logs and throttles by are those of the requests, not of the moment
     a loaded 2-core machine found a core for it (seen: 20-100 ms late at load average 2)."""
-    argv = relay_command("sandbox", "--port", "0", "--data", str(data), "--log-size", str(log_size))
+    argv = relay_command("sandbox", "--port", "0", "--log-size", str(log_size))
+    if data is not None:
+        argv += ["--data", str(data)]
     async with child("sandbox", argv, env=clean_environment({}), log=log) as sandbox:
         with contextlib.suppress(PermissionError):
             os.setpriority(os.PRIO_PROCESS, sandbox.pid, SANDBOX_NICE)

@@ -17,20 +17,20 @@ one worker, one after the other (``--dist loadgroup``, set in pyproject). The gr
   and data directory), started once for the group;
 * ``bench``: ``bss-relay bench`` runs, which compare the broker's ``bss-relay-bench-*`` vhosts
   before and after;
-* ``timing``: the tests that count requests per 1-s window or time a resumption against a
-  bound, so that two of them never load the machine at once.
+* ``timing`` and ``timing-b``: the tests that count requests per 1-s window or time a
+  resumption against a bound, in two lanes of one test at a time (``pytest.mark.timing`` joins
+  the first, ``pytest.mark.timing("b")`` the second): at most two of them load the machine at
+  once, each at full priority (:func:`_priority`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import structlog
@@ -39,7 +39,7 @@ from _pytest.nodeid import NodeId
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """A test marked ``timing`` and in no other group joins the ``timing`` group; then
+    """A test marked ``timing`` and in no other group joins its timing lane's group; then
     the ``xdist_group`` marks go into the node ids, as ``--dist loadgroup`` needs.
 
     xdist does the latter itself (``<nodeid>@<group>``, which its controller reads back), but
@@ -49,8 +49,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     ids; where that does not take either, the run stops rather than run the groups apart.
     """
     for item in items:
-        if item.get_closest_marker("timing") and not item.get_closest_marker("xdist_group"):
-            item.add_marker(pytest.mark.xdist_group("timing"))
+        timing = item.get_closest_marker("timing")
+        if timing and not item.get_closest_marker("xdist_group"):
+            lane = "-".join(("timing", *timing.args))
+            item.add_marker(pytest.mark.xdist_group(lane))
     if not getattr(config.option, "loadgroup", False):  # set on workers under --dist loadgroup
         return
     for item in items:
@@ -75,70 +77,24 @@ def pytest_configure(config: pytest.Config) -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
 
 
-@pytest.fixture(scope="session")
-def _quiet_lock(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A lock file of this run: in the directory above the workers' own temporary ones (one
-    per run, removed with pytest's old temporary directories)."""
-    return tmp_path_factory.getbasetemp().parent / "quiet.lock"
-
-
-@contextlib.contextmanager
-def _opened(path: Path) -> Iterator[int]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT)
-    try:
-        yield fd
-    finally:
-        os.close(fd)  # releases any lock held on it
-
-
 @pytest.fixture(autouse=True)
-def _priority(request: pytest.FixtureRequest, _quiet_lock: Path) -> Iterator[None]:
+def _priority(request: pytest.FixtureRequest) -> None:
     """Tests marked ``timing`` run at the worker's own scheduling priority, every other test
     (and what it starts) at ``nice`` +10: when a timing test needs the CPU it gets it first,
     as it would on a machine that runs nothing else, and the other workers take the rest.
     Going back from +10 needs privilege (root, as here and in CI); without it a worker stays
-    where it is.
-
-    ``nice`` does not reach processes in a session of their own (the cluster's nodes): a timing
-    test holds the run's quiet lock shared, and starting the cluster holds it exclusively
-    (:func:`quiet`), so the two never overlap (three nodes booting took the
-    5,000-command pacing test from 9 s to 18 s, past its latency bound)."""
+    where it is. What a test starts inherits its priority: the cluster's nodes boot at +19
+    (tests/e2e/test_cluster.py)."""
     if worker() == "main":
-        yield  # not distributed: nothing else of this run competes
-        return
+        return  # not distributed: nothing else of this run competes
     timing = request.node.get_closest_marker("timing") is not None
     wanted = _BASE_NICE if timing else _BASE_NICE + 10
     if os.getpriority(os.PRIO_PROCESS, 0) != wanted:
         with contextlib.suppress(PermissionError):
             os.setpriority(os.PRIO_PROCESS, 0, wanted)
-    if not timing:
-        yield
-        return
-    with _opened(_quiet_lock) as fd:
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        yield
 
 
 _BASE_NICE = os.getpriority(os.PRIO_PROCESS, 0)
-
-Quiet = Callable[[], contextlib.AbstractAsyncContextManager[None]]
-
-
-@pytest.fixture(scope="session")
-def quiet(_quiet_lock: Path) -> Quiet:
-    """``async with quiet():`` holds off this run's timing tests (waiting for the one running
-    to end) while a step that takes the whole machine runs outside the workers' ``nice``."""
-
-    @contextlib.asynccontextmanager
-    async def hold() -> AsyncIterator[None]:
-        if worker() == "main":
-            yield
-            return
-        with _opened(_quiet_lock) as fd:
-            await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
-            yield
-
-    return hold
 
 
 def worker() -> str:

@@ -33,7 +33,7 @@ from tests.e2e.test_replicas import finished, one_terminal_each, publish_all
 
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.timing,
+    pytest.mark.timing("b"),  # the second lane (tests/conftest.py)
     pytest.mark.parametrize("e2e_store", ["postgres"], indirect=True),
 ]
 
@@ -112,6 +112,10 @@ def steady_rate(instants: list[float]) -> tuple[float, float]:
 HOT_COMMANDS = 250  # 25 s at the limit
 LIGHT_COMMANDS = 5
 DRAIN_S = 40.0  # 0.65 of the limit would still drain; before the pacing rewrite: 0.31
+# The target, 0.97, is the bench's (`--scenario quota-pg`, a quiet machine: 0.99). Here, in a
+# lane of the parallel suite, what the run's own sends are late by is given back, and a lone
+# 429 widens the guard: 0.96 was seen in CI, 0.99 alone. A pacing defect is far below.
+USED = 0.9
 
 
 @pytest.mark.timeout(75)
@@ -140,7 +144,7 @@ async def test_one_busy_customer_uses_the_whole_quota_on_postgres(
         f"{rate / LIMIT:.2f} of the limit; busiest 1-s windows: customer "
         f"{busiest(rows, 'parent_uid')}, source {busiest(rows, 'source')}"
     )
-    assert rate >= 0.97 * LIMIT, f"{rate / LIMIT:.2f} of the limit"
+    assert rate >= USED * LIMIT, f"{rate / LIMIT:.2f} of the limit"
     assert done == len(commands)
     outcomes = one_terminal_each(events, commands)
     assert Counter(e["outcome"] for e in outcomes.values()) == {"succeeded": len(commands)}
@@ -153,7 +157,7 @@ async def test_one_busy_customer_uses_the_whole_quota_on_postgres(
 
 LOWERED = 5  # requests/s the sandbox lowers the API to, without telling the service
 CUT_AT_S = 3.0  # after the first request
-RAISE_AT_S = 23.0  # the hold after a failed probe (30 s) sets the run's length, not this
+RAISE_AT_S = 23.0  # the hold after a failed probe (25 s) sets the run's length, not this
 STOP_WITHIN_S = 10.0  # the 429s stop this soon after the cut
 RECOVER_WITHIN_S = 30.0  # back at 0.9 of the limit this soon after the raise
 RECOVERED_OVER_S = 2.0  # ... measured over this long
@@ -180,9 +184,9 @@ async def test_the_api_lowers_and_raises_its_limit_mid_run(
     serve: Serve, bss: Sandbox, customers: tuple[BenchCustomer, ...]
 ) -> None:
     """One customer's backlog at the limit; the sandbox lowers the API to 5/s without telling
-    the service, then raises it back. The run lasts about 42 s whatever the raise's instant:
+    the service, then raises it back. The run lasts about 37 s whatever the raise's instant:
     the slow-down's failed probe (about 3 s after the cut) holds the level found for
-    ``HOLD_FIRST_S`` (30 s) before it climbs again. Before the pacing rewrite: 429s until 16 s
+    ``HOLD_FIRST_S`` (25 s) before it climbs again. Before the pacing rewrite: 429s until 16 s
     after the cut and 0.46 of the lowered limit."""
     spawn, channel, events, _ = serve
     await spawn().start()

@@ -45,7 +45,7 @@ from tests.store.conftest import POSTGRES_URL
 
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.timing,
+    pytest.mark.timing("b"),
     pytest.mark.parametrize("e2e_store", ["postgres"], indirect=True),
 ]
 
@@ -195,10 +195,6 @@ async def start_all(processes: list[ServeProcess]) -> None:
         await process.start()
 
 
-# solo: three replicas, the sandbox, the broker and PostgreSQL fill both cores; beside the
-# other workers' traffic on the broker and PostgreSQL (which no nice reaches) a replica sent a
-# request late into a full window in 4 of 12 parallel runs
-@pytest.mark.solo
 @pytest.mark.timeout(150)
 async def test_three_replicas_share_the_quota_and_renew_one_customer_at_a_time(
     serve: Serve, bss: Sandbox, e2e_store: str

@@ -212,6 +212,7 @@ async def test_a_sweep_pulls_every_command_in_the_queue_however_many_were_counte
     await publish_deltas(replica, store, "r")
     await replica.wait_for(4, within=4.0)
 
+
 async def test_a_paused_line_is_swept_by_one_replica_only(
     make: Make,
     connection: AbstractRobustConnection,

@@ -20,7 +20,7 @@ from service.store import open_store
 from service.store.types import CommandStore
 from tests.store.conftest import POSTGRES_URL, drop_schema, postgres_schema
 
-pytestmark = pytest.mark.timing  # windows of slots on the real clock
+pytestmark = pytest.mark.timing("b")  # windows of slots on the real clock
 
 API = "op"
 OpenReplica = Callable[..., Awaitable[tuple[PostgresBuckets, Dispatcher]]]

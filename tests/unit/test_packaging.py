@@ -71,7 +71,7 @@ def test_runtime_and_dev_locks_agree() -> None:
 @pytest.mark.parametrize(
     ("path", "needle"),
     [
-        ("Makefile", "pip install --quiet --require-hashes -r requirements-build.lock"),
+        ("Makefile", "--require-hashes -r requirements-build.lock"),
         ("Makefile", "-r requirements-dev.lock"),
         ("Makefile", "pip install --quiet --no-deps --no-build-isolation -e ."),
         ("Dockerfile", "--require-hashes --prefix=/install -r requirements.lock"),
