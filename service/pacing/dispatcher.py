@@ -156,6 +156,7 @@ class Dispatcher:
         self._lanes: dict[str, _Lane] = {}
         self._late: dict[str, list[tuple[str, float]]] = {}
         self._flusher: asyncio.Task[None] | None = None
+        self._urgent: list[asyncio.Task[None]] = []  # give-backs sent at once (see late)
         self._usage: dict[tuple[str, str, str], Usage] = {}
         self._throttled_at: dict[str, dict[str, float]] = {}  # api -> uid -> its last 429
 
@@ -403,17 +404,25 @@ class Dispatcher:
     def late(self, api: str, uid: str, *, slot: float, sent_at: float) -> float:
         """A call left ``sent_at - slot`` after its slot: the excess over the tolerance is
         given back to both of its buckets, with the API's next reservation or alone after
-        ``GIVE_BACK_WITHIN_S``. Returns the excess (0: absorbed). No I/O here."""
+        ``GIVE_BACK_WITHIN_S`` -- at once on shared rows when it eats half the guard.
+        Returns the excess (0: absorbed). No I/O here (a task does it)."""
         excess = sent_at - slot - self.tolerance(api)
         if excess <= 0 or not self._limits.limited(api):
             return 0.0
         self._late.setdefault(api, []).append((uid, excess))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush_later())
+        if self._config.ahead_s > 0 and excess >= self._config.guard_min / 2:
+            # shared rows: another replica reserves the bucket's next slot about ``ahead_s``
+            # before it, maybe before this replica's next reservation; lateness eating half
+            # the guard goes to the rows at once, so that slot is moved on too
+            self._urgent.append(asyncio.create_task(self._flush_later(0.0)))
+            self._urgent = [task for task in self._urgent if not task.done()]
+        elif self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_later(GIVE_BACK_WITHIN_S))
         return excess
 
-    async def _flush_later(self) -> None:
-        await self._sleep(GIVE_BACK_WITHIN_S)
+    async def _flush_later(self, delay: float) -> None:
+        if delay > 0:
+            await self._sleep(delay)
         while self._late:
             api, late = self._late.popitem()
             try:
@@ -579,6 +588,7 @@ class Dispatcher:
         tasks = [lane.task for lane in self._lanes.values() if lane.task is not None]
         if self._flusher is not None:
             tasks.append(self._flusher)
+        tasks += self._urgent
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -269,3 +269,40 @@ async def test_a_429_is_the_customers_unless_another_customer_of_the_egress_got_
     assert dispatcher.blame(API, "c-1") == "customer"  # the same customer again: still its own
     assert dispatcher.blame(API, "c-2") == "both"  # two customers at once: the egress's window
     assert dispatcher.blame("other_api", "c-3") == "customer"
+
+
+class SpyBuckets(LocalBuckets):
+    """In-process buckets that note when each give-back arrived."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        super().__init__(clock=clock)
+        self.given_back_at: list[float] = []
+
+    async def give_back(self, api: str, egress: str, late: Sequence[tuple[str, float]]) -> None:
+        self.given_back_at.append(self._clock())
+        await super().give_back(api, egress, late)
+
+
+@pytest.mark.parametrize(("late_by", "at_once"), [(0.05, True), (0.004, False)])
+async def test_on_shared_rows_a_send_late_by_half_the_guard_is_given_back_at_once(
+    late_by: float, at_once: bool
+) -> None:
+    """Another replica reserves the bucket's next slot ``ahead_s`` before it. Lateness held
+    back to ride on this replica's next reservation (or for ``GIVE_BACK_WITHIN_S``) may come
+    after that: the other replica's slot was not moved on, and a window held one request too
+    many (three replicas in one lane of the parallel suite, with a 40 ms guard)."""
+    time = VirtualTime()
+    buckets = SpyBuckets(time.now)
+    dispatcher = Dispatcher(
+        buckets,
+        Limits({API: 5.0}),
+        config=PacingConfig(egress="e-1", owner="r-1", guard_min=0.010, ahead_s=0.02),
+        sleep=time.sleep,
+    )
+    slot = await dispatcher.turn(API, "c-1")
+    assert slot is not None
+    dispatcher.late(API, "c-1", slot=slot, sent_at=slot + dispatcher.tolerance(API) + late_by)
+    for _ in range(3):  # a task's turn or two: fewer than virtual time needs to move
+        await asyncio.sleep(0)
+    assert (buckets.given_back_at == [slot]) is at_once
+    await dispatcher.aclose()
