@@ -307,9 +307,10 @@ async def test_high_commands_overtake_a_normal_backlog_on_two_replicas(
     # the dispatcher's fix), every one far ahead of its customer's backlog
     assert statistics.median(latencies) <= 2 * SLOT_S + PATH_S, latencies
     assert ordered[-1] <= WORST_S, latencies
-    # the backlog lost only the slots the highs took: the egress stayed full
-    assert total >= 0.95 * LIMIT
-    assert len(during) - HIGH >= 0.95 * LIMIT * (end - begin) - HIGH
+    # the backlog lost only the slots the highs took: the egress stayed full (as full as on a
+    # loaded machine it can be: see USED; the bench compares it with the rate before)
+    assert total >= USED * LIMIT
+    assert len(during) - HIGH >= USED * LIMIT * (end - begin) - HIGH
     refused = sum(r["status"] == 429 for r in rows)
     assert refused <= JITTER_429
     assert busiest(rows, "parent_uid") <= LIMIT + refused
