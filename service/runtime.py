@@ -186,10 +186,10 @@ class _Background:
         self.loops: list[asyncio.Task[None]] = []
 
     def loop(self, name: str, body: Awaitable[None]) -> None:
-        self.loops.append(self._tasks.create_task(self._run(name, body, forever=True)))
+        self.loops.append(self._tasks.create_task(self._run(name, body, forever=True), name=name))
 
     def once(self, name: str, body: Awaitable[None]) -> None:
-        self._tasks.create_task(self._run(name, body, forever=False))
+        self._tasks.create_task(self._run(name, body, forever=False), name=name)
 
     async def _run(self, name: str, body: Awaitable[None], *, forever: bool) -> None:
         try:

@@ -60,9 +60,15 @@ class WaitingRoom:
         """Seconds until a command of ``line`` with ``ahead_in_line`` parked commands before it
         starts: the commands held for its customer go first, then those ahead in its line,
         at its bucket's pace now."""
+        first, interval = self.pace(line)
+        return first + interval * ahead_in_line
+
+    def pace(self, line: LineKey) -> tuple[float, float]:
+        """The line's pace now: seconds until its first parked command would start, and
+        between its commands (``expected_wait`` for every place of the line at once)."""
         api, customer, priority = line
         interval = self.dispatcher.interval(api, customer, priority)
-        return self.dispatcher.expected_wait(api, customer, priority) + interval * ahead_in_line
+        return self.dispatcher.expected_wait(api, customer, priority), interval
 
 
 class Admission:

@@ -45,41 +45,59 @@ class Noted:
 
 
 class Whereabouts:
+    """The entries by command id, and the parked ones also by line: a line pulled on is looked
+    at alone (every line read each second, each over every entry, held the event loop 0.1-0.25 s
+    with 5,000 commands parked in 50 lines)."""
+
     def __init__(self) -> None:
         self._entries: dict[str, Noted] = {}
+        self._lines: dict[tuple[str, str, int], dict[str, Noted]] = {}
 
     def note(self, entry: Noted) -> None:
         if not entry.noted_at:
             entry = replace(entry, noted_at=time.time())
+        self.back(entry.command_id)
         self._entries[entry.command_id] = entry
+        if entry.line is not None and entry.seq > 0:
+            self._lines.setdefault(entry.line, {})[entry.command_id] = entry
 
     def back(self, command_id: str) -> None:
         """The command is with this replica again (delivered, or pulled from its line)."""
-        self._entries.pop(command_id, None)
+        entry = self._entries.pop(command_id, None)
+        if entry is not None and entry.line is not None:
+            self._forget_in_line(entry.line, command_id)
 
     def pulled(self, line: tuple[str, str, int], count: int, *, others: int) -> None:
         """Line ``line`` has had ``count`` commands pulled out of it, deployment-wide, and
         ``others`` parked into it by other replicas: those surely parked at or before that
         place are out of it."""
+        parked = self._lines.get(line)
+        if not parked:
+            return
         settled = time.time() - PLACE_SETTLED_S
         gone = []
-        for command_id, noted in self._entries.items():
-            if noted.line != line or noted.seq <= 0:
-                continue
+        for command_id, noted in parked.items():
             entry = noted
             if entry.bound is None and entry.noted_at <= settled:
                 entry = replace(entry, bound=entry.seq + max(0, others - entry.others))
-                self._entries[command_id] = entry
+                parked[command_id] = self._entries[command_id] = entry  # same keys: safe
             if entry.bound is not None and entry.bound <= count:
                 gone.append(command_id)
         for command_id in gone:
-            del self._entries[command_id]
+            self.back(command_id)
 
     def entries(self) -> list[Noted]:
         horizon = time.time() - MAX_AGE_S
         for command_id in [c for c, e in self._entries.items() if e.noted_at < horizon]:
-            del self._entries[command_id]
+            self.back(command_id)
         return list(self._entries.values())
+
+    def _forget_in_line(self, line: tuple[str, str, int], command_id: str) -> None:
+        parked = self._lines.get(line)
+        if parked is not None:
+            parked.pop(command_id, None)
+            if not parked:
+                del self._lines[line]
 
     def __len__(self) -> int:
         return len(self._entries)

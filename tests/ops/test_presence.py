@@ -139,3 +139,51 @@ async def test_a_parked_command_is_shown_as_things_stand_now(
     await dispatcher.aclose()
     await lines.aclose()
     await connection.close()
+
+
+async def test_a_backlog_whose_pace_wavers_is_not_written_again_whole(
+    store: CommandStore, amqp_url: str
+) -> None:
+    """200 commands parked in one line at 1/s, then the pace wavers by 5 % (a live limit of
+    0.95/s): their expected starts move by up to 10.5 s, each under a tenth of its wait, and
+    the next publication writes none of them. Written again whenever they moved more than
+    1 s, a backlog of 5,000 was written whole every second, and building those rows held the
+    event loop 0.1-0.27 s each time: the egress sent nothing meanwhile (the priority bench:
+    7.7 of 10 requests/s, high commands' p99 0.53 s). A real change is written whole."""
+    limits = Limits({API: 1.0})
+    dispatcher = Dispatcher(LocalBuckets(), limits, config=PacingConfig(egress="e", owner="r-1"))
+    whereabouts = Whereabouts()
+    connection = await aio_pika.connect_robust(amqp_url)
+    never = lambda _api, _customer: False  # noqa: E731
+    hooks = LineHooks(room=lambda _key: 0, deliver=lambda *_: None, paused=never)
+    lines = Lines(
+        connection, Topology(unique_name("t")), store.steering, hooks=hooks, whereabouts=whereabouts
+    )
+    presence = Presence(
+        store.steering,
+        dispatcher,
+        limits,
+        whereabouts,
+        identity=("r-1", "e"),
+        parked=WaitingRoom(dispatcher, lines, never, 2.0),
+    )
+    counting = Counting(store)
+    key = (API, "c-1", Priority.NORMAL)
+    now = time.time()
+    for n in range(200):
+        place = lines.parked(key, None)
+        lines.landed(key)
+        whereabouts.note(
+            Noted(f"c-{n}", "waiting", API, "customer", "c-1", 2, now, now + n, key, place)
+        )
+    await presence.publish()
+    assert counting.written[-1] == 200
+    limits.replace_live([LiveLimit(API, "customer", "c-1", 0.95)])
+    await presence.publish()
+    assert counting.written[-1] == 0
+    limits.replace_live([LiveLimit(API, "customer", "c-1", 0.5)])
+    await presence.publish()
+    assert counting.written[-1] >= 199  # the first one's wait, under 2 s, moved under 1 s
+    await dispatcher.aclose()
+    await lines.aclose()
+    await connection.close()
