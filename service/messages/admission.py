@@ -22,6 +22,8 @@ held (``holding``) until it ends, in the same step as the decision not to park.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -42,7 +44,7 @@ from service.messages.settlement import Park
 from service.messages.whereabouts import Noted
 from service.pacing.dispatcher import Dispatcher
 
-__all__ = ["Admission", "WaitingRoom", "waiting_since"]
+__all__ = ["Admission", "Drain", "WaitingRoom", "waiting_since"]
 
 log = structlog.get_logger(__name__)
 
@@ -59,16 +61,57 @@ class WaitingRoom:
     def expected_wait(self, line: LineKey, ahead_in_line: int) -> float:
         """Seconds until a command of ``line`` with ``ahead_in_line`` parked commands before it
         starts: the commands held for its customer go first, then those ahead in its line,
-        at its bucket's pace now."""
-        first, interval = self.pace(line)
-        return first + interval * ahead_in_line
+        as the buckets drain every waiting customer (:class:`Drain`)."""
+        return self.drain(line).wait(ahead_in_line)
 
-    def pace(self, line: LineKey) -> tuple[float, float]:
-        """The line's pace now: seconds until its first parked command would start, and
-        between its commands (``expected_wait`` for every place of the line at once)."""
+    def drain(self, line: LineKey) -> Drain:
+        """How the line drains as things stand now (``expected_wait`` for every place of the
+        line at once): the buckets' rates, the customer's commands held here, and what every
+        other customer not paused has waiting for the API, here and in the lines."""
         api, customer, priority = line
-        interval = self.dispatcher.interval(api, customer, priority)
-        return self.dispatcher.expected_wait(api, customer, priority), interval
+        own_rate, egress_rate, ready = self.dispatcher.pace(api, customer)
+        waiting = self.dispatcher.backlogs(api, priority)
+        for other, n in self.lines.backlogs(api, priority).items():
+            waiting[other] = waiting.get(other, 0) + n
+        others = sorted(
+            n for c, n in waiting.items() if c != customer and n > 0 and not self.paused(api, c)
+        )
+        return Drain(
+            max(0.0, ready),
+            _interval(own_rate),
+            _interval(egress_rate),
+            self.dispatcher.held(api, customer, priority),
+            tuple(others),
+            tuple(itertools.accumulate(others, initial=0)),
+        )
+
+
+def _interval(rate: float) -> float:
+    return 0.0 if rate == math.inf or rate <= 0 else 1.0 / rate
+
+
+@dataclass(frozen=True, slots=True)
+class Drain:
+    """When each command of one line starts, every customer waiting for the API served in
+    turn (fair shares). The customer's command with ``k`` of its commands before it (held
+    here, then ahead in its line) starts after ``k`` of its own bucket's intervals, and after
+    the egress served those ``k`` and ``min(n, k)`` of every other customer with ``n``
+    waiting: a customer whose backlog runs out stops taking turns, and the rest speed up.
+    (The pace *now* times the commands ahead -- the estimate before -- had hot customers
+    start long before it once the light ones were done.)"""
+
+    ready: float  # seconds until both buckets are ready
+    own_interval: float  # 1 / the customer's rate now (0: not limited)
+    egress_interval: float  # 1 / the egress's rate now
+    held: int  # the customer's commands held here, before any parked one
+    others: tuple[int, ...]  # other customers' waiting commands, ascending
+    prefix: tuple[int, ...]  # their running sums, from 0
+
+    def wait(self, ahead_in_line: int) -> float:
+        k = self.held + ahead_in_line
+        short = bisect.bisect_left(self.others, k)  # those with fewer than k: all of theirs
+        served = self.prefix[short] + k * (len(self.others) - short)
+        return self.ready + max(k * self.own_interval, (k + served) * self.egress_interval)
 
 
 class Admission:

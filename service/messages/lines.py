@@ -142,6 +142,15 @@ class Lines:
         line = self._lines.get(key)
         return 0 if line is None else line.waiting
 
+    def backlogs(self, api: str, priority: int) -> dict[str, int]:
+        """Commands waiting in ``api``'s lines per customer, at ``priority`` or above
+        (deployment-wide, as last read)."""
+        found: dict[str, int] = {}
+        for (a, customer, p), line in self._lines.items():
+            if a == api and p >= priority and line.waiting:
+                found[customer] = found.get(customer, 0) + line.waiting
+        return found
+
     def others(self, key: LineKey) -> int:
         """Commands other replicas parked into the line, as far as known here."""
         line = self._lines.get(key)

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 
 import structlog
 
-from service.messages.admission import WaitingRoom
+from service.messages.admission import Drain, WaitingRoom
 from service.messages.whereabouts import Noted, Whereabouts
 from service.pacing.dispatcher import Dispatcher, Waiting
 from service.pacing.limits import Limits
@@ -137,7 +137,7 @@ class Presence:
         is computed once, and an entry is only built when it changed."""
         held = {w.command_id: w for w in self._dispatcher.waiting() if w.command_id is not None}
         current, changed = set(held), []
-        paces: dict[tuple[str, str, int], tuple[float, float] | None] = {}
+        paces: dict[tuple[str, str, int], Drain | None] = {}
         for i, noted in enumerate(self._whereabouts.entries()):
             if i % CHUNK == CHUNK - 1:
                 await asyncio.sleep(0)
@@ -157,23 +157,22 @@ class Presence:
         self,
         noted: Noted,
         now: float,
-        paces: dict[tuple[str, str, int], tuple[float, float] | None],
+        paces: dict[tuple[str, str, int], Drain | None],
     ) -> Noted:
         """A parked command as things stand now: paused while its customer is, else expected
         when its bucket's pace now brings it (a limit changed, a pause lifted since).
-        ``paces``: each line's pace (None: paused), computed once per publication."""
+        ``paces``: how each line drains (None: paused), computed once per publication."""
         parked = self._parked
         if parked is None or noted.line is None or noted.state == "delayed":
             return noted
         if noted.line not in paces:
             api, customer, _ = noted.line
-            paces[noted.line] = None if parked.paused(api, customer) else parked.pace(noted.line)
-        pace = paces[noted.line]
-        if pace is None:
+            paces[noted.line] = None if parked.paused(api, customer) else parked.drain(noted.line)
+        drain = paces[noted.line]
+        if drain is None:
             return replace(noted, state="paused", expected_at=None)
-        first, interval = pace
         ahead = parked.lines.ahead_of(noted.line, noted.seq)
-        return replace(noted, state="waiting", expected_at=now + first + interval * ahead)
+        return replace(noted, state="waiting", expected_at=now + drain.wait(ahead))
 
     def _moved(self, command_id: str, current: _Shown, now: float) -> bool:
         """Whether an entry differs from what was last published of it (see the module)."""

@@ -556,6 +556,34 @@ class Dispatcher:
         waiting = sum(len(q) for (u, p), q in lane.queues.items() if u == uid and p >= priority)
         return max(coming, waiting)
 
+    def pace(self, api: str, uid: str) -> tuple[float, float, float]:
+        """The customer's rate now, its egress's, and seconds until both buckets are ready
+        (``INF`` rate: not limited)."""
+        lane = self._lanes.get(api)
+        limit_c = self._limits.customer(api, uid) or INF
+        limit_e = self._limits.egress(api, self._config.egress) or INF
+        if lane is None:
+            return limit_c, limit_e, 0.0
+        now = self._buckets.now()
+        ready = max(lane.ready.get(uid, now), lane.egress_ready) - now
+        return min(limit_c, lane.rates.get(uid, limit_c)), min(limit_e, lane.egress_rate), ready
+
+    def backlogs(self, api: str, priority: int) -> dict[str, int]:
+        """Calls waiting here (or on their way) per customer, at ``priority`` or above."""
+        found: dict[str, int] = {}
+        for (a, u, p), n in self._coming.items():
+            if a == api and p >= priority:
+                found[u] = found.get(u, 0) + n
+        lane = self._lanes.get(api)
+        if lane is not None:
+            waiting: dict[str, int] = {}
+            for (u, p), queue in lane.queues.items():
+                if p >= priority:
+                    waiting[u] = waiting.get(u, 0) + len(queue)
+            for u, n in waiting.items():
+                found[u] = max(found.get(u, 0), n)
+        return found
+
     def expected_wait(self, api: str, uid: str, priority: int = Priority.NORMAL) -> float:
         """Seconds until a new call of the customer at ``priority`` would be sent."""
         if not self._limits.limited(api):
