@@ -24,6 +24,7 @@ import aio_pika
 import pytest
 
 from bench.measures import busiest_window
+from service.ops.presence import PUBLISH_S
 from service.sandbox.gateway import IAM_OPERATION
 from tests.e2e.conftest import EventLog, Sandbox, ServeProcess, Spawn, eventually, publish
 from tests.e2e.test_reliability import auto_renew
@@ -341,6 +342,12 @@ async def test_quota_show_and_why_see_the_backlog_of_both_replicas(
     published = time.time()
     await publish_all(channel, commands)
     await eventually(lambda: finished(events, commands) >= 3, within=30)
+
+    async def both_sent() -> bool:  # a replica reports a bucket once it used it
+        return {r["source"] for r in await calls_of(bss, ids.ACME)} == set(SOURCES)
+
+    await eventually(both_sent, within=15, step=0.2)  # under load one replica starts later
+    await asyncio.sleep(PUBLISH_S + 0.2)  # ... and publishes within a period
     done = next(c for c in commands if events.terminal(c["command_id"]))
     before = finished(events, commands)
     (shown, asked), (waiting, _) = await asyncio.gather(
