@@ -319,7 +319,9 @@ class ServeProcess:
         await self._wait_started()
 
     async def _wait_started(self) -> None:
-        for _ in range(200):
+        # up to 30 s: on a fresh clone the first `serve` of a run compiles the bytecode of
+        # everything it imports (make installs without it), beside the other workers
+        for _ in range(600):
             if b"service_started" in self.log.read_bytes():
                 return
             assert self.proc is not None
