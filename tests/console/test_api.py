@@ -14,6 +14,7 @@ from tests.console.conftest import (
     finish,
     publish_backlog,
 )
+from tests.contract import QUOTA_SHOW_FIELDS
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -35,17 +36,7 @@ async def test_quota_rows_are_those_of_quota_show(
         7.5,
         False,
     )
-    assert set(row) == {
-        "api",
-        "kind",
-        "key",
-        "limit",
-        "rate",
-        "waiting",
-        "oldest_wait_s",
-        "throttled_5m",
-        "paused",
-    }
+    assert set(row) == set(QUOTA_SHOW_FIELDS)
 
 
 async def test_limits_and_pauses_are_the_cli_verbs_with_the_user_as_actor(

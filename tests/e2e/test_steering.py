@@ -26,6 +26,7 @@ import pytest
 from bench.measures import busiest_window
 from service.ops.presence import PUBLISH_S
 from service.sandbox.gateway import IAM_OPERATION
+from tests.contract import QUOTA_SHOW_FIELDS
 from tests.e2e.conftest import EventLog, Sandbox, ServeProcess, Spawn, eventually, publish
 from tests.e2e.test_reliability import auto_renew
 from tests.e2e.test_replicas import sandbox  # noqa: F401 -- the sandbox in a process of its own
@@ -45,17 +46,6 @@ SOURCES = ("127.0.0.2", "127.0.0.3")  # one egress (and sandbox source window) p
 OBEYED_S = 2.0  # CONTRACT §9: every replica obeys a change within 2 s of the command returning
 USED = 0.85  # of a rate in force, the share the backlog must use
 GUARD_MS = 40  # the jitter allowance of tests/e2e/test_replicas.py, for the same shared cores
-QUOTA_FIELDS = {
-    "api",
-    "kind",
-    "key",
-    "limit",
-    "rate",
-    "waiting",
-    "oldest_wait_s",
-    "throttled_5m",
-    "paused",
-}
 
 
 async def two_replicas(spawn: Spawn, limit: float) -> list[ServeProcess]:
@@ -374,7 +364,7 @@ async def test_quota_show_and_why_see_the_backlog_of_both_replicas(
         f"start; why (finished): {ended.strip()}; why (unknown): {unknown.strip()}"
     )
     assert rows
-    assert all(set(row) == QUOTA_FIELDS for row in rows), rows
+    assert all(set(row) == set(QUOTA_SHOW_FIELDS) for row in rows), rows
     [row] = acme
     # deployment-wide: about half of this lives on each replica; a published waiting set
     # lags up to a second (PACE commands) behind what finished

@@ -14,6 +14,7 @@ import pytest
 from service.cli import main
 from service.store import open_store
 from service.store.steering import BucketReport, Publication, WaitingEntry
+from tests.contract import QUOTA_SHOW_FIELDS
 from tests.store.conftest import POSTGRES_URL, drop_schema, postgres_schema
 
 API = "list_rate_on_period_detail"
@@ -172,17 +173,7 @@ def test_quota_show_adds_up_what_replicas_publish(cli: Cli, store_url: str) -> N
 
     code, out, _ = cli("quota", "show")
     assert code == 0
-    assert out.splitlines()[0].split() == [
-        "api",
-        "kind",
-        "key",
-        "limit",
-        "rate",
-        "waiting",
-        "oldest_wait_s",
-        "throttled_5m",
-        "paused",
-    ]
+    assert out.splitlines()[0].split() == list(QUOTA_SHOW_FIELDS)
 
 
 def test_quota_show_counts_a_command_two_replicas_publish_once(cli: Cli, store_url: str) -> None:
