@@ -77,7 +77,7 @@ class WaitingRoom:
             n for c, n in waiting.items() if c != customer and n > 0 and not self.paused(api, c)
         )
         return Drain(
-            max(0.0, ready),
+            ready,
             _interval(own_rate),
             _interval(egress_rate),
             self.dispatcher.held(api, customer, priority),

@@ -531,10 +531,7 @@ class Dispatcher:
         """Seconds between the customer's turns now: its own rate, or its share of the
         egress among the customers waiting at its priority or above."""
         lane = self._lanes.get(api)
-        limit_c = self._limits.customer(api, uid) or INF
-        limit_e = self._limits.egress(api, self._config.egress) or INF
-        rate_c = min(limit_c, lane.rates.get(uid, limit_c)) if lane else limit_c
-        rate_e = min(limit_e, lane.egress_rate) if lane else limit_e
+        rate_c, rate_e = self._rates(lane, api, uid)
         sharing = {u for u, p in lane.queues if p >= priority} if lane else set()
         sharing.add(uid)
         rate = min(rate_c, rate_e / len(sharing))
@@ -560,13 +557,24 @@ class Dispatcher:
         """The customer's rate now, its egress's, and seconds until both buckets are ready
         (``INF`` rate: not limited)."""
         lane = self._lanes.get(api)
+        rate_c, rate_e = self._rates(lane, api, uid)
+        return rate_c, rate_e, self._ready_in(lane, uid)
+
+    def _rates(self, lane: _Lane | None, api: str, uid: str) -> tuple[float, float]:
+        """The customer's rate now and its egress's: the limits in force, or lower where
+        throttling slowed the bucket."""
         limit_c = self._limits.customer(api, uid) or INF
         limit_e = self._limits.egress(api, self._config.egress) or INF
         if lane is None:
-            return limit_c, limit_e, 0.0
+            return limit_c, limit_e
+        return min(limit_c, lane.rates.get(uid, limit_c)), min(limit_e, lane.egress_rate)
+
+    def _ready_in(self, lane: _Lane | None, uid: str) -> float:
+        """Seconds until the customer's and the egress's buckets are both ready (0: now)."""
+        if lane is None:
+            return 0.0
         now = self._buckets.now()
-        ready = max(lane.ready.get(uid, now), lane.egress_ready) - now
-        return min(limit_c, lane.rates.get(uid, limit_c)), min(limit_e, lane.egress_rate), ready
+        return max(0.0, max(lane.ready.get(uid, now), lane.egress_ready) - now)
 
     def backlogs(self, api: str, priority: int) -> dict[str, int]:
         """Calls waiting here (or on their way) per customer, at ``priority`` or above."""
@@ -588,11 +596,8 @@ class Dispatcher:
         """Seconds until a new call of the customer at ``priority`` would be sent."""
         if not self._limits.limited(api):
             return 0.0
-        now = self._buckets.now()
-        lane = self._lanes.get(api)
-        ready = max(lane.ready.get(uid, now), lane.egress_ready) if lane else now
-        ahead = self.held(api, uid, priority)
-        return max(0.0, ready - now) + ahead * self.interval(api, uid, priority)
+        ready = self._ready_in(self._lanes.get(api), uid)
+        return ready + self.held(api, uid, priority) * self.interval(api, uid, priority)
 
     def waiting(self) -> list[Waiting]:
         """Every call waiting here, with the bucket it waits for and its expected start."""
