@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import os
 import socket
@@ -54,6 +55,7 @@ from service.broker.topology import DELAY_LEVELS_MS, Topology, declare
 from service.guardrails.gate import PolicyGate
 from service.guardrails.policy import PolicyError, PolicyHolder
 from service.messages.admission import Admission, WaitingRoom
+from service.messages.announcer import Announcer
 from service.messages.claiming import Claiming
 from service.messages.consumer import Consumer, ConsumerOptions, Pulled
 from service.messages.delivery import ScopedApi
@@ -65,7 +67,7 @@ from service.messages.publisher import Publisher
 from service.messages.reading import Reader
 from service.messages.running import Runner
 from service.messages.settlement import Books, Settler, SettleRetry
-from service.messages.whereabouts import Whereabouts
+from service.messages.whereabouts import Noted, Whereabouts
 from service.ops.presence import Presence
 from service.pacing.dispatcher import Dispatcher, PacingConfig
 from service.pacing.limits import Limits, configured_limits
@@ -79,6 +81,7 @@ from service.settings import (
     Settings,
     StoreSettings,
 )
+from service.store.steering import SteeringStore
 from service.store.types import CommandStore
 from service.telemetry.metrics import Metrics, serve_metrics
 
@@ -117,6 +120,7 @@ class Pacing:
     waiting: WaitingRoom
     pulled: asyncio.Queue[Pulled]  # pulled from the lines, for the consumer
     whereabouts: Whereabouts
+    placed: asyncio.Queue[list[Noted]]  # parked, place settled, owed a `deferred` event
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,26 +297,39 @@ async def open_pacing(
     limits = Limits(configured_limits(PUBLISHED_LIMITS, settings.rate_limits))
     pauses, served, pulled = PauseState(), asyncio.Event(), asyncio.Queue[Pulled]()
     dispatcher = _dispatcher(settings, backend, limits, owner, pauses=pauses, served=served)
-    whereabouts, steering = Whereabouts(), backend.store.steering
-    hooks = LineHooks(_room(dispatcher, settings.hold_s), _deliver(pulled), pauses, served)
-    lines = Lines(
-        broker.connection, broker.topology, steering, hooks=hooks, whereabouts=whereabouts
+    whereabouts, placed = Whereabouts(), asyncio.Queue[list[Noted]]()
+    steering = backend.store.steering
+    hooks = LineHooks(
+        _room(dispatcher, settings.hold_s), _deliver(pulled), pauses, placed.put_nowait, served
     )
+    lines = _lines(broker, steering, hooks, whereabouts)
     poller = SteeringPoller(steering, limits, pauses, on_change=dispatcher.steering_changed)
     await poller.refresh()  # the limits and pauses in force before anything is consumed
     waiting = WaitingRoom(dispatcher, lines, pauses, settings.hold_s)
-    identity = (owner, settings.egress)
     presence = Presence(
-        steering, dispatcher, limits, whereabouts, identity=identity, parked=waiting
+        steering, dispatcher, limits, whereabouts, identity=(owner, settings.egress), parked=waiting
     )
-    metrics.watch_rates(dispatcher.rates)
-    metrics.watch_waiting(lambda: _waiting_by_bucket(dispatcher, whereabouts))
+    _watch(metrics, dispatcher, whereabouts)
     try:
-        yield Pacing(limits, dispatcher, lines, poller, presence, waiting, pulled, whereabouts)
+        yield Pacing(
+            limits, dispatcher, lines, poller, presence, waiting, pulled, whereabouts, placed
+        )
     finally:
         await presence.retire()
         await dispatcher.aclose()
         await lines.aclose()
+
+
+def _lines(
+    broker: Broker, steering: SteeringStore, hooks: LineHooks, whereabouts: Whereabouts
+) -> Lines:
+    return Lines(broker.connection, broker.topology, steering, hooks=hooks, whereabouts=whereabouts)
+
+
+def _watch(metrics: Metrics, dispatcher: Dispatcher, whereabouts: Whereabouts) -> None:
+    """``/metrics``: the buckets' rates now, and what waits for each."""
+    metrics.watch_rates(dispatcher.rates)
+    metrics.watch_waiting(lambda: _waiting_by_bucket(dispatcher, whereabouts))
 
 
 def _dispatcher(
@@ -395,9 +412,7 @@ def build_pipeline(settings: MessageSettings, leases: Leases, parts: Parts) -> P
         settings.max_attempts, settings.retry_base_s, settings.retry_max_s, settings.store_retry_s
     )
     pacing = parts.pacing
-    admission = Admission(
-        pacing.waiting, clock=_utc_now, deferred_after_s=settings.deferred_after_s
-    )
+    admission = Admission(pacing.waiting, clock=_utc_now)
     failures = Failures(
         retry,
         lease=leases.lease,
@@ -462,10 +477,24 @@ async def open_consumer(
         background.loop("heartbeat", leases.renew_forever())
         background.loop("watch", consumer.watch())
         background.loop("pulled", consumer.take_pulled())
+        background.loop("announce", _announcer(settings, parts, leases.owner).run())
         await consumer.start()
         metrics.inflight.set_function(lambda: consumer.tasks_running)
         metrics.set_parked(lambda: consumer.waiting_in_delay_queues)
         yield Consuming(consumer, background)
+
+
+def _announcer(settings: MessageSettings, parts: Parts, owner: str) -> Announcer:
+    """The ``deferred`` events owed to parked commands, sent as their places settle."""
+    pacing = parts.pacing
+    return Announcer(
+        pacing.placed,
+        pacing.waiting,
+        pacing.whereabouts,
+        parts.broker.publisher,
+        functools.partial(parts.backend.store.steering.customer_waiting, owner=owner),
+        deferred_after_s=settings.deferred_after_s,
+    )
 
 
 def _consumer_options(settings: MessageSettings, topology: Topology) -> ConsumerOptions:

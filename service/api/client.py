@@ -147,8 +147,9 @@ class CallScope:
     that, what has started must be finished or reconciled, never dropped half-way).
     ``preflight``: checked right before each send of a mutating request (``Preflight``).
     ``sent``: every request sent for the command, answers of 429 that were waited out included
-    (the event's ``attempts``). ``command_id`` and ``priority``: who waits for a turn, and
-    which turn it takes first (the dispatcher's).
+    (the event's ``attempts``). ``command_id``, ``priority`` and ``since``: who waits for a
+    turn, which turn it takes first (the dispatcher's), and since when it waits (wall clock,
+    kept across parkings: what ``why`` and ``quota show`` say of it).
     """
 
     deadline: datetime | None = None
@@ -156,6 +157,7 @@ class CallScope:
     sent: int = 0
     command_id: str | None = None
     priority: int = Priority.NORMAL
+    since: float | None = None
 
     async def sending(self, op: Operation) -> None:
         if self.deadline is not None:
@@ -342,22 +344,24 @@ class BssHttp:
         late for slots reserved meanwhile (the slot is wasted, the limit kept). A machine too
         busy to wake in time ``MISSED_SLOTS_MAX`` times in a row sends anyway."""
         dispatcher = self._dispatcher
-        command_id, priority = (
-            (None, Priority.NORMAL)
-            if scope is None
-            else (
-                scope.command_id,
-                scope.priority,
-            )
-        )
+        scope = scope or CallScope()
         clock = dispatcher.buckets.now
         for _ in range(MISSED_SLOTS_MAX):
-            slot = await dispatcher.turn(api, parent_uid, priority=priority, command_id=command_id)
+            slot = await self._wait_turn(api, parent_uid, scope)
             if slot is None or clock() - slot <= max(MISSED_SLOT_S, dispatcher.tolerance(api)):
                 return slot
             self._metrics.inc(self._metrics.missed_slots, api)
             log.debug("slot_missed", api=api, late_ms=round((clock() - slot) * 1000, 1))
-        return await dispatcher.turn(api, parent_uid, priority=priority, command_id=command_id)
+        return await self._wait_turn(api, parent_uid, scope)
+
+    async def _wait_turn(self, api: str, parent_uid: str, scope: CallScope) -> float | None:
+        return await self._dispatcher.turn(
+            api,
+            parent_uid,
+            priority=scope.priority,
+            command_id=scope.command_id,
+            since=scope.since,
+        )
 
     async def _send(
         self,

@@ -8,6 +8,8 @@ purpose: the broker, pacing, the policy step and the message path all read them.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
@@ -22,6 +24,7 @@ __all__ = [
     "original_routing_key",
     "requested_before",
     "requester",
+    "waiting_since",
 ]
 
 
@@ -98,3 +101,16 @@ def carry_requester(message: AbstractIncomingMessage, headers: dict[str, Any]) -
         headers.pop(REQUESTED_BY, None)
     else:
         headers[REQUESTED_BY] = who
+
+
+def waiting_since(headers: Mapping[str, Any]) -> float | None:
+    """When the command began to wait (our header; text, not a float header: pamqp sends a
+    float as 32 bits, 128 s apart at epoch scale)."""
+    value = headers.get(H.WAITING_SINCE)
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    try:
+        since = float(str(value)) if value is not None else None
+    except ValueError:
+        return None
+    return since if since is not None and math.isfinite(since) else None

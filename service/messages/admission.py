@@ -8,8 +8,11 @@ A command is *parked* (``Park``: into its line, ``service.messages.lines``) when
   from the waiters of its customer at its priority or above and its share of the egress.
 
 One expected to wait longer than ``deferred_after_s`` tells its producer once with a
-``deferred`` event (``x-relay-deferred`` keeps it from saying so again). Parking needs no claim:
-a backlog is read and parked without touching the store.
+``deferred`` event, sent once its place in the line is settled (``service.messages.announcer``):
+every parked command not paused is marked ``x-relay-deferred`` (it is not considered again)
+and owed the event, and the event goes if, counting what other replicas parked before it,
+it still waits that long. Parking needs no claim: a backlog is read and parked without
+touching the store.
 
 Taken in at once: a command past its deadline (it goes on to be rejected: a paused line is
 swept for these, ``service.messages.lines``), one pulled from its line (``x-relay-line``: its
@@ -26,10 +29,10 @@ import bisect
 import itertools
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -39,12 +42,12 @@ from service.broker.headers import H
 from service.messages.delivery import Delivery, Partner
 from service.messages.kinds import PRIORITIES, primary_call
 from service.messages.lines import LineKey, Lines
-from service.messages.outcomes import deferred_event
 from service.messages.settlement import Park
-from service.messages.whereabouts import Noted
+from service.messages.whereabouts import Deferral, Noted
 from service.pacing.dispatcher import Dispatcher
+from service.telemetry.tracing import trace_context
 
-__all__ = ["Admission", "Drain", "WaitingRoom", "waiting_since"]
+__all__ = ["Admission", "Drain", "WaitingRoom"]
 
 log = structlog.get_logger(__name__)
 
@@ -58,16 +61,11 @@ class WaitingRoom:
     paused: Callable[[str, str], bool]
     hold_s: float
 
-    def expected_wait(self, line: LineKey, ahead_in_line: int) -> float:
-        """Seconds until a command of ``line`` with ``ahead_in_line`` parked commands before it
-        starts: the commands held for its customer go first, then those ahead in its line,
-        as the buckets drain every waiting customer (:class:`Drain`)."""
-        return self.drain(line).wait(ahead_in_line)
-
     def drain(self, line: LineKey) -> Drain:
-        """How the line drains as things stand now (``expected_wait`` for every place of the
-        line at once): the buckets' rates, the customer's commands held here, and what every
-        other customer not paused has waiting for the API, here and in the lines."""
+        """How the line drains as things stand now (when each of its places starts): the
+        buckets' rates, the customer's commands held here, the line's places gone by, and
+        what every other customer not paused has waiting for the API, here and in the
+        lines."""
         api, customer, priority = line
         own_rate, egress_rate, ready = self.dispatcher.pace(api, customer)
         waiting = self.dispatcher.backlogs(api, priority)
@@ -76,13 +74,14 @@ class WaitingRoom:
         others = sorted(
             n for c, n in waiting.items() if c != customer and n > 0 and not self.paused(api, c)
         )
+        held = self.dispatcher.held(api, customer, priority)
         return Drain(
             ready,
             _interval(own_rate),
             _interval(egress_rate),
-            self.dispatcher.held(api, customer, priority),
+            max(0, held - self.lines.in_transit(api, customer, priority)),
+            self.lines.gone_by(line),
             tuple(others),
-            tuple(itertools.accumulate(others, initial=0)),
         )
 
 
@@ -103,32 +102,36 @@ class Drain:
     ready: float  # seconds until both buckets are ready
     own_interval: float  # 1 / the customer's rate now (0: not limited)
     egress_interval: float  # 1 / the egress's rate now
-    held: int  # the customer's commands held here, before any parked one
+    direct: int  # the customer's commands held here that did not come out of the line
+    gone_by: int  # the line's places gone by: pulled and settled, deployment-wide
     others: tuple[int, ...]  # other customers' waiting commands, ascending
-    prefix: tuple[int, ...]  # their running sums, from 0
+    prefix: tuple[int, ...] = field(init=False)  # their running sums, from 0
 
-    def wait(self, ahead_in_line: int) -> float:
-        k = self.held + ahead_in_line
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prefix", tuple(itertools.accumulate(self.others, initial=0)))
+
+    def start(self, place: int) -> float:
+        """Seconds until the command at ``place`` of the line starts: after those held here
+        that did not come from the line, and the places before it not gone by (held in some
+        replica's memory, or still in the line)."""
+        return self.wait(self.direct + max(0, place - 1 - self.gone_by))
+
+    def wait(self, k: int) -> float:
+        """Seconds until the customer's command with ``k`` of its commands before it starts."""
         short = bisect.bisect_left(self.others, k)  # those with fewer than k: all of theirs
         served = self.prefix[short] + k * (len(self.others) - short)
         return self.ready + max(k * self.own_interval, (k + served) * self.egress_interval)
 
 
 class Admission:
-    def __init__(
-        self,
-        waiting: WaitingRoom,
-        *,
-        clock: Callable[[], datetime],
-        deferred_after_s: float,
-    ) -> None:
+    def __init__(self, waiting: WaitingRoom, *, clock: Callable[[], datetime]) -> None:
         self._waiting = waiting
         self._clock = clock
-        self._deferred_after_s = deferred_after_s
 
     async def admit(self, delivery: Delivery, command: Command) -> Park | None:
         """None: go on now. A ``Park``: into the command's line."""
         line = _line(delivery, command)
+        self._waiting.lines.taken(command.command_id)
         # past its deadline: on to be claimed and rejected (step *run*), uncalled. Parked
         # again, one swept from a paused line brings its deadline back, swept until resumed
         if line is None or (command.deadline is not None and command.deadline <= self._clock()):
@@ -162,11 +165,23 @@ class Admission:
         w = self._waiting
         api, customer, priority = line
         now = time.time()
-        since = waiting_since(delivery.headers) or now
-        wait = w.expected_wait(line, w.lines.waiting(line))
-        expected = None if paused else now + wait
+        since = delivery.since
         # its place in the line, taken now: commands read at once count each other
         place = w.lines.parked(line, command.deadline)
+        expected = None if paused else now + w.drain(line).start(place)
+        headers: dict[str, Any] = {H.LINE: "1", H.WAITING_SINCE: f"{since:.3f}"}
+        deferral = None
+        if expected is not None and H.DEFERRED not in delivery.headers:
+            message = delivery.message
+            deferral = Deferral(
+                command,
+                delivery.requested_by,
+                message.correlation_id,
+                message.reply_to,
+                trace_context(delivery.headers),
+                now,
+            )
+            headers[H.DEFERRED] = "1"
         noted = Noted(
             command.command_id,
             "paused" if paused else "waiting",
@@ -179,23 +194,10 @@ class Admission:
             line,
             place,
             others=w.lines.others(line),
+            deferral=deferral,
         )
-        headers: dict[str, Any] = {H.LINE: "1", H.WAITING_SINCE: f"{since:.3f}"}
-        progress = None
-        if (
-            expected is not None
-            and H.DEFERRED not in delivery.headers
-            and (wait > self._deferred_after_s)
-        ):
-            progress = deferred_event(
-                command,
-                now=self._clock(),
-                expected_start_at=datetime.fromtimestamp(expected, UTC),
-                requested_by=delivery.requested_by,
-            )
-            headers[H.DEFERRED] = "1"
-        log.debug("command_parked", api=api, paused=paused, wait_s=round(wait, 2))
-        return Park(line, noted, headers=headers, release=delivery.claimed, progress=progress)
+        log.debug("command_parked", api=api, paused=paused, place=place)
+        return Park(line, noted, headers=headers, release=delivery.claimed)
 
 
 def _line(delivery: Delivery, command: Command) -> LineKey | None:
@@ -206,16 +208,3 @@ def _line(delivery: Delivery, command: Command) -> LineKey | None:
         return None
     api, customer = primary_call(command, partner.partner_id)
     return api, customer, PRIORITIES[command.priority]
-
-
-def waiting_since(headers: Mapping[str, Any]) -> float | None:
-    """When the command began to wait (our header; text, not a float header: pamqp sends a
-    float as 32 bits, 128 s apart at epoch scale)."""
-    value = headers.get(H.WAITING_SINCE)
-    if isinstance(value, bytes):
-        value = value.decode("ascii", "replace")
-    try:
-        since = float(str(value)) if value is not None else None
-    except ValueError:
-        return None
-    return since if since is not None and math.isfinite(since) else None

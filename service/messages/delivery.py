@@ -7,8 +7,9 @@ the settlement gives back or keeps.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from aio_pika.abc import AbstractIncomingMessage
@@ -16,7 +17,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from handlers.ports import BssApi
 from schemas.commands import Command
 from service.api.client import CallScope
-from service.broker.headers import H, failed_deliveries, requester
+from service.broker.headers import H, failed_deliveries, requester, waiting_since
 from service.messages.intake import Rejection
 
 __all__ = ["Delivery", "Partner", "ScopedApi", "rejection_of"]
@@ -42,6 +43,13 @@ class Delivery:
     command: Command | None = None  # once read
     partner: Partner | Rejection | None = None  # once read; a Rejection when none fits
     claimed: str | None = None  # the command id this process holds a lease on
+    received: float = field(default_factory=time.time)  # wall clock
+
+    @property
+    def since(self) -> float:
+        """When the command began to wait for its turn (wall clock): as a parked copy says,
+        else when this delivery came."""
+        return waiting_since(self.headers) or self.received
 
     @property
     def headers(self) -> Mapping[str, Any]:

@@ -41,7 +41,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobus
 from service.broker.fetch import cancel_pending, get_one
 from service.broker.topology import Topology
 from service.messages.publisher import BROKER_ERRORS
-from service.messages.whereabouts import Whereabouts
+from service.messages.whereabouts import Noted, Whereabouts
 from service.store.errors import STORE_ERRORS
 from service.store.steering import LineDelta, SteeringStore
 
@@ -77,6 +77,8 @@ class _Line:
     parked_here: int = 0  # parked by this replica since the last publication
     mine: int = 0  # ever parked into it by this replica
     pulled_here: int = 0
+    settled: int = 0  # of those pulled, settled, likewise
+    settled_here: int = 0
     next_deadline: datetime | None = None  # soonest deadline parked here since then
     deadline_seen: datetime | None = None  # the store's soonest deadline in the line
     transit: int = 0  # pulled by this replica and not settled yet
@@ -95,12 +97,14 @@ class LineHooks:
 
     ``room``: how many commands of a line this replica takes in memory now; ``deliver``: a
     pulled message, to the message path, with what to call once it is settled; ``paused``:
-    whether a customer's calls are paused; ``poked``: set when there may be room (someone was
-    served)."""
+    whether a customer's calls are paused; ``placed``: parked commands whose place is settled
+    now and that are owed their ``deferred`` event (``service.messages.announcer``);
+    ``poked``: set when there may be room (someone was served)."""
 
     room: Callable[[LineKey], int]
     deliver: Callable[[AbstractIncomingMessage, Callable[[], None]], None]
     paused: Callable[[str, str], bool]
+    placed: Callable[[list[Noted]], None] = lambda _entries: None
     poked: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -120,6 +124,7 @@ class Lines:
         self._room = hooks.room
         self._deliver = hooks.deliver
         self._paused = hooks.paused
+        self._placed = hooks.placed
         self._poked = hooks.poked
         self._lines: dict[LineKey, _Line] = {}
         self._channel: AbstractChannel | None = None
@@ -156,13 +161,6 @@ class Lines:
         line = self._lines.get(key)
         return 0 if line is None else max(0, line.parked - line.mine)
 
-    def ahead_of(self, key: LineKey, place: int) -> int:
-        """Commands still in the line ahead of the one parked at ``place`` (its count when it
-        was parked), as far as known here."""
-        line = self._lines.get(key)
-        pulled = 0 if line is None else line.pulled
-        return max(0, place - 1 - pulled)
-
     async def queue(self, key: LineKey, *, again: bool = False) -> str:
         """The line's queue, declared (once, or ``again`` after the broker said it is gone)."""
         line = self._line(key)
@@ -187,6 +185,11 @@ class Lines:
             line.next_deadline = deadline
         return line.parked
 
+    def taken(self, command_id: str) -> None:
+        """A command is with this replica (pulled from its line, or delivered again): it is
+        no longer shown as parked by this replica."""
+        self._whereabouts.back(command_id)
+
     def landed(self, key: LineKey) -> None:
         """A command taken its place is in the line's queue now: it may be pulled."""
         line = self._line(key)
@@ -206,7 +209,24 @@ class Lines:
         line = self._lines.get(key)
         if line is not None and line.transit > 0:
             line.transit -= 1
+            line.settled += 1
+            line.settled_here += 1
         self._poked.set()
+
+    def gone_by(self, key: LineKey) -> int:
+        """Commands pulled out of the line and settled, deployment-wide (as last read, plus
+        this replica's since): a place beyond this has not started."""
+        line = self._lines.get(key)
+        return 0 if line is None else line.settled
+
+    def in_transit(self, api: str, customer: str, priority: int) -> int:
+        """The customer's commands this replica pulled from its lines at ``priority`` or
+        above and has not settled: held here, but counted by the lines' places."""
+        return sum(
+            line.transit
+            for (a, c, p), line in self._lines.items()
+            if a == api and c == customer and p >= priority
+        )
 
     def poke(self) -> None:
         """The dispatcher served someone: look for room now."""
@@ -216,7 +236,7 @@ class Lines:
         """What went into and out of each line since the last call (for the publication)."""
         found = []
         for line in self._lines.values():
-            if line.parked_here or line.pulled_here or line.next_deadline:
+            if line.parked_here or line.pulled_here or line.settled_here or line.next_deadline:
                 api, customer, priority = line.key
                 found.append(
                     LineDelta(
@@ -227,9 +247,10 @@ class Lines:
                         line.parked_here,
                         line.pulled_here,
                         line.next_deadline,
+                        line.settled_here,
                     )
                 )
-                line.parked_here = line.pulled_here = 0
+                line.parked_here = line.pulled_here = line.settled_here = 0
                 line.next_deadline = None
         return found
 
@@ -265,8 +286,11 @@ class Lines:
             line = self._line((row["api"], row["customer"], priority))
             line.parked = max(line.parked, int(row["parked"]) + line.parked_here)
             line.pulled = max(line.pulled, int(row["pulled"]) + line.pulled_here)
+            line.settled = max(line.settled, int(row["settled"]) + line.settled_here)
             line.deadline_seen = row["next_deadline"]
-            self._whereabouts.pulled(line.key, line.pulled, others=line.parked - line.mine)
+            due = self._whereabouts.pulled(line.key, line.pulled, others=line.parked - line.mine)
+            if due:
+                self._placed(due)
 
     async def _pull_all(self) -> None:
         lines = sorted(self._lines.values(), key=lambda line: -line.key[2])  # high first

@@ -96,6 +96,7 @@ class Runner:
                     ),
                     command_id=command.command_id,
                     priority=PRIORITIES[command.priority],
+                    since=delivery.since,
                 )
                 context = HandlerContext(
                     command_id=command.command_id,

@@ -42,7 +42,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -111,7 +111,6 @@ class Delay:
     headers: Mapping[str, Any] = field(default_factory=dict)
     at_least: bool = False  # never sooner than ``seconds`` (else: the step not above it)
     release: str | None = None
-    progress: Event | None = None  # a `deferred` event to publish once the copy is stored
     command_id: str | None = None  # noted as delayed until it comes back (``why``)
 
 
@@ -124,7 +123,6 @@ class Park:
     noted: Noted
     headers: Mapping[str, Any] = field(default_factory=dict)
     release: str | None = None
-    progress: Event | None = None  # a `deferred` event to publish once the copy is stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,25 +302,25 @@ class Settler:
             self._books.whereabouts.note(
                 Noted(decision.command_id, "delayed", None, None, None, None, time.time(), retry_at)
             )
-        if decision.progress is not None:
-            await self._send_event(message, decision.progress)
         await self._ack(message)
 
     async def _park(self, message: AbstractIncomingMessage, decision: Park) -> None:
         lines = self._books.lines
         await self._leases.release(decision.release)
+        queued_at = time.time()
 
         async def to_line() -> None:
+            nonlocal queued_at
             queue = await lines.queue(decision.line)
+            # its place: when it goes in (the line is first in, first out; taken at the
+            # publish, not the decision, which a busy replica makes long before)
+            queued_at = time.time()
+            headers = dict(decision.headers)
             try:
-                await self._publisher.park(
-                    message, queue=queue, extra_headers=dict(decision.headers)
-                )
+                await self._publisher.park(message, queue=queue, extra_headers=headers)
             except Unroutable:  # deleted (it was empty) since it was declared here: again
                 queue = await lines.queue(decision.line, again=True)
-                await self._publisher.park(
-                    message, queue=queue, extra_headers=dict(decision.headers)
-                )
+                await self._publisher.park(message, queue=queue, extra_headers=headers)
 
         try:
             await self._broker(message, to_line)
@@ -330,11 +328,9 @@ class Settler:
             lines.unparked(decision.line)
             raise
         lines.landed(decision.line)
-        self._books.whereabouts.note(decision.noted)
+        self._books.whereabouts.note(replace(decision.noted, queued_at=queued_at))
         self._metrics.inc(self._metrics.parked, decision.line[0])
         self._metrics.inc(self._metrics.delayed, "park")
-        if decision.progress is not None:
-            await self._send_event(message, decision.progress)
         await self._ack(message)
 
     # -- steps -------------------------------------------------------------------------------

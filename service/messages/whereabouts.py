@@ -12,17 +12,38 @@ yet. Its place for sure (``bound``) adds the commands the others parked that wer
 here when it was parked, as the store tells them ``PLACE_SETTLED_S`` later (once the others
 published theirs): only a line pulled that far has surely taken it out. Counted without them,
 two replicas' backlogs went twice as fast as the line, and ``quota show`` lost half of them.
+
+A parked command may be owed its ``deferred`` event (:class:`Deferral`): it is sent once its
+place is settled (``pulled`` hands those over), so that its expected start counts what the
+other replicas parked before it. At parking, each replica counted about half of a backlog
+two of them parked at once, and said so: the commands started 4-10 s after the estimate.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-__all__ = ["MAX_AGE_S", "PLACE_SETTLED_S", "Noted", "Whereabouts"]
+from schemas.commands import Command
+
+__all__ = ["MAX_AGE_S", "PLACE_SETTLED_S", "Deferral", "Noted", "Whereabouts"]
 
 MAX_AGE_S = 3600.0
 PLACE_SETTLED_S = 2.5  # > a publication period (service.ops.presence.PUBLISH_S) and a read
+
+
+@dataclass(frozen=True, slots=True)
+class Deferral:
+    """A ``deferred`` event owed to a parked command's producer (``service.messages.announcer``):
+    what the event and its publication need of the command's message."""
+
+    command: Command
+    requested_by: str | None
+    correlation_id: str | None
+    reply_to: str | None
+    trace: Mapping[str, str]  # the command's trace context (``traceparent``, ``tracestate``)
+    parked_at: float  # wall clock: its expected wait counts from here
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +63,8 @@ class Noted:
     noted_at: float = 0.0
     others: int = 0  # commands other replicas parked in its line, as known here then
     bound: int | None = None  # its place for sure, once the others' parks are known
+    deferral: Deferral | None = None  # its deferred event, owed until its place is settled
+    queued_at: float = 0.0  # when it took its place (its order in its customer's turn)
 
 
 class Whereabouts:
@@ -67,24 +90,40 @@ class Whereabouts:
         if entry is not None and entry.line is not None:
             self._forget_in_line(entry.line, command_id)
 
-    def pulled(self, line: tuple[str, str, int], count: int, *, others: int) -> None:
+    def pulled(self, line: tuple[str, str, int], count: int, *, others: int) -> list[Noted]:
         """Line ``line`` has had ``count`` commands pulled out of it, deployment-wide, and
         ``others`` parked into it by other replicas: those surely parked at or before that
-        place are out of it."""
+        place are out of it. Returns the entries whose place was
+        settled now and that are owed their ``deferred`` event (handed over: not returned
+        again)."""
         parked = self._lines.get(line)
         if not parked:
-            return
+            return []
         settled = time.time() - PLACE_SETTLED_S
-        gone = []
+        gone, due = [], []
         for command_id, noted in parked.items():
             entry = noted
             if entry.bound is None and entry.noted_at <= settled:
-                entry = replace(entry, bound=entry.seq + max(0, others - entry.others))
+                bound = entry.seq + max(0, others - entry.others)
+                entry = replace(entry, bound=bound, deferral=None)
                 parked[command_id] = self._entries[command_id] = entry  # same keys: safe
+                if noted.deferral is not None and bound > count:
+                    due.append(replace(entry, deferral=noted.deferral))
             if entry.bound is not None and entry.bound <= count:
                 gone.append(command_id)
         for command_id in gone:
             self.back(command_id)
+        return due
+
+    def parked(self, api: str, customer: str, priority: int) -> list[tuple[str, float]]:
+        """The customer's commands this replica parked for ``api`` at ``priority`` or above,
+        each with when it took its place."""
+        return [
+            (command_id, noted.queued_at)
+            for (a, c, p), parked in self._lines.items()
+            if a == api and c == customer and p >= priority
+            for command_id, noted in parked.items()
+        ]
 
     def entries(self) -> list[Noted]:
         horizon = time.time() - MAX_AGE_S
@@ -98,6 +137,9 @@ class Whereabouts:
             parked.pop(command_id, None)
             if not parked:
                 del self._lines[line]
+
+    def __contains__(self, command_id: object) -> bool:
+        return command_id in self._entries
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -171,8 +171,7 @@ class Presence:
         drain = paces[noted.line]
         if drain is None:
             return replace(noted, state="paused", expected_at=None)
-        ahead = parked.lines.ahead_of(noted.line, noted.seq)
-        return replace(noted, state="waiting", expected_at=now + drain.wait(ahead))
+        return replace(noted, state="waiting", expected_at=now + drain.start(noted.seq))
 
     def _moved(self, command_id: str, current: _Shown, now: float) -> bool:
         """Whether an entry differs from what was last published of it (see the module)."""
@@ -239,6 +238,7 @@ def _held(waiting: Waiting, now: float) -> WaitingEntry:
         since=datetime.fromtimestamp(waiting.since, UTC),
         expected_at=_at(waiting.expected_at),
         until=datetime.fromtimestamp(now + FRESH_S, UTC),
+        customer=waiting.customer or None,
     )
 
 
@@ -258,4 +258,6 @@ def _noted(noted: Noted, now: float) -> WaitingEntry:
         since=datetime.fromtimestamp(noted.since, UTC),
         expected_at=_at(noted.expected_at),
         until=datetime.fromtimestamp(until, UTC),
+        customer=None if noted.line is None else noted.line[1],
+        queued_at=_at(noted.queued_at or None),
     )

@@ -99,6 +99,7 @@ class Waiting:
     priority: int
     since: float  # wall clock
     expected_at: float  # wall clock
+    customer: str = ""  # the ParentUid it is for (``key`` may be the egress)
 
 
 @dataclass(slots=True)
@@ -180,9 +181,11 @@ class Dispatcher:
         *,
         priority: int = Priority.NORMAL,
         command_id: str | None = None,
+        since: float | None = None,
     ) -> float | None:
         """Return when this call may be sent: the slot's instant in the buckets' clock (None
-        for an unlimited API). Raises ``Paused`` while the customer is paused."""
+        for an unlimited API). ``since``: when its command began to wait (wall clock; now if
+        not given). Raises ``Paused`` while the customer is paused."""
         if not self._limits.limited(api):
             return None
         if self._is_paused(api, uid):
@@ -190,9 +193,8 @@ class Dispatcher:
         lane = self._lanes.get(api)
         if lane is None:
             lane = self._lanes[api] = _Lane(api)
-        waiter = _Waiter(
-            uid, priority, time.time(), asyncio.get_running_loop().create_future(), command_id
-        )
+        future = asyncio.get_running_loop().create_future()
+        waiter = _Waiter(uid, priority, since or time.time(), future, command_id)
         queue = lane.queues.get((uid, priority))
         if queue is None:
             queue = lane.queues[(uid, priority)] = deque()
@@ -553,6 +555,18 @@ class Dispatcher:
         waiting = sum(len(q) for (u, p), q in lane.queues.items() if u == uid and p >= priority)
         return max(coming, waiting)
 
+    def queued(self, api: str, uid: str, priority: int) -> tuple[list[str | None], int]:
+        """The customer's calls waiting here at ``priority`` or above (their command ids), and
+        how many more are on their way (not waiting yet)."""
+        lane = self._lanes.get(api)
+        found = [
+            waiter.command_id
+            for (u, p), queue in (lane.queues.items() if lane else ())
+            if u == uid and p >= priority
+            for waiter in queue
+        ]
+        return found, max(0, self.held(api, uid, priority) - len(found))
+
     def pace(self, api: str, uid: str) -> tuple[float, float, float]:
         """The customer's rate now, its egress's, and seconds until both buckets are ready
         (``INF`` rate: not limited)."""
@@ -613,7 +627,9 @@ class Dispatcher:
                 for ahead, waiter in enumerate(queue):
                     expected = wall + start + ahead * interval
                     found.append(
-                        Waiting(waiter.command_id, api, kind, key, priority, waiter.since, expected)
+                        Waiting(
+                            waiter.command_id, api, kind, key, priority, waiter.since, expected, uid
+                        )
                     )
         return found
 

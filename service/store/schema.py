@@ -279,6 +279,8 @@ STEERING_TABLES: tuple[Table, ...] = (
             Column("since", Kind.TIMESTAMP, not_null=True),
             Column("expected_at", Kind.TIMESTAMP),  # expected start; a delayed one's retry
             Column("until", Kind.TIMESTAMP, not_null=True),  # stale after this if not renewed
+            Column("customer", Kind.TEXT, added=True),  # the ParentUid its call is for
+            Column("queued_at", Kind.TIMESTAMP, added=True),  # parked: when it went in
         ),
         primary_key=("command_id",),
         indexes=(Index("relay_waiting_bucket", ("api", "kind", "key")),),
@@ -308,6 +310,9 @@ STEERING_TABLES: tuple[Table, ...] = (
             Column("pulled", Kind.BIGINT, not_null=True, default=0),  # ever taken out of it
             Column("next_deadline", Kind.TIMESTAMP),  # the soonest deadline parked in it
             Column("updated_at", Kind.TIMESTAMP, not_null=True),
+            # of those pulled, settled (their call made, or parked again); NULL: as pulled
+            # (a line from before schema step 3)
+            Column("settled", Kind.BIGINT, added=True),
         ),
         primary_key=("api", "customer", "priority"),
     ),

@@ -1,6 +1,6 @@
 """The deployment's steering state in the store: what operators set, and what replicas publish.
 
-Tables (``schema.STEERING_TABLES``, schema version 2), one meaning each:
+Tables (``schema.STEERING_TABLES``, schema versions 2 and 3), one meaning each:
 
 ``relay_limits``   live limits (``quota set``): per operation for every key (kind ``all``, key
                    ''), one customer, or one egress. Every replica polls them about once a
@@ -19,7 +19,8 @@ Tables (``schema.STEERING_TABLES``, schema version 2), one meaning each:
                    force, the rate pacing uses now, the 429s seen in the last 5 minutes.
 ``relay_lines``    parking lines: one broker queue per (operation, customer, priority) holding
                    parked commands, with running counts of what was parked into and pulled out
-                   of it (their difference: how many wait in it).
+                   of it (their difference: how many wait in it), and of the pulled ones
+                   settled (pulled, not settled: held in some replica's memory).
 ``relay_dead_letters``  the last dead-lettering of each command id, for ``why``.
 
 Every statement is written once (``service.store.runner``) and runs on both backends.
@@ -69,6 +70,8 @@ class WaitingEntry:
     since: datetime
     expected_at: datetime | None  # expected start (a delayed command's retry)
     until: datetime  # stale after this unless published again
+    customer: str | None = None  # the ParentUid its call is for (a delayed one's: unknown)
+    queued_at: datetime | None = None  # parked: when it went into its line (None: held)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +94,7 @@ class LineDelta:
     parked: int  # parked into the line since the last publication
     pulled: int  # pulled out of it since then
     next_deadline: datetime | None  # the soonest deadline parked since then
+    settled: int = 0  # of the pulled ones, settled since then
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,13 +134,14 @@ _HEARTBEAT = """
 """
 _WAITING = """
     INSERT INTO relay_waiting (command_id, owner, state, api, kind, key, priority, since,
-                               expected_at, until)
+                               expected_at, until, customer, queued_at)
     VALUES (:command_id, :owner, :state, :api, :kind, :key, :priority, :since, :expected_at,
-            :until)
+            :until, :customer, :queued_at)
     ON CONFLICT (command_id) DO UPDATE
         SET owner = excluded.owner, state = excluded.state, api = excluded.api,
             kind = excluded.kind, key = excluded.key, priority = excluded.priority,
-            since = excluded.since, expected_at = excluded.expected_at, until = excluded.until
+            since = excluded.since, expected_at = excluded.expected_at, until = excluded.until,
+            customer = excluded.customer, queued_at = excluded.queued_at
 """
 _GONE = "DELETE FROM relay_waiting WHERE command_id = :command_id AND owner = :owner"
 # A parked command's row outlives its replica until its expected start; the rest are renewed.
@@ -153,12 +158,14 @@ _REPORT = """
 """
 _LINE = """
     INSERT INTO relay_lines (api, customer, priority, queue, parked, pulled, next_deadline,
-                             updated_at)
-    VALUES (:api, :customer, :priority, :queue, :parked, :pulled, :next_deadline, :now)
+                             updated_at, settled)
+    VALUES (:api, :customer, :priority, :queue, :parked, :pulled, :next_deadline, :now,
+            :settled)
     ON CONFLICT (api, customer, priority) DO UPDATE
         SET queue = excluded.queue,
             parked = relay_lines.parked + excluded.parked,
             pulled = relay_lines.pulled + excluded.pulled,
+            settled = COALESCE(relay_lines.settled, relay_lines.pulled) + excluded.settled,
             next_deadline = CASE
                 WHEN excluded.next_deadline IS NULL THEN relay_lines.next_deadline
                 WHEN relay_lines.next_deadline IS NULL THEN excluded.next_deadline
@@ -367,9 +374,25 @@ class SteeringStore:
                FROM relay_bucket_reports"""
         )
 
+    async def customer_waiting(
+        self, api: str, customer: str, priorities: Sequence[str], *, owner: str
+    ) -> list[tuple[str, datetime | None, bool]]:
+        """The customer's calls of ``api`` at one of ``priorities`` that the replicas know to
+        wait for their turn: (command id, when it went into its line or None if it is held
+        in memory, whether the replica ``owner`` published it)."""
+        rows = await self._runner.fetch(
+            f"""SELECT command_id, queued_at, owner FROM relay_waiting
+                WHERE api = :api AND customer = :customer AND state = 'waiting'
+                  AND until >= :now
+                  AND priority IN ({", ".join(f":p{i}" for i in range(len(priorities)))})""",  # noqa: S608 - placeholders only, no input in the text
+            {"api": api, "customer": customer, **{f"p{i}": p for i, p in enumerate(priorities)}},
+        )
+        return [(row["command_id"], row["queued_at"], row["owner"] == owner) for row in rows]
+
     async def lines(self) -> list[Row]:
         return await self._runner.fetch(
-            """SELECT api, customer, priority, queue, parked, pulled, next_deadline, updated_at
+            """SELECT api, customer, priority, queue, parked, pulled,
+                      COALESCE(settled, pulled) AS settled, next_deadline, updated_at
                FROM relay_lines ORDER BY api, customer, priority"""
         )
 

@@ -4,7 +4,8 @@ A *component* is a numbered list of steps plus, on PostgreSQL, *routines* (funct
 
 * the store's own component, ``store``: step 1 the command tables (``schema.TABLES``, which
   every database made before versioning already has), step 2 the steering tables
-  (``schema.STEERING_TABLES``: live limits, pauses, the audit trail, what replicas publish);
+  (``schema.STEERING_TABLES``: live limits, pauses, the audit trail, what replicas publish),
+  step 3 the parking lines' ``settled`` count and each waiting call's customer;
 * components handed in by whoever opens the store (``open_store(url, components=…)``): the
   shared pacing buckets (``service.pacing``) bring their table and functions this way, so the
   store runs their upgrades without knowing what they are.
@@ -97,6 +98,13 @@ STORE = Component(
     (
         Step(1, "commands", TABLES),
         Step(2, "steering", STEERING_TABLES),
+        # the deferred estimate: what was settled of what was pulled from each line, and the
+        # customer each waiting call is for
+        Step(
+            3,
+            "deferred-estimate",
+            tuple(t for t in STEERING_TABLES if t.name in ("relay_lines", "relay_waiting")),
+        ),
     ),
 )
 

@@ -51,12 +51,14 @@ __all__ = [
     "client_span",
     "configure_tracing",
     "consume_span",
+    "continued",
     "disable",
     "enable",
     "enabled",
     "inject",
     "publish_span",
     "set_attributes",
+    "trace_context",
 ]
 
 log = structlog.get_logger(__name__)
@@ -181,6 +183,21 @@ def consume_span(message: AbstractIncomingMessage) -> AbstractContextManager[Spa
         # make its context current so that ``publish_span`` passes it through.
         return _passed_through(headers)
     return _NOTHING
+
+
+TRACE_HEADERS = ("traceparent", "tracestate")
+
+
+def trace_context(headers: Mapping[str, Any] | None) -> dict[str, str]:
+    """The W3C trace context a message carries (``traceparent``, ``tracestate``), as text: what
+    ``continued`` needs to publish on its behalf later, outside its span."""
+    return {k: v for k, v in _carrier(headers).items() if k in TRACE_HEADERS}
+
+
+def continued(trace: Mapping[str, str]) -> AbstractContextManager[None]:
+    """Make a message's trace context (``trace_context``) current: an event published inside
+    it (``publish_span``) belongs to that trace, as one published while it was processed."""
+    return _passed_through(trace) if trace else _NOTHING
 
 
 @contextmanager

@@ -19,13 +19,14 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import aio_pika
 import pytest
 
 from bench.dataset import API, BenchCustomer, generate
-from bench.measures import busiest_window, in_window
+from bench.measures import busiest_window, estimate_errors, in_window, match_starts
 from bench.processes import sandbox_process
 from tests.e2e.conftest import EventLog, Sandbox, Spawn, eventually, new_id, publish
 from tests.e2e.test_replicas import GUARD_MS, finished, one_terminal_each, publish_all
@@ -156,6 +157,63 @@ async def test_one_busy_customer_uses_the_whole_quota_on_postgres(
     assert statuses[429] <= JITTER_429
     assert busiest(rows, "parent_uid") <= LIMIT + statuses[429]  # only a refused one over
     assert busiest(rows, "source") <= LIMIT + statuses[429]
+
+
+# -- issue 18 item 6: the deferred estimate, two replicas parking one backlog ---------------
+
+ESTIMATED = 150  # one customer's backlog: 15 s of its bucket
+# A command's `deferred` event goes once its place is settled (some 3 s after parking) if it
+# is still parked then; with this threshold, the backlog's last two thirds or so get one
+DEFERRED_AFTER_S = 5.0
+# Of them within max(20 %, 2 s) of the actual start. The bench's target is 0.9 (issue 18 item
+# 6); two replicas parking one burst at the same instant interleave it in the line in an order
+# neither can know to the millisecond, and the estimate takes the other's as spread evenly
+# through it: 0.59-0.96 in five runs here. Before (the estimate made at parking, each replica
+# counting only its own half): 0.00 and 0.15.
+ESTIMATES_WITHIN = 0.5
+
+
+@pytest.mark.timeout(75)
+async def test_deferred_estimates_hold_when_two_replicas_park_one_backlog(
+    serve: Serve, bss: Sandbox, customers: tuple[BenchCustomer, ...]
+) -> None:
+    """Two replicas (two sources: the customer's bucket binds) take one customer's backlog at
+    once, and each parks about half of it into the customer's one line, numbering its places
+    without the other's (they are published a second later). Each ``deferred`` event's
+    ``expected_start_at`` is held to the actual start of the command's request, as the sandbox
+    logged it. Before: each replica counted about half of what was ahead (bench `quota-pg`, 2
+    replicas: 0 of 57 within, 4-10 s early)."""
+    spawn, channel, events, _ = serve
+    settings = {**LOADED_HOST, "RELAY_DEFERRED_AFTER_S": str(DEFERRED_AFTER_S)}
+    replicas = [spawn(RELAY_SOURCE_ADDRESS=f"127.0.0.{n}", **settings) for n in (2, 3)]
+    await asyncio.gather(*(r.start() for r in replicas))
+    customer = customers[3]
+    commands = [enable(customer) for _ in range(ESTIMATED)]
+    await publish_all(channel, commands)
+    await eventually(lambda: finished(events, commands) == len(commands), within=45)
+
+    rows = await calls(bss)
+    requests = [(r["path"], r["at"]) for r in rows if r["status"] != 429]
+    ends: list[tuple[str, str, float]] = []
+    promised: dict[str, tuple[float, float]] = {}
+    for command in commands:
+        cid = command["command_id"]
+        for event in events.by_command[cid]:
+            at = datetime.fromisoformat(event["occurred_at"]).timestamp()
+            if event["outcome"] == "deferred":
+                expected = datetime.fromisoformat(event["expected_start_at"]).timestamp()
+                promised.setdefault(cid, (at, expected))
+            elif not event["duplicate"]:
+                path = next(p for p, _ in requests if p.endswith(command["payload"]["resource_id"]))
+                ends.append((cid, path, at))
+    errors = estimate_errors(promised, match_starts(requests, ends))
+    within = sum(ok for _, ok in errors)
+    print(
+        f"\n{len(promised)} deferred of {len(commands)}; {within} of {len(errors)} within"
+        f" max(20 %, 2 s); errors (actual - expected, s): {sorted(round(e, 1) for e, _ in errors)}"
+    )
+    assert len(errors) >= 40
+    assert within >= ESTIMATES_WITHIN * len(errors)
 
 
 # -- issue 18 item 5: the API changes its mind ----------------------------------------------

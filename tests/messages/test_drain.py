@@ -4,23 +4,15 @@ have left, not only on how many share the egress now."""
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 
 from service.messages.admission import Drain
 
 
-def drain(others: list[int], *, egress: float, own: float = 100.0, held: int = 0) -> Drain:
-    ordered = sorted(others)
-    return Drain(
-        0.0,
-        1 / own,
-        1 / egress,
-        held,
-        tuple(ordered),
-        tuple(itertools.accumulate(ordered, initial=0)),
-    )
+def drain(
+    others: list[int], *, egress: float, own: float = 100.0, direct: int = 0, gone_by: int = 0
+) -> Drain:
+    return Drain(0.0, 1 / own, 1 / egress, direct, gone_by, tuple(sorted(others)))
 
 
 def test_light_customers_that_run_out_stop_taking_turns() -> None:
@@ -36,8 +28,18 @@ def test_light_customers_that_run_out_stop_taking_turns() -> None:
 
 def test_alone_the_customer_goes_at_the_slower_of_its_buckets() -> None:
     assert drain([], egress=10.0, own=5.0).wait(20) == pytest.approx(4.0)
-    assert drain([], egress=2.0, own=5.0, held=4).wait(6) == pytest.approx(5.0)
+    assert drain([], egress=2.0, own=5.0).wait(10) == pytest.approx(5.0)
 
 
 def test_commands_held_in_memory_go_before_the_parked_ones() -> None:
-    assert drain([3], egress=1.0, held=2).wait(0) == pytest.approx(4.0)  # 2 own + 2 of the other
+    # the first place of the line, behind 2 held here: 2 own + 2 of the other customer
+    assert drain([3], egress=1.0, direct=2).start(1) == pytest.approx(4.0)
+
+
+def test_a_place_counts_what_every_replica_took_out_of_the_line_and_has_not_settled() -> None:
+    """Place 30 of a line 10 places of which are gone by (pulled and settled, by any
+    replica): 19 before it not started, wherever they are -- still parked, or held in some
+    replica's memory -- plus the 3 this replica holds that never were in the line."""
+    alone = drain([], egress=10.0, own=10.0, direct=3, gone_by=10)
+    assert alone.start(30) == pytest.approx((3 + 19) / 10)
+    assert alone.start(5) == pytest.approx(3 / 10)  # gone by already: only what is held

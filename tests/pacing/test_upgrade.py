@@ -14,6 +14,7 @@ import pytest
 from service.pacing.postgres import PACING
 from service.store import ClaimOutcome, open_store
 from service.store.schema import TABLES, postgres_ddl
+from service.store.versions import STORE
 from tests.store.conftest import POSTGRES_URL, drop_schema, postgres_schema
 
 BEFORE = (Path(__file__).parent / "buckets_before_versions.sql").read_text()
@@ -82,7 +83,10 @@ async def test_an_old_deployment_upgrades_in_place(schema: str) -> None:
         )
         assert gone == 0
         versions = await pool.fetch("SELECT component, version FROM relay_schema")
-        assert {r["component"]: r["version"] for r in versions} == {"store": 2, "pacing": 1}
+        assert {r["component"]: r["version"] for r in versions} == {
+            "store": STORE.latest,
+            "pacing": 1,
+        }
 
     async with open_store(url, components=(PACING,)) as again:  # a second start changes nothing
         count = await again.pool.fetchval("SELECT count(*) FROM relay_pacing")  # type: ignore[attr-defined]

@@ -37,7 +37,13 @@ class Behind(Dispatcher):
         self.lateness: list[tuple[float, float]] = []
 
     async def turn(
-        self, api: str, uid: str, *, priority: int = 2, command_id: str | None = None
+        self,
+        api: str,
+        uid: str,
+        *,
+        priority: int = 2,
+        command_id: str | None = None,
+        since: float | None = None,
     ) -> float | None:
         return self.buckets.now()
 
@@ -86,7 +92,13 @@ class Stale(Dispatcher):
         self.turns = 0
 
     async def turn(
-        self, api: str, uid: str, *, priority: int = 2, command_id: str | None = None
+        self,
+        api: str,
+        uid: str,
+        *,
+        priority: int = 2,
+        command_id: str | None = None,
+        since: float | None = None,
     ) -> float | None:
         self.turns += 1
         now = self.buckets.now()

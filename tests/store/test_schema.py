@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import sqlite3
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import pytest
 
 from service.store import ClaimOutcome, open_store
 from service.store.schema import SQLITE, STEERING_TABLES, TABLES, Column, Kind, Table, add_column
+from service.store.steering import LineDelta, Publication
 from service.store.versions import STORE
 from tests.store.conftest import POSTGRES_URL, FakeClock, drop_schema, postgres_schema
 
@@ -420,6 +421,49 @@ async def test_a_postgres_schema_made_by_the_handwritten_ddl_opens_as_it_was(
     assert (old.outcome, old.record.event) == (ClaimOutcome.FINISHED, b"ok")
     assert (new.outcome, new.record.fingerprint) == (ClaimOutcome.CLAIMED, "f")
     assert await postgres_catalog(schema, FIRST) == before  # upgraded in place, rows kept
+    conn = await asyncpg.connect(POSTGRES_URL)
+    try:
+        versions = await conn.fetch(f"SELECT component, version FROM {schema}.relay_schema")
+    finally:
+        await conn.close()
+    assert {row["component"]: row["version"] for row in versions} == {"store": STORE.latest}
+
+
+async def test_a_store_at_schema_step_2_upgrades_in_place_with_its_lines_kept(
+    two_schemas: tuple[str, str],
+) -> None:
+    """Step 3 (the deferred estimate) adds what each line had settled and each waiting call's
+    customer and place. A deployment at step 2 keeps its rows; a line from before counts as
+    settled what it had pulled."""
+    schema, _ = two_schemas
+    url = f"{POSTGRES_URL}?schema={schema}"
+    async with open_store(url):
+        pass
+    conn = await asyncpg.connect(POSTGRES_URL)
+    try:  # back to step 2: the columns step 3 added are not there yet
+        await conn.execute(
+            f"""ALTER TABLE {schema}.relay_lines DROP COLUMN settled;
+                ALTER TABLE {schema}.relay_waiting DROP COLUMN customer,
+                                                   DROP COLUMN queued_at;
+                UPDATE {schema}.relay_schema SET version = 2 WHERE component = 'store';
+                INSERT INTO {schema}.relay_lines (api, customer, priority, queue, parked, pulled,
+                                                  updated_at)
+                VALUES ('renewal_resources', 'c-1', 'normal', 'q', 10, 4, now())"""
+        )
+    finally:
+        await conn.close()
+
+    async with open_store(url) as store:
+        [line] = await store.steering.lines()
+        assert (line["parked"], line["pulled"], line["settled"]) == (10, 4, 4)
+        await store.steering.publish(
+            Publication(
+                "r-1", "egress", datetime.now(UTC), datetime.now(UTC),
+                lines=[LineDelta("renewal_resources", "c-1", "normal", "q", 1, 1, None, 2)],
+            )
+        )  # fmt: skip
+        [line] = await store.steering.lines()
+        assert (line["parked"], line["pulled"], line["settled"]) == (11, 5, 6)
     conn = await asyncpg.connect(POSTGRES_URL)
     try:
         versions = await conn.fetch(f"SELECT component, version FROM {schema}.relay_schema")

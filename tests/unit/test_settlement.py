@@ -7,9 +7,11 @@ and whether the message is acked, for every way a message can end.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -26,6 +28,7 @@ from service.broker.topology import Topology
 from service.guardrails.gate import PolicyGate
 from service.guardrails.policy import PolicyHolder
 from service.messages.admission import Admission, WaitingRoom
+from service.messages.announcer import Announcer
 from service.messages.claiming import Claiming
 from service.messages.failures import Failures, RetryPolicy
 from service.messages.leases import Leases
@@ -187,12 +190,20 @@ class _Connection:
         return _Channel()
 
 
+LINE = ("auto_renewal_resources", "cust", 2)
+
+
+async def nobody_else_waits(*_: object) -> list[tuple[str, datetime | None, bool]]:
+    return []  # nothing published yet
+
+
 @dataclass
 class Rig:
     store: CommandStore
     publisher: RecordingPublisher
     api: ScriptedApi
     pipeline: Pipeline = field(init=False)
+    announcer: Announcer = field(init=False)
     paused_customers: set[str] = field(default_factory=set)
 
     def paused(self, _api: str, customer: str) -> bool:
@@ -228,9 +239,14 @@ class Rig:
             whereabouts=whereabouts,
         )
         self.lines, self.whereabouts = lines, whereabouts
-        admission = Admission(
-            WaitingRoom(dispatcher, lines, self.paused, hold_s),
-            clock=now,
+        waiting = WaitingRoom(dispatcher, lines, self.paused, hold_s)
+        admission = Admission(waiting, clock=now)
+        self.announcer = Announcer(
+            asyncio.Queue(),
+            waiting,
+            whereabouts,
+            self.publisher,  # type: ignore[arg-type]
+            nobody_else_waits,
             deferred_after_s=deferred_after_s,
         )
         failures = Failures(
@@ -556,19 +572,53 @@ async def test_a_paused_customers_command_past_its_deadline_is_rejected_not_park
     assert message.settled == ["ack"]
 
 
-async def test_a_long_park_sends_one_deferred_event_and_marks_the_copy(rig: Rig) -> None:
+async def test_a_long_park_marks_the_copy_and_owes_one_deferred_event(rig: Rig) -> None:
+    """Parked, the command's copy is marked and its ``deferred`` event is owed; it goes once
+    its place is settled (``Whereabouts.pulled`` hands it to the announcer), with the expected
+    start counted from that place."""
     slow = make_dispatcher({"*": 0.1})
     rig.wire(dispatcher=slow, hold_s=1.0, deferred_after_s=5.0)
     with slow.coming("auto_renewal_resources", "cust", 2):
-        await rig.process(FakeMessage(auto_renew("c-far")))
-        [(kind, (queue, headers)), (progress, event)] = rig.publisher.log
-        assert (kind, progress) == ("park", "event")
+        message = FakeMessage(auto_renew("c-far"))
+        message.correlation_id = "corr-1"
+        await rig.process(message)
+        [(kind, (queue, headers))] = rig.publisher.log
+        assert kind == "park"
         assert queue == "t.line.auto_renewal_resources.cust.normal"
         assert headers[H.DEFERRED] == "1"
         assert headers[H.LINE] == "1"
-        assert event["outcome"] == "deferred"
-        assert event["expected_start_at"] is not None
+        [entry] = rig.whereabouts.entries()
+        assert entry.deferral is not None
+        assert entry.deferral.correlation_id == "corr-1"
         rig.publisher.log.clear()
-        # parked again later (its copy carries the header): no second progress event
+
+        settled = replace(entry, bound=entry.seq)  # as Whereabouts.pulled hands it over
+        before = time.time()
+        assert await rig.announcer.announce(LINE, [settled]) == 1
+        [(kind, event)] = rig.publisher.log
+        assert kind == "event"
+        assert event["outcome"] == "deferred"
+        assert event["command_id"] == "c-far"
+        expected = datetime.fromisoformat(event["expected_start_at"]).timestamp()
+        assert expected - before == pytest.approx(10.0, abs=0.5)  # one held ahead, 0.1/s
+        rig.publisher.log.clear()
+
+        # parked again later (its copy carries the header): nothing owed any more
         await rig.process(FakeMessage(auto_renew("c-far"), headers={H.DEFERRED: "1"}))
         assert rig.publisher.kinds() == ["park"]
+        [again] = rig.whereabouts.entries()
+        assert again.deferral is None
+
+
+async def test_no_deferred_event_once_the_command_is_back_or_soon_to_start(rig: Rig) -> None:
+    slow = make_dispatcher({"*": 0.1})
+    rig.wire(dispatcher=slow, hold_s=1.0, deferred_after_s=5.0)
+    with slow.coming("auto_renewal_resources", "cust", 2):
+        await rig.process(FakeMessage(auto_renew("c-back")))
+    [entry] = rig.whereabouts.entries()
+    settled = replace(entry, bound=entry.seq)
+    # nothing held ahead of it any more: it starts within the deferred threshold
+    assert await rig.announcer.announce(LINE, [settled]) == 0
+    rig.whereabouts.back("c-back")  # pulled from its line: its terminal event comes next
+    assert await rig.announcer.announce(LINE, [settled]) == 0
+    assert rig.publisher.kinds() == ["park"]

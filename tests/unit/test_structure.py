@@ -48,6 +48,7 @@ PARAMETERS_EXEMPT = {
     "Delay": "a settlement value; no call passes more than six of its fields",
     "_Line": "the bookkeeping of one parking line (counters and instants)",
     "Noted": "one command's whereabouts (identifiers and instants)",
+    "Drain": "how one line drains: rates and counts, and sums derived from them",
 }
 
 

@@ -10,8 +10,7 @@ from typing import Any
 
 from pamqp import decode, encode
 
-from service.broker.headers import H
-from service.messages.admission import waiting_since
+from service.broker.headers import H, waiting_since
 
 SINCE = 1_795_000_000.123
 
