@@ -30,13 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import math
 import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -55,7 +54,7 @@ from service.broker.topology import DELAY_LEVELS_MS, Topology, declare
 from service.guardrails.gate import PolicyGate
 from service.guardrails.policy import PolicyError, PolicyHolder
 from service.messages.admission import Admission, WaitingRoom
-from service.messages.announcer import Announcer
+from service.messages.announcer import Announcer, Published
 from service.messages.claiming import Claiming
 from service.messages.consumer import Consumer, ConsumerOptions, Pulled
 from service.messages.delivery import ScopedApi
@@ -492,9 +491,21 @@ def _announcer(settings: MessageSettings, parts: Parts, owner: str) -> Announcer
         pacing.waiting,
         pacing.whereabouts,
         parts.broker.publisher,
-        functools.partial(parts.backend.store.steering.customer_waiting, owner=owner),
+        _published(parts.backend.store.steering, owner),
         deferred_after_s=settings.deferred_after_s,
     )
+
+
+def _published(steering: SteeringStore, owner: str) -> Published:
+    """What the replicas published of a customer's waiting calls, and their egresses."""
+
+    async def published(
+        api: str, customer: str, priorities: Sequence[str]
+    ) -> tuple[list[tuple[str, datetime | None, bool]], int]:
+        rows = await steering.customer_waiting(api, customer, priorities, owner=owner)
+        return rows, await steering.egresses()
+
+    return published
 
 
 def _consumer_options(settings: MessageSettings, topology: Topology) -> ConsumerOptions:

@@ -28,6 +28,7 @@ import bisect
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import structlog
@@ -47,10 +48,14 @@ log = structlog.get_logger(__name__)
 
 SOON_S = 1.0  # a command expected to start sooner than this is not told: it is about to
 GAP_S = 0.05  # two replicas' parks this close: in an order their stamps cannot tell (``Places``)
-# (api, customer, priority names) -> the calls the replicas published as waiting for their turn:
-# (command id, when it went into its line or None if held in memory, whether this replica
-# published it): ``SteeringStore.customer_waiting``
-Published = Callable[[str, str, Sequence[str]], Awaitable[list[tuple[str, datetime | None, bool]]]]
+# (api, customer, priority names) -> the calls the replicas published as waiting for their turn
+# -- (command id, when it went into its line or None if held in memory, whether this replica
+# published it): ``SteeringStore.customer_waiting`` -- and how many egresses the replicas
+# send from (``SteeringStore.egresses``)
+Published = Callable[
+    [str, str, Sequence[str]],
+    Awaitable[tuple[list[tuple[str, datetime | None, bool]], int]],
+]
 
 
 class Announcer:
@@ -87,8 +92,10 @@ class Announcer:
         api, customer, _ = line
         if self._waiting.paused(api, customer):
             return 0  # no start to expect: resumed, they are pulled as their turns come
-        held, places = await self._waiting_for(line)
+        held, places, egresses = await self._waiting_for(line)
         drain = self._waiting.drain(line)
+        # what is ahead was counted deployment-wide: every egress serves it, not this one's only
+        drain = replace(drain, egress_interval=drain.egress_interval / max(1, egresses))
         sent = 0
         for entry in entries:
             if entry.deferral is None or entry.command_id not in self._whereabouts:
@@ -97,17 +104,18 @@ class Announcer:
             sent += await self._send(entry, time.time(), drain.wait(round(ahead)))
         return sent
 
-    async def _waiting_for(self, line: LineKey) -> tuple[int, Places]:
+    async def _waiting_for(self, line: LineKey) -> tuple[int, Places, int]:
         """The calls of the line's customer at its priority or above that wait for their turn
         anywhere: how many are held in memory (here, on their way here, or by another
-        replica), and where the parked ones went into their lines."""
+        replica), and where the parked ones went into their lines; and how many egresses
+        serve them."""
         api, customer, priority = line
         names = [name for p, name in PRIORITY_NAMES.items() if p >= priority]
         try:
-            published = await self._published(api, customer, names)
+            published, egresses = await self._published(api, customer, names)
         except STORE_ERRORS as exc:  # counted without the other replicas' calls
             log.warning("waiting_not_read", error=repr(exc))
-            published = []
+            published, egresses = [], 1
         held_here, coming = self._waiting.dispatcher.queued(api, customer, priority)
         held = {command_id: True for command_id in held_here if command_id}
         parked: dict[str, tuple[float, bool]] = {}
@@ -123,7 +131,7 @@ class Announcer:
         for command_id in held:
             parked.pop(command_id, None)  # pulled since it was published as parked
         anonymous = sum(1 for command_id in held_here if not command_id)
-        return coming + anonymous + len(held), Places(list(parked.values()))
+        return coming + anonymous + len(held), Places(list(parked.values())), egresses
 
     async def _send(self, entry: Noted, now: float, wait: float) -> bool:
         deferral = entry.deferral

@@ -389,6 +389,11 @@ class SteeringStore:
         )
         return [(row["command_id"], row["queued_at"], row["owner"] == owner) for row in rows]
 
+    async def egresses(self) -> int:
+        """How many egresses (source addresses) the deployment's replicas send from."""
+        rows = await self._runner.fetch("SELECT count(DISTINCT egress) AS n FROM relay_replicas")
+        return int(rows[0]["n"]) if rows else 0
+
     async def lines(self) -> list[Row]:
         return await self._runner.fetch(
             """SELECT api, customer, priority, queue, parked, pulled,

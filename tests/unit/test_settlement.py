@@ -193,8 +193,8 @@ class _Connection:
 LINE = ("auto_renewal_resources", "cust", 2)
 
 
-async def nobody_else_waits(*_: object) -> list[tuple[str, datetime | None, bool]]:
-    return []  # nothing published yet
+async def nobody_else_waits(*_: object) -> tuple[list[tuple[str, datetime | None, bool]], int]:
+    return [], 1  # nothing published yet; one egress
 
 
 @dataclass
