@@ -610,6 +610,20 @@ async def test_a_long_park_marks_the_copy_and_owes_one_deferred_event(rig: Rig) 
         assert again.deferral is None
 
 
+async def test_a_command_pulled_from_its_line_is_no_longer_shown_as_parked(rig: Rig) -> None:
+    """Pulled back (its copy carries ``x-relay-line``), the command is this replica's again:
+    its parked entry goes, so neither ``why`` nor the estimates count it twice. Before, it
+    stayed until the line's count passed its conservative place."""
+    slow = make_dispatcher({"*": 0.1})
+    rig.wire(dispatcher=slow, hold_s=1.0)
+    with slow.coming("auto_renewal_resources", "cust", 2):
+        await rig.process(FakeMessage(auto_renew("c-pulled")))
+    assert [e.command_id for e in rig.whereabouts.entries()] == ["c-pulled"]
+    [(_, (_, headers))] = rig.publisher.log
+    await rig.process(FakeMessage(auto_renew("c-pulled"), headers=dict(headers)))
+    assert [e for e in rig.whereabouts.entries() if e.state == "waiting"] == []
+
+
 async def test_no_deferred_event_once_the_command_is_back_or_soon_to_start(rig: Rig) -> None:
     slow = make_dispatcher({"*": 0.1})
     rig.wire(dispatcher=slow, hold_s=1.0, deferred_after_s=5.0)
