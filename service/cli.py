@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from service.lifecycle import give_back_free_memory, run_until_signalled, tune_gc
+from service.lifecycle import give_back_free_memory, run_until_signalled, tune_gc, tune_malloc
 
 __all__ = ["main"]
 
@@ -47,6 +47,8 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"bss-relay: invalid OpenTelemetry configuration: {exc}", file=sys.stderr)
         return 2
+
+    tune_malloc()
 
     async def body(stop: asyncio.Event) -> None:
         async with start(settings, policy=policy):

@@ -90,3 +90,44 @@ asyncio.run(main())
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+_MMAPPED_AFTER_A_LARGE_FREE = """
+import ctypes, sys
+from service.lifecycle import tune_malloc
+
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+libc.mallinfo2.restype = Info
+if sys.argv[1] == "tuned":
+    assert tune_malloc()
+libc.free(libc.malloc(1 << 20))  # a 1 MiB buffer freed: glibc raises its threshold past it
+before = libc.mallinfo2().hblks
+block = libc.malloc(200 * 1024)  # the next frame-sized buffer: its own pages, or the heap's?
+print(libc.mallinfo2().hblks - before)
+"""
+
+
+@pytest.mark.parametrize(("mode", "mmapped"), [("tuned", 1), ("default", 0)])
+def test_serve_pins_the_mmap_threshold_so_large_buffers_leave_no_holes(
+    mode: str, mmapped: int
+) -> None:
+    """Issue 17: glibc raises its mmap threshold as large blocks are freed, and then carves
+    each command's frames and buffers out of the heap, between longer-lived blocks. With
+    ``tune_malloc`` (serve calls it first) a buffer above 128 KiB keeps pages of its own
+    after a larger one was freed; without it, it lands in the heap."""
+    result = subprocess.run(
+        [sys.executable, "-c", _MMAPPED_AFTER_A_LARGE_FREE, mode],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) == mmapped
