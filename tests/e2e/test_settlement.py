@@ -346,7 +346,7 @@ async def test_a_long_wait_for_quota_gets_exactly_one_deferred_event_first(
         relay_deferred_after_s=1.5,
         relay_hold_s=0.5,
     )
-    commands = [auto_renew("acme-eip-01", True) for _ in range(10)]
+    commands = [auto_renew("acme-eip-01", True) for _ in range(12)]
     for command in commands:
         await relay.publish(command)
     deferred = 0
@@ -369,6 +369,7 @@ async def test_a_long_wait_for_quota_gets_exactly_one_deferred_event_first(
             assert progress[0]["result"] is None
             assert progress[0]["error"] is None
         assert [e["outcome"] for e in events if e["outcome"] != "deferred"] == ["succeeded"]
-    # the tail of 10 commands at 1/s waits several seconds; the event goes once a command's
-    # place is settled (about 3 s after parking), to those still parked then
+    # the tail of 12 commands at 1/s waits several seconds; the event goes once a command's
+    # place is settled (about 3 s after parking, later on a loaded machine), to those still
+    # parked then: 3 of 10 were seen in a full parallel run
     assert deferred >= 4
