@@ -46,7 +46,8 @@ class H:
     # API requests sent for the command by earlier deliveries (the event's `attempts` goes on
     # from there; requests of calls safe to repeat are not in the store)
     REQUESTS = "x-relay-requests"
-    # the command's one `deferred` progress event went out (it is not sent again)
+    # the command's one `deferred` progress event is owed or went out (sent once its place in
+    # its line settles, service.messages.announcer): it is not considered again
     DEFERRED = "x-relay-deferred"
     # admitted once already (it waited for another replica's claim): not parked again
     ADMITTED = "x-relay-admitted"
