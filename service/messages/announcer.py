@@ -117,13 +117,13 @@ class Announcer:
             log.warning("waiting_not_read", error=repr(exc))
             published, egresses = [], 1
         held_here, coming = self._waiting.dispatcher.queued(api, customer, priority)
-        held = {command_id: True for command_id in held_here if command_id}
+        held = {command_id for command_id in held_here if command_id}
         parked: dict[str, tuple[float, bool]] = {}
         for command_id, queued_at, mine in published:
             if not mine and command_id in self._whereabouts:
                 self._whereabouts.back(command_id)  # another replica pulled it from its line
             if queued_at is None:
-                held.setdefault(command_id, mine)
+                held.add(command_id)
             else:
                 parked[command_id] = (queued_at.timestamp(), mine)
         for command_id, queued_at_s in self._whereabouts.parked(api, customer, priority):

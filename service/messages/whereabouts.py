@@ -93,9 +93,8 @@ class Whereabouts:
     def pulled(self, line: tuple[str, str, int], count: int, *, others: int) -> list[Noted]:
         """Line ``line`` has had ``count`` commands pulled out of it, deployment-wide, and
         ``others`` parked into it by other replicas: those surely parked at or before that
-        place are out of it. Returns the entries whose place was
-        settled now and that are owed their ``deferred`` event (handed over: not returned
-        again)."""
+        place are out of it. Returns the entries whose place was settled now and that are owed
+        their ``deferred`` event (handed over: not returned again)."""
         parked = self._lines.get(line)
         if not parked:
             return []
